@@ -1,0 +1,113 @@
+//! The HTTP API: routes, shared state, and the server loop with graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use tokio::net::TcpListener;
+
+use crate::metadata::Metadata;
+use crate::records::Records;
+use crate::store::Store;
+
+pub mod entities;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod records;
+
+use error::ApiError;
+
+/// The largest body of a single-record or metadata request.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// The largest body of a batch request (1,000 records).
+pub const MAX_BATCH_BODY: usize = 32 * 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub metadata: Arc<Metadata>,
+    pub records: Records,
+}
+
+impl AppState {
+    pub fn new(store: Store) -> Self {
+        let metadata = Arc::new(Metadata::new(store.clone()));
+        let records = Records::new(store.clone(), metadata.clone());
+        Self {
+            store,
+            metadata,
+            records,
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/openapi.json", get(openapi::document))
+        .route("/entities", get(entities::list).post(entities::create))
+        .route(
+            "/entities/{name}",
+            get(entities::get)
+                .put(entities::update)
+                .delete(entities::delete),
+        )
+        .route(
+            "/entities/{name}/fields/{field}",
+            delete(entities::purge_field),
+        )
+        .route(
+            "/records/{entity}",
+            get(records::list).post(records::create),
+        )
+        .route(
+            "/records/{entity}/batch",
+            post(records::create_batch)
+                .patch(records::update_batch)
+                .layer(DefaultBodyLimit::max(MAX_BATCH_BODY)),
+        )
+        .route(
+            "/records/{entity}/{id}",
+            get(records::get)
+                .patch(records::update)
+                .delete(records::delete),
+        )
+        .route("/records/{entity}/{id}/restore", post(records::restore))
+        .route("/records/{entity}/{id}/history", get(records::history))
+        .route(
+            "/records/{entity}/{id}/related/{source}",
+            get(records::related),
+        );
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for `{}`", uri.path()))
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests and closes the database:
+/// every acknowledged write has been committed before its response was sent.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let store = state.store.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! The one error type of the HTTP API: every error becomes a status and a body of one shape,
+//! `{"error": {"code": "...", "message": "...", "fields": {...}}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::metadata::MetadataError;
+use crate::records::RecordError;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub fields: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            fields: None,
+        }
+    }
+
+    pub fn with_fields(mut self, fields: Value) -> Self {
+        self.fields = Some(fields);
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn internal(error: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%error, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the server log has the details",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(fields) = self.fields {
+            error["fields"] = fields;
+        }
+        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        if let StoreError::Database(sqlx::Error::PoolTimedOut) = error {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the database is busy; retry shortly",
+            );
+        }
+        Self::internal(&error)
+    }
+}
+
+impl From<MetadataError> for ApiError {
+    fn from(error: MetadataError) -> Self {
+        let message = error.to_string();
+        match error {
+            MetadataError::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            MetadataError::Invalid(problems) => {
+                let mut fields = serde_json::Map::new();
+                for problem in problems {
+                    let entry = fields.entry(problem.path).or_insert_with(|| json!([]));
+                    entry
+                        .as_array_mut()
+                        .expect("arrays")
+                        .push(json!(problem.message));
+                }
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_definition",
+                    message,
+                )
+                .with_fields(Value::Object(fields))
+            }
+            MetadataError::UnknownEntity(_) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_entity", message)
+            }
+            MetadataError::AlreadyExists(_) => {
+                Self::new(StatusCode::CONFLICT, "already_exists", message)
+            }
+            MetadataError::VersionMismatch { .. } => {
+                Self::new(StatusCode::PRECONDITION_FAILED, "version_mismatch", message)
+            }
+            MetadataError::Referenced { referrers, .. } => {
+                Self::new(StatusCode::CONFLICT, "entity_referenced", message)
+                    .with_fields(json!({ "referenced_by": referrers }))
+            }
+            MetadataError::Duplicates { field, duplicates } => {
+                Self::new(StatusCode::CONFLICT, "duplicate_values", message)
+                    .with_fields(json!({ field: duplicates }))
+            }
+            MetadataError::Unconvertible(checks) => {
+                let fields: serde_json::Map<String, Value> = checks
+                    .into_iter()
+                    .filter(|check| check.failures > 0)
+                    .map(|check| (check.field.clone(), json!(check)))
+                    .collect();
+                Self::new(StatusCode::CONFLICT, "conversion_failed", message)
+                    .with_fields(Value::Object(fields))
+            }
+            MetadataError::Refused(_) => Self::new(StatusCode::CONFLICT, "refused", message),
+            MetadataError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<RecordError> for ApiError {
+    fn from(error: RecordError) -> Self {
+        let message = error.to_string();
+        match error {
+            RecordError::NotFound { .. } => Self::not_found(message),
+            RecordError::Invalid(fields) => {
+                let summary = summarize(&fields);
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation_failed",
+                    summary,
+                )
+                .with_fields(json!(fields))
+            }
+            RecordError::Conflict(fields) => {
+                let summary = summarize(&fields);
+                Self::new(StatusCode::CONFLICT, "unique_violation", summary)
+                    .with_fields(json!(fields))
+            }
+            RecordError::VersionMismatch { .. } => {
+                Self::new(StatusCode::PRECONDITION_FAILED, "version_mismatch", message)
+            }
+            RecordError::BadRequest(_) => Self::bad_request(message),
+            RecordError::IdempotencyMismatch(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                message,
+            ),
+            RecordError::Metadata(error) => error.into(),
+            RecordError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// One line naming every offending field.
+fn summarize(fields: &crate::metadata::record_schema::FieldErrors) -> String {
+    let parts: Vec<String> = fields
+        .iter()
+        .map(|(field, messages)| {
+            if field.is_empty() {
+                messages.join("; ")
+            } else {
+                format!("`{field}`: {}", messages.join("; "))
+            }
+        })
+        .collect();
+    parts.join(", ")
+}

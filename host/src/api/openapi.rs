@@ -1,0 +1,215 @@
+//! `/api/v1/openapi.json`: the fixed API plus every entity of the caller's tenant, generated
+//! from metadata.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::Principal;
+use crate::metadata::record_schema::{Purpose, record_schema};
+use crate::metadata::validation::ENTITY_SCHEMA;
+
+pub async fn document(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    let mut conn = state.store.reader().await?;
+    let entities = state
+        .metadata
+        .all_compiled(&mut conn.scoped(&principal.tenant))
+        .await?;
+    let mut schemas = fixed_schemas();
+    let mut paths = fixed_paths();
+    for entity in &entities {
+        let name = entity.name();
+        let title = entity
+            .definition
+            .label
+            .clone()
+            .unwrap_or_else(|| name.to_owned());
+        let mut input = record_schema(&entity.definition, Purpose::Input);
+        let mut output = record_schema(&entity.definition, Purpose::Output);
+        for schema in [&mut input, &mut output] {
+            schema.as_object_mut().expect("object").remove("$schema");
+        }
+        let mut patch = input.clone();
+        patch.as_object_mut().expect("object").remove("required");
+        schemas.insert(format!("{name}_data"), input);
+        schemas.insert(format!("{name}_patch"), patch);
+        schemas.insert(
+            format!("{name}_record"),
+            json!({
+                "allOf": [{"$ref": "#/components/schemas/record_system"}],
+                "properties": {"data": output},
+            }),
+        );
+        let record = json!({"$ref": format!("#/components/schemas/{name}_record")});
+        let page = json!({"type": "object", "properties": {"data": {"type": "array", "items": record}, "next_cursor": {"type": ["string", "null"]}}});
+        paths.insert(format!("/api/v1/records/{name}"), json!({
+            "get": {
+                "tags": [title], "summary": format!("List {title} records"),
+                "parameters": [{"$ref": "#/components/parameters/filter"}, {"$ref": "#/components/parameters/sort"},
+                               {"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/cursor"},
+                               {"$ref": "#/components/parameters/q"}, {"$ref": "#/components/parameters/fields"},
+                               {"$ref": "#/components/parameters/expand"}, {"$ref": "#/components/parameters/deleted"}],
+                "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": page}}}, "400": {"$ref": "#/components/responses/error"}}
+            },
+            "post": {
+                "tags": [title], "summary": format!("Create a {title}"),
+                "parameters": [{"$ref": "#/components/parameters/idempotency_key"}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["data"], "additionalProperties": false,
+                    "properties": {"data": {"$ref": format!("#/components/schemas/{name}_data")}}}}}},
+                "responses": {"201": {"description": "Created", "content": {"application/json": {"schema": record}}},
+                              "409": {"$ref": "#/components/responses/error"}, "422": {"$ref": "#/components/responses/error"}}
+            }
+        }));
+        paths.insert(format!("/api/v1/records/{name}/{{id}}"), json!({
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+            "get": {"tags": [title], "summary": format!("Get a {title}"),
+                    "parameters": [{"$ref": "#/components/parameters/fields"}, {"$ref": "#/components/parameters/expand"}],
+                    "responses": {"200": {"description": "The record; `ETag` carries its version", "content": {"application/json": {"schema": record}}},
+                                  "404": {"$ref": "#/components/responses/error"}}},
+            "patch": {"tags": [title], "summary": format!("Update a {title} (null clears a field)"),
+                      "parameters": [{"name": "If-Match", "in": "header", "schema": {"type": "string"}}],
+                      "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                          "type": "object", "required": ["data"], "properties": {"data": {"$ref": format!("#/components/schemas/{name}_patch")}}}}}},
+                      "responses": {"200": {"description": "Updated", "content": {"application/json": {"schema": record}}},
+                                    "412": {"$ref": "#/components/responses/error"}, "422": {"$ref": "#/components/responses/error"}}},
+            "delete": {"tags": [title], "summary": format!("Delete a {title} (soft; `purge=true` for good)"),
+                       "parameters": [{"name": "purge", "in": "query", "schema": {"type": "boolean"}}],
+                       "responses": {"200": {"description": "Soft-deleted"}, "204": {"description": "Purged"}, "404": {"$ref": "#/components/responses/error"}}}
+        }));
+    }
+    Ok(Json(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Rapport API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Metadata-defined entities and their records. Errors have one shape: `{\"error\": {\"code\", \"message\", \"fields\"}}`."},
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
+            "parameters": parameters(),
+            "responses": {"error": {"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/error"}}}}}
+        }
+    })))
+}
+
+fn fixed_schemas() -> Map<String, Value> {
+    let mut entity: Value = serde_json::from_str(ENTITY_SCHEMA).expect("entity schema is JSON");
+    let entity_object = entity.as_object_mut().expect("object");
+    entity_object.remove("$schema");
+    entity_object.remove("$id");
+    // OpenAPI resolves `#/$defs/…` against the document root: point them into components.
+    let text = serde_json::to_string(&entity)
+        .expect("serializes")
+        .replace("#/$defs/", "#/components/schemas/entity_");
+    let mut entity: Value = serde_json::from_str(&text).expect("still JSON");
+    let defs = entity
+        .as_object_mut()
+        .expect("object")
+        .remove("$defs")
+        .unwrap_or_default();
+    let mut schemas = Map::new();
+    for (name, schema) in defs.as_object().into_iter().flatten() {
+        schemas.insert(format!("entity_{name}"), schema.clone());
+    }
+    schemas.insert("entity".into(), entity);
+    schemas.insert("record_system".into(), json!({
+        "type": "object",
+        "required": ["id", "version", "owner", "created_at", "created_by", "updated_at", "updated_by", "data"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"}, "version": {"type": "integer"},
+            "owner": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
+            "created_by": {"type": "string"}, "updated_at": {"type": "string", "format": "date-time"},
+            "updated_by": {"type": "string"}, "deleted_at": {"type": "string", "format": "date-time"},
+            "expanded": {"type": "object", "description": "Referenced records by field, with `expand`"}
+        }
+    }));
+    schemas.insert("error".into(), json!({
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"},
+            "fields": {"type": "object", "description": "Problems by field (or JSON path of a definition)"}}}}
+    }));
+    schemas
+}
+
+fn fixed_paths() -> Map<String, Value> {
+    let error = json!({"$ref": "#/components/responses/error"});
+    let entity = json!({"$ref": "#/components/schemas/entity"});
+    let mut paths = Map::new();
+    paths.insert("/healthz".into(), json!({"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}}));
+    paths.insert("/api/v1/entities".into(), json!({
+        "get": {"tags": ["metadata"], "summary": "List entity definitions", "responses": {"200": {"description": "Definitions"}}},
+        "post": {"tags": ["metadata"], "summary": "Create an entity (admin)",
+                 "requestBody": {"required": true, "content": {"application/json": {"schema": entity}}},
+                 "responses": {"201": {"description": "Created"}, "409": error, "422": error}}
+    }));
+    paths.insert("/api/v1/entities/{name}".into(), json!({
+        "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "get": {"tags": ["metadata"], "summary": "Get an entity definition", "responses": {"200": {"description": "Definition"}, "404": error}},
+        "put": {"tags": ["metadata"], "summary": "Replace a definition (admin); `dry_run=true` reports changes and conversions only",
+                "parameters": [{"name": "dry_run", "in": "query", "schema": {"type": "boolean"}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": entity}}},
+                "responses": {"200": {"description": "Applied, or the plan of a dry run"}, "409": error, "412": error, "422": error}},
+        "delete": {"tags": ["metadata"], "summary": "Delete an entity and its records (admin); refused while referenced unless `force=true`",
+                   "parameters": [{"name": "force", "in": "query", "schema": {"type": "boolean"}}],
+                   "responses": {"200": {"description": "Deleted"}, "409": error}}
+    }));
+    paths.insert("/api/v1/entities/{name}/fields/{field}".into(), json!({
+        "delete": {"tags": ["metadata"], "summary": "Purge a deactivated field and its values (admin)",
+                   "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
+                                  {"name": "field", "in": "path", "required": true, "schema": {"type": "string"}}],
+                   "responses": {"200": {"description": "The new definition"}, "409": error}}
+    }));
+    let entity_param =
+        json!({"name": "entity", "in": "path", "required": true, "schema": {"type": "string"}});
+    let id_param = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}});
+    paths.insert("/api/v1/records/{entity}/batch".into(), json!({
+        "parameters": [entity_param],
+        "post": {"tags": ["records"], "summary": "Create up to 1,000 records atomically",
+                 "parameters": [{"$ref": "#/components/parameters/idempotency_key"}],
+                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["records"],
+                     "properties": {"records": {"type": "array", "maxItems": 1000, "items": {"type": "object"}}}}}}},
+                 "responses": {"201": {"description": "Created"}, "409": error, "413": error, "422": error}},
+        "patch": {"tags": ["records"], "summary": "Update up to 1,000 records atomically",
+                  "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["records"],
+                      "properties": {"records": {"type": "array", "maxItems": 1000, "items": {"type": "object", "required": ["id", "data"],
+                          "properties": {"id": {"type": "string"}, "version": {"type": "integer"}, "data": {"type": "object"}}}}}}}}},
+                  "responses": {"200": {"description": "Updated"}, "409": error, "422": error}}
+    }));
+    paths.insert("/api/v1/records/{entity}/{id}/restore".into(), json!({
+        "parameters": [entity_param, id_param],
+        "post": {"tags": ["records"], "summary": "Restore a soft-deleted record", "responses": {"200": {"description": "Restored"}, "409": error}}
+    }));
+    paths.insert("/api/v1/records/{entity}/{id}/history".into(), json!({
+        "parameters": [entity_param, id_param],
+        "get": {"tags": ["records"], "summary": "Who changed what, when", "responses": {"200": {"description": "History"}, "404": error}}
+    }));
+    paths.insert("/api/v1/records/{entity}/{id}/related/{source}".into(), json!({
+        "parameters": [entity_param, id_param, {"name": "source", "in": "path", "required": true, "schema": {"type": "string"}},
+                       {"name": "field", "in": "query", "schema": {"type": "string"}, "description": "The reference field of `source`, when it has several"}],
+        "get": {"tags": ["records"], "summary": "Records of `source` that reference this record (both sides of a link entity)",
+                "responses": {"200": {"description": "A page"}, "400": error, "404": error}}
+    }));
+    paths
+}
+
+fn parameters() -> Value {
+    json!({
+        "filter": {"name": "filter", "in": "query", "schema": {"type": "string"},
+                   "description": "e.g. `stage eq 'customer' and (annual_value ge 1000 or email is null)`; operators eq ne gt ge lt le in contains startswith `is [not] null`, and/or/not"},
+        "sort": {"name": "sort", "in": "query", "schema": {"type": "string"}, "description": "Comma-separated fields, `-` for descending; system fields `_created_at`, …"},
+        "limit": {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+        "cursor": {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "`next_cursor` of the previous page"},
+        "q": {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "Text search across text fields"},
+        "fields": {"name": "fields", "in": "query", "schema": {"type": "string"}, "description": "Fields to return"},
+        "expand": {"name": "expand", "in": "query", "schema": {"type": "string"}, "description": "Reference fields whose records to include"},
+        "deleted": {"name": "deleted", "in": "query", "schema": {"enum": ["exclude", "include", "only"]}},
+        "idempotency_key": {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}}
+    })
+}

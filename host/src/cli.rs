@@ -1,0 +1,391 @@
+//! The `rapport` command line: the server, migrations, tenants and users, metadata as code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::auth::Role;
+use crate::metadata::MetadataError;
+use crate::store::{Durability, Store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rapport",
+    version,
+    about = "Rapport: a CRM host with metadata-defined entities"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// `sqlite:<path>` (created if missing) or `postgres://user@host/db`.
+    #[arg(
+        long,
+        global = true,
+        env = "RAPPORT_DATABASE_URL",
+        default_value = "sqlite:data/rapport.db"
+    )]
+    pub database_url: String,
+    /// SQLite durability: `full` survives a power cut, `normal` only a crash of the process.
+    #[arg(
+        long,
+        global = true,
+        env = "RAPPORT_DURABILITY",
+        value_enum,
+        default_value = "full"
+    )]
+    pub durability: Durability,
+    /// Log lines as `text` or `json`.
+    #[arg(
+        long,
+        global = true,
+        env = "RAPPORT_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the HTTP server (migrates the database first).
+    Serve(ServeArgs),
+    /// Brings the database schema up to date and exits.
+    Migrate,
+    /// Manages tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manages users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Metadata as code: entity definitions as JSON files.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "RAPPORT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Creates the `demo` tenant with sample entities and records if missing, and prints an
+    /// admin token for it.
+    #[arg(long, env = "RAPPORT_DEMO")]
+    pub demo: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Creates a tenant and its `admin` user; prints the admin's API token.
+    Create {
+        name: String,
+        /// Prints `{"tenant": ..., "token": ...}`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Creates a user in a tenant; prints their API token.
+    Create {
+        tenant: String,
+        name: String,
+        #[arg(long, value_enum, default_value = "member")]
+        role: Role,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Writes every entity definition of a tenant as `<dir>/<entity>.json`.
+    Export {
+        dir: PathBuf,
+        #[arg(long, env = "RAPPORT_TENANT")]
+        tenant: String,
+    },
+    /// Applies every `<dir>/*.json` definition in one transaction: shows the changes, then
+    /// applies them all or none.
+    Apply {
+        dir: PathBuf,
+        #[arg(long, env = "RAPPORT_TENANT")]
+        tenant: String,
+        /// Shows the changes and conversions without applying them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAPPORT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let store = Store::connect(&cli.global.database_url, cli.global.durability)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database `{}`",
+                redact(&cli.global.database_url)
+            )
+        })?;
+    match cli.command {
+        Command::Serve(args) => serve(store, args).await,
+        Command::Migrate => {
+            println!("database is up to date");
+            Ok(())
+        }
+        Command::Tenant(TenantCommand::Create { name, json }) => {
+            let Some(created) = store.create_tenant(&name).await? else {
+                bail!("tenant `{name}` already exists");
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"tenant": created.tenant, "token": created.token})
+                );
+            } else {
+                println!(
+                    "tenant `{}` created; admin token:\n{}",
+                    created.tenant, created.token
+                );
+            }
+            Ok(())
+        }
+        Command::User(UserCommand::Create {
+            tenant,
+            name,
+            role,
+            json,
+        }) => {
+            let Some(created) = store.create_user(&tenant, &name, role).await? else {
+                bail!("tenant `{tenant}` does not exist");
+            };
+            if json {
+                println!("{}", serde_json::to_string(&created)?);
+            } else {
+                println!(
+                    "user `{}` ({}) created in `{}`; token:\n{}",
+                    created.user,
+                    role.as_str(),
+                    tenant,
+                    created.token
+                );
+            }
+            Ok(())
+        }
+        Command::Schema(command) => schema(store, command).await,
+    }
+}
+
+/// Hides the password of a database URL.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn serve(store: Store, args: ServeArgs) -> anyhow::Result<()> {
+    let state = AppState::new(store);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    if args.demo {
+        let token = crate::demo::ensure(&state)
+            .await
+            .context("cannot create the demo tenant")?;
+        println!("Rapport is running at http://{address}");
+        println!("demo tenant admin token: {token}");
+        println!(
+            "try: curl -H 'Authorization: Bearer {token}' http://{address}/api/v1/records/contact?limit=5"
+        );
+    }
+    tracing::info!(%address, "listening");
+    api::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
+    let state = AppState::new(store);
+    match command {
+        SchemaCommand::Export { dir, tenant } => {
+            let tenant_id = state
+                .store
+                .tenant_id(&tenant)
+                .await?
+                .with_context(|| format!("tenant `{tenant}` does not exist"))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create `{}`", dir.display()))?;
+            let entities = state.metadata.list(&tenant_id).await?;
+            for entity in &entities {
+                let name = entity.definition["name"].as_str().unwrap_or("entity");
+                let path = dir.join(format!("{name}.json"));
+                std::fs::write(
+                    &path,
+                    serde_json::to_string_pretty(&entity.definition)? + "\n",
+                )
+                .with_context(|| format!("cannot write `{}`", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+            println!("{} entities exported", entities.len());
+            Ok(())
+        }
+        SchemaCommand::Apply {
+            dir,
+            tenant,
+            dry_run,
+        } => {
+            let tenant_id = state
+                .store
+                .tenant_id(&tenant)
+                .await?
+                .with_context(|| format!("tenant `{tenant}` does not exist"))?;
+            let files = read_definitions(&dir)?;
+            match state
+                .metadata
+                .apply_all(&tenant_id, None, &files, dry_run)
+                .await
+            {
+                Ok(applied) => {
+                    for entity in &applied {
+                        let verb = if entity.created {
+                            "create"
+                        } else if entity.changes.is_empty() {
+                            "unchanged"
+                        } else {
+                            "update"
+                        };
+                        println!("{}: {verb} (version {})", entity.entity, entity.version);
+                        for change in &entity.changes {
+                            println!("  {}", serde_json::to_string(change)?);
+                        }
+                        for conversion in &entity.conversions {
+                            println!(
+                                "  converts {} values of `{}`",
+                                conversion.records_with_value, conversion.field
+                            );
+                        }
+                    }
+                    println!(
+                        "{}",
+                        if dry_run {
+                            "dry run: nothing was changed"
+                        } else {
+                            "applied in one transaction"
+                        }
+                    );
+                    Ok(())
+                }
+                Err(error) => {
+                    let details = match &error {
+                        MetadataError::Invalid(problems) => problems
+                            .iter()
+                            .map(|p| format!("\n  {}: {}", p.path, p.message))
+                            .collect::<String>(),
+                        MetadataError::Unconvertible(checks) => checks
+                            .iter()
+                            .map(|c| {
+                                format!(
+                                    "\n  `{}`: {} of {} values do not convert",
+                                    c.field, c.failures, c.records_with_value
+                                )
+                            })
+                            .collect(),
+                        _ => String::new(),
+                    };
+                    bail!("{error}{details}\nnothing was changed")
+                }
+            }
+        }
+    }
+}
+
+fn read_definitions(dir: &Path) -> anyhow::Result<Vec<(String, Value)>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read `{}`", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?;
+            let value = serde_json::from_str(&text)
+                .with_context(|| format!("`{}` is not valid JSON", path.display()))?;
+            Ok((
+                path.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                value,
+            ))
+        })
+        .collect()
+}

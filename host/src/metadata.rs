@@ -1,0 +1,705 @@
+//! Metadata: entity definitions that admins create and change at runtime, compiled into JSON
+//! Schemas (cached per entity version) that validate every record write.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::auth::Principal;
+use crate::domain::{TenantId, UserId};
+use crate::store::{Scoped, Store, StoreError, Tx};
+
+pub mod definition;
+pub mod evolution;
+pub mod record_schema;
+pub mod validation;
+pub mod values;
+
+use definition::{EntityDefinition, FieldType};
+use evolution::Change;
+use record_schema::{FieldErrors, Purpose};
+use validation::Problem;
+
+/// Errors of the metadata layer.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("only administrators may change metadata")]
+    Forbidden,
+    #[error("the entity definition is invalid")]
+    Invalid(Vec<Problem>),
+    #[error("entity `{0}` does not exist")]
+    UnknownEntity(String),
+    #[error("entity `{0}` already exists")]
+    AlreadyExists(String),
+    #[error(
+        "entity `{entity}` is at version {current}, not {expected}: reload it and apply your change again"
+    )]
+    VersionMismatch {
+        entity: String,
+        expected: i64,
+        current: i64,
+    },
+    #[error("entity `{entity}` is referenced by {}; delete with `force=true` to deactivate those fields", referrers.join(", "))]
+    Referenced {
+        entity: String,
+        referrers: Vec<String>,
+    },
+    #[error("field `{field}` cannot be unique: {} values are used more than once", duplicates.len())]
+    Duplicates {
+        field: String,
+        duplicates: Vec<Duplicate>,
+    },
+    #[error("the change would not convert every record; nothing was changed")]
+    Unconvertible(Vec<FieldCheck>),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A value held by several records of a field that is to become unique.
+#[derive(Debug, Clone, Serialize)]
+pub struct Duplicate {
+    pub value: String,
+    pub records: i64,
+}
+
+/// The result of converting one field's values to its new definition.
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldCheck {
+    pub field: String,
+    pub records_with_value: u64,
+    pub failures: u64,
+    /// Up to ten records that would not convert, with why.
+    pub samples: Vec<Failure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub record: String,
+    pub value: Value,
+    pub reason: String,
+}
+
+/// An entity definition compiled for record writes, for one version.
+#[derive(Debug)]
+pub struct CompiledEntity {
+    pub id: i64,
+    pub version: i64,
+    pub definition: EntityDefinition,
+    validator: jsonschema::Validator,
+}
+
+impl CompiledEntity {
+    fn compile(id: i64, version: i64, definition: EntityDefinition) -> Result<Self, MetadataError> {
+        let schema = record_schema::record_schema(&definition, Purpose::Input);
+        let validator = record_schema::validator(&schema)
+            .map_err(|error| MetadataError::Invalid(vec![Problem::new("/", error)]))?;
+        Ok(Self {
+            id,
+            version,
+            definition,
+            validator,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.definition.name.as_str()
+    }
+
+    /// Checks a full record body (what a client may write) against the schema.
+    pub fn check(&self, body: &Value) -> FieldErrors {
+        record_schema::check(&self.validator, body)
+    }
+}
+
+/// An entity definition as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntityView {
+    #[serde(flatten)]
+    pub definition: Value,
+    pub version: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// What applying a definition did (or, in a dry run, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub entity: String,
+    pub created: bool,
+    pub version: i64,
+    pub changes: Vec<Change>,
+    pub conversions: Vec<FieldCheck>,
+}
+
+/// Entity definitions of every tenant, with compiled schemas cached per entity version.
+#[derive(Debug)]
+pub struct Metadata {
+    store: Store,
+    cache: RwLock<HashMap<(TenantId, String), Arc<CompiledEntity>>>,
+}
+
+fn require_admin(principal: &Principal) -> Result<(), MetadataError> {
+    if principal.is_admin() {
+        Ok(())
+    } else {
+        Err(MetadataError::Forbidden)
+    }
+}
+
+fn parse(json: &Value) -> Result<EntityDefinition, MetadataError> {
+    validation::parse_definition(json).map_err(MetadataError::Invalid)
+}
+
+fn stored_definition(json: &Value) -> Result<EntityDefinition, MetadataError> {
+    definition::from_json(json)
+        .map_err(|error| StoreError::Corrupt(format!("entity definition: {error}")).into())
+}
+
+impl Metadata {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The compiled definition of an entity, current as of this connection's view.
+    pub async fn compiled(
+        &self,
+        scoped: &mut Scoped<'_>,
+        name: &str,
+    ) -> Result<Arc<CompiledEntity>, MetadataError> {
+        let Some((id, version)) = scoped.entity_version(name).await? else {
+            return Err(MetadataError::UnknownEntity(name.to_owned()));
+        };
+        let key = (scoped.tenant().clone(), name.to_owned());
+        if let Some(cached) = self.cache.read().expect("metadata cache lock").get(&key)
+            && cached.id == id
+            && cached.version == version
+        {
+            return Ok(cached.clone());
+        }
+        let stored = scoped
+            .get_entity(name)
+            .await?
+            .ok_or_else(|| MetadataError::UnknownEntity(name.to_owned()))?;
+        let compiled = Arc::new(CompiledEntity::compile(
+            stored.id,
+            stored.version,
+            stored_definition(&stored.definition)?,
+        )?);
+        self.cache
+            .write()
+            .expect("metadata cache lock")
+            .insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Compiled definitions of every entity in the tenant.
+    pub async fn all_compiled(
+        &self,
+        scoped: &mut Scoped<'_>,
+    ) -> Result<Vec<Arc<CompiledEntity>>, MetadataError> {
+        let mut all = Vec::new();
+        for stored in scoped.list_entities().await? {
+            let definition = stored_definition(&stored.definition)?;
+            all.push(Arc::new(CompiledEntity::compile(
+                stored.id,
+                stored.version,
+                definition,
+            )?));
+        }
+        Ok(all)
+    }
+
+    pub async fn list(&self, tenant: &TenantId) -> Result<Vec<EntityView>, MetadataError> {
+        let mut conn = self.store.reader().await?;
+        let stored = conn.scoped(tenant).list_entities().await?;
+        Ok(stored
+            .into_iter()
+            .map(|entity| EntityView {
+                definition: entity.definition,
+                version: entity.version,
+                updated_at: entity.updated_at,
+            })
+            .collect())
+    }
+
+    pub async fn get(&self, tenant: &TenantId, name: &str) -> Result<EntityView, MetadataError> {
+        let mut conn = self.store.reader().await?;
+        let entity = conn
+            .scoped(tenant)
+            .get_entity(name)
+            .await?
+            .ok_or_else(|| MetadataError::UnknownEntity(name.to_owned()))?;
+        Ok(EntityView {
+            definition: entity.definition,
+            version: entity.version,
+            updated_at: entity.updated_at,
+        })
+    }
+
+    /// Creates an entity; refused if one of that name exists.
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        json: &Value,
+    ) -> Result<EntityView, MetadataError> {
+        require_admin(principal)?;
+        let definition = parse(json)?;
+        let name = definition.name.to_string();
+        let mut tx = self.store.begin().await?;
+        if tx
+            .scoped(&principal.tenant)
+            .entity_version(&name)
+            .await?
+            .is_some()
+        {
+            return Err(MetadataError::AlreadyExists(name));
+        }
+        apply_in(
+            &mut tx,
+            &principal.tenant,
+            Some(&principal.user),
+            definition,
+            &BTreeSet::new(),
+        )
+        .await?;
+        tx.commit().await?;
+        self.get(&principal.tenant, &name).await
+    }
+
+    /// Replaces an entity's definition, converting data where types change; with `dry_run`,
+    /// reports what would happen and changes nothing.
+    pub async fn update(
+        &self,
+        principal: &Principal,
+        name: &str,
+        json: &Value,
+        dry_run: bool,
+    ) -> Result<Applied, MetadataError> {
+        require_admin(principal)?;
+        let definition = parse(json)?;
+        if definition.name.as_str() != name {
+            return Err(MetadataError::Invalid(vec![Problem::new(
+                "/name",
+                format!(
+                    "the name of an entity cannot change (`{name}` → `{}`)",
+                    definition.name
+                ),
+            )]));
+        }
+        let mut tx = self.store.begin().await?;
+        if tx
+            .scoped(&principal.tenant)
+            .entity_version(name)
+            .await?
+            .is_none()
+        {
+            return Err(MetadataError::UnknownEntity(name.to_owned()));
+        }
+        let applied = apply_in(
+            &mut tx,
+            &principal.tenant,
+            Some(&principal.user),
+            definition,
+            &BTreeSet::new(),
+        )
+        .await?;
+        if !dry_run {
+            tx.commit().await?;
+        }
+        Ok(applied)
+    }
+
+    /// Applies a set of definitions (metadata as code) in one transaction: each entity is created
+    /// or updated; all succeed or nothing changes.
+    pub async fn apply_all(
+        &self,
+        tenant: &TenantId,
+        user: Option<&UserId>,
+        jsons: &[(String, Value)],
+        dry_run: bool,
+    ) -> Result<Vec<Applied>, MetadataError> {
+        let mut definitions = Vec::new();
+        let mut problems = Vec::new();
+        for (source, json) in jsons {
+            match validation::parse_definition(json) {
+                Ok(definition) => definitions.push(definition),
+                Err(found) => problems.extend(found.into_iter().map(|problem| {
+                    Problem::new(format!("{source}#{}", problem.path), problem.message)
+                })),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(MetadataError::Invalid(problems));
+        }
+        let batch: BTreeSet<String> = definitions
+            .iter()
+            .map(|definition| definition.name.to_string())
+            .collect();
+        if batch.len() != definitions.len() {
+            return Err(MetadataError::Refused(
+                "two files define the same entity".to_owned(),
+            ));
+        }
+        let mut tx = self.store.begin().await?;
+        let mut applied = Vec::new();
+        for definition in definitions {
+            applied.push(apply_in(&mut tx, tenant, user, definition, &batch).await?);
+        }
+        if !dry_run {
+            tx.commit().await?;
+        }
+        Ok(applied)
+    }
+
+    /// Deletes an entity and its records. Refused while other entities' reference fields point at
+    /// it, unless `force`, which deactivates those fields (their data is kept).
+    pub async fn delete(
+        &self,
+        principal: &Principal,
+        name: &str,
+        force: bool,
+    ) -> Result<Vec<String>, MetadataError> {
+        require_admin(principal)?;
+        let mut tx = self.store.begin().await?;
+        let mut scoped = tx.scoped(&principal.tenant);
+        let target = scoped
+            .get_entity(name)
+            .await?
+            .ok_or_else(|| MetadataError::UnknownEntity(name.to_owned()))?;
+        let target_definition = stored_definition(&target.definition)?;
+        let mut referrers = Vec::new();
+        let mut to_deactivate = Vec::new();
+        for other in scoped.list_entities().await? {
+            if other.id == target.id {
+                continue;
+            }
+            let mut definition = stored_definition(&other.definition)?;
+            let mut changed = false;
+            for field in &mut definition.fields {
+                if field.active
+                    && field
+                        .entity
+                        .as_ref()
+                        .is_some_and(|entity| entity.as_str() == name)
+                {
+                    referrers.push(format!("`{}.{}`", definition.name, field.name));
+                    field.active = false;
+                    changed = true;
+                }
+            }
+            if changed {
+                to_deactivate.push((other, definition));
+            }
+        }
+        if !referrers.is_empty() && !force {
+            return Err(MetadataError::Referenced {
+                entity: name.to_owned(),
+                referrers,
+            });
+        }
+        for (other, definition) in to_deactivate {
+            let old = stored_definition(&other.definition)?;
+            for field in old.fields.iter().filter(|field| field.needs_index()) {
+                if !definition
+                    .field(field.name.as_str())
+                    .is_some_and(|f| f.needs_index())
+                {
+                    scoped.drop_field_index(other.id, field).await?;
+                }
+            }
+            scoped
+                .update_entity(
+                    other.id,
+                    other.version + 1,
+                    &definition::to_json(&definition),
+                    Some(&principal.user),
+                )
+                .await?;
+        }
+        scoped
+            .delete_entity(target.id, &target_definition.fields)
+            .await?;
+        tx.commit().await?;
+        Ok(referrers)
+    }
+
+    /// Second phase of removing a field: deletes its values from every record and the field from
+    /// the definition. The field must have been deactivated first.
+    pub async fn purge_field(
+        &self,
+        principal: &Principal,
+        name: &str,
+        field: &str,
+    ) -> Result<EntityView, MetadataError> {
+        require_admin(principal)?;
+        let mut tx = self.store.begin().await?;
+        let mut scoped = tx.scoped(&principal.tenant);
+        let stored = scoped
+            .get_entity(name)
+            .await?
+            .ok_or_else(|| MetadataError::UnknownEntity(name.to_owned()))?;
+        let mut definition = stored_definition(&stored.definition)?;
+        let Some(position) = definition
+            .fields
+            .iter()
+            .position(|f| f.name.as_str() == field)
+        else {
+            return Err(MetadataError::Refused(format!(
+                "entity `{name}` has no field `{field}`"
+            )));
+        };
+        if definition.fields[position].active {
+            return Err(MetadataError::Refused(format!(
+                "field `{field}` is active: deactivate it first (`\"active\": false`), then purge it"
+            )));
+        }
+        let removed = definition.fields.remove(position);
+        scoped.drop_field_index(stored.id, &removed).await?;
+        scoped.purge_field_values(stored.id, field).await?;
+        scoped
+            .update_entity(
+                stored.id,
+                stored.version + 1,
+                &definition::to_json(&definition),
+                Some(&principal.user),
+            )
+            .await?;
+        tx.commit().await?;
+        self.get(&principal.tenant, name).await
+    }
+}
+
+/// Creates or updates one entity inside an open transaction. `batch` names entities created in
+/// the same transaction, which references may point at.
+async fn apply_in(
+    tx: &mut Tx,
+    tenant: &TenantId,
+    user: Option<&UserId>,
+    mut definition: EntityDefinition,
+    batch: &BTreeSet<String>,
+) -> Result<Applied, MetadataError> {
+    let expected_version = definition.version.take();
+    let name = definition.name.to_string();
+    let mut scoped = tx.scoped(tenant);
+    let mut problems = Vec::new();
+    for (index, field) in definition.fields.iter().enumerate() {
+        if let Some(target) = &field.entity
+            && field.active
+            && target.as_str() != name
+            && !batch.contains(target.as_str())
+            && scoped.entity_version(target.as_str()).await?.is_none()
+        {
+            problems.push(Problem::new(
+                format!("/fields/{index}/entity"),
+                format!("entity `{target}` does not exist"),
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(MetadataError::Invalid(problems));
+    }
+    let json = definition::to_json(&definition);
+    let existing = scoped.get_entity(&name).await?;
+    let Some(existing) = existing else {
+        let id = scoped.insert_entity(&name, &json, user).await?;
+        let changes = evolution::diff(
+            &EntityDefinition {
+                fields: Vec::new(),
+                ..definition.clone()
+            },
+            &definition,
+        )
+        .map_err(MetadataError::Invalid)?;
+        apply_changes(&mut scoped, id, &definition, &changes).await?;
+        return Ok(Applied {
+            entity: name,
+            created: true,
+            version: 1,
+            changes,
+            conversions: Vec::new(),
+        });
+    };
+    if let Some(expected) = expected_version
+        && expected != existing.version
+    {
+        return Err(MetadataError::VersionMismatch {
+            entity: name,
+            expected,
+            current: existing.version,
+        });
+    }
+    let old = stored_definition(&existing.definition)?;
+    let changes = evolution::diff(&old, &definition).map_err(MetadataError::Invalid)?;
+    if changes.is_empty() {
+        return Ok(Applied {
+            entity: name,
+            created: false,
+            version: existing.version,
+            changes,
+            conversions: Vec::new(),
+        });
+    }
+    // Indexes go first: a retyped field's old index must not see the converted values.
+    for change in &changes {
+        if let Change::IndexRemoved { field, .. } = change
+            && let Some(field) = old.field(field)
+        {
+            scoped.drop_field_index(existing.id, field).await?;
+        }
+    }
+    let conversions = convert_records(&mut scoped, existing.id, &definition, &changes).await?;
+    if conversions.iter().any(|check| check.failures > 0) {
+        return Err(MetadataError::Unconvertible(conversions));
+    }
+    apply_changes(&mut scoped, existing.id, &definition, &changes).await?;
+    let version = existing.version + 1;
+    scoped
+        .update_entity(existing.id, version, &json, user)
+        .await?;
+    Ok(Applied {
+        entity: name,
+        created: false,
+        version,
+        changes,
+        conversions,
+    })
+}
+
+/// Builds new indexes (checking uniqueness first) and starts auto-number counters.
+async fn apply_changes(
+    scoped: &mut Scoped<'_>,
+    entity_id: i64,
+    definition: &EntityDefinition,
+    changes: &[Change],
+) -> Result<(), MetadataError> {
+    for change in changes {
+        match change {
+            Change::IndexAdded { field, unique } => {
+                let field = definition.field(field).expect("diff names existing fields");
+                if *unique {
+                    let duplicates = scoped.duplicate_values(entity_id, field, 50).await?;
+                    if !duplicates.is_empty() {
+                        return Err(MetadataError::Duplicates {
+                            field: field.name.to_string(),
+                            duplicates: duplicates
+                                .into_iter()
+                                .map(|(value, records)| Duplicate { value, records })
+                                .collect(),
+                        });
+                    }
+                }
+                scoped.create_field_index(entity_id, field).await?;
+            }
+            Change::FieldAdded { field } => {
+                let field = definition.field(field).expect("diff names existing fields");
+                if field.field_type == FieldType::AutoNumber {
+                    scoped
+                        .init_auto_number(entity_id, field.name.as_str(), field.start.unwrap_or(1))
+                        .await?;
+                }
+            }
+            Change::FieldReactivated { field } => {
+                let field = definition.field(field).expect("diff names existing fields");
+                if field.needs_index() {
+                    scoped.create_field_index(entity_id, field).await?;
+                }
+            }
+            _ => {}
+        }
+    }
+    // Deactivated fields keep their data but lose their indexes.
+    for change in changes {
+        if let Change::FieldDeactivated { field } = change {
+            let field = definition.field(field).expect("diff names existing fields");
+            scoped.drop_field_index(entity_id, field).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Converts the values of every retyped field in every record (deleted ones too), in the open
+/// transaction. Returns what happened per field; the caller refuses if anything failed.
+async fn convert_records(
+    scoped: &mut Scoped<'_>,
+    entity_id: i64,
+    definition: &EntityDefinition,
+    changes: &[Change],
+) -> Result<Vec<FieldCheck>, MetadataError> {
+    let mut fields = Vec::new();
+    for name in changes.iter().filter_map(Change::retyped_field) {
+        let field = definition.field(name).expect("diff names existing fields");
+        let schema = record_schema::field_schema(field);
+        let validator = record_schema::validator(&schema)
+            .map_err(|error| MetadataError::Invalid(vec![Problem::new("/", error)]))?;
+        fields.push((
+            field,
+            validator,
+            FieldCheck {
+                field: name.to_owned(),
+                records_with_value: 0,
+                failures: 0,
+                samples: Vec::new(),
+            },
+        ));
+    }
+    if fields.is_empty() {
+        return Ok(Vec::new());
+    }
+    for (id, _version, body) in scoped.all_record_bodies(entity_id).await? {
+        let mut data: Value = serde_json::from_str(&body)
+            .map_err(|error| StoreError::Corrupt(format!("record `{id}`: {error}")))?;
+        let mut changed = false;
+        for (field, validator, check) in &mut fields {
+            let Some(value) = data.get(field.name.as_str()).cloned() else {
+                continue;
+            };
+            check.records_with_value += 1;
+            let converted = values::convert(&value, field)
+                .ok_or_else(|| format!("cannot be converted to {}", field.field_type.as_str()));
+            let converted = converted.and_then(|mut converted| {
+                let errors: Vec<String> = validator
+                    .iter_errors(&converted)
+                    .map(|error| error.to_string())
+                    .collect();
+                if errors.is_empty() {
+                    values::normalize(field, &mut converted)?;
+                    Ok(converted)
+                } else {
+                    Err(errors.join("; "))
+                }
+            });
+            match converted {
+                Ok(converted) => {
+                    if converted != value {
+                        data[field.name.as_str()] = converted;
+                        changed = true;
+                    }
+                }
+                Err(reason) => {
+                    check.failures += 1;
+                    if check.samples.len() < 10 {
+                        check.samples.push(Failure {
+                            record: id.clone(),
+                            value,
+                            reason,
+                        });
+                    }
+                }
+            }
+        }
+        if changed {
+            scoped
+                .rewrite_record(entity_id, &id, &data.to_string())
+                .await?;
+        }
+    }
+    Ok(fields.into_iter().map(|(_, _, check)| check).collect())
+}

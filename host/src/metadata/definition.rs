@@ -1,0 +1,221 @@
+//! The typed form of an entity definition, as admins write it (`schemas/entity.schema.json`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::domain::{EntityName, FieldName};
+
+/// An entity type: its API name, labels and fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityDefinition {
+    pub name: EntityName,
+    /// Only in API bodies: the version a client read (checked on update) or is shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plural_label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub fields: Vec<FieldDefinition>,
+}
+
+impl EntityDefinition {
+    pub fn field(&self, name: &str) -> Option<&FieldDefinition> {
+        self.fields.iter().find(|field| field.name.as_str() == name)
+    }
+
+    pub fn active_fields(&self) -> impl Iterator<Item = &FieldDefinition> {
+        self.fields.iter().filter(|field| field.active)
+    }
+
+    /// The entities this one points at through reference fields.
+    pub fn referenced_entities(&self) -> impl Iterator<Item = &EntityName> {
+        self.fields.iter().filter_map(|field| field.entity.as_ref())
+    }
+}
+
+/// The type of a field; decides its JSON representation, validation and SQL expression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    Text,
+    LongText,
+    Integer,
+    Decimal,
+    Currency,
+    Boolean,
+    Date,
+    Datetime,
+    Email,
+    Phone,
+    Url,
+    Picklist,
+    Reference,
+    Json,
+    AutoNumber,
+}
+
+impl FieldType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::LongText => "long_text",
+            Self::Integer => "integer",
+            Self::Decimal => "decimal",
+            Self::Currency => "currency",
+            Self::Boolean => "boolean",
+            Self::Date => "date",
+            Self::Datetime => "datetime",
+            Self::Email => "email",
+            Self::Phone => "phone",
+            Self::Url => "url",
+            Self::Picklist => "picklist",
+            Self::Reference => "reference",
+            Self::Json => "json",
+            Self::AutoNumber => "auto_number",
+        }
+    }
+
+    /// Types whose values are strings searched by `q=` (text search).
+    pub fn is_searchable_text(self) -> bool {
+        matches!(
+            self,
+            Self::Text | Self::LongText | Self::Email | Self::Phone | Self::Url | Self::AutoNumber
+        )
+    }
+}
+
+/// A picklist option: a bare value, or a value with a label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PicklistOption {
+    Value(String),
+    Labelled {
+        value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+    },
+}
+
+impl PicklistOption {
+    pub fn value(&self) -> &str {
+        match self {
+            Self::Value(value) | Self::Labelled { value, .. } => value,
+        }
+    }
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One field of an entity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDefinition {
+    pub name: FieldName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(rename = "type")]
+    pub field_type: FieldType,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unique: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub indexed: bool,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<PicklistOption>>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub multiple: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<EntityName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digits: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<i64>,
+}
+
+/// Text fields hold at most this many characters unless `max_length` says otherwise.
+pub const DEFAULT_TEXT_LENGTH: u32 = 255;
+/// Long text fields hold at most this many characters unless `max_length` says otherwise.
+pub const DEFAULT_LONG_TEXT_LENGTH: u32 = 131_072;
+
+impl FieldDefinition {
+    /// Fields whose value the host computes; clients cannot write them.
+    pub fn is_read_only(&self) -> bool {
+        self.field_type == FieldType::AutoNumber
+    }
+
+    pub fn option_values(&self) -> Vec<&str> {
+        self.options
+            .iter()
+            .flatten()
+            .map(PicklistOption::value)
+            .collect()
+    }
+
+    /// Whether the field can carry a database index (scalars only).
+    pub fn is_indexable(&self) -> bool {
+        !(matches!(self.field_type, FieldType::Json | FieldType::LongText)
+            || (self.field_type == FieldType::Picklist && self.multiple))
+    }
+
+    pub fn needs_index(&self) -> bool {
+        self.active && (self.indexed || self.unique)
+    }
+
+    pub fn max_length(&self) -> u32 {
+        self.max_length.unwrap_or(match self.field_type {
+            FieldType::LongText => DEFAULT_LONG_TEXT_LENGTH,
+            _ => DEFAULT_TEXT_LENGTH,
+        })
+    }
+
+    /// Formats the `n`th auto-number of this field.
+    pub fn format_auto_number(&self, n: i64) -> String {
+        let digits = usize::from(self.digits.unwrap_or(1));
+        format!("{}{n:0digits$}", self.prefix.as_deref().unwrap_or(""))
+    }
+}
+
+/// Names no field may take: they would clash with the system columns in filters and sorts.
+pub fn is_reserved_field_name(name: &str) -> bool {
+    matches!(
+        name,
+        "and" | "or" | "not" | "null" | "true" | "false" | "in" | "is"
+    )
+}
+
+/// Parses JSON that already passed `schemas/entity.schema.json`.
+pub fn from_json(value: &Value) -> Result<EntityDefinition, serde_json::Error> {
+    serde_json::from_value(value.clone())
+}
+
+/// The definition as it is stored and exported.
+pub fn to_json(definition: &EntityDefinition) -> Value {
+    serde_json::to_value(definition).expect("entity definitions serialize")
+}

@@ -1,0 +1,219 @@
+//! Checks an entity definition: first against `schemas/entity.schema.json`, then the rules a
+//! schema cannot express. Every problem names the JSON path it is about.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use jsonschema::error::ValidationErrorKind;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::definition::{EntityDefinition, FieldType, is_reserved_field_name};
+
+/// The JSON Schema of entity definitions, shipped in `schemas/`.
+pub const ENTITY_SCHEMA: &str = include_str!("../../../schemas/entity.schema.json");
+
+static ENTITY_VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+    let schema: Value = serde_json::from_str(ENTITY_SCHEMA).expect("entity.schema.json is JSON");
+    jsonschema::validator_for(&schema).expect("entity.schema.json is a valid JSON Schema")
+});
+
+/// One problem in a definition, at a JSON pointer into it (`/fields/2/name`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses and checks a definition on its own (references to other entities are checked by the
+/// caller, who knows the tenant's entities).
+pub fn parse_definition(json: &Value) -> Result<EntityDefinition, Vec<Problem>> {
+    let problems: Vec<Problem> = ENTITY_VALIDATOR
+        .iter_errors(json)
+        .map(|error| {
+            let path = match error.instance_path().as_str() {
+                "" => "/".to_owned(),
+                path => path.to_owned(),
+            };
+            let message = match error.kind() {
+                ValidationErrorKind::Not { .. } => {
+                    let field_type = error
+                        .instance()
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("this");
+                    format!("has a property that a field of type `{field_type}` does not take")
+                }
+                ValidationErrorKind::AdditionalProperties { unexpected } => {
+                    format!(
+                        "unknown propert{} {}",
+                        if unexpected.len() == 1 { "y" } else { "ies" },
+                        quoted(unexpected)
+                    )
+                }
+                ValidationErrorKind::Pattern { .. } => {
+                    format!(
+                        "{} must start with a lowercase letter and hold only a-z, 0-9 and `_`",
+                        error.instance()
+                    )
+                }
+                _ => error.to_string(),
+            };
+            Problem { path, message }
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let definition: EntityDefinition = serde_json::from_value(json.clone())
+        .map_err(|error| vec![Problem::new("/", error.to_string())])?;
+    let problems = check_rules(&definition);
+    if problems.is_empty() {
+        Ok(definition)
+    } else {
+        Err(problems)
+    }
+}
+
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_rules(definition: &EntityDefinition) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut names = HashSet::new();
+    for (index, field) in definition.fields.iter().enumerate() {
+        let at = |property: &str| format!("/fields/{index}/{property}");
+        let name = field.name.as_str();
+        if !names.insert(name) {
+            problems.push(Problem::new(
+                at("name"),
+                format!("field `{name}` is defined twice"),
+            ));
+        }
+        if is_reserved_field_name(name) {
+            problems.push(Problem::new(
+                at("name"),
+                format!("`{name}` is a reserved word of the filter language"),
+            ));
+        }
+        if (field.unique || field.indexed) && !field.is_indexable() {
+            let flag = if field.unique { "unique" } else { "indexed" };
+            problems.push(Problem::new(
+                at(flag),
+                format!(
+                    "a field of type `{}` cannot be {flag}",
+                    describe_type(field.field_type, field.multiple)
+                ),
+            ));
+        }
+        if field.field_type == FieldType::AutoNumber && field.required {
+            problems.push(Problem::new(
+                at("required"),
+                "an auto-number is always set by the server",
+            ));
+        }
+        if let (Some(min), Some(max)) = (field.min, field.max)
+            && min > max
+        {
+            problems.push(Problem::new(
+                at("min"),
+                format!("`min` ({min}) is greater than `max` ({max})"),
+            ));
+        }
+        let mut values = HashSet::new();
+        for (option_index, value) in field.option_values().into_iter().enumerate() {
+            if !values.insert(value) {
+                problems.push(Problem::new(
+                    format!("/fields/{index}/options/{option_index}"),
+                    format!("option `{value}` is listed twice"),
+                ));
+            }
+        }
+    }
+    problems
+}
+
+fn describe_type(field_type: FieldType, multiple: bool) -> String {
+    if multiple {
+        "picklist (multiple)".to_owned()
+    } else {
+        field_type.as_str().to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn problems(json: Value) -> Vec<Problem> {
+        parse_definition(&json).expect_err("definition should be refused")
+    }
+
+    #[test]
+    fn the_example_of_the_documentation_is_accepted() {
+        let definition =
+            parse_definition(&json!({"name": "contact", "label": "Contact", "fields": [
+                {"name": "first_name", "type": "text", "required": true, "max_length": 100},
+                {"name": "email", "type": "email", "unique": true},
+                {"name": "phone", "type": "phone", "indexed": true},
+                {"name": "stage", "type": "picklist", "options": ["lead", "customer", "churned"]},
+                {"name": "annual_value", "type": "decimal"},
+                {"name": "account", "type": "reference", "entity": "account"}
+            ]}))
+            .unwrap();
+        assert_eq!(definition.fields.len(), 6);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let found = problems(json!({"name": "Contact", "fields": [
+            {"name": "a", "type": "text"},
+            {"name": "b", "type": "colour"},
+            {"name": "c", "type": "picklist"}
+        ]}));
+        let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"/name"), "{found:?}");
+        assert!(paths.contains(&"/fields/1/type"), "{found:?}");
+        assert!(paths.contains(&"/fields/2"), "{found:?}");
+    }
+
+    #[test]
+    fn properties_that_do_not_fit_the_type_are_refused() {
+        let found = problems(
+            json!({"name": "x", "fields": [{"name": "a", "type": "text", "entity": "y"}]}),
+        );
+        assert_eq!(found[0].path, "/fields/0");
+        assert!(found[0].message.contains("`text`"), "{found:?}");
+    }
+
+    #[test]
+    fn duplicate_fields_and_options_are_refused() {
+        let found = problems(json!({"name": "x", "fields": [
+            {"name": "a", "type": "text"},
+            {"name": "a", "type": "picklist", "options": ["p", "q", "p"]},
+            {"name": "j", "type": "json", "unique": true}
+        ]}));
+        let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["/fields/1/name", "/fields/1/options/2", "/fields/2/unique"],
+            "{found:?}"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Field values beyond what JSON Schema checks: canonical forms (datetimes in UTC with
+//! milliseconds, so that they sort as text) and conversions between field types.
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+
+use super::definition::{FieldDefinition, FieldType};
+
+/// Rewrites a valid value into its canonical stored form.
+pub fn normalize(field: &FieldDefinition, value: &mut Value) -> Result<(), String> {
+    if field.field_type == FieldType::Datetime
+        && let Value::String(text) = value
+    {
+        *text = canonical_datetime(text)?;
+    }
+    Ok(())
+}
+
+/// `2026-01-02T03:04:05.678Z`: UTC with exactly three fractional digits.
+pub fn canonical_datetime(text: &str) -> Result<String, String> {
+    let parsed = OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|_| format!("`{text}` is not an RFC 3339 datetime"))?;
+    if parsed.nanosecond() % 1_000_000 != 0 {
+        return Err(format!("`{text}` is more precise than milliseconds"));
+    }
+    let utc = parsed.to_offset(time::UtcOffset::UTC);
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    utc.format(&format)
+        .map_err(|error| format!("`{text}` cannot be stored: {error}"))
+}
+
+/// Converts a stored value to a field's new type, or `None` when it has no faithful equivalent.
+/// The result is validated against the new field's schema afterwards.
+pub fn convert(value: &Value, to: &FieldDefinition) -> Option<Value> {
+    match to.field_type {
+        FieldType::Text
+        | FieldType::LongText
+        | FieldType::Email
+        | FieldType::Phone
+        | FieldType::Url
+        | FieldType::Reference => match value {
+            Value::String(text) => Some(json!(text)),
+            Value::Number(number) => Some(json!(number.to_string())),
+            Value::Bool(boolean) => Some(json!(boolean.to_string())),
+            _ => None,
+        },
+        FieldType::Integer => match value {
+            Value::Number(number) => number.as_i64().or_else(|| {
+                number
+                    .as_f64()
+                    .filter(|float| float.fract() == 0.0 && float.abs() < 9.0e15)
+                    .map(|float| float as i64)
+            }),
+            Value::String(text) => text.trim().parse::<i64>().ok(),
+            _ => None,
+        }
+        .map(Value::from),
+        FieldType::Decimal => match value {
+            Value::Number(_) => Some(value.clone()),
+            Value::String(text) => text
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|float| float.is_finite())
+                .map(Value::from),
+            Value::Object(object) => object.get("amount").cloned(),
+            _ => None,
+        },
+        FieldType::Boolean => match value {
+            Value::Bool(_) => Some(value.clone()),
+            Value::Number(number) => match number.as_i64() {
+                Some(0) => Some(json!(false)),
+                Some(1) => Some(json!(true)),
+                _ => None,
+            },
+            Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" => Some(json!(true)),
+                "false" | "no" | "0" => Some(json!(false)),
+                _ => None,
+            },
+            _ => None,
+        },
+        FieldType::Date => value.as_str().map(|text| json!(text)),
+        FieldType::Datetime => value.as_str().map(|text| {
+            if text.len() == 10 {
+                json!(format!("{text}T00:00:00.000Z"))
+            } else {
+                json!(text)
+            }
+        }),
+        FieldType::Picklist if to.multiple => match value {
+            Value::String(text) => Some(json!([text])),
+            Value::Array(_) => Some(value.clone()),
+            _ => None,
+        },
+        FieldType::Picklist => match value {
+            Value::String(_) => Some(value.clone()),
+            Value::Array(items) if items.len() == 1 => Some(items[0].clone()),
+            _ => None,
+        },
+        FieldType::Currency => value.is_object().then(|| value.clone()),
+        FieldType::Json => Some(value.clone()),
+        FieldType::AutoNumber => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datetimes_are_stored_in_utc_with_milliseconds() {
+        assert_eq!(
+            canonical_datetime("2026-01-02T03:04:05Z").unwrap(),
+            "2026-01-02T03:04:05.000Z"
+        );
+        assert_eq!(
+            canonical_datetime("2026-01-02T03:04:05.5+02:00").unwrap(),
+            "2026-01-02T01:04:05.500Z"
+        );
+        assert!(canonical_datetime("2026-01-02T03:04:05.0001Z").is_err());
+        assert!(canonical_datetime("yesterday").is_err());
+    }
+}

@@ -1,0 +1,1200 @@
+//! Records of metadata-defined entities: validated writes with history, reads, lists with
+//! filters, sorts, keyset pagination, field selection, expansion and search.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::auth::Principal;
+use crate::domain::{RecordId, UserId};
+use crate::metadata::definition::{FieldDefinition, FieldType};
+use crate::metadata::record_schema::FieldErrors;
+use crate::metadata::{CompiledEntity, Metadata, MetadataError, values};
+use crate::store::records::{ListQuery, NewRecord, StoredRecord};
+use crate::store::{Dialect, Scoped, SqlValue, Store, StoreError};
+
+pub mod filter;
+pub mod query;
+
+/// The most records one batch request may hold.
+pub const MAX_BATCH: usize = 1000;
+
+/// Errors of the records layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("no `{entity}` record has id `{id}`")]
+    NotFound { entity: String, id: String },
+    #[error("the record is invalid")]
+    Invalid(FieldErrors),
+    #[error("the record conflicts with existing records")]
+    Conflict(FieldErrors),
+    #[error(
+        "the record is at version {current}, not {expected}: reload it and apply your change again"
+    )]
+    VersionMismatch { expected: i64, current: i64 },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("`Idempotency-Key` `{0}` was already used for a different request")]
+    IdempotencyMismatch(String),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn bad(message: impl Into<String>) -> RecordError {
+    RecordError::BadRequest(message.into())
+}
+
+/// A record as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct RecordView {
+    pub id: String,
+    pub version: i64,
+    pub owner: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    pub updated_by: String,
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deleted_at: Option<OffsetDateTime>,
+    pub data: Box<RawValue>,
+    /// Referenced records, by reference field, when asked for with `expand`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expanded: Option<BTreeMap<String, Option<RecordView>>>,
+}
+
+/// A page of a list.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    pub data: Vec<RecordView>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A response body with its status, as remembered for `Idempotency-Key` replays.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+}
+
+/// An `Idempotency-Key` and the hash of the request it came with.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
+}
+
+impl Idempotency {
+    pub fn new(key: String, method: &str, path: &str, body: &[u8]) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(method.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(path.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(body);
+        let request_hash = hasher
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        Self { key, request_hash }
+    }
+}
+
+/// Which records a list shows, by deletion state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Deleted {
+    #[default]
+    Exclude,
+    Include,
+    Only,
+}
+
+/// How records are shown: which fields and which references expanded.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    pub fields: Option<String>,
+    pub expand: Option<String>,
+}
+
+/// Parameters of a list.
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    pub filter: Option<String>,
+    pub sort: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+    pub q: Option<String>,
+    pub deleted: Deleted,
+    pub shape: Shape,
+}
+
+/// An update in a batch.
+#[derive(Debug, Clone)]
+pub struct BatchUpdate {
+    pub id: String,
+    pub version: Option<i64>,
+    pub data: Value,
+}
+
+/// Records of every entity of every tenant.
+#[derive(Debug, Clone)]
+pub struct Records {
+    store: Store,
+    metadata: Arc<Metadata>,
+}
+
+fn parse_id(entity: &str, id: &str) -> Result<RecordId, RecordError> {
+    RecordId::parse(id).ok_or_else(|| RecordError::NotFound {
+        entity: entity.to_owned(),
+        id: id.to_owned(),
+    })
+}
+
+fn to_sql_value(value: &Value) -> Option<SqlValue> {
+    match value {
+        Value::String(text) => Some(SqlValue::Text(text.clone())),
+        Value::Bool(boolean) => Some(SqlValue::Bool(*boolean)),
+        Value::Number(number) => number
+            .as_i64()
+            .map(SqlValue::Int)
+            .or_else(|| number.as_f64().map(SqlValue::Float)),
+        Value::Object(object) => object.get("amount").and_then(to_sql_value),
+        _ => None,
+    }
+}
+
+fn json_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Checks the keys a client sent: every one must be an active, writable field.
+fn check_keys(entity: &CompiledEntity, body: &Map<String, Value>, errors: &mut FieldErrors) {
+    for key in body.keys() {
+        let message = match entity.definition.field(key) {
+            None => format!("`{key}` is not a field of `{}`", entity.name()),
+            Some(field) if !field.active => format!("field `{key}` is deactivated"),
+            Some(field) if field.is_read_only() => {
+                format!("field `{key}` is read-only: the server sets it")
+            }
+            Some(_) => continue,
+        };
+        errors.entry(key.clone()).or_default().push(message);
+    }
+}
+
+/// The part of a stored body a client could have written: active, writable fields.
+fn writable_part(entity: &CompiledEntity, data: &Map<String, Value>) -> Map<String, Value> {
+    data.iter()
+        .filter(|(key, _)| {
+            entity
+                .definition
+                .field(key)
+                .is_some_and(|field| field.active && !field.is_read_only())
+        })
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+fn validate(
+    entity: &CompiledEntity,
+    writable: Map<String, Value>,
+) -> Result<Map<String, Value>, FieldErrors> {
+    let mut body = Value::Object(writable);
+    let mut errors = entity.check(&body);
+    if errors.is_empty() {
+        let object = body.as_object_mut().expect("an object");
+        for (key, value) in object.iter_mut() {
+            let field = entity
+                .definition
+                .field(key)
+                .expect("validated keys are fields");
+            if let Err(message) = values::normalize(field, value) {
+                errors.entry(key.clone()).or_default().push(message);
+            }
+        }
+    }
+    if errors.is_empty() {
+        let Value::Object(object) = body else {
+            unreachable!("built as an object")
+        };
+        Ok(object)
+    } else {
+        Err(errors)
+    }
+}
+
+fn parse_body(record: &StoredRecord) -> Result<Map<String, Value>, StoreError> {
+    serde_json::from_str(&record.data)
+        .map_err(|error| StoreError::Corrupt(format!("record `{}`: {error}", record.id)))
+}
+
+/// The changes between two bodies: `{field: {"from": …, "to": …}}`.
+fn changes(before: &Map<String, Value>, after: &Map<String, Value>) -> Map<String, Value> {
+    let mut changes = Map::new();
+    for key in before.keys().chain(after.keys()) {
+        let (from, to) = (before.get(key), after.get(key));
+        if from != to && !changes.contains_key(key) {
+            changes.insert(key.clone(), json!({"from": from, "to": to}));
+        }
+    }
+    changes
+}
+
+impl Records {
+    pub fn new(store: Store, metadata: Arc<Metadata>) -> Self {
+        Self { store, metadata }
+    }
+
+    /// Checks uniqueness and references of the fields in `changed` before a write.
+    async fn check_constraints(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &CompiledEntity,
+        data: &Map<String, Value>,
+        changed: &[&String],
+        record_id: &str,
+    ) -> Result<(), RecordError> {
+        let dialect = scoped.dialect();
+        let mut conflicts = FieldErrors::new();
+        let mut invalid = FieldErrors::new();
+        for key in changed {
+            let (Some(field), Some(value)) = (entity.definition.field(key), data.get(key.as_str()))
+            else {
+                continue;
+            };
+            if field.unique
+                && field.active
+                && let Some(sql_value) = to_sql_value(value)
+                && let Some(holder) = scoped
+                    .unique_holder(
+                        entity.id,
+                        &dialect.field_expr(field),
+                        sql_value,
+                        Some(record_id),
+                    )
+                    .await?
+            {
+                conflicts.entry(key.to_string()).or_default().push(format!(
+                    "field `{key}` must be unique: `{}` is already used by {} `{holder}`",
+                    json_text(value),
+                    entity.name()
+                ));
+            }
+            if let (FieldType::Reference, Some(target), Value::String(id)) =
+                (field.field_type, &field.entity, value)
+            {
+                let exists = match scoped.entity_version(target.as_str()).await? {
+                    Some((target_id, _)) => !scoped
+                        .existing_ids(target_id, std::slice::from_ref(id))
+                        .await?
+                        .is_empty(),
+                    None => false,
+                };
+                if !exists {
+                    invalid
+                        .entry(key.to_string())
+                        .or_default()
+                        .push(format!("no `{target}` record has id `{id}`"));
+                }
+            }
+        }
+        if !invalid.is_empty() {
+            return Err(RecordError::Invalid(invalid));
+        }
+        if !conflicts.is_empty() {
+            return Err(RecordError::Conflict(conflicts));
+        }
+        Ok(())
+    }
+
+    async fn insert_one(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &CompiledEntity,
+        user: &UserId,
+        input: Value,
+        now: OffsetDateTime,
+    ) -> Result<StoredRecord, RecordError> {
+        let Value::Object(mut body) = input else {
+            return Err(RecordError::Invalid(FieldErrors::from([(
+                String::new(),
+                vec!["`data` must be an object of field values".to_owned()],
+            )])));
+        };
+        let mut errors = FieldErrors::new();
+        check_keys(entity, &body, &mut errors);
+        body.retain(|key, value| !value.is_null() && !errors.contains_key(key));
+        let mut body = match validate(entity, body) {
+            Ok(body) if errors.is_empty() => body,
+            Ok(_) => return Err(RecordError::Invalid(errors)),
+            Err(more) => {
+                errors.extend(more);
+                return Err(RecordError::Invalid(errors));
+            }
+        };
+        let id = RecordId::generate();
+        let keys: Vec<String> = body.keys().cloned().collect();
+        self.check_constraints(
+            scoped,
+            entity,
+            &body,
+            &keys.iter().collect::<Vec<_>>(),
+            id.as_str(),
+        )
+        .await?;
+        for field in entity
+            .definition
+            .active_fields()
+            .filter(|field| field.field_type == FieldType::AutoNumber)
+        {
+            let number = scoped
+                .next_auto_number(entity.id, field.name.as_str())
+                .await?;
+            body.insert(
+                field.name.to_string(),
+                Value::from(field.format_auto_number(number)),
+            );
+        }
+        let data = Value::Object(body);
+        let text = data.to_string();
+        scoped
+            .insert_record(
+                entity.id,
+                &NewRecord {
+                    id: id.as_str(),
+                    data: &text,
+                    owner: user,
+                    user,
+                    now,
+                },
+            )
+            .await
+            .map_err(|error| unique_violation(entity, error))?;
+        let history = changes(&Map::new(), data.as_object().expect("an object"));
+        scoped
+            .insert_history(
+                entity.id,
+                id.as_str(),
+                1,
+                "create",
+                user,
+                now,
+                &Value::Object(history).to_string(),
+            )
+            .await?;
+        Ok(StoredRecord {
+            id: id.to_string(),
+            version: 1,
+            data: text,
+            owner_id: user.to_string(),
+            created_at: now,
+            created_by: user.to_string(),
+            updated_at: now,
+            updated_by: user.to_string(),
+            deleted_at: None,
+        })
+    }
+
+    async fn update_one(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &CompiledEntity,
+        user: &UserId,
+        update: BatchUpdate,
+        now: OffsetDateTime,
+    ) -> Result<StoredRecord, RecordError> {
+        let not_found = || RecordError::NotFound {
+            entity: entity.name().to_owned(),
+            id: update.id.clone(),
+        };
+        let id = RecordId::parse(&update.id).ok_or_else(not_found)?;
+        let stored = scoped
+            .get_record(entity.id, id.as_str())
+            .await?
+            .filter(|r| r.deleted_at.is_none())
+            .ok_or_else(not_found)?;
+        if let Some(expected) = update.version
+            && expected != stored.version
+        {
+            return Err(RecordError::VersionMismatch {
+                expected,
+                current: stored.version,
+            });
+        }
+        let Value::Object(patch) = update.data else {
+            return Err(RecordError::Invalid(FieldErrors::from([(
+                String::new(),
+                vec!["`data` must be an object of field values".to_owned()],
+            )])));
+        };
+        let mut errors = FieldErrors::new();
+        check_keys(entity, &patch, &mut errors);
+        let before = parse_body(&stored)?;
+        let mut writable = writable_part(entity, &before);
+        for (key, value) in patch.iter().filter(|(key, _)| !errors.contains_key(*key)) {
+            if value.is_null() {
+                writable.remove(key);
+            } else {
+                writable.insert(key.clone(), value.clone());
+            }
+        }
+        let writable = match validate(entity, writable) {
+            Ok(writable) if errors.is_empty() => writable,
+            Ok(_) => return Err(RecordError::Invalid(errors)),
+            Err(more) => {
+                errors.extend(more);
+                return Err(RecordError::Invalid(errors));
+            }
+        };
+        let mut after = before.clone();
+        for key in patch.keys() {
+            match writable.get(key) {
+                Some(value) => after.insert(key.clone(), value.clone()),
+                None => after.remove(key),
+            };
+        }
+        let history = changes(&before, &after);
+        if history.is_empty() {
+            return Ok(stored);
+        }
+        let changed: Vec<&String> = history.keys().collect();
+        self.check_constraints(scoped, entity, &after, &changed, id.as_str())
+            .await?;
+        let text = Value::Object(after).to_string();
+        let updated = scoped
+            .update_record(entity.id, id.as_str(), stored.version, &text, user, now)
+            .await
+            .map_err(|error| unique_violation(entity, error))?;
+        if !updated {
+            let current = scoped
+                .get_record(entity.id, id.as_str())
+                .await?
+                .map_or(stored.version + 1, |r| r.version);
+            return Err(RecordError::VersionMismatch {
+                expected: stored.version,
+                current,
+            });
+        }
+        let version = stored.version + 1;
+        scoped
+            .insert_history(
+                entity.id,
+                id.as_str(),
+                version,
+                "update",
+                user,
+                now,
+                &Value::Object(history).to_string(),
+            )
+            .await?;
+        Ok(StoredRecord {
+            version,
+            data: text,
+            updated_at: now,
+            updated_by: user.to_string(),
+            ..stored
+        })
+    }
+
+    /// Runs `work` in a write transaction, remembering its response under an `Idempotency-Key`:
+    /// a retry with the same key gets the first response and changes nothing.
+    async fn idempotent<F>(
+        &self,
+        principal: &Principal,
+        idempotency: Option<&Idempotency>,
+        work: F,
+    ) -> Result<Response, RecordError>
+    where
+        F: AsyncFnOnce(&mut Scoped<'_>) -> Result<Response, RecordError>,
+    {
+        let mut tx = self.store.begin().await?;
+        let mut scoped = tx.scoped(&principal.tenant);
+        if let Some(idempotency) = idempotency
+            && let Some(previous) = scoped
+                .idempotent_response(&principal.user, &idempotency.key)
+                .await?
+        {
+            if previous.request_hash != idempotency.request_hash {
+                return Err(RecordError::IdempotencyMismatch(idempotency.key.clone()));
+            }
+            return Ok(Response {
+                status: previous.status as u16,
+                body: previous.response,
+            });
+        }
+        let response = work(&mut scoped).await?;
+        if let Some(idempotency) = idempotency {
+            scoped
+                .save_idempotent_response(
+                    &principal.user,
+                    &idempotency.key,
+                    &idempotency.request_hash,
+                    response.status,
+                    &response.body,
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(response)
+    }
+
+    /// Creates a record; answers 201 with the record.
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        data: Value,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Response, RecordError> {
+        self.idempotent(principal, idempotency, async |scoped| {
+            let compiled = self.metadata.compiled(scoped, entity).await?;
+            let stored = self
+                .insert_one(
+                    scoped,
+                    &compiled,
+                    &principal.user,
+                    data,
+                    crate::store::now(),
+                )
+                .await?;
+            let view = view(&stored, &compiled, scoped.dialect(), None)?;
+            Ok(Response {
+                status: 201,
+                body: serde_json::to_string(&view).expect("views serialize"),
+            })
+        })
+        .await
+    }
+
+    /// Creates up to [`MAX_BATCH`] records in one transaction: all or none.
+    pub async fn create_batch(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        records: Vec<Value>,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Response, RecordError> {
+        check_batch_size(records.len())?;
+        self.idempotent(principal, idempotency, async |scoped| {
+            let compiled = self.metadata.compiled(scoped, entity).await?;
+            let now = crate::store::now();
+            let mut views = Vec::with_capacity(records.len());
+            for (index, data) in records.into_iter().enumerate() {
+                let stored = self
+                    .insert_one(scoped, &compiled, &principal.user, data, now)
+                    .await
+                    .map_err(|e| in_batch(index, e))?;
+                views.push(view(&stored, &compiled, scoped.dialect(), None)?);
+            }
+            Ok(Response {
+                status: 201,
+                body: serde_json::to_string(&json!({"data": views})).expect("views serialize"),
+            })
+        })
+        .await
+    }
+
+    /// Applies a partial update (`null` clears a field), honouring an expected version.
+    pub async fn update(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        update: BatchUpdate,
+    ) -> Result<RecordView, RecordError> {
+        let mut tx = self.store.begin().await?;
+        let mut scoped = tx.scoped(&principal.tenant);
+        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        let stored = self
+            .update_one(
+                &mut scoped,
+                &compiled,
+                &principal.user,
+                update,
+                crate::store::now(),
+            )
+            .await?;
+        let view = view(&stored, &compiled, scoped.dialect(), None)?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// Updates up to [`MAX_BATCH`] records in one transaction: all or none.
+    pub async fn update_batch(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        updates: Vec<BatchUpdate>,
+    ) -> Result<Vec<RecordView>, RecordError> {
+        check_batch_size(updates.len())?;
+        let mut tx = self.store.begin().await?;
+        let mut scoped = tx.scoped(&principal.tenant);
+        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        let now = crate::store::now();
+        let mut views = Vec::with_capacity(updates.len());
+        for (index, update) in updates.into_iter().enumerate() {
+            let stored = self
+                .update_one(&mut scoped, &compiled, &principal.user, update, now)
+                .await
+                .map_err(|e| in_batch(index, e))?;
+            views.push(view(&stored, &compiled, scoped.dialect(), None)?);
+        }
+        tx.commit().await?;
+        Ok(views)
+    }
+
+    /// Soft-deletes (`restore == false`) or restores a record.
+    pub async fn set_deleted(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        id: &str,
+        expected: Option<i64>,
+        restore: bool,
+    ) -> Result<RecordView, RecordError> {
+        let record_id = parse_id(entity, id)?;
+        let mut tx = self.store.begin().await?;
+        let mut scoped = tx.scoped(&principal.tenant);
+        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        let not_found = || RecordError::NotFound {
+            entity: entity.to_owned(),
+            id: id.to_owned(),
+        };
+        let stored = scoped
+            .get_record(compiled.id, record_id.as_str())
+            .await?
+            .ok_or_else(not_found)?;
+        if let Some(expected) = expected
+            && expected != stored.version
+        {
+            return Err(RecordError::VersionMismatch {
+                expected,
+                current: stored.version,
+            });
+        }
+        if stored.deleted_at.is_some() != restore {
+            return Err(bad(if restore {
+                "the record is not deleted"
+            } else {
+                "the record is already deleted"
+            }));
+        }
+        let now = crate::store::now();
+        if restore {
+            // A value taken by another record meanwhile would break uniqueness.
+            let body = parse_body(&stored)?;
+            let keys: Vec<&String> = body.keys().collect();
+            self.check_constraints(&mut scoped, &compiled, &body, &keys, record_id.as_str())
+                .await?;
+        }
+        let deleted_at = (!restore).then_some(now);
+        if !scoped
+            .set_deleted(
+                compiled.id,
+                record_id.as_str(),
+                stored.version,
+                deleted_at,
+                &principal.user,
+                now,
+            )
+            .await?
+        {
+            return Err(RecordError::VersionMismatch {
+                expected: stored.version,
+                current: stored.version + 1,
+            });
+        }
+        let version = stored.version + 1;
+        let operation = if restore { "restore" } else { "delete" };
+        scoped
+            .insert_history(
+                compiled.id,
+                record_id.as_str(),
+                version,
+                operation,
+                &principal.user,
+                now,
+                "{}",
+            )
+            .await?;
+        let stored = StoredRecord {
+            version,
+            deleted_at,
+            updated_at: now,
+            updated_by: principal.user.to_string(),
+            ..stored
+        };
+        let view = view(&stored, &compiled, scoped.dialect(), None)?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// Deletes a record and its history for good.
+    pub async fn purge(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        id: &str,
+    ) -> Result<(), RecordError> {
+        let record_id = parse_id(entity, id)?;
+        let mut tx = self.store.begin().await?;
+        let mut scoped = tx.scoped(&principal.tenant);
+        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        if !scoped.purge_record(compiled.id, record_id.as_str()).await? {
+            return Err(RecordError::NotFound {
+                entity: entity.to_owned(),
+                id: id.to_owned(),
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        id: &str,
+        shape: &Shape,
+        include_deleted: bool,
+    ) -> Result<RecordView, RecordError> {
+        let record_id = parse_id(entity, id)?;
+        let mut conn = self.store.reader().await?;
+        let mut scoped = conn.scoped(&principal.tenant);
+        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        let selection = selection(&compiled, shape.fields.as_deref())?;
+        let expand = expansions(&compiled, shape.expand.as_deref())?;
+        let stored = scoped
+            .get_record(compiled.id, record_id.as_str())
+            .await?
+            .filter(|record| include_deleted || record.deleted_at.is_none())
+            .ok_or_else(|| RecordError::NotFound {
+                entity: entity.to_owned(),
+                id: id.to_owned(),
+            })?;
+        let mut views = vec![view(
+            &stored,
+            &compiled,
+            scoped.dialect(),
+            selection.as_deref(),
+        )?];
+        self.expand(
+            &mut scoped,
+            &expand,
+            std::slice::from_ref(&stored),
+            &mut views,
+        )
+        .await?;
+        Ok(views.pop().expect("one view"))
+    }
+
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        params: &ListParams,
+    ) -> Result<Page, RecordError> {
+        let mut conn = self.store.reader().await?;
+        let mut scoped = conn.scoped(&principal.tenant);
+        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        self.list_in(&mut scoped, &compiled, params, None).await
+    }
+
+    /// Records of `source` whose reference field points at the record `id` of `entity` (for a
+    /// link entity, one side of a many-to-many relation).
+    pub async fn related(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        id: &str,
+        source: &str,
+        field: Option<&str>,
+        params: &ListParams,
+    ) -> Result<Page, RecordError> {
+        let record_id = parse_id(entity, id)?;
+        let mut conn = self.store.reader().await?;
+        let mut scoped = conn.scoped(&principal.tenant);
+        let target = self.metadata.compiled(&mut scoped, entity).await?;
+        scoped
+            .get_record(target.id, record_id.as_str())
+            .await?
+            .filter(|record| record.deleted_at.is_none())
+            .ok_or_else(|| RecordError::NotFound {
+                entity: entity.to_owned(),
+                id: id.to_owned(),
+            })?;
+        let compiled = self.metadata.compiled(&mut scoped, source).await?;
+        let references: Vec<&FieldDefinition> = compiled
+            .definition
+            .active_fields()
+            .filter(|f| f.entity.as_ref().is_some_and(|e| e.as_str() == entity))
+            .filter(|f| field.is_none_or(|name| f.name.as_str() == name))
+            .collect();
+        let reference = match references.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(bad(format!(
+                    "`{source}` has no reference field to `{entity}`{}",
+                    field.map(|f| format!(" named `{f}`")).unwrap_or_default()
+                )));
+            }
+            _ => {
+                return Err(bad(format!(
+                    "`{source}` has several reference fields to `{entity}`: name one with `field=`"
+                )));
+            }
+        };
+        let condition = (reference.clone(), record_id.to_string());
+        self.list_in(&mut scoped, &compiled, params, Some(condition))
+            .await
+    }
+
+    async fn list_in(
+        &self,
+        scoped: &mut Scoped<'_>,
+        compiled: &CompiledEntity,
+        params: &ListParams,
+        reference: Option<(FieldDefinition, String)>,
+    ) -> Result<Page, RecordError> {
+        let limit = params.limit.unwrap_or(query::DEFAULT_PAGE_SIZE);
+        if !(1..=query::MAX_PAGE_SIZE).contains(&limit) {
+            return Err(bad(format!(
+                "`limit` must be between 1 and {}, not {limit}",
+                query::MAX_PAGE_SIZE
+            )));
+        }
+        let selection = selection(compiled, params.shape.fields.as_deref())?;
+        let expand = expansions(compiled, params.shape.expand.as_deref())?;
+        let definition = &compiled.definition;
+        let mut builder = ListQuery::builder(scoped.dialect());
+        let mut conditions = vec![match params.deleted {
+            Deleted::Exclude => "deleted_at IS NULL".to_owned(),
+            Deleted::Include => "1 = 1".to_owned(),
+            Deleted::Only => "deleted_at IS NOT NULL".to_owned(),
+        }];
+        if let Some((field, id)) = &reference {
+            let placeholder = builder.bind(SqlValue::Text(id.clone()));
+            conditions.push(format!(
+                "{} = {placeholder}",
+                builder.dialect.field_expr(field)
+            ));
+        }
+        if let Some(filter) = params.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+            conditions
+                .push(query::filter_condition(definition, filter, &mut builder).map_err(bad)?);
+        }
+        if let Some(q) = params.q.as_deref().filter(|q| !q.is_empty()) {
+            conditions.push(query::search(definition, q, &mut builder));
+        }
+        let sort_text = params.sort.clone().unwrap_or_default();
+        let keys = query::parse_sort(definition, &sort_text).map_err(bad)?;
+        let cursor = params
+            .cursor
+            .as_deref()
+            .map(query::Cursor::decode)
+            .transpose()
+            .map_err(bad)?;
+        if let Some(cursor) = &cursor
+            && cursor.s != sort_text
+        {
+            return Err(bad(
+                "`cursor` belongs to another sort: keep the `sort` of the first page",
+            ));
+        }
+        let (order, seek) =
+            query::order_and_seek(&keys, cursor.as_ref(), &mut builder).map_err(bad)?;
+        conditions.extend(seek);
+        let rows = scoped
+            .list_records(
+                compiled.id,
+                ListQuery {
+                    condition: conditions.join(" AND "),
+                    order,
+                    binds: builder.binds,
+                    limit: limit + 1,
+                },
+            )
+            .await?;
+        let mut rows = rows;
+        let next_cursor = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            let last = rows.last().expect("a full page");
+            let data: Value =
+                serde_json::from_str(&last.data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Some(query::Cursor::after(&sort_text, &keys, last, &data).encode())
+        } else {
+            None
+        };
+        let dialect = scoped.dialect();
+        let mut views = rows
+            .iter()
+            .map(|row| view(row, compiled, dialect, selection.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.expand(scoped, &expand, &rows, &mut views).await?;
+        Ok(Page {
+            data: views,
+            next_cursor,
+        })
+    }
+
+    /// Fills `expanded` of each view with the records its reference fields point at.
+    async fn expand(
+        &self,
+        scoped: &mut Scoped<'_>,
+        fields: &[FieldDefinition],
+        rows: &[StoredRecord],
+        views: &mut [RecordView],
+    ) -> Result<(), RecordError> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let bodies: Vec<Map<String, Value>> =
+            rows.iter().map(parse_body).collect::<Result<_, _>>()?;
+        for view in views.iter_mut() {
+            view.expanded = Some(BTreeMap::new());
+        }
+        for field in fields {
+            let target_name = field.entity.as_ref().expect("expansions are references");
+            let target = self.metadata.compiled(scoped, target_name.as_str()).await?;
+            let mut ids: Vec<String> = bodies
+                .iter()
+                .filter_map(|body| {
+                    body.get(field.name.as_str())
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .collect();
+            ids.sort();
+            ids.dedup();
+            let mut found: HashMap<String, StoredRecord> = HashMap::new();
+            for chunk in ids.chunks(500) {
+                for record in scoped.get_records(target.id, chunk).await? {
+                    found.insert(record.id.clone(), record);
+                }
+            }
+            for (view, body) in views.iter_mut().zip(&bodies) {
+                let referenced = body
+                    .get(field.name.as_str())
+                    .and_then(Value::as_str)
+                    .and_then(|id| found.get(id))
+                    .map(|record| self::view(record, &target, scoped.dialect(), None))
+                    .transpose()?;
+                view.expanded
+                    .as_mut()
+                    .expect("set above")
+                    .insert(field.name.to_string(), referenced);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn history(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        id: &str,
+    ) -> Result<Value, RecordError> {
+        let record_id = parse_id(entity, id)?;
+        let mut conn = self.store.reader().await?;
+        let mut scoped = conn.scoped(&principal.tenant);
+        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        let rows = scoped.history(compiled.id, record_id.as_str()).await?;
+        if rows.is_empty() {
+            return Err(RecordError::NotFound {
+                entity: entity.to_owned(),
+                id: id.to_owned(),
+            });
+        }
+        let entries: Vec<Value> = rows
+            .into_iter()
+            .map(|row| {
+                let mut changes: Map<String, Value> = serde_json::from_str(&row.changes).unwrap_or_default();
+                changes.retain(|key, _| compiled.definition.field(key).is_some_and(|field| field.active));
+                json!({
+                    "version": row.version,
+                    "operation": row.operation,
+                    "changed_at": row.changed_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                    "changed_by": row.changed_by,
+                    "changes": changes,
+                })
+            })
+            .collect();
+        Ok(json!({"data": entries}))
+    }
+}
+
+fn check_batch_size(size: usize) -> Result<(), RecordError> {
+    if size == 0 {
+        return Err(bad("`records` is empty"));
+    }
+    if size > MAX_BATCH {
+        return Err(bad(format!(
+            "a batch holds at most {MAX_BATCH} records, not {size}"
+        )));
+    }
+    Ok(())
+}
+
+/// Prefixes field errors with the position of the record in a batch.
+fn in_batch(index: usize, error: RecordError) -> RecordError {
+    let prefix = |errors: FieldErrors| -> FieldErrors {
+        errors
+            .into_iter()
+            .map(|(key, messages)| {
+                let key = if key.is_empty() {
+                    format!("records[{index}]")
+                } else {
+                    format!("records[{index}].{key}")
+                };
+                (key, messages)
+            })
+            .collect()
+    };
+    match error {
+        RecordError::Invalid(errors) => RecordError::Invalid(prefix(errors)),
+        RecordError::Conflict(errors) => RecordError::Conflict(prefix(errors)),
+        RecordError::NotFound { entity, id } => {
+            RecordError::Invalid(prefix(FieldErrors::from([(
+                String::new(),
+                vec![format!("no `{entity}` record has id `{id}`")],
+            )])))
+        }
+        RecordError::VersionMismatch { expected, current } => {
+            RecordError::Conflict(prefix(FieldErrors::from([(
+                String::new(),
+                vec![format!(
+                    "the record is at version {current}, not {expected}"
+                )],
+            )])))
+        }
+        other => other,
+    }
+}
+
+/// Maps a unique index violation (a race the pre-check could not see) to a field error.
+fn unique_violation(entity: &CompiledEntity, error: StoreError) -> RecordError {
+    let prefix = format!("ru_{}_", entity.id);
+    match error
+        .violated_unique_index()
+        .as_deref()
+        .and_then(|index| index.strip_prefix(&prefix))
+    {
+        Some(field) => RecordError::Conflict(FieldErrors::from([(
+            field.to_owned(),
+            vec![format!(
+                "field `{field}` must be unique: the value is already used by another {}",
+                entity.name()
+            )],
+        )])),
+        None => RecordError::Store(error),
+    }
+}
+
+/// Parses `fields=a,b`: the fields to show.
+fn selection(
+    entity: &CompiledEntity,
+    fields: Option<&str>,
+) -> Result<Option<Vec<String>>, RecordError> {
+    let Some(fields) = fields.filter(|f| !f.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let names: Vec<String> = fields
+        .split(',')
+        .map(|name| name.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    for name in &names {
+        if !entity
+            .definition
+            .field(name)
+            .is_some_and(|field| field.active)
+        {
+            return Err(bad(format!(
+                "`fields`: `{name}` is not a field of `{}`",
+                entity.name()
+            )));
+        }
+    }
+    Ok(Some(names))
+}
+
+/// Parses `expand=a,b`: reference fields whose records to include.
+fn expansions(
+    entity: &CompiledEntity,
+    expand: Option<&str>,
+) -> Result<Vec<FieldDefinition>, RecordError> {
+    let Some(expand) = expand.filter(|e| !e.trim().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let mut fields = Vec::new();
+    for name in expand.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match entity.definition.field(name) {
+            Some(field) if field.active && field.field_type == FieldType::Reference => {
+                fields.push(field.clone())
+            }
+            _ => {
+                return Err(bad(format!(
+                    "`expand`: `{name}` is not a reference field of `{}`",
+                    entity.name()
+                )));
+            }
+        }
+    }
+    if fields.len() > 10 {
+        return Err(bad("`expand` takes at most 10 fields"));
+    }
+    Ok(fields)
+}
+
+/// The API form of a stored record: inactive fields hidden, `selection` applied.
+pub fn view(
+    record: &StoredRecord,
+    entity: &CompiledEntity,
+    dialect: Dialect,
+    selection: Option<&[String]>,
+) -> Result<RecordView, StoreError> {
+    let all_active = entity.definition.fields.iter().all(|field| field.active);
+    // SQLite returns the text this server wrote (canonical, keys sorted); PostgreSQL's jsonb
+    // text is re-serialised so that both backends answer byte for byte alike.
+    let data = if dialect == Dialect::Sqlite && all_active && selection.is_none() {
+        RawValue::from_string(record.data.clone())
+    } else {
+        let mut body = parse_body(record)?;
+        body.retain(|key, _| {
+            entity
+                .definition
+                .field(key)
+                .is_some_and(|field| field.active)
+                && selection.is_none_or(|names| names.iter().any(|name| name == key))
+        });
+        RawValue::from_string(Value::Object(body).to_string())
+    }
+    .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+    Ok(RecordView {
+        id: record.id.clone(),
+        version: record.version,
+        owner: record.owner_id.clone(),
+        created_at: record.created_at,
+        created_by: record.created_by.clone(),
+        updated_at: record.updated_at,
+        updated_by: record.updated_by.clone(),
+        deleted_at: record.deleted_at,
+        data,
+        expanded: None,
+    })
+}

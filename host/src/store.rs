@@ -1,0 +1,365 @@
+//! All SQL lives here. The store owns the connection pools of one backend (SQLite, the embedded
+//! default, or PostgreSQL) and hands out tenant-scoped handles: every query that touches tenant
+//! data takes a [`TenantId`] from a [`Scoped`] handle and filters by it, so no caller can forget.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Database, Encode, PgPool, SqlitePool, Type};
+
+use crate::domain::TenantId;
+
+pub mod entities;
+pub mod records;
+pub mod sql;
+pub mod tenants;
+
+pub use sql::{Dialect, SqlValue};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL `{0}`: use `sqlite:<path>` or `postgres://…`")]
+    UnsupportedUrl(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// The name of the unique index a write violated, if that is why it failed.
+    pub fn violated_unique_index(&self) -> Option<String> {
+        let StoreError::Database(sqlx::Error::Database(error)) = self else {
+            return None;
+        };
+        if !error.is_unique_violation() {
+            return None;
+        }
+        if let Some(constraint) = error.constraint() {
+            return Some(constraint.to_owned());
+        }
+        // SQLite names expression indexes in the message: "UNIQUE constraint failed: index 'ru_1_email'".
+        let message = error.message();
+        let start = message.find("index '")? + "index '".len();
+        let end = message[start..].find('\'')? + start;
+        Some(message[start..end].to_owned())
+    }
+}
+
+/// The current time at the precision both backends store (microseconds).
+pub fn now() -> time::OffsetDateTime {
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .expect("a valid nanosecond")
+}
+
+/// How durable an acknowledged write is on SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// `synchronous=FULL`: an acknowledged write survives a power cut (the default).
+    Full,
+    /// `synchronous=NORMAL`: survives a crash of the process, may lose the last writes on power loss.
+    Normal,
+}
+
+/// Connection pools of one backend.
+#[derive(Debug, Clone)]
+enum Pools {
+    /// SQLite allows one writer at a time: writes go through a pool of one connection, so they
+    /// queue in the process instead of failing with `SQLITE_BUSY`; reads use their own pool.
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+/// The database of a Rapport server.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pools: Pools,
+}
+
+impl Store {
+    /// Connects to `sqlite:<path>` (created if missing) or `postgres://…` and runs migrations.
+    pub async fn connect(url: &str, durability: Durability) -> Result<Self, StoreError> {
+        let store = if url.starts_with("sqlite:") {
+            Self::connect_sqlite(url, durability).await?
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            Self {
+                pools: Pools::Postgres(pool),
+            }
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn connect_sqlite(url: &str, durability: Durability) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?;
+        if let Some(parent) = options
+            .get_filename()
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            create_dir(parent)?;
+        }
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self {
+            pools: Pools::Sqlite { read, write },
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.pools {
+            Pools::Sqlite { .. } => Dialect::Sqlite,
+            Pools::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Brings the schema up to date; migrations are append-only.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.pools {
+            Pools::Sqlite { write, .. } => sqlx::migrate!("./migrations/sqlite").run(write).await?,
+            Pools::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Opens a write transaction.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match &self.pools {
+            Pools::Sqlite { write, .. } => Tx::Sqlite(write.begin().await?),
+            Pools::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
+    /// A connection for reads.
+    pub async fn reader(&self) -> Result<Conn, StoreError> {
+        Ok(match &self.pools {
+            Pools::Sqlite { read, .. } => Conn::Sqlite(read.acquire().await?),
+            Pools::Postgres(pool) => Conn::Postgres(pool.acquire().await?),
+        })
+    }
+
+    /// Waits for in-flight work and closes every connection (SQLite checkpoints its WAL).
+    pub async fn close(&self) {
+        match &self.pools {
+            Pools::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Pools::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// Refreshes the query planner's statistics (SQLite `PRAGMA optimize`, PostgreSQL `ANALYZE`).
+    pub async fn optimize(&self) -> Result<(), StoreError> {
+        match &self.pools {
+            Pools::Sqlite { write, .. } => {
+                sqlx::query("PRAGMA optimize=0x10002")
+                    .execute(write)
+                    .await?;
+            }
+            Pools::Postgres(pool) => {
+                sqlx::query("ANALYZE records").execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn create_dir(path: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(path).map_err(|error| {
+        StoreError::Database(sqlx::Error::Configuration(
+            format!(
+                "cannot create the database directory `{}`: {error}",
+                path.display()
+            )
+            .into(),
+        ))
+    })
+}
+
+/// An open transaction on either backend. Dropped without [`Tx::commit`], it rolls back.
+pub enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+
+    pub fn exec(&mut self) -> Exec<'_> {
+        match self {
+            Tx::Sqlite(tx) => Exec::Sqlite(tx),
+            Tx::Postgres(tx) => Exec::Postgres(tx),
+        }
+    }
+
+    /// Scopes this transaction to one tenant.
+    pub fn scoped<'t>(&'t mut self, tenant: &'t TenantId) -> Scoped<'t> {
+        Scoped {
+            exec: self.exec(),
+            tenant,
+        }
+    }
+}
+
+/// A pooled connection for reads.
+pub enum Conn {
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+impl Conn {
+    pub fn exec(&mut self) -> Exec<'_> {
+        match self {
+            Conn::Sqlite(conn) => Exec::Sqlite(conn),
+            Conn::Postgres(conn) => Exec::Postgres(conn),
+        }
+    }
+
+    pub fn scoped<'t>(&'t mut self, tenant: &'t TenantId) -> Scoped<'t> {
+        Scoped {
+            exec: self.exec(),
+            tenant,
+        }
+    }
+}
+
+/// A borrowed connection of either backend; queries dispatch on it with [`on!`].
+pub enum Exec<'c> {
+    Sqlite(&'c mut sqlx::SqliteConnection),
+    Postgres(&'c mut sqlx::PgConnection),
+}
+
+impl Exec<'_> {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Exec::Sqlite(_) => Dialect::Sqlite,
+            Exec::Postgres(_) => Dialect::Postgres,
+        }
+    }
+}
+
+/// A connection or transaction bound to one tenant: the only way to reach tenant data.
+pub struct Scoped<'t> {
+    exec: Exec<'t>,
+    tenant: &'t TenantId,
+}
+
+impl Scoped<'_> {
+    pub fn dialect(&self) -> Dialect {
+        self.exec.dialect()
+    }
+
+    pub fn tenant(&self) -> &TenantId {
+        self.tenant
+    }
+}
+
+/// Runs `$body` with `$conn` bound to the backend's concrete connection type. The body is
+/// compiled once per backend, so the same SQL-building code serves both.
+macro_rules! on {
+    ($exec:expr, $conn:ident => $body:expr) => {
+        match $exec {
+            $crate::store::Exec::Sqlite($conn) => $body,
+            $crate::store::Exec::Postgres($conn) => $body,
+        }
+    };
+}
+pub(crate) use on;
+
+/// Binds dynamic values in order.
+pub fn bind_all<'q, DB>(
+    mut query: sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>,
+    values: &'q [SqlValue],
+) -> sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    DB: Database,
+    String: Encode<'q, DB> + Type<DB>,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+    f64: Encode<'q, DB> + Type<DB>,
+    bool: Encode<'q, DB> + Type<DB>,
+    time::OffsetDateTime: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+{
+    for value in values {
+        query = match value {
+            SqlValue::Text(text) => query.bind(text.as_str()),
+            SqlValue::Int(int) => query.bind(*int),
+            SqlValue::Float(float) => query.bind(*float),
+            SqlValue::Bool(boolean) => query.bind(*boolean),
+            SqlValue::Timestamp(timestamp) => query.bind(*timestamp),
+            SqlValue::Null => query.bind(None::<String>),
+        };
+    }
+    query
+}
+
+/// Same as [`bind_all`], for `query_as`.
+pub fn bind_all_as<'q, DB, O>(
+    mut query: sqlx::query::QueryAs<'q, DB, O, <DB as Database>::Arguments<'q>>,
+    values: &'q [SqlValue],
+) -> sqlx::query::QueryAs<'q, DB, O, <DB as Database>::Arguments<'q>>
+where
+    DB: Database,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+    f64: Encode<'q, DB> + Type<DB>,
+    bool: Encode<'q, DB> + Type<DB>,
+    time::OffsetDateTime: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+{
+    for value in values {
+        query = match value {
+            SqlValue::Text(text) => query.bind(text.as_str()),
+            SqlValue::Int(int) => query.bind(*int),
+            SqlValue::Float(float) => query.bind(*float),
+            SqlValue::Bool(boolean) => query.bind(*boolean),
+            SqlValue::Timestamp(timestamp) => query.bind(*timestamp),
+            SqlValue::Null => query.bind(None::<String>),
+        };
+    }
+    query
+}

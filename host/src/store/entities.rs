@@ -1,0 +1,283 @@
+//! Entity definitions, their versions, and the per-entity indexes on `records`.
+
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::{Scoped, StoreError, on};
+use crate::domain::UserId;
+use crate::metadata::definition::FieldDefinition;
+
+/// An entity definition as stored.
+#[derive(Debug, Clone)]
+pub struct StoredEntity {
+    pub id: i64,
+    pub version: i64,
+    pub definition: Value,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(sqlx::FromRow)]
+struct EntityRow {
+    id: i64,
+    version: i64,
+    definition: String,
+    updated_at: OffsetDateTime,
+}
+
+impl TryFrom<EntityRow> for StoredEntity {
+    type Error = StoreError;
+    fn try_from(row: EntityRow) -> Result<Self, StoreError> {
+        let definition = serde_json::from_str(&row.definition).map_err(|error| {
+            StoreError::Corrupt(format!("entity definition {}: {error}", row.id))
+        })?;
+        Ok(StoredEntity {
+            id: row.id,
+            version: row.version,
+            definition,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// The name of the index of a field. Entity ids are global and field names validated
+/// identifiers, so the name is unique and safe to inline.
+pub fn index_name(entity_id: i64, field: &str, unique: bool) -> String {
+    format!("{}_{entity_id}_{field}", if unique { "ru" } else { "rx" })
+}
+
+impl Scoped<'_> {
+    fn definition_column(&self) -> &'static str {
+        match self.dialect() {
+            super::Dialect::Sqlite => "definition",
+            super::Dialect::Postgres => "definition::text",
+        }
+    }
+
+    pub async fn list_entities(&mut self) -> Result<Vec<StoredEntity>, StoreError> {
+        let sql = format!(
+            "SELECT id, version, {} AS definition, updated_at FROM entities WHERE tenant_id = $1 ORDER BY name",
+            self.definition_column()
+        );
+        let tenant = self.tenant.as_str();
+        let rows: Vec<EntityRow> =
+            on!(&mut self.exec, c => sqlx::query_as(&sql).bind(tenant).fetch_all(&mut **c).await?);
+        rows.into_iter().map(StoredEntity::try_from).collect()
+    }
+
+    pub async fn get_entity(&mut self, name: &str) -> Result<Option<StoredEntity>, StoreError> {
+        let sql = format!(
+            "SELECT id, version, {} AS definition, updated_at FROM entities WHERE tenant_id = $1 AND name = $2",
+            self.definition_column()
+        );
+        let tenant = self.tenant.as_str();
+        let row: Option<EntityRow> = on!(&mut self.exec, c =>
+            sqlx::query_as(&sql).bind(tenant).bind(name).fetch_optional(&mut **c).await?);
+        row.map(StoredEntity::try_from).transpose()
+    }
+
+    /// The id and version of an entity: what decides whether a cached compilation is current.
+    pub async fn entity_version(&mut self, name: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c => sqlx::query_as(
+            "SELECT id, version FROM entities WHERE tenant_id = $1 AND name = $2",
+        )
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(&mut **c)
+        .await?))
+    }
+
+    /// Inserts a new entity at version 1 and returns its id.
+    pub async fn insert_entity(
+        &mut self,
+        name: &str,
+        definition: &Value,
+        user: Option<&UserId>,
+    ) -> Result<i64, StoreError> {
+        let now = super::now();
+        let sql = format!(
+            "INSERT INTO entities (tenant_id, name, version, definition, created_at, updated_at) \
+             VALUES ($1, $2, 1, {}, $4, $4) RETURNING id",
+            self.dialect().json_param(3)
+        );
+        let tenant = self.tenant.as_str();
+        let text = definition.to_string();
+        let id: i64 = on!(&mut self.exec, c => sqlx::query_scalar(&sql)
+            .bind(tenant)
+            .bind(name)
+            .bind(&text)
+            .bind(now)
+            .fetch_one(&mut **c)
+            .await?);
+        self.insert_entity_version(id, 1, &text, user, now).await?;
+        Ok(id)
+    }
+
+    /// Stores a new version of an entity's definition.
+    pub async fn update_entity(
+        &mut self,
+        id: i64,
+        version: i64,
+        definition: &Value,
+        user: Option<&UserId>,
+    ) -> Result<(), StoreError> {
+        let now = super::now();
+        let sql = format!(
+            "UPDATE entities SET version = $3, definition = {}, updated_at = $5 WHERE tenant_id = $1 AND id = $2",
+            self.dialect().json_param(4)
+        );
+        let tenant = self.tenant.as_str();
+        let text = definition.to_string();
+        on!(&mut self.exec, c => sqlx::query(&sql)
+            .bind(tenant)
+            .bind(id)
+            .bind(version)
+            .bind(&text)
+            .bind(now)
+            .execute(&mut **c)
+            .await.map(drop)?);
+        self.insert_entity_version(id, version, &text, user, now)
+            .await
+    }
+
+    async fn insert_entity_version(
+        &mut self,
+        id: i64,
+        version: i64,
+        text: &str,
+        user: Option<&UserId>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO entity_versions (entity_id, tenant_id, version, definition, changed_at, changed_by) \
+             VALUES ($1, $2, $3, {}, $5, $6)",
+            self.dialect().json_param(4)
+        );
+        let tenant = self.tenant.as_str();
+        let user = user.map(|user| user.as_str().to_owned());
+        on!(&mut self.exec, c => sqlx::query(&sql)
+            .bind(id)
+            .bind(tenant)
+            .bind(version)
+            .bind(text)
+            .bind(now)
+            .bind(user)
+            .execute(&mut **c)
+            .await.map(drop)?);
+        Ok(())
+    }
+
+    /// Deletes an entity with all its records, history, counters and indexes.
+    pub async fn delete_entity(
+        &mut self,
+        id: i64,
+        fields: &[FieldDefinition],
+    ) -> Result<(), StoreError> {
+        for field in fields.iter().filter(|field| field.indexed || field.unique) {
+            self.drop_field_index(id, field).await?;
+        }
+        let tenant = self.tenant.as_str();
+        for sql in [
+            "DELETE FROM record_history WHERE tenant_id = $1 AND entity_id = $2",
+            "DELETE FROM records WHERE tenant_id = $1 AND entity_id = $2",
+            "DELETE FROM auto_numbers WHERE entity_id = $2 AND entity_id IN (SELECT id FROM entities WHERE tenant_id = $1)",
+            "DELETE FROM entity_versions WHERE tenant_id = $1 AND entity_id = $2",
+            "DELETE FROM entities WHERE tenant_id = $1 AND id = $2",
+        ] {
+            on!(&mut self.exec, c => sqlx::query(sql).bind(tenant).bind(id).execute(&mut **c).await.map(drop)?);
+        }
+        Ok(())
+    }
+
+    /// Builds the expression index of an indexed or unique field.
+    pub async fn create_field_index(
+        &mut self,
+        entity_id: i64,
+        field: &FieldDefinition,
+    ) -> Result<(), StoreError> {
+        let dialect = self.dialect();
+        let expr = dialect.field_expr(field);
+        let sql = if field.unique {
+            format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {} ON records (({expr})) WHERE entity_id = {entity_id} AND deleted_at IS NULL",
+                index_name(entity_id, field.name.as_str(), true)
+            )
+        } else {
+            format!(
+                "CREATE INDEX IF NOT EXISTS {} ON records (({expr}){}, id) WHERE entity_id = {entity_id}",
+                index_name(entity_id, field.name.as_str(), false),
+                dialect.nulls(false)
+            )
+        };
+        on!(&mut self.exec, c => sqlx::query(&sql).execute(&mut **c).await.map(drop)?);
+        Ok(())
+    }
+
+    pub async fn drop_field_index(
+        &mut self,
+        entity_id: i64,
+        field: &FieldDefinition,
+    ) -> Result<(), StoreError> {
+        for unique in [true, false] {
+            let sql = format!(
+                "DROP INDEX IF EXISTS {}",
+                index_name(entity_id, field.name.as_str(), unique)
+            );
+            on!(&mut self.exec, c => sqlx::query(&sql).execute(&mut **c).await.map(drop)?);
+        }
+        Ok(())
+    }
+
+    /// Values of `field` held by more than one live record, with how often (at most `limit`).
+    pub async fn duplicate_values(
+        &mut self,
+        entity_id: i64,
+        field: &FieldDefinition,
+        limit: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let dialect = self.dialect();
+        let expr = dialect.field_expr(field);
+        let sql = format!(
+            "SELECT CAST({expr} AS TEXT) AS value, COUNT(*) AS n FROM records \
+             WHERE tenant_id = $1 AND entity_id = {entity_id} AND deleted_at IS NULL AND {expr} IS NOT NULL \
+             GROUP BY {expr} HAVING COUNT(*) > 1 ORDER BY n DESC, value LIMIT $2"
+        );
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c =>
+            sqlx::query_as(&sql).bind(tenant).bind(limit).fetch_all(&mut **c).await?))
+    }
+
+    /// Deletes a field's values from every record of an entity (the purge of a removed field).
+    pub async fn purge_field_values(
+        &mut self,
+        entity_id: i64,
+        field: &str,
+    ) -> Result<u64, StoreError> {
+        let dialect = self.dialect();
+        let sql = format!(
+            "UPDATE records SET data = {} WHERE tenant_id = $1 AND entity_id = $2",
+            dialect.remove_key(field)
+        );
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c =>
+            sqlx::query(&sql).bind(tenant).bind(entity_id).execute(&mut **c).await?.rows_affected()))
+    }
+
+    /// Starts the auto-number counter of a field, if it has none.
+    pub async fn init_auto_number(
+        &mut self,
+        entity_id: i64,
+        field: &str,
+        start: i64,
+    ) -> Result<(), StoreError> {
+        on!(&mut self.exec, c => sqlx::query(
+            "INSERT INTO auto_numbers (entity_id, field, next_value) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(entity_id)
+        .bind(field)
+        .bind(start)
+        .execute(&mut **c)
+        .await.map(drop)?);
+        Ok(())
+    }
+}

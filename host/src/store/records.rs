@@ -1,0 +1,468 @@
+//! Records, their history, auto-number counters and idempotency keys.
+
+use time::OffsetDateTime;
+
+use super::sql::QueryBuilder;
+use super::{Scoped, SqlValue, StoreError, bind_all, bind_all_as, on};
+use crate::domain::UserId;
+
+/// A record row as stored; `data` is the JSON body as text.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredRecord {
+    pub id: String,
+    pub version: i64,
+    pub data: String,
+    pub owner_id: String,
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+    pub updated_at: OffsetDateTime,
+    pub updated_by: String,
+    pub deleted_at: Option<OffsetDateTime>,
+}
+
+/// A row of a record's history.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HistoryRow {
+    pub version: i64,
+    pub operation: String,
+    pub changed_at: OffsetDateTime,
+    pub changed_by: String,
+    pub changes: String,
+}
+
+/// A remembered response to a request with an `Idempotency-Key`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct IdempotentResponse {
+    pub request_hash: String,
+    pub status: i64,
+    pub response: String,
+}
+
+/// A record about to be inserted.
+#[derive(Debug)]
+pub struct NewRecord<'a> {
+    pub id: &'a str,
+    pub data: &'a str,
+    pub owner: &'a UserId,
+    pub user: &'a UserId,
+    pub now: OffsetDateTime,
+}
+
+/// A dynamic list query: conditions and order built by the records layer. Placeholders start at
+/// `$2`; `$1` is the tenant, bound here.
+#[derive(Debug)]
+pub struct ListQuery {
+    pub condition: String,
+    pub order: String,
+    pub binds: Vec<SqlValue>,
+    pub limit: i64,
+}
+
+impl ListQuery {
+    /// A builder whose first placeholder is reserved for the tenant.
+    pub fn builder(dialect: super::Dialect) -> QueryBuilder {
+        let mut builder = QueryBuilder::new(dialect);
+        builder.binds.push(SqlValue::Null);
+        builder
+    }
+}
+
+fn columns(dialect: super::Dialect) -> String {
+    format!(
+        "id, version, {} AS data, owner_id, created_at, created_by, updated_at, updated_by, deleted_at",
+        dialect.data_column()
+    )
+}
+
+impl Scoped<'_> {
+    pub async fn get_record(
+        &mut self,
+        entity_id: i64,
+        id: &str,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM records WHERE tenant_id = $1 AND entity_id = $2 AND id = $3",
+            columns(self.dialect())
+        );
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+            .bind(tenant)
+            .bind(entity_id)
+            .bind(id)
+            .fetch_optional(&mut **c)
+            .await?))
+    }
+
+    /// Live records of an entity among `ids`.
+    pub async fn get_records(
+        &mut self,
+        entity_id: i64,
+        ids: &[String],
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT {} FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} AND deleted_at IS NULL AND id IN ({})",
+            columns(self.dialect()),
+            placeholders.join(", ")
+        );
+        let binds: Vec<SqlValue> = std::iter::once(SqlValue::Text(self.tenant.to_string()))
+            .chain(ids.iter().map(|id| SqlValue::Text(id.clone())))
+            .collect();
+        Ok(on!(&mut self.exec, c =>
+            bind_all_as(sqlx::query_as(&sql), &binds).fetch_all(&mut **c).await?))
+    }
+
+    /// Which of `ids` are live records of the entity.
+    pub async fn existing_ids(
+        &mut self,
+        entity_id: i64,
+        ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT id FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} AND deleted_at IS NULL AND id IN ({})",
+            placeholders.join(", ")
+        );
+        let binds: Vec<SqlValue> = std::iter::once(SqlValue::Text(self.tenant.to_string()))
+            .chain(ids.iter().map(|id| SqlValue::Text(id.clone())))
+            .collect();
+        Ok(on!(&mut self.exec, c => {
+            let query = bind_all_as::<_, (String,)>(sqlx::query_as(&sql), &binds);
+            query.fetch_all(&mut **c).await?.into_iter().map(|(id,)| id).collect()
+        }))
+    }
+
+    pub async fn list_records(
+        &mut self,
+        entity_id: i64,
+        query: ListQuery,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} AND ({}) ORDER BY {} LIMIT {}",
+            columns(self.dialect()),
+            query.condition,
+            query.order,
+            query.limit
+        );
+        let mut binds = query.binds;
+        binds[0] = SqlValue::Text(self.tenant.to_string());
+        Ok(on!(&mut self.exec, c =>
+            bind_all_as(sqlx::query_as(&sql), &binds).fetch_all(&mut **c).await?))
+    }
+
+    pub async fn insert_record(
+        &mut self,
+        entity_id: i64,
+        record: &NewRecord<'_>,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO records (id, tenant_id, entity_id, version, data, owner_id, created_at, created_by, updated_at, updated_by) \
+             VALUES ($1, $2, $3, 1, {}, $5, $6, $7, $6, $7)",
+            self.dialect().json_param(4)
+        );
+        let tenant = self.tenant.as_str();
+        on!(&mut self.exec, c => sqlx::query(&sql)
+            .bind(record.id)
+            .bind(tenant)
+            .bind(entity_id)
+            .bind(record.data)
+            .bind(record.owner.as_str())
+            .bind(record.now)
+            .bind(record.user.as_str())
+            .execute(&mut **c)
+            .await.map(drop)?);
+        Ok(())
+    }
+
+    /// Replaces a live record's body if it is still at `version`; false when it is not.
+    pub async fn update_record(
+        &mut self,
+        entity_id: i64,
+        id: &str,
+        version: i64,
+        data: &str,
+        user: &UserId,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE records SET data = {}, version = version + 1, updated_at = $5, updated_by = $6 \
+             WHERE tenant_id = $1 AND entity_id = $2 AND id = $3 AND version = $7 AND deleted_at IS NULL",
+            self.dialect().json_param(4)
+        );
+        let tenant = self.tenant.as_str();
+        let affected = on!(&mut self.exec, c => sqlx::query(&sql)
+            .bind(tenant)
+            .bind(entity_id)
+            .bind(id)
+            .bind(data)
+            .bind(now)
+            .bind(user.as_str())
+            .bind(version)
+            .execute(&mut **c)
+            .await?
+            .rows_affected());
+        Ok(affected == 1)
+    }
+
+    /// Soft-deletes (`deleted_at` set) or restores (`None`) a record at `version`, bumping it.
+    pub async fn set_deleted(
+        &mut self,
+        entity_id: i64,
+        id: &str,
+        version: i64,
+        deleted_at: Option<OffsetDateTime>,
+        user: &UserId,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let tenant = self.tenant.as_str();
+        let affected = on!(&mut self.exec, c => sqlx::query(
+            "UPDATE records SET deleted_at = $4, version = version + 1, updated_at = $5, updated_by = $6 \
+             WHERE tenant_id = $1 AND entity_id = $2 AND id = $3 AND version = $7",
+        )
+        .bind(tenant)
+        .bind(entity_id)
+        .bind(id)
+        .bind(deleted_at)
+        .bind(now)
+        .bind(user.as_str())
+        .bind(version)
+        .execute(&mut **c)
+        .await?
+        .rows_affected());
+        Ok(affected == 1)
+    }
+
+    /// Deletes a record and its history for good.
+    pub async fn purge_record(&mut self, entity_id: i64, id: &str) -> Result<bool, StoreError> {
+        let tenant = self.tenant.as_str();
+        let affected = on!(&mut self.exec, c => {
+            sqlx::query("DELETE FROM record_history WHERE tenant_id = $1 AND entity_id = $2 AND record_id = $3")
+                .bind(tenant)
+                .bind(entity_id)
+                .bind(id)
+                .execute(&mut **c)
+                .await?;
+            sqlx::query("DELETE FROM records WHERE tenant_id = $1 AND entity_id = $2 AND id = $3")
+                .bind(tenant)
+                .bind(entity_id)
+                .bind(id)
+                .execute(&mut **c)
+                .await?
+                .rows_affected()
+        });
+        Ok(affected == 1)
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one column each")]
+    pub async fn insert_history(
+        &mut self,
+        entity_id: i64,
+        record_id: &str,
+        version: i64,
+        operation: &str,
+        user: &UserId,
+        now: OffsetDateTime,
+        changes: &str,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO record_history (tenant_id, entity_id, record_id, version, operation, changed_at, changed_by, changes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, {})",
+            self.dialect().json_param(8)
+        );
+        let tenant = self.tenant.as_str();
+        on!(&mut self.exec, c => sqlx::query(&sql)
+            .bind(tenant)
+            .bind(entity_id)
+            .bind(record_id)
+            .bind(version)
+            .bind(operation)
+            .bind(now)
+            .bind(user.as_str())
+            .bind(changes)
+            .execute(&mut **c)
+            .await.map(drop)?);
+        Ok(())
+    }
+
+    pub async fn history(
+        &mut self,
+        entity_id: i64,
+        record_id: &str,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
+        let changes = match self.dialect() {
+            super::Dialect::Sqlite => "changes",
+            super::Dialect::Postgres => "changes::text",
+        };
+        let sql = format!(
+            "SELECT version, operation, changed_at, changed_by, {changes} AS changes FROM record_history \
+             WHERE tenant_id = $1 AND entity_id = $2 AND record_id = $3 ORDER BY id"
+        );
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+            .bind(tenant)
+            .bind(entity_id)
+            .bind(record_id)
+            .fetch_all(&mut **c)
+            .await?))
+    }
+
+    /// The live record, other than `except`, whose value of a unique field equals `value`.
+    pub async fn unique_holder(
+        &mut self,
+        entity_id: i64,
+        expr: &str,
+        value: SqlValue,
+        except: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        let sql = format!(
+            "SELECT id FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} AND deleted_at IS NULL \
+             AND {expr} = $2 AND id <> $3 LIMIT 1"
+        );
+        let binds = [
+            SqlValue::Text(self.tenant.to_string()),
+            value,
+            SqlValue::Text(except.unwrap_or("").to_owned()),
+        ];
+        Ok(on!(&mut self.exec, c => {
+            let query = bind_all_as::<_, (String,)>(sqlx::query_as(&sql), &binds);
+            query.fetch_optional(&mut **c).await?.map(|(id,)| id)
+        }))
+    }
+
+    /// Takes the next number of an auto-number field.
+    pub async fn next_auto_number(
+        &mut self,
+        entity_id: i64,
+        field: &str,
+    ) -> Result<i64, StoreError> {
+        let next: Option<i64> = on!(&mut self.exec, c => sqlx::query_scalar(
+            "UPDATE auto_numbers SET next_value = next_value + 1 WHERE entity_id = $1 AND field = $2 RETURNING next_value - 1",
+        )
+        .bind(entity_id)
+        .bind(field)
+        .fetch_optional(&mut **c)
+        .await?);
+        next.ok_or_else(|| {
+            StoreError::Corrupt(format!("no auto-number counter for field `{field}`"))
+        })
+    }
+
+    /// Every record of an entity, deleted ones too, as (id, version, body): for conversions.
+    pub async fn all_record_bodies(
+        &mut self,
+        entity_id: i64,
+    ) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let sql = format!(
+            "SELECT id, version, {} AS data FROM records WHERE tenant_id = $1 AND entity_id = $2 ORDER BY id",
+            self.dialect().data_column()
+        );
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c =>
+            sqlx::query_as(&sql).bind(tenant).bind(entity_id).fetch_all(&mut **c).await?))
+    }
+
+    /// Rewrites a record's body in a schema migration (type conversion), bumping its version.
+    pub async fn rewrite_record(
+        &mut self,
+        entity_id: i64,
+        id: &str,
+        data: &str,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE records SET data = {}, version = version + 1 WHERE tenant_id = $1 AND entity_id = $2 AND id = $3",
+            self.dialect().json_param(4)
+        );
+        let tenant = self.tenant.as_str();
+        on!(&mut self.exec, c => sqlx::query(&sql)
+            .bind(tenant)
+            .bind(entity_id)
+            .bind(id)
+            .bind(data)
+            .execute(&mut **c)
+            .await.map(drop)?);
+        Ok(())
+    }
+
+    /// Whether any live record of other entities references one of this entity's records
+    /// through `expr` (a reference field's expression on `referencing_entity`).
+    pub async fn has_references(
+        &mut self,
+        referencing_entity: i64,
+        expr: &str,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "SELECT 1 FROM records WHERE tenant_id = $1 AND entity_id = {referencing_entity} AND {expr} IS NOT NULL LIMIT 1"
+        );
+        let tenant = self.tenant.as_str();
+        let found: Option<i32> = on!(&mut self.exec, c => sqlx::query_scalar(&sql).bind(tenant).fetch_optional(&mut **c).await?);
+        Ok(found.is_some())
+    }
+
+    pub async fn idempotent_response(
+        &mut self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Option<IdempotentResponse>, StoreError> {
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c => sqlx::query_as(
+            "SELECT request_hash, status, response FROM idempotency_keys WHERE tenant_id = $1 AND user_id = $2 AND key = $3",
+        )
+        .bind(tenant)
+        .bind(user.as_str())
+        .bind(key)
+        .fetch_optional(&mut **c)
+        .await?))
+    }
+
+    pub async fn save_idempotent_response(
+        &mut self,
+        user: &UserId,
+        key: &str,
+        request_hash: &str,
+        status: u16,
+        response: &str,
+    ) -> Result<(), StoreError> {
+        let tenant = self.tenant.as_str();
+        on!(&mut self.exec, c => sqlx::query(
+            "INSERT INTO idempotency_keys (tenant_id, user_id, key, request_hash, status, response, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(tenant)
+        .bind(user.as_str())
+        .bind(key)
+        .bind(request_hash)
+        .bind(i64::from(status))
+        .bind(response)
+        .bind(super::now())
+        .execute(&mut **c)
+        .await.map(drop)?);
+        Ok(())
+    }
+}
+
+/// Runs a count query built by the records layer (placeholders from `$2`, `$1` the tenant).
+impl Scoped<'_> {
+    pub async fn count_records(
+        &mut self,
+        entity_id: i64,
+        condition: &str,
+        binds: Vec<SqlValue>,
+    ) -> Result<i64, StoreError> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} AND ({condition})"
+        );
+        let mut binds = binds;
+        binds[0] = SqlValue::Text(self.tenant.to_string());
+        Ok(on!(&mut self.exec, c => {
+            let query = bind_all(sqlx::query(&sql), &binds);
+            let row = query.fetch_one(&mut **c).await?;
+            sqlx::Row::try_get::<i64, _>(&row, 0)?
+        }))
+    }
+}

@@ -1,0 +1,171 @@
+//! SQL fragments that differ between SQLite and PostgreSQL, and a builder for dynamic queries.
+//! Field values live in a JSON body; the expression that extracts a field is the same in
+//! queries and in the expression indexes built for indexed and unique fields, so the planner
+//! uses those indexes.
+
+use crate::metadata::definition::{FieldDefinition, FieldType};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A value bound to a dynamic query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Timestamp(time::OffsetDateTime),
+    Null,
+}
+
+/// How a field's value is compared in SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlKind {
+    Text,
+    Integer,
+    Decimal,
+    Boolean,
+    /// Arrays and objects: only null checks and membership.
+    Json,
+}
+
+pub fn sql_kind(field: &FieldDefinition) -> SqlKind {
+    match field.field_type {
+        FieldType::Integer => SqlKind::Integer,
+        FieldType::Decimal | FieldType::Currency => SqlKind::Decimal,
+        FieldType::Boolean => SqlKind::Boolean,
+        FieldType::Json => SqlKind::Json,
+        FieldType::Picklist if field.multiple => SqlKind::Json,
+        _ => SqlKind::Text,
+    }
+}
+
+impl Dialect {
+    /// Reads the JSON body as text.
+    pub fn data_column(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "data",
+            Dialect::Postgres => "data::text",
+        }
+    }
+
+    /// A placeholder for a JSON text parameter.
+    pub fn json_param(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("${n}"),
+            Dialect::Postgres => format!("${n}::jsonb"),
+        }
+    }
+
+    /// The SQL expression of a field's value, typed for comparison and sorting. Field names are
+    /// validated identifiers, so they are safe to inline.
+    pub fn field_expr(self, field: &FieldDefinition) -> String {
+        let name = field.name.as_str();
+        let currency = field.field_type == FieldType::Currency;
+        match self {
+            Dialect::Sqlite if currency => format!("json_extract(data, '$.{name}.amount')"),
+            Dialect::Sqlite => format!("json_extract(data, '$.{name}')"),
+            Dialect::Postgres => match sql_kind(field) {
+                SqlKind::Decimal if currency => format!("((data->'{name}'->>'amount')::numeric)"),
+                SqlKind::Text => format!("(data->>'{name}')"),
+                SqlKind::Integer => format!("((data->>'{name}')::bigint)"),
+                SqlKind::Decimal => format!("((data->>'{name}')::numeric)"),
+                SqlKind::Boolean => format!("((data->>'{name}')::boolean)"),
+                SqlKind::Json => format!("(data->'{name}')"),
+            },
+        }
+    }
+
+    /// Wraps a placeholder so that it compares with [`Dialect::field_expr`] of this kind.
+    pub fn typed_param(self, kind: SqlKind, placeholder: &str) -> String {
+        match (self, kind) {
+            (Dialect::Postgres, SqlKind::Decimal) => format!("CAST({placeholder} AS numeric)"),
+            _ => placeholder.to_owned(),
+        }
+    }
+
+    /// A condition that the JSON array in `field` holds the text parameter.
+    pub fn array_contains(self, field: &FieldDefinition, placeholder: &str) -> String {
+        let name = field.name.as_str();
+        match self {
+            Dialect::Sqlite => format!(
+                "EXISTS (SELECT 1 FROM json_each(records.data, '$.{name}') WHERE json_each.value = {placeholder})"
+            ),
+            Dialect::Postgres => {
+                format!("(data->'{name}') @> jsonb_build_array(CAST({placeholder} AS text))")
+            }
+        }
+    }
+
+    /// Case-insensitive `LIKE`.
+    pub fn like(self) -> &'static str {
+        match self {
+            // SQLite's LIKE is case-insensitive for ASCII.
+            Dialect::Sqlite => "LIKE",
+            Dialect::Postgres => "ILIKE",
+        }
+    }
+
+    /// Null placement that matches SQLite's (nulls sort first ascending, last descending), so both
+    /// backends page identically and PostgreSQL still uses the indexes built with `NULLS FIRST`.
+    pub fn nulls(self, descending: bool) -> &'static str {
+        match (self, descending) {
+            (Dialect::Sqlite, _) => "",
+            (Dialect::Postgres, false) => " NULLS FIRST",
+            (Dialect::Postgres, true) => " NULLS LAST",
+        }
+    }
+
+    /// Removes a key from every JSON body of an entity.
+    pub fn remove_key(self, name: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("json_remove(data, '$.{name}')"),
+            Dialect::Postgres => format!("data - '{name}'"),
+        }
+    }
+}
+
+/// A dynamic query under construction: SQL text and the values bound to its placeholders.
+#[derive(Debug)]
+pub struct QueryBuilder {
+    pub dialect: Dialect,
+    pub sql: String,
+    pub binds: Vec<SqlValue>,
+}
+
+impl QueryBuilder {
+    pub fn new(dialect: Dialect) -> Self {
+        Self {
+            dialect,
+            sql: String::with_capacity(256),
+            binds: Vec::new(),
+        }
+    }
+
+    /// Binds a value and returns its placeholder.
+    pub fn bind(&mut self, value: SqlValue) -> String {
+        self.binds.push(value);
+        format!("${}", self.binds.len())
+    }
+
+    pub fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
+pub fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len() + 2);
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
