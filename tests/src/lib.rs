@@ -1,1 +1,282 @@
-//! test support
+//! Test support: a real Rapport server on port 0 with a fresh database (a SQLite file, or a new
+//! PostgreSQL database), and an HTTP client for it.
+
+use std::path::PathBuf;
+
+use rapport::api::{self, AppState};
+use rapport::store::{Durability, Store};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// The environment variable that points the tests at PostgreSQL (a database the tests may
+/// create databases from, e.g. `postgres://postgres@127.0.0.1:5432/postgres`).
+pub const POSTGRES_URL_VAR: &str = "RAPPORT_TEST_POSTGRES_URL";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running server with one tenant, whose admin token is `token`.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub token: String,
+    pub store: Store,
+    pub database_url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Directory(PathBuf),
+    Database { admin_url: String, name: String },
+}
+
+/// The PostgreSQL URL for tests, or `None` (with a note on stderr) when it is not set. In CI
+/// (`CI=true`) a missing URL is a failure: CI never skips the PostgreSQL half.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+            panic!("{POSTGRES_URL_VAR} is not set, and CI must run the PostgreSQL tests")
+        }
+        _ => {
+            eprintln!("SKIPPED on PostgreSQL: set {POSTGRES_URL_VAR} to run this test there too");
+            None
+        }
+    }
+}
+
+/// A fresh, empty database URL for `backend` and how to remove it afterwards.
+async fn fresh_database(backend: Backend) -> Option<(String, Cleanup)> {
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    match backend {
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join(format!("rapport-test-{unique}"));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let url = format!("sqlite:{}", dir.join("rapport.db").display());
+            Some((url, Cleanup::Directory(dir)))
+        }
+        Backend::Postgres => {
+            let admin_url = postgres_url()?;
+            let name = format!("rapport_test_{unique}");
+            let pool = sqlx::PgPool::connect(&admin_url)
+                .await
+                .expect("connect to PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&pool)
+                .await
+                .expect("create test database");
+            pool.close().await;
+            let base = admin_url
+                .rsplit_once('/')
+                .map_or(admin_url.as_str(), |(base, _)| base);
+            Some((
+                format!("{base}/{name}"),
+                Cleanup::Database { admin_url, name },
+            ))
+        }
+    }
+}
+
+/// Starts a server on a fresh database, with one tenant `acme`. `None` when the backend is not
+/// available here (PostgreSQL outside CI without its URL).
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    let (database_url, cleanup) = fresh_database(backend).await?;
+    let store = Store::connect(&database_url, Durability::Normal)
+        .await
+        .expect("open the test database");
+    let token = store
+        .create_tenant("acme")
+        .await
+        .expect("create tenant")
+        .expect("new tenant")
+        .token;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    let (shutdown, signal) = oneshot::channel::<()>();
+    let state = AppState::new(store.clone());
+    let server = tokio::spawn(async move {
+        api::serve(listener, state, async {
+            let _ = signal.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    Some(TestApp {
+        base,
+        client: reqwest::Client::new(),
+        token,
+        store,
+        database_url,
+        shutdown: Some(shutdown),
+        server: Some(server),
+        cleanup,
+    })
+}
+
+/// A response: status, headers and JSON body (`Value::Null` when empty).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The `error.fields` of an error body.
+    pub fn fields(&self) -> &Value {
+        &self.body["error"]["fields"]
+    }
+}
+
+impl TestApp {
+    /// Sends a request as `token`, with an optional JSON body and extra headers.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, &self.token, None, &[]).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send(Method::POST, path, &self.token, Some(&body), &[])
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Reply {
+        self.send(Method::PUT, path, &self.token, Some(&body), &[])
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Reply {
+        self.send(Method::PATCH, path, &self.token, Some(&body), &[])
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(Method::DELETE, path, &self.token, None, &[])
+            .await
+    }
+
+    /// Creates an entity and asserts it was created.
+    pub async fn define(&self, definition: Value) {
+        let reply = self.post("/api/v1/entities", definition).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    }
+
+    /// Creates a record and returns its id.
+    pub async fn create(&self, entity: &str, data: Value) -> String {
+        let reply = self
+            .post(
+                &format!("/api/v1/records/{entity}"),
+                serde_json::json!({ "data": data }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        reply.body["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// Creates another tenant and returns its admin token.
+    pub async fn other_tenant(&self, name: &str) -> String {
+        self.store
+            .create_tenant(name)
+            .await
+            .expect("create tenant")
+            .expect("new tenant")
+            .token
+    }
+
+    /// Stops the server gracefully and removes the database.
+    pub async fn stop(mut self) {
+        self.shutdown_server().await;
+        self.store.close().await;
+        match &self.cleanup {
+            Cleanup::Directory(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Database { admin_url, name } => {
+                if let Ok(pool) = sqlx::PgPool::connect(admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&pool)
+                        .await;
+                    pool.close().await;
+                }
+            }
+        }
+    }
+
+    async fn shutdown_server(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+/// Generates one `#[tokio::test]` per backend for each named async test function taking a
+/// [`TestApp`].
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app = $crate::spawn_app($crate::Backend::Sqlite).await.expect("SQLite is always available");
+                    super::$name(&app).await;
+                    app.stop().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(app) = $crate::spawn_app($crate::Backend::Postgres).await else { return };
+                    super::$name(&app).await;
+                    app.stop().await;
+                }
+            )*
+        }
+    };
+}
