@@ -767,7 +767,7 @@ async fn delete_is_soft_and_can_be_restored_or_purged(app: &TestApp) {
     );
     assert_eq!(
         ids(&app.get("/api/v1/records/contact?deleted=only").await.body),
-        [id.clone()]
+        std::slice::from_ref(&id)
     );
     assert_eq!(
         app.get(&format!(
