@@ -51,6 +51,48 @@ pub fn postgres_url() -> Option<String> {
     }
 }
 
+/// A fresh, empty database for tests that drive the `rapport` binary.
+pub struct TestDatabase {
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> Option<Self> {
+        let (url, cleanup) = fresh_database(backend).await?;
+        Some(Self { url, cleanup })
+    }
+
+    pub async fn remove(self) {
+        self.cleanup.run().await;
+    }
+}
+
+impl Cleanup {
+    async fn run(&self) {
+        match self {
+            Cleanup::Directory(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Database { admin_url, name } => {
+                if let Ok(pool) = sqlx::PgPool::connect(admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&pool).await;
+                    pool.close().await;
+                }
+            }
+        }
+    }
+}
+
+/// The `rapport` binary of this build (the test command builds it first).
+pub fn rapport_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let binary = dir.join(format!("rapport{}", std::env::consts::EXE_SUFFIX));
+    assert!(binary.exists(), "`{}` is missing: run `cargo build -p rapport` first", binary.display());
+    binary
+}
+
 /// A fresh, empty database URL for `backend` and how to remove it afterwards.
 async fn fresh_database(backend: Backend) -> Option<(String, Cleanup)> {
     let unique = uuid::Uuid::now_v7().simple().to_string();
