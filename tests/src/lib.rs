@@ -76,7 +76,9 @@ impl Cleanup {
             }
             Cleanup::Database { admin_url, name } => {
                 if let Ok(pool) = sqlx::PgPool::connect(admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&pool).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&pool)
+                        .await;
                     pool.close().await;
                 }
             }
@@ -87,9 +89,16 @@ impl Cleanup {
 /// The `rapport` binary of this build (the test command builds it first).
 pub fn rapport_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
     let binary = dir.join(format!("rapport{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.exists(), "`{}` is missing: run `cargo build -p rapport` first", binary.display());
+    assert!(
+        binary.exists(),
+        "`{}` is missing: run `cargo build -p rapport` first",
+        binary.display()
+    );
     binary
 }
 

@@ -17,25 +17,48 @@ fn rapport(database_url: &str, args: &[&str]) -> Output {
 }
 
 fn stdout(output: &Output) -> String {
-    assert!(output.status.success(), "rapport failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "rapport failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[test]
 fn every_command_has_help() {
-    for args in [vec!["--help"], vec!["serve", "--help"], vec!["tenant", "create", "--help"], vec!["schema", "apply", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["tenant", "create", "--help"],
+        vec!["schema", "apply", "--help"],
+    ] {
         let output = Command::new(rapport_binary()).args(&args).output().unwrap();
         let text = stdout(&output);
         assert!(text.contains("Usage:"), "{args:?}: {text}");
     }
-    let help = stdout(&Command::new(rapport_binary()).args(["serve", "--help"]).output().unwrap());
-    assert!(help.contains("RAPPORT_DATABASE_URL") && help.contains("RAPPORT_LISTEN"), "{help}");
+    let help = stdout(
+        &Command::new(rapport_binary())
+            .args(["serve", "--help"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        help.contains("RAPPORT_DATABASE_URL") && help.contains("RAPPORT_LISTEN"),
+        "{help}"
+    );
 }
 
 async fn metadata_as_code(backend: Backend) {
-    let Some(database) = TestDatabase::create(backend).await else { return };
+    let Some(database) = TestDatabase::create(backend).await else {
+        return;
+    };
     let url = database.url.clone();
-    let created: Value = serde_json::from_str(&stdout(&rapport(&url, &["tenant", "create", "acme", "--json"]))).unwrap();
+    let created: Value = serde_json::from_str(&stdout(&rapport(
+        &url,
+        &["tenant", "create", "acme", "--json"],
+    )))
+    .unwrap();
     assert_eq!(created["tenant"], "acme");
     assert!(created["token"].as_str().unwrap().starts_with("rpt_"));
     let again = rapport(&url, &["tenant", "create", "acme"]);
@@ -49,32 +72,78 @@ async fn metadata_as_code(backend: Backend) {
         std::fs::copy(format!("{demo}/{file}"), source.join(file)).unwrap();
     }
     let dir = source.to_str().unwrap();
-    let dry = stdout(&rapport(&url, &["schema", "apply", dir, "--tenant", "acme", "--dry-run"]));
-    assert!(dry.contains("contact: create") && dry.contains("dry run"), "{dry}");
+    let dry = stdout(&rapport(
+        &url,
+        &["schema", "apply", dir, "--tenant", "acme", "--dry-run"],
+    ));
+    assert!(
+        dry.contains("contact: create") && dry.contains("dry run"),
+        "{dry}"
+    );
     let exported = std::env::temp_dir().join(format!("rapport-export-{}", uuid::Uuid::now_v7()));
     let out = exported.to_str().unwrap();
-    assert!(stdout(&rapport(&url, &["schema", "export", out, "--tenant", "acme"])).contains("0 entities"), "a dry run applies nothing");
+    assert!(
+        stdout(&rapport(
+            &url,
+            &["schema", "export", out, "--tenant", "acme"]
+        ))
+        .contains("0 entities"),
+        "a dry run applies nothing"
+    );
 
-    let applied = stdout(&rapport(&url, &["schema", "apply", dir, "--tenant", "acme"]));
-    assert!(applied.contains("account: create") && applied.contains("applied in one transaction"), "{applied}");
-    let unchanged = stdout(&rapport(&url, &["schema", "apply", dir, "--tenant", "acme"]));
+    let applied = stdout(&rapport(
+        &url,
+        &["schema", "apply", dir, "--tenant", "acme"],
+    ));
+    assert!(
+        applied.contains("account: create") && applied.contains("applied in one transaction"),
+        "{applied}"
+    );
+    let unchanged = stdout(&rapport(
+        &url,
+        &["schema", "apply", dir, "--tenant", "acme"],
+    ));
     assert!(unchanged.contains("contact: unchanged"), "{unchanged}");
 
     // A change shows its diff; a broken file refuses the whole set.
-    let mut contact: Value = serde_json::from_str(&std::fs::read_to_string(source.join("contact.json")).unwrap()).unwrap();
-    contact["fields"].as_array_mut().unwrap().push(json!({"name": "nickname", "type": "text"}));
+    let mut contact: Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("contact.json")).unwrap())
+            .unwrap();
+    contact["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "nickname", "type": "text"}));
     std::fs::write(source.join("contact.json"), contact.to_string()).unwrap();
-    std::fs::write(source.join("zz_broken.json"), r#"{"name": "Broken", "fields": []}"#).unwrap();
+    std::fs::write(
+        source.join("zz_broken.json"),
+        r#"{"name": "Broken", "fields": []}"#,
+    )
+    .unwrap();
     let refused = rapport(&url, &["schema", "apply", dir, "--tenant", "acme"]);
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
-    assert!(message.contains("zz_broken.json#/name") && message.contains("nothing was changed"), "{message}");
+    assert!(
+        message.contains("zz_broken.json#/name") && message.contains("nothing was changed"),
+        "{message}"
+    );
     std::fs::remove_file(source.join("zz_broken.json")).unwrap();
-    let changed = stdout(&rapport(&url, &["schema", "apply", dir, "--tenant", "acme"]));
-    assert!(changed.contains("contact: update (version 2)") && changed.contains("\"field\":\"nickname\""), "{changed}");
+    let changed = stdout(&rapport(
+        &url,
+        &["schema", "apply", dir, "--tenant", "acme"],
+    ));
+    assert!(
+        changed.contains("contact: update (version 2)")
+            && changed.contains("\"field\":\"nickname\""),
+        "{changed}"
+    );
 
-    stdout(&rapport(&url, &["schema", "export", out, "--tenant", "acme"]));
-    let round_trip: Value = serde_json::from_str(&std::fs::read_to_string(exported.join("contact.json")).unwrap()).unwrap();
+    stdout(&rapport(
+        &url,
+        &["schema", "export", out, "--tenant", "acme"],
+    ));
+    let round_trip: Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("contact.json")).unwrap())
+            .unwrap();
     assert_eq!(round_trip, contact, "export gives back what was applied");
     let _ = std::fs::remove_dir_all(&source);
     let _ = std::fs::remove_dir_all(&exported);
@@ -97,9 +166,17 @@ async fn metadata_as_code_round_trips_on_postgres() {
 async fn sigterm_stops_the_server_without_losing_an_acknowledged_write() {
     let database = TestDatabase::create(Backend::Sqlite).await.unwrap();
     let url = database.url.clone();
-    let token: Value = serde_json::from_str(&stdout(&rapport(&url, &["tenant", "create", "acme", "--json"]))).unwrap();
+    let token: Value = serde_json::from_str(&stdout(&rapport(
+        &url,
+        &["tenant", "create", "acme", "--json"],
+    )))
+    .unwrap();
     let token = token["token"].as_str().unwrap().to_owned();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut server = tokio::process::Command::new(rapport_binary())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("RAPPORT_DATABASE_URL", &url)
@@ -119,7 +196,13 @@ async fn sigterm_stops_the_server_without_losing_an_acknowledged_write() {
     }
     assert!(ready, "the server did not start");
     let definition = json!({"name": "note", "fields": [{"name": "n", "type": "integer"}]});
-    let created = client.post(format!("{base}/api/v1/entities")).bearer_auth(&token).json(&definition).send().await.unwrap();
+    let created = client
+        .post(format!("{base}/api/v1/entities"))
+        .bearer_auth(&token)
+        .json(&definition)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(created.status(), 201);
 
     let mut writers = Vec::new();
@@ -129,8 +212,16 @@ async fn sigterm_stops_the_server_without_losing_an_acknowledged_write() {
             let mut acknowledged = Vec::new();
             for i in 0..10_000 {
                 let body = json!({"data": {"n": writer * 100_000 + i}});
-                match client.post(format!("{base}/api/v1/records/note")).bearer_auth(&token).json(&body).send().await {
-                    Ok(response) if response.status() == 201 => acknowledged.push(writer * 100_000 + i),
+                match client
+                    .post(format!("{base}/api/v1/records/note"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(response) if response.status() == 201 => {
+                        acknowledged.push(writer * 100_000 + i)
+                    }
                     _ => break,
                 }
             }
@@ -139,20 +230,42 @@ async fn sigterm_stops_the_server_without_losing_an_acknowledged_write() {
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     let pid = server.id().unwrap().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::time::timeout(Duration::from_secs(20), server.wait()).await.expect("stops in time").unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), server.wait())
+        .await
+        .expect("stops in time")
+        .unwrap();
     assert!(status.success(), "exit status {status}");
     let mut acknowledged = Vec::new();
     for writer in writers {
         acknowledged.extend(writer.await.unwrap());
     }
-    assert!(!acknowledged.is_empty(), "no write was acknowledged before the signal");
+    assert!(
+        !acknowledged.is_empty(),
+        "no write was acknowledged before the signal"
+    );
 
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    let stored: Vec<i64> = sqlx::query_scalar("SELECT json_extract(data, '$.n') FROM records").fetch_all(&pool).await.unwrap();
+    let stored: Vec<i64> = sqlx::query_scalar("SELECT json_extract(data, '$.n') FROM records")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     let stored: std::collections::HashSet<i64> = stored.into_iter().collect();
-    let lost: Vec<_> = acknowledged.iter().filter(|n| !stored.contains(n)).collect();
-    assert!(lost.is_empty(), "{} acknowledged writes are missing: {lost:?}", lost.len());
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|n| !stored.contains(n))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes are missing: {lost:?}",
+        lost.len()
+    );
     pool.close().await;
     database.remove().await;
 }
