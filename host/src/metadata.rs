@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 
 use crate::auth::Principal;
 use crate::domain::{TenantId, UserId};
+use crate::store::entities::EntityLock;
 use crate::store::{Scoped, Store, StoreError, Tx};
 
 pub mod definition;
@@ -174,7 +175,26 @@ impl Metadata {
         scoped: &mut Scoped<'_>,
         name: &str,
     ) -> Result<Arc<CompiledEntity>, MetadataError> {
-        let Some((id, version)) = scoped.entity_version(name).await? else {
+        self.compiled_locked(scoped, name, EntityLock::None).await
+    }
+
+    /// The compiled definition for a record write: the definition cannot change until the write's
+    /// transaction ends.
+    pub async fn compiled_for_write(
+        &self,
+        scoped: &mut Scoped<'_>,
+        name: &str,
+    ) -> Result<Arc<CompiledEntity>, MetadataError> {
+        self.compiled_locked(scoped, name, EntityLock::Share).await
+    }
+
+    async fn compiled_locked(
+        &self,
+        scoped: &mut Scoped<'_>,
+        name: &str,
+        lock: EntityLock,
+    ) -> Result<Arc<CompiledEntity>, MetadataError> {
+        let Some((id, version)) = scoped.entity_version_locked(name, lock).await? else {
             return Err(MetadataError::UnknownEntity(name.to_owned()));
         };
         let key = (scoped.tenant().clone(), name.to_owned());
@@ -428,6 +448,10 @@ impl Metadata {
             .delete_entity(target.id, &target_definition.fields)
             .await?;
         tx.commit().await?;
+        self.cache
+            .write()
+            .expect("metadata cache lock")
+            .remove(&(principal.tenant.clone(), name.to_owned()));
         Ok(referrers)
     }
 
@@ -507,6 +531,9 @@ async fn apply_in(
         return Err(MetadataError::Invalid(problems));
     }
     let json = definition::to_json(&definition);
+    scoped
+        .entity_version_locked(&name, EntityLock::Update)
+        .await?;
     let existing = scoped.get_entity(&name).await?;
     let Some(existing) = existing else {
         let id = scoped.insert_entity(&name, &json, user).await?;

@@ -540,7 +540,7 @@ impl Records {
         }
         let response = work(&mut scoped).await?;
         if let Some(idempotency) = idempotency {
-            scoped
+            let saved = scoped
                 .save_idempotent_response(
                     &principal.user,
                     &idempotency.key,
@@ -548,7 +548,29 @@ impl Records {
                     response.status,
                     &response.body,
                 )
-                .await?;
+                .await;
+            match saved {
+                Ok(()) => {}
+                // A concurrent request with the same key committed first (PostgreSQL): this
+                // transaction rolls back and the first response is answered.
+                Err(error) if error.violated_unique_index().is_some() => {
+                    drop(tx);
+                    let mut conn = self.store.reader().await?;
+                    let previous = conn
+                        .scoped(&principal.tenant)
+                        .idempotent_response(&principal.user, &idempotency.key)
+                        .await?
+                        .ok_or(RecordError::Store(error))?;
+                    if previous.request_hash != idempotency.request_hash {
+                        return Err(RecordError::IdempotencyMismatch(idempotency.key.clone()));
+                    }
+                    return Ok(Response {
+                        status: previous.status as u16,
+                        body: previous.response,
+                    });
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
         tx.commit().await?;
         Ok(response)
@@ -563,7 +585,7 @@ impl Records {
         idempotency: Option<&Idempotency>,
     ) -> Result<Response, RecordError> {
         self.idempotent(principal, idempotency, async |scoped| {
-            let compiled = self.metadata.compiled(scoped, entity).await?;
+            let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
             let stored = self
                 .insert_one(
                     scoped,
@@ -592,7 +614,7 @@ impl Records {
     ) -> Result<Response, RecordError> {
         check_batch_size(records.len())?;
         self.idempotent(principal, idempotency, async |scoped| {
-            let compiled = self.metadata.compiled(scoped, entity).await?;
+            let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
             let now = crate::store::now();
             let mut views = Vec::with_capacity(records.len());
             for (index, data) in records.into_iter().enumerate() {
@@ -619,7 +641,10 @@ impl Records {
     ) -> Result<RecordView, RecordError> {
         let mut tx = self.store.begin().await?;
         let mut scoped = tx.scoped(&principal.tenant);
-        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        let compiled = self
+            .metadata
+            .compiled_for_write(&mut scoped, entity)
+            .await?;
         let stored = self
             .update_one(
                 &mut scoped,
@@ -644,7 +669,10 @@ impl Records {
         check_batch_size(updates.len())?;
         let mut tx = self.store.begin().await?;
         let mut scoped = tx.scoped(&principal.tenant);
-        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        let compiled = self
+            .metadata
+            .compiled_for_write(&mut scoped, entity)
+            .await?;
         let now = crate::store::now();
         let mut views = Vec::with_capacity(updates.len());
         for (index, update) in updates.into_iter().enumerate() {
@@ -670,7 +698,10 @@ impl Records {
         let record_id = parse_id(entity, id)?;
         let mut tx = self.store.begin().await?;
         let mut scoped = tx.scoped(&principal.tenant);
-        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        let compiled = self
+            .metadata
+            .compiled_for_write(&mut scoped, entity)
+            .await?;
         let not_found = || RecordError::NotFound {
             entity: entity.to_owned(),
             id: id.to_owned(),
@@ -698,7 +729,15 @@ impl Records {
         if restore {
             // A value taken by another record meanwhile would break uniqueness.
             let body = parse_body(&stored)?;
-            let keys: Vec<&String> = body.keys().collect();
+            let keys: Vec<&String> = body
+                .keys()
+                .filter(|key| {
+                    compiled
+                        .definition
+                        .field(key)
+                        .is_some_and(|field| field.active)
+                })
+                .collect();
             self.check_constraints(&mut scoped, &compiled, &body, &keys, record_id.as_str())
                 .await?;
         }
@@ -754,7 +793,10 @@ impl Records {
         let record_id = parse_id(entity, id)?;
         let mut tx = self.store.begin().await?;
         let mut scoped = tx.scoped(&principal.tenant);
-        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        let compiled = self
+            .metadata
+            .compiled_for_write(&mut scoped, entity)
+            .await?;
         if !scoped.purge_record(compiled.id, record_id.as_str()).await? {
             return Err(RecordError::NotFound {
                 entity: entity.to_owned(),
@@ -902,7 +944,7 @@ impl Records {
             conditions.push(query::search(definition, q, &mut builder));
         }
         let sort_text = params.sort.clone().unwrap_or_default();
-        let keys = query::parse_sort(definition, &sort_text).map_err(bad)?;
+        let sort = query::parse_sort(definition, &sort_text).map_err(bad)?;
         let cursor = params
             .cursor
             .as_deref()
@@ -917,7 +959,7 @@ impl Records {
             ));
         }
         let (order, seek) =
-            query::order_and_seek(&keys, cursor.as_ref(), &mut builder).map_err(bad)?;
+            query::order_and_seek(&sort, cursor.as_ref(), &mut builder).map_err(bad)?;
         conditions.extend(seek);
         let rows = scoped
             .list_records(
@@ -936,7 +978,7 @@ impl Records {
             let last = rows.last().expect("a full page");
             let data: Value =
                 serde_json::from_str(&last.data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Some(query::Cursor::after(&sort_text, &keys, last, &data).encode())
+            Some(query::Cursor::after(&sort_text, &sort.keys, last, &data).encode())
         } else {
             None
         };

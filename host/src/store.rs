@@ -52,6 +52,52 @@ impl StoreError {
     }
 }
 
+/// A point in time as bound to queries. PostgreSQL stores `timestamptz`; SQLite stores text, in
+/// one fixed-width UTC form (`2026-01-02T03:04:05.123456Z`) so that text comparison and sorting
+/// follow time (sqlx's own form trims trailing zeros, which breaks both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub time::OffsetDateTime);
+
+impl Timestamp {
+    fn sqlite_text(&self) -> String {
+        let utc = self.0.to_offset(time::UtcOffset::UTC);
+        let format = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        );
+        utc.format(&format).expect("timestamps format")
+    }
+}
+
+impl Type<sqlx::Sqlite> for Timestamp {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <String as Type<sqlx::Sqlite>>::type_info()
+    }
+}
+
+impl Encode<'_, sqlx::Sqlite> for Timestamp {
+    fn encode_by_ref(
+        &self,
+        buf: &mut Vec<sqlx::sqlite::SqliteArgumentValue<'_>>,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        Encode::<sqlx::Sqlite>::encode(self.sqlite_text(), buf)
+    }
+}
+
+impl Type<sqlx::Postgres> for Timestamp {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <time::OffsetDateTime as Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl Encode<'_, sqlx::Postgres> for Timestamp {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        Encode::<sqlx::Postgres>::encode_by_ref(&self.0, buf)
+    }
+}
+
 /// The current time at the precision both backends store (microseconds).
 pub fn now() -> time::OffsetDateTime {
     let now = time::OffsetDateTime::now_utc();
@@ -321,7 +367,7 @@ where
     i64: Encode<'q, DB> + Type<DB>,
     f64: Encode<'q, DB> + Type<DB>,
     bool: Encode<'q, DB> + Type<DB>,
-    time::OffsetDateTime: Encode<'q, DB> + Type<DB>,
+    Timestamp: Encode<'q, DB> + Type<DB>,
     Option<String>: Encode<'q, DB> + Type<DB>,
 {
     for value in values {
@@ -330,7 +376,7 @@ where
             SqlValue::Int(int) => query.bind(*int),
             SqlValue::Float(float) => query.bind(*float),
             SqlValue::Bool(boolean) => query.bind(*boolean),
-            SqlValue::Timestamp(timestamp) => query.bind(*timestamp),
+            SqlValue::Timestamp(timestamp) => query.bind(Timestamp(*timestamp)),
             SqlValue::Null => query.bind(None::<String>),
         };
     }
@@ -348,7 +394,7 @@ where
     i64: Encode<'q, DB> + Type<DB>,
     f64: Encode<'q, DB> + Type<DB>,
     bool: Encode<'q, DB> + Type<DB>,
-    time::OffsetDateTime: Encode<'q, DB> + Type<DB>,
+    Timestamp: Encode<'q, DB> + Type<DB>,
     Option<String>: Encode<'q, DB> + Type<DB>,
 {
     for value in values {
@@ -357,7 +403,7 @@ where
             SqlValue::Int(int) => query.bind(*int),
             SqlValue::Float(float) => query.bind(*float),
             SqlValue::Bool(boolean) => query.bind(*boolean),
-            SqlValue::Timestamp(timestamp) => query.bind(*timestamp),
+            SqlValue::Timestamp(timestamp) => query.bind(Timestamp(*timestamp)),
             SqlValue::Null => query.bind(None::<String>),
         };
     }

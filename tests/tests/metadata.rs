@@ -431,6 +431,25 @@ async fn an_entity_that_others_reference_is_deleted_only_when_forced(app: &TestA
         person.body["fields"][0]["active"], false,
         "the reference field is deactivated, its data kept"
     );
+    // A new entity of the same name starts afresh: new definition, no old records.
+    app.define(json!({"name": "account", "fields": [{"name": "code", "type": "integer", "required": true}]})).await;
+    let old_shape = app
+        .post("/api/v1/records/account", json!({"data": {"name": "Acme"}}))
+        .await;
+    assert_eq!(
+        old_shape.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        old_shape.body
+    );
+    app.create("account", json!({"code": 7})).await;
+    assert_eq!(
+        app.get("/api/v1/records/account").await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn the_openapi_document_describes_the_tenants_entities(app: &TestApp) {

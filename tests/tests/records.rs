@@ -467,6 +467,7 @@ async fn pages_walk_every_record_once_in_sort_order(app: &TestApp) {
         "stage,-first_name",
         "-email,annual_value",
         "",
+        "-_id",
     ] {
         let mut seen = Vec::new();
         let mut values = Vec::new();
@@ -499,6 +500,9 @@ async fn pages_walk_every_record_once_in_sort_order(app: &TestApp) {
                 .map(|v| v["annual_value"].as_f64().unwrap())
                 .collect();
             assert!(numbers.windows(2).all(|w| w[0] >= w[1]), "{numbers:?}");
+        }
+        if sort == "-_id" {
+            assert!(seen.windows(2).all(|w| w[0] > w[1]), "ids descending");
         }
         if sort == "email" {
             // Records without a value come first, then values ascending.

@@ -28,7 +28,7 @@ CREATE TABLE api_tokens (
 -- The current definition of each entity; `id` is global so that per-entity partial indexes on
 -- `records` can name it.
 CREATE TABLE entities (
-    id          INTEGER PRIMARY KEY,
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant_id   TEXT NOT NULL REFERENCES tenants (id),
     name        TEXT NOT NULL,
     version     INTEGER NOT NULL,

@@ -206,7 +206,22 @@ impl FieldDefinition {
 pub fn is_reserved_field_name(name: &str) -> bool {
     matches!(
         name,
-        "and" | "or" | "not" | "null" | "true" | "false" | "in" | "is"
+        "and"
+            | "or"
+            | "not"
+            | "null"
+            | "true"
+            | "false"
+            | "in"
+            | "is"
+            | "contains"
+            | "startswith"
+            | "eq"
+            | "ne"
+            | "gt"
+            | "ge"
+            | "lt"
+            | "le"
     )
 }
 

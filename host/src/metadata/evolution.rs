@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::definition::{EntityDefinition, FieldDefinition};
+use super::definition::{EntityDefinition, FieldDefinition, FieldType};
 use super::record_schema::field_schema;
 use super::validation::Problem;
 
@@ -79,6 +79,7 @@ pub fn diff(old: &EntityDefinition, new: &EntityDefinition) -> Result<Vec<Change
     if !problems.is_empty() {
         return Err(problems);
     }
+    let mut problems = Vec::new();
     let mut changes = Vec::new();
     if (&old.label, &old.plural_label, &old.description)
         != (&new.label, &new.plural_label, &new.description)
@@ -99,6 +100,13 @@ pub fn diff(old: &EntityDefinition, new: &EntityDefinition) -> Result<Vec<Change
             }
             continue;
         };
+        if field.field_type == FieldType::AutoNumber && before.field_type != FieldType::AutoNumber {
+            problems.push(Problem::new(
+                "/fields",
+                format!("field `{name}` cannot become an auto-number: add a new auto-number field instead"),
+            ));
+            continue;
+        }
         if before.active && !field.active {
             changes.push(Change::FieldDeactivated {
                 field: name.clone(),
@@ -146,7 +154,11 @@ pub fn diff(old: &EntityDefinition, new: &EntityDefinition) -> Result<Vec<Change
             }
         }
     }
-    Ok(changes)
+    if problems.is_empty() {
+        Ok(changes)
+    } else {
+        Err(problems)
+    }
 }
 
 /// `before` as it compares with `after`: labels ignored, and options that were only added
@@ -243,6 +255,17 @@ mod tests {
         assert_eq!(
             diff(&old, &new).unwrap(),
             vec![Change::FieldDescribed { field: "s".into() }]
+        );
+    }
+
+    #[test]
+    fn a_field_cannot_become_an_auto_number() {
+        let old = definition(json!([{"name": "n", "type": "text"}]));
+        let new = definition(json!([{"name": "n", "type": "auto_number"}]));
+        assert!(
+            diff(&old, &new).unwrap_err()[0]
+                .message
+                .contains("auto-number")
         );
     }
 

@@ -10,10 +10,18 @@ use super::definition::{FieldDefinition, FieldType};
 
 /// Rewrites a valid value into its canonical stored form.
 pub fn normalize(field: &FieldDefinition, value: &mut Value) -> Result<(), String> {
-    if field.field_type == FieldType::Datetime
-        && let Value::String(text) = value
-    {
-        *text = canonical_datetime(text)?;
+    match (field.field_type, &mut *value) {
+        (FieldType::Datetime, Value::String(text)) => *text = canonical_datetime(text)?,
+        // JSON Schema counts `1.0` as an integer; store it as `1` so that SQL casts to integers
+        // never meet a fraction.
+        (FieldType::Integer, Value::Number(number)) if !number.is_i64() => {
+            let float = number.as_f64().unwrap_or(f64::NAN);
+            if float.fract() != 0.0 || float.abs() > 9.0e15 {
+                return Err(format!("{number} is not an integer"));
+            }
+            *value = Value::from(float as i64);
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -110,6 +118,16 @@ pub fn convert(value: &Value, to: &FieldDefinition) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integral_numbers_are_stored_as_integers() {
+        let field: FieldDefinition =
+            serde_json::from_value(json!({"name": "n", "type": "integer"})).unwrap();
+        let mut value = json!(3.0);
+        normalize(&field, &mut value).unwrap();
+        assert!(value.is_i64());
+        assert_eq!(value, json!(3));
+    }
 
     #[test]
     fn datetimes_are_stored_in_utc_with_milliseconds() {

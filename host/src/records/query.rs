@@ -101,7 +101,13 @@ impl Target<'_> {
 
     /// Binds a literal compared with this target, checking its type.
     fn bind(&self, builder: &mut QueryBuilder, literal: &Literal) -> Result<String, String> {
-        let value = self.sql_value(literal)?;
+        let value = match (self.sql_value(literal)?, builder.dialect, self.kind()) {
+            // A float parameter cast to numeric keeps only 15 digits on PostgreSQL: bind its text.
+            (SqlValue::Float(float), Dialect::Postgres, SqlKind::Decimal) => {
+                SqlValue::Text(float.to_string())
+            }
+            (value, _, _) => value,
+        };
         let placeholder = builder.bind(value);
         Ok(builder.dialect.typed_param(self.kind(), &placeholder))
     }
@@ -137,7 +143,7 @@ impl Target<'_> {
                 (FieldType::Integer, Literal::Int(int)) => Ok(SqlValue::Int(*int)),
                 (FieldType::Integer, Literal::Float(float)) => Ok(SqlValue::Float(*float)),
                 (FieldType::Decimal | FieldType::Currency, Literal::Int(int)) => {
-                    Ok(SqlValue::Float(*int as f64))
+                    Ok(SqlValue::Int(*int))
                 }
                 (FieldType::Decimal | FieldType::Currency, Literal::Float(float)) => {
                     Ok(SqlValue::Float(*float))
@@ -270,12 +276,19 @@ pub struct SortKey<'d> {
     pub descending: bool,
 }
 
-/// Parses `sort=-annual_value,first_name`.
-pub fn parse_sort<'d>(
-    definition: &'d EntityDefinition,
-    sort: &str,
-) -> Result<Vec<SortKey<'d>>, String> {
-    let mut keys = Vec::new();
+/// A parsed sort: keys, then the record id as the tie-breaker.
+#[derive(Debug, Clone)]
+pub struct Sort<'d> {
+    pub keys: Vec<SortKey<'d>>,
+    /// The direction of the id: as asked with `_id`, else that of the last key, so that an index
+    /// on (value, id) serves the whole order.
+    pub id_descending: bool,
+}
+
+/// Parses `sort=-annual_value,first_name`; `_id` ends the list (ids are unique).
+pub fn parse_sort<'d>(definition: &'d EntityDefinition, sort: &str) -> Result<Sort<'d>, String> {
+    let mut keys: Vec<SortKey<'d>> = Vec::new();
+    let mut id_descending = None;
     for part in sort
         .split(',')
         .map(str::trim)
@@ -292,14 +305,20 @@ pub fn parse_sort<'d>(
             ));
         }
         if matches!(target, Target::System { column: "id", .. }) {
-            continue; // always the last key anyway
+            id_descending = Some(descending);
+            break;
         }
         keys.push(SortKey { target, descending });
     }
     if keys.len() > 3 {
         return Err("sort on at most 3 fields".to_owned());
     }
-    Ok(keys)
+    let id_descending =
+        id_descending.unwrap_or_else(|| keys.last().is_some_and(|key| key.descending));
+    Ok(Sort {
+        keys,
+        id_descending,
+    })
 }
 
 /// The position after the last record of a page.
@@ -378,12 +397,12 @@ fn cursor_literal(value: &Value) -> Option<Literal> {
 /// Ties are broken by id, in the direction of the last key, so that an index on (value, id)
 /// serves the whole order.
 pub fn order_and_seek(
-    keys: &[SortKey<'_>],
+    sort: &Sort<'_>,
     cursor: Option<&Cursor>,
     builder: &mut QueryBuilder,
 ) -> Result<(String, Option<String>), String> {
     let dialect = builder.dialect;
-    let id_descending = keys.last().is_some_and(|key| key.descending);
+    let (keys, id_descending) = (&sort.keys, sort.id_descending);
     let mut order: Vec<String> = keys
         .iter()
         .map(|key| {

@@ -7,6 +7,14 @@ use super::{Scoped, StoreError, on};
 use crate::domain::UserId;
 use crate::metadata::definition::FieldDefinition;
 
+/// A row lock on an entity definition (PostgreSQL only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityLock {
+    None,
+    Share,
+    Update,
+}
+
 /// An entity definition as stored.
 #[derive(Debug, Clone)]
 pub struct StoredEntity {
@@ -77,10 +85,27 @@ impl Scoped<'_> {
 
     /// The id and version of an entity: what decides whether a cached compilation is current.
     pub async fn entity_version(&mut self, name: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        self.entity_version_locked(name, EntityLock::None).await
+    }
+
+    /// Like [`Scoped::entity_version`], locking the entity's row until the transaction ends on
+    /// PostgreSQL: record writes take a shared lock, definition changes an exclusive one, so a
+    /// conversion never races a write validated against the old definition. (SQLite has one
+    /// writer at a time: its transactions are serialised anyway.)
+    pub async fn entity_version_locked(
+        &mut self,
+        name: &str,
+        lock: EntityLock,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let clause = match (self.dialect(), lock) {
+            (super::Dialect::Postgres, EntityLock::Share) => " FOR SHARE",
+            (super::Dialect::Postgres, EntityLock::Update) => " FOR UPDATE",
+            _ => "",
+        };
+        let sql =
+            format!("SELECT id, version FROM entities WHERE tenant_id = $1 AND name = $2{clause}");
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(
-            "SELECT id, version FROM entities WHERE tenant_id = $1 AND name = $2",
-        )
+        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
         .bind(tenant)
         .bind(name)
         .fetch_optional(&mut **c)
@@ -106,7 +131,7 @@ impl Scoped<'_> {
             .bind(tenant)
             .bind(name)
             .bind(&text)
-            .bind(now)
+            .bind(super::Timestamp(now))
             .fetch_one(&mut **c)
             .await?);
         self.insert_entity_version(id, 1, &text, user, now).await?;
@@ -133,7 +158,7 @@ impl Scoped<'_> {
             .bind(id)
             .bind(version)
             .bind(&text)
-            .bind(now)
+            .bind(super::Timestamp(now))
             .execute(&mut **c)
             .await.map(drop)?);
         self.insert_entity_version(id, version, &text, user, now)
@@ -160,7 +185,7 @@ impl Scoped<'_> {
             .bind(tenant)
             .bind(version)
             .bind(text)
-            .bind(now)
+            .bind(super::Timestamp(now))
             .bind(user)
             .execute(&mut **c)
             .await.map(drop)?);

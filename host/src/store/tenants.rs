@@ -37,7 +37,7 @@ impl Store {
         )
         .bind(tenant.as_str())
         .bind(name)
-        .bind(now)
+        .bind(super::Timestamp(now))
         .execute(&mut *c)
         .await?
         .rows_affected());
@@ -106,7 +106,7 @@ impl Store {
         .bind(hash_token(&token))
         .bind(&tenant)
         .bind(&user)
-        .bind(super::now())
+        .bind(super::Timestamp(super::now()))
         .execute(&mut *c)
         .await.map(drop)?);
         tx.commit().await?;
@@ -163,14 +163,14 @@ async fn insert_user(
             .bind(tenant.as_str())
             .bind(name)
             .bind(role.as_str())
-            .bind(now)
+            .bind(super::Timestamp(now))
             .execute(&mut *c)
             .await?;
         sqlx::query("INSERT INTO api_tokens (token_hash, tenant_id, user_id, created_at) VALUES ($1, $2, $3, $4)")
             .bind(hash_token(&token))
             .bind(tenant.as_str())
             .bind(user.as_str())
-            .bind(now)
+            .bind(super::Timestamp(now))
             .execute(&mut *c)
             .await?;
     });
