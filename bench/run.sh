@@ -28,20 +28,20 @@ export RAPPORT_DATABASE_URL="sqlite:$DATA/bench.db" RAPPORT_DURABILITY="$DURABIL
 TOKEN=$("$BIN" tenant create bench --json | jq -r .token)
 "$BIN" schema apply bench/schema --tenant bench >/dev/null
 
-start_server() {
+start_server() { # sets SERVER (pid) and STARTUP_MS
   local t0; t0=$(date +%s%N)
   "$BIN" serve --listen "127.0.0.1:$PORT" >"$DATA/server.log" 2>&1 &
   SERVER=$!
   until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do sleep 0.005; done
-  echo $(( ($(date +%s%N) - t0) / 1000000 ))
+  STARTUP_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
 }
 rss_mb() { awk '/^VmRSS/{printf "%.1f", $2/1024}' "/proc/$SERVER/status"; }
 stop_server() { kill -TERM "$SERVER"; wait "$SERVER" || true; }
 record() { echo "$1" | tee -a "$OUT/results.jsonl"; }
 
-startup_ms=$(start_server)
+start_server
 sleep 1
-record "{\"mode\":\"startup\",\"startup_ms\":$startup_ms,\"idle_rss_mb\":$(rss_mb)}"
+record "{\"mode\":\"startup\",\"startup_ms\":$STARTUP_MS,\"idle_rss_mb\":$(rss_mb)}"
 
 export BASE_URL="http://127.0.0.1:$PORT" AUTH="Bearer $TOKEN" DURATION="$RW_DURATION"
 run() { record "$("$KIT/driver/run_wrk.sh" "$1" "$OUT/wrk.log")"; }
@@ -55,7 +55,7 @@ TOTAL=$BULK_TOTAL BULK_SIZE=1000 CONC=1 THREADS=1 EMAIL_PREFIX=b BULK_PATH=/api/
   BULK_WRAP='{"records":%s}' run bulk
 record "{\"mode\":\"after\",\"rss_mb\":$(rss_mb)}"
 stop_server
-restart_ms=$(start_server)
-record "{\"mode\":\"restart\",\"startup_ms\":$restart_ms,\"records\":$(sqlite3 "$DATA/bench.db" 'SELECT COUNT(*) FROM records')}"
+start_server
+record "{\"mode\":\"restart\",\"startup_ms\":$STARTUP_MS,\"records\":$(sqlite3 "$DATA/bench.db" 'SELECT COUNT(*) FROM records')}"
 stop_server
 echo "results: $OUT/results.jsonl"

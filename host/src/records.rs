@@ -1,7 +1,7 @@
 //! Records of metadata-defined entities: validated writes with history, reads, lists with
 //! filters, sorts, keyset pagination, field selection, expansion and search.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -15,7 +15,7 @@ use crate::domain::{RecordId, UserId};
 use crate::metadata::definition::{FieldDefinition, FieldType};
 use crate::metadata::record_schema::FieldErrors;
 use crate::metadata::{CompiledEntity, Metadata, MetadataError, values};
-use crate::store::records::{ListQuery, NewRecord, StoredRecord};
+use crate::store::records::{ListQuery, NewHistory, NewRecord, StoredRecord};
 use crate::store::{Dialect, Scoped, SqlValue, Store, StoreError};
 
 pub mod filter;
@@ -323,92 +323,227 @@ impl Records {
         Ok(())
     }
 
-    async fn insert_one(
+    /// Creates records: every body is checked first (keys, schema, uniqueness within the set and
+    /// against stored records, references), then all are written with a few multi-row
+    /// statements. With `batch`, field errors are keyed `records[i].field`.
+    async fn insert_many(
         &self,
         scoped: &mut Scoped<'_>,
         entity: &CompiledEntity,
         user: &UserId,
-        input: Value,
+        inputs: Vec<Value>,
+        batch: bool,
         now: OffsetDateTime,
-    ) -> Result<StoredRecord, RecordError> {
-        let Value::Object(mut body) = input else {
-            return Err(RecordError::Invalid(FieldErrors::from([(
-                String::new(),
-                vec!["`data` must be an object of field values".to_owned()],
-            )])));
+    ) -> Result<Vec<StoredRecord>, RecordError> {
+        let key = |index: usize, field: &str| match (batch, field.is_empty()) {
+            (false, _) => field.to_owned(),
+            (true, true) => format!("records[{index}]"),
+            (true, false) => format!("records[{index}].{field}"),
         };
-        let mut errors = FieldErrors::new();
-        check_keys(entity, &body, &mut errors);
-        body.retain(|key, value| !value.is_null() && !errors.contains_key(key));
-        let mut body = match validate(entity, body) {
-            Ok(body) if errors.is_empty() => body,
-            Ok(_) => return Err(RecordError::Invalid(errors)),
-            Err(more) => {
-                errors.extend(more);
-                return Err(RecordError::Invalid(errors));
+        let mut invalid = FieldErrors::new();
+        let mut bodies = Vec::with_capacity(inputs.len());
+        for (index, input) in inputs.into_iter().enumerate() {
+            let Value::Object(mut body) = input else {
+                invalid
+                    .entry(key(index, ""))
+                    .or_default()
+                    .push("`data` must be an object of field values".to_owned());
+                bodies.push(Map::new());
+                continue;
+            };
+            let mut errors = FieldErrors::new();
+            check_keys(entity, &body, &mut errors);
+            body.retain(|key, value| !value.is_null() && !errors.contains_key(key));
+            match validate(entity, body) {
+                Ok(body) => bodies.push(body),
+                Err(more) => {
+                    errors.extend(more);
+                    bodies.push(Map::new());
+                }
             }
-        };
-        let id = RecordId::generate();
-        let keys: Vec<String> = body.keys().cloned().collect();
-        self.check_constraints(
-            scoped,
-            entity,
-            &body,
-            &keys.iter().collect::<Vec<_>>(),
-            id.as_str(),
-        )
-        .await?;
+            for (field, messages) in errors {
+                invalid
+                    .entry(key(index, &field))
+                    .or_default()
+                    .extend(messages);
+            }
+        }
+        if !invalid.is_empty() {
+            return Err(RecordError::Invalid(invalid));
+        }
+        self.check_references(scoped, entity, &bodies, &key).await?;
+        self.check_unique(scoped, entity, &bodies, &key).await?;
+        let count = bodies.len() as i64;
         for field in entity
             .definition
             .active_fields()
             .filter(|field| field.field_type == FieldType::AutoNumber)
         {
-            let number = scoped
-                .next_auto_number(entity.id, field.name.as_str())
+            let first = scoped
+                .reserve_auto_numbers(entity.id, field.name.as_str(), count)
                 .await?;
-            body.insert(
-                field.name.to_string(),
-                Value::from(field.format_auto_number(number)),
-            );
+            for (offset, body) in bodies.iter_mut().enumerate() {
+                body.insert(
+                    field.name.to_string(),
+                    Value::from(field.format_auto_number(first + offset as i64)),
+                );
+            }
         }
-        let data = Value::Object(body);
-        let text = data.to_string();
-        scoped
-            .insert_record(
-                entity.id,
-                &NewRecord {
-                    id: id.as_str(),
-                    data: &text,
-                    owner: user,
-                    user,
-                    now,
-                },
-            )
-            .await
-            .map_err(|error| unique_violation(entity, error))?;
-        let history = changes(&Map::new(), data.as_object().expect("an object"));
-        scoped
-            .insert_history(
-                entity.id,
-                id.as_str(),
-                1,
-                "create",
+        let ids: Vec<RecordId> = bodies.iter().map(|_| RecordId::generate()).collect();
+        let texts: Vec<String> = bodies
+            .iter()
+            .map(|body| Value::Object(body.clone()).to_string())
+            .collect();
+        let rows: Vec<NewRecord<'_>> = ids
+            .iter()
+            .zip(&texts)
+            .map(|(id, data)| NewRecord {
+                id: id.as_str(),
+                data,
+                owner: user,
                 user,
                 now,
-                &Value::Object(history).to_string(),
-            )
-            .await?;
-        Ok(StoredRecord {
-            id: id.to_string(),
-            version: 1,
-            data: text,
-            owner_id: user.to_string(),
-            created_at: now,
-            created_by: user.to_string(),
-            updated_at: now,
-            updated_by: user.to_string(),
-            deleted_at: None,
-        })
+            })
+            .collect();
+        scoped
+            .insert_records(entity.id, &rows)
+            .await
+            .map_err(|error| unique_violation(entity, error))?;
+        let history: Vec<NewHistory<'_>> = ids
+            .iter()
+            .zip(&bodies)
+            .map(|(id, body)| NewHistory {
+                record_id: id.as_str(),
+                version: 1,
+                operation: "create",
+                user,
+                now,
+                changes: Value::Object(changes(&Map::new(), body)).to_string(),
+            })
+            .collect();
+        scoped.insert_history_rows(entity.id, &history).await?;
+        Ok(ids
+            .into_iter()
+            .zip(texts)
+            .map(|(id, data)| StoredRecord {
+                id: id.to_string(),
+                version: 1,
+                data,
+                owner_id: user.to_string(),
+                created_at: now,
+                created_by: user.to_string(),
+                updated_at: now,
+                updated_by: user.to_string(),
+                deleted_at: None,
+            })
+            .collect())
+    }
+
+    /// Refuses references to records that do not exist (one query per reference field).
+    async fn check_references(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &CompiledEntity,
+        bodies: &[Map<String, Value>],
+        key: &impl Fn(usize, &str) -> String,
+    ) -> Result<(), RecordError> {
+        let mut invalid = FieldErrors::new();
+        for field in entity
+            .definition
+            .active_fields()
+            .filter(|field| field.field_type == FieldType::Reference)
+        {
+            let name = field.name.as_str();
+            let mut ids: Vec<String> = bodies
+                .iter()
+                .filter_map(|body| body.get(name).and_then(Value::as_str).map(str::to_owned))
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            ids.sort();
+            ids.dedup();
+            let target = field.entity.as_ref().expect("references name an entity");
+            let existing: HashSet<String> = match scoped.entity_version(target.as_str()).await? {
+                Some((target_id, _)) => {
+                    let mut existing = HashSet::new();
+                    for chunk in ids.chunks(500) {
+                        existing.extend(scoped.existing_ids(target_id, chunk).await?);
+                    }
+                    existing
+                }
+                None => HashSet::new(),
+            };
+            for (index, body) in bodies.iter().enumerate() {
+                if let Some(id) = body.get(name).and_then(Value::as_str)
+                    && !existing.contains(id)
+                {
+                    invalid
+                        .entry(key(index, name))
+                        .or_default()
+                        .push(format!("no `{target}` record has id `{id}`"));
+                }
+            }
+        }
+        if invalid.is_empty() {
+            Ok(())
+        } else {
+            Err(RecordError::Invalid(invalid))
+        }
+    }
+
+    /// Refuses values of unique fields that repeat within `bodies` or that live records hold.
+    async fn check_unique(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &CompiledEntity,
+        bodies: &[Map<String, Value>],
+        key: &impl Fn(usize, &str) -> String,
+    ) -> Result<(), RecordError> {
+        let dialect = scoped.dialect();
+        let mut conflicts = FieldErrors::new();
+        for field in entity
+            .definition
+            .active_fields()
+            .filter(|field| field.unique)
+        {
+            let name = field.name.as_str();
+            let mut first_at: HashMap<String, usize> = HashMap::new();
+            let mut values = Vec::new();
+            for (index, body) in bodies.iter().enumerate() {
+                let Some(value) = body.get(name) else {
+                    continue;
+                };
+                let text = json_text(value);
+                if let Some(first) = first_at.get(&text) {
+                    conflicts.entry(key(index, name)).or_default().push(format!(
+                        "field `{name}` must be unique: `{text}` is also in record {first} of this batch"
+                    ));
+                    continue;
+                }
+                first_at.insert(text, index);
+                values.extend(to_sql_value(value));
+            }
+            if values.is_empty() {
+                continue;
+            }
+            for (value, holder) in scoped
+                .unique_holders(entity.id, &dialect.field_expr(field), &values, None)
+                .await?
+            {
+                let index = first_at.get(&value).copied();
+                let at = index.map_or_else(|| key(0, name), |index| key(index, name));
+                conflicts.entry(at).or_default().push(format!(
+                    "field `{name}` must be unique: `{value}` is already used by {} `{holder}`",
+                    entity.name()
+                ));
+            }
+        }
+        if conflicts.is_empty() {
+            Ok(())
+        } else {
+            Err(RecordError::Conflict(conflicts))
+        }
     }
 
     async fn update_one(
@@ -586,15 +721,12 @@ impl Records {
     ) -> Result<Response, RecordError> {
         self.idempotent(principal, idempotency, async |scoped| {
             let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
+            let now = crate::store::now();
             let stored = self
-                .insert_one(
-                    scoped,
-                    &compiled,
-                    &principal.user,
-                    data,
-                    crate::store::now(),
-                )
-                .await?;
+                .insert_many(scoped, &compiled, &principal.user, vec![data], false, now)
+                .await?
+                .pop()
+                .expect("one record in, one out");
             let view = view(&stored, &compiled, scoped.dialect(), None)?;
             Ok(Response {
                 status: 201,
@@ -616,14 +748,13 @@ impl Records {
         self.idempotent(principal, idempotency, async |scoped| {
             let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
             let now = crate::store::now();
-            let mut views = Vec::with_capacity(records.len());
-            for (index, data) in records.into_iter().enumerate() {
-                let stored = self
-                    .insert_one(scoped, &compiled, &principal.user, data, now)
-                    .await
-                    .map_err(|e| in_batch(index, e))?;
-                views.push(view(&stored, &compiled, scoped.dialect(), None)?);
-            }
+            let stored = self
+                .insert_many(scoped, &compiled, &principal.user, records, true, now)
+                .await?;
+            let views = stored
+                .iter()
+                .map(|record| view(record, &compiled, scoped.dialect(), None))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Response {
                 status: 201,
                 body: serde_json::to_string(&json!({"data": views})).expect("views serialize"),

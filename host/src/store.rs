@@ -173,6 +173,8 @@ impl Store {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("cache_size", "-65536")
+            // ANALYZE samples at most this many rows per index: statistics stay cheap to refresh.
+            .pragma("analysis_limit", "1000")
             .pragma("temp_store", "memory");
         let write = SqlitePoolOptions::new()
             .max_connections(1)

@@ -156,30 +156,6 @@ impl Scoped<'_> {
             bind_all_as(sqlx::query_as(&sql), &binds).fetch_all(&mut **c).await?))
     }
 
-    pub async fn insert_record(
-        &mut self,
-        entity_id: i64,
-        record: &NewRecord<'_>,
-    ) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT INTO records (id, tenant_id, entity_id, version, data, owner_id, created_at, created_by, updated_at, updated_by) \
-             VALUES ($1, $2, $3, 1, {}, $5, $6, $7, $6, $7)",
-            self.dialect().json_param(4)
-        );
-        let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(&sql)
-            .bind(record.id)
-            .bind(tenant)
-            .bind(entity_id)
-            .bind(record.data)
-            .bind(record.owner.as_str())
-            .bind(super::Timestamp(record.now))
-            .bind(record.user.as_str())
-            .execute(&mut **c)
-            .await.map(drop)?);
-        Ok(())
-    }
-
     /// Replaces a live record's body if it is still at `version`; false when it is not.
     pub async fn update_record(
         &mut self,
@@ -335,24 +311,6 @@ impl Scoped<'_> {
         }))
     }
 
-    /// Takes the next number of an auto-number field.
-    pub async fn next_auto_number(
-        &mut self,
-        entity_id: i64,
-        field: &str,
-    ) -> Result<i64, StoreError> {
-        let next: Option<i64> = on!(&mut self.exec, c => sqlx::query_scalar(
-            "UPDATE auto_numbers SET next_value = next_value + 1 WHERE entity_id = $1 AND field = $2 RETURNING next_value - 1",
-        )
-        .bind(entity_id)
-        .bind(field)
-        .fetch_optional(&mut **c)
-        .await?);
-        next.ok_or_else(|| {
-            StoreError::Corrupt(format!("no auto-number counter for field `{field}`"))
-        })
-    }
-
     /// Every record of an entity, deleted ones too, as (id, version, body): for conversions.
     pub async fn all_record_bodies(
         &mut self,
@@ -464,5 +422,151 @@ impl Scoped<'_> {
             let row = query.fetch_one(&mut **c).await?;
             sqlx::Row::try_get::<i64, _>(&row, 0)?
         }))
+    }
+}
+
+/// A history row about to be written.
+#[derive(Debug)]
+pub struct NewHistory<'a> {
+    pub record_id: &'a str,
+    pub version: i64,
+    pub operation: &'a str,
+    pub user: &'a UserId,
+    pub now: OffsetDateTime,
+    pub changes: String,
+}
+
+/// Rows per multi-row INSERT: well under both backends' limits on bound parameters.
+const ROWS_PER_INSERT: usize = 400;
+
+impl Scoped<'_> {
+    /// Inserts records with as few statements as possible (one per 400 rows).
+    pub async fn insert_records(
+        &mut self,
+        entity_id: i64,
+        records: &[NewRecord<'_>],
+    ) -> Result<(), StoreError> {
+        let dialect = self.dialect();
+        for chunk in records.chunks(ROWS_PER_INSERT) {
+            let mut sql = String::from(
+                "INSERT INTO records (id, tenant_id, entity_id, version, data, owner_id, created_at, created_by, updated_at, updated_by) VALUES ",
+            );
+            let mut binds = Vec::with_capacity(chunk.len() * 6 + 2);
+            binds.push(SqlValue::Text(self.tenant.to_string()));
+            binds.push(SqlValue::Int(entity_id));
+            for (i, record) in chunk.iter().enumerate() {
+                let n = binds.len();
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}, $1, $2, 1, {}, ${}, ${}, ${}, ${}, ${})",
+                    n + 1,
+                    dialect.json_param(n + 2),
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 4,
+                    n + 5
+                ));
+                binds.push(SqlValue::Text(record.id.to_owned()));
+                binds.push(SqlValue::Text(record.data.to_owned()));
+                binds.push(SqlValue::Text(record.owner.to_string()));
+                binds.push(SqlValue::Timestamp(record.now));
+                binds.push(SqlValue::Text(record.user.to_string()));
+            }
+            on!(&mut self.exec, c => bind_all(sqlx::query(&sql), &binds).execute(&mut **c).await.map(drop)?);
+        }
+        Ok(())
+    }
+
+    /// Appends history rows (one statement per 400 rows).
+    pub async fn insert_history_rows(
+        &mut self,
+        entity_id: i64,
+        rows: &[NewHistory<'_>],
+    ) -> Result<(), StoreError> {
+        let dialect = self.dialect();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut sql = String::from(
+                "INSERT INTO record_history (tenant_id, entity_id, record_id, version, operation, changed_at, changed_by, changes) VALUES ",
+            );
+            let mut binds = Vec::with_capacity(chunk.len() * 6 + 2);
+            binds.push(SqlValue::Text(self.tenant.to_string()));
+            binds.push(SqlValue::Int(entity_id));
+            for (i, row) in chunk.iter().enumerate() {
+                let n = binds.len();
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "($1, $2, ${}, ${}, ${}, ${}, ${}, {})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    dialect.json_param(n + 6)
+                ));
+                binds.push(SqlValue::Text(row.record_id.to_owned()));
+                binds.push(SqlValue::Int(row.version));
+                binds.push(SqlValue::Text(row.operation.to_owned()));
+                binds.push(SqlValue::Timestamp(row.now));
+                binds.push(SqlValue::Text(row.user.to_string()));
+                binds.push(SqlValue::Text(row.changes.clone()));
+            }
+            on!(&mut self.exec, c => bind_all(sqlx::query(&sql), &binds).execute(&mut **c).await.map(drop)?);
+        }
+        Ok(())
+    }
+
+    /// Live records of an entity whose value of a unique field is among `values`, as
+    /// (value as text, record id), excluding the record `except`.
+    pub async fn unique_holders(
+        &mut self,
+        entity_id: i64,
+        expr: &str,
+        values: &[SqlValue],
+        except: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in values.chunks(ROWS_PER_INSERT) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "SELECT CAST({expr} AS TEXT), id FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} \
+                 AND deleted_at IS NULL AND id <> $2 AND {expr} IN ({})",
+                placeholders.join(", ")
+            );
+            let mut binds = vec![
+                SqlValue::Text(self.tenant.to_string()),
+                SqlValue::Text(except.unwrap_or_default().to_owned()),
+            ];
+            binds.extend(chunk.iter().cloned());
+            let rows: Vec<(String, String)> = on!(&mut self.exec, c =>
+                bind_all_as(sqlx::query_as(&sql), &binds).fetch_all(&mut **c).await?);
+            found.extend(rows);
+        }
+        Ok(found)
+    }
+
+    /// Reserves `count` consecutive numbers of an auto-number field; returns the first.
+    pub async fn reserve_auto_numbers(
+        &mut self,
+        entity_id: i64,
+        field: &str,
+        count: i64,
+    ) -> Result<i64, StoreError> {
+        let first: Option<i64> = on!(&mut self.exec, c => sqlx::query_scalar(
+            "UPDATE auto_numbers SET next_value = next_value + $3 WHERE entity_id = $1 AND field = $2 RETURNING next_value - $3",
+        )
+        .bind(entity_id)
+        .bind(field)
+        .bind(count)
+        .fetch_optional(&mut **c)
+        .await?);
+        first.ok_or_else(|| {
+            StoreError::Corrupt(format!("no auto-number counter for field `{field}`"))
+        })
     }
 }
