@@ -21,6 +21,7 @@ OUT="$BENCH_WORK/results/rapport_$DURABILITY"
 DATA="$BENCH_WORK/rapport-data"
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk jq sqlite3" >&2; exit 1; }
 
+if curl -s "http://127.0.0.1:$PORT/" >/dev/null 2>&1; then echo "port $PORT is in use" >&2; exit 1; fi
 cargo build --release -p rapport
 BIN="$PWD/target/release/rapport"
 rm -rf "$DATA" "$OUT"; mkdir -p "$DATA" "$OUT"
@@ -32,7 +33,9 @@ start_server() { # sets SERVER (pid) and STARTUP_MS
   local t0; t0=$(date +%s%N)
   "$BIN" serve --listen "127.0.0.1:$PORT" >"$DATA/server.log" 2>&1 &
   SERVER=$!
-  until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do sleep 0.005; done
+  until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null || ! kill -0 "$SERVER" 2>/dev/null; do sleep 0.005; done
+  kill -0 "$SERVER" || { cat "$DATA/server.log" >&2; exit 1; }
+  : || until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do sleep 0.005; done
   STARTUP_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
 }
 rss_mb() { awk '/^VmRSS/{printf "%.1f", $2/1024}' "/proc/$SERVER/status"; }

@@ -436,6 +436,12 @@ pub struct NewHistory<'a> {
     pub changes: String,
 }
 
+/// A parameter of a multi-row INSERT: a value, or JSON text (cast to `jsonb` on PostgreSQL).
+enum Param {
+    Value(SqlValue),
+    Json(String),
+}
+
 /// Rows per multi-row INSERT: well under both backends' limits on bound parameters.
 const ROWS_PER_INSERT: usize = 400;
 
@@ -446,38 +452,24 @@ impl Scoped<'_> {
         entity_id: i64,
         records: &[NewRecord<'_>],
     ) -> Result<(), StoreError> {
-        let dialect = self.dialect();
-        for chunk in records.chunks(ROWS_PER_INSERT) {
-            let mut sql = String::from(
-                "INSERT INTO records (id, tenant_id, entity_id, version, data, owner_id, created_at, created_by, updated_at, updated_by) VALUES ",
-            );
-            let mut binds = Vec::with_capacity(chunk.len() * 6 + 2);
-            binds.push(SqlValue::Text(self.tenant.to_string()));
-            binds.push(SqlValue::Int(entity_id));
-            for (i, record) in chunk.iter().enumerate() {
-                let n = binds.len();
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${}, $1, $2, 1, {}, ${}, ${}, ${}, ${}, ${})",
-                    n + 1,
-                    dialect.json_param(n + 2),
-                    n + 3,
-                    n + 4,
-                    n + 5,
-                    n + 4,
-                    n + 5
-                ));
-                binds.push(SqlValue::Text(record.id.to_owned()));
-                binds.push(SqlValue::Text(record.data.to_owned()));
-                binds.push(SqlValue::Text(record.owner.to_string()));
-                binds.push(SqlValue::Timestamp(record.now));
-                binds.push(SqlValue::Text(record.user.to_string()));
-            }
-            on!(&mut self.exec, c => bind_all(sqlx::query(&sql), &binds).execute(&mut **c).await.map(drop)?);
-        }
-        Ok(())
+        let tenant = self.tenant.to_string();
+        let rows = records.iter().map(|record| {
+            [
+                Param::Value(SqlValue::Text(record.id.to_owned())),
+                Param::Value(SqlValue::Text(tenant.clone())),
+                Param::Value(SqlValue::Int(entity_id)),
+                Param::Json(record.data.to_owned()),
+                Param::Value(SqlValue::Text(record.owner.to_string())),
+                Param::Value(SqlValue::Timestamp(record.now)),
+                Param::Value(SqlValue::Text(record.user.to_string())),
+            ]
+        });
+        self.insert_rows(
+            "INSERT INTO records (id, tenant_id, entity_id, data, owner_id, created_at, created_by, version, updated_at, updated_by) VALUES ",
+            "1, {5}, {6}",
+            rows,
+        )
+        .await
     }
 
     /// Appends history rows (one statement per 400 rows).
@@ -486,34 +478,72 @@ impl Scoped<'_> {
         entity_id: i64,
         rows: &[NewHistory<'_>],
     ) -> Result<(), StoreError> {
+        let tenant = self.tenant.to_string();
+        let rows = rows.iter().map(|row| {
+            [
+                Param::Value(SqlValue::Text(tenant.clone())),
+                Param::Value(SqlValue::Int(entity_id)),
+                Param::Value(SqlValue::Text(row.record_id.to_owned())),
+                Param::Value(SqlValue::Int(row.version)),
+                Param::Value(SqlValue::Text(row.operation.to_owned())),
+                Param::Value(SqlValue::Timestamp(row.now)),
+                Param::Value(SqlValue::Text(row.user.to_string())),
+                Param::Json(row.changes.clone()),
+            ]
+        });
+        self.insert_rows(
+            "INSERT INTO record_history (tenant_id, entity_id, record_id, version, operation, changed_at, changed_by, changes) VALUES ",
+            "",
+            rows,
+        )
+        .await
+    }
+
+    /// Runs multi-row INSERTs: `prefix`, then one tuple per row of its parameters, followed by
+    /// `tail` (literal SQL where `{n}` repeats the row's parameter n). SQLite gets anonymous `?`
+    /// placeholders: binding numbered ones costs time quadratic in their count.
+    async fn insert_rows<const N: usize>(
+        &mut self,
+        prefix: &str,
+        tail: &str,
+        rows: impl Iterator<Item = [Param; N]>,
+    ) -> Result<(), StoreError> {
         let dialect = self.dialect();
+        let rows: Vec<[Param; N]> = rows.collect();
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let mut sql = String::from(
-                "INSERT INTO record_history (tenant_id, entity_id, record_id, version, operation, changed_at, changed_by, changes) VALUES ",
-            );
-            let mut binds = Vec::with_capacity(chunk.len() * 6 + 2);
-            binds.push(SqlValue::Text(self.tenant.to_string()));
-            binds.push(SqlValue::Int(entity_id));
-            for (i, row) in chunk.iter().enumerate() {
-                let n = binds.len();
-                if i > 0 {
-                    sql.push(',');
+            let mut sql = String::with_capacity(prefix.len() + chunk.len() * N * 8);
+            sql.push_str(prefix);
+            let mut binds = Vec::with_capacity(chunk.len() * (N + 2));
+            for (row_index, row) in chunk.iter().enumerate() {
+                sql.push_str(if row_index == 0 { "(" } else { ",(" });
+                let placeholder = |param: &Param, binds: &mut Vec<SqlValue>| {
+                    let (value, json) = match param {
+                        Param::Value(value) => (value.clone(), false),
+                        Param::Json(text) => (SqlValue::Text(text.clone()), true),
+                    };
+                    binds.push(value);
+                    match dialect {
+                        super::Dialect::Sqlite => "?".to_owned(),
+                        super::Dialect::Postgres if json => format!("${}::jsonb", binds.len()),
+                        super::Dialect::Postgres => format!("${}", binds.len()),
+                    }
+                };
+                let mut parts: Vec<String> = row
+                    .iter()
+                    .map(|param| placeholder(param, &mut binds))
+                    .collect();
+                if !tail.is_empty() {
+                    let mut literal = tail.to_owned();
+                    for (n, param) in row.iter().enumerate() {
+                        let marker = format!("{{{n}}}");
+                        if literal.contains(&marker) {
+                            literal = literal.replace(&marker, &placeholder(param, &mut binds));
+                        }
+                    }
+                    parts.push(literal);
                 }
-                sql.push_str(&format!(
-                    "($1, $2, ${}, ${}, ${}, ${}, ${}, {})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5,
-                    dialect.json_param(n + 6)
-                ));
-                binds.push(SqlValue::Text(row.record_id.to_owned()));
-                binds.push(SqlValue::Int(row.version));
-                binds.push(SqlValue::Text(row.operation.to_owned()));
-                binds.push(SqlValue::Timestamp(row.now));
-                binds.push(SqlValue::Text(row.user.to_string()));
-                binds.push(SqlValue::Text(row.changes.clone()));
+                sql.push_str(&parts.join(", "));
+                sql.push(')');
             }
             on!(&mut self.exec, c => bind_all(sqlx::query(&sql), &binds).execute(&mut **c).await.map(drop)?);
         }
