@@ -103,7 +103,7 @@ impl Target<'_> {
     fn bind(&self, builder: &mut QueryBuilder, literal: &Literal) -> Result<String, String> {
         let value = match (self.sql_value(literal)?, builder.dialect, self.kind()) {
             // A float parameter cast to numeric keeps only 15 digits on PostgreSQL: bind its text.
-            (SqlValue::Float(float), Dialect::Postgres, SqlKind::Decimal) => {
+            (SqlValue::Float(float), Dialect::Postgres, SqlKind::Integer | SqlKind::Decimal) => {
                 SqlValue::Text(float.to_string())
             }
             (value, _, _) => value,

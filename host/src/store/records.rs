@@ -169,7 +169,7 @@ impl Scoped<'_> {
         let sql = format!(
             "UPDATE records SET data = {}, version = version + 1, updated_at = $5, updated_by = $6 \
              WHERE tenant_id = $1 AND entity_id = $2 AND id = $3 AND version = $7 AND deleted_at IS NULL",
-            self.dialect().json_param(4)
+            self.dialect().body_param("$4")
         );
         let tenant = self.tenant.as_str();
         let affected = on!(&mut self.exec, c => sqlx::query(&sql)
@@ -334,7 +334,7 @@ impl Scoped<'_> {
     ) -> Result<(), StoreError> {
         let sql = format!(
             "UPDATE records SET data = {}, version = version + 1 WHERE tenant_id = $1 AND entity_id = $2 AND id = $3",
-            self.dialect().json_param(4)
+            self.dialect().body_param("$4")
         );
         let tenant = self.tenant.as_str();
         on!(&mut self.exec, c => sqlx::query(&sql)
@@ -436,10 +436,12 @@ pub struct NewHistory<'a> {
     pub changes: String,
 }
 
-/// A parameter of a multi-row INSERT: a value, or JSON text (cast to `jsonb` on PostgreSQL).
+/// A parameter of a multi-row INSERT: a value, JSON text (cast to `jsonb` on PostgreSQL), or a
+/// record body (`jsonb` on both).
 enum Param {
     Value(SqlValue),
     Json(String),
+    Body(String),
 }
 
 /// Rows per multi-row INSERT: well under both backends' limits on bound parameters.
@@ -458,7 +460,7 @@ impl Scoped<'_> {
                 Param::Value(SqlValue::Text(record.id.to_owned())),
                 Param::Value(SqlValue::Text(tenant.clone())),
                 Param::Value(SqlValue::Int(entity_id)),
-                Param::Json(record.data.to_owned()),
+                Param::Body(record.data.to_owned()),
                 Param::Value(SqlValue::Text(record.owner.to_string())),
                 Param::Value(SqlValue::Timestamp(record.now)),
                 Param::Value(SqlValue::Text(record.user.to_string())),
@@ -517,15 +519,16 @@ impl Scoped<'_> {
             for (row_index, row) in chunk.iter().enumerate() {
                 sql.push_str(if row_index == 0 { "(" } else { ",(" });
                 let placeholder = |param: &Param, binds: &mut Vec<SqlValue>| {
-                    let (value, json) = match param {
-                        Param::Value(value) => (value.clone(), false),
-                        Param::Json(text) => (SqlValue::Text(text.clone()), true),
+                    let value = match param {
+                        Param::Value(value) => value.clone(),
+                        Param::Json(text) | Param::Body(text) => SqlValue::Text(text.clone()),
                     };
                     binds.push(value);
-                    match dialect {
-                        super::Dialect::Sqlite => "?".to_owned(),
-                        super::Dialect::Postgres if json => format!("${}::jsonb", binds.len()),
-                        super::Dialect::Postgres => format!("${}", binds.len()),
+                    match (dialect, param) {
+                        (super::Dialect::Sqlite, Param::Body(_)) => dialect.body_param("?"),
+                        (super::Dialect::Sqlite, _) => "?".to_owned(),
+                        (super::Dialect::Postgres, Param::Value(_)) => format!("${}", binds.len()),
+                        (super::Dialect::Postgres, _) => format!("${}::jsonb", binds.len()),
                     }
                 };
                 let mut parts: Vec<String> = row

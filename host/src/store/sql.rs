@@ -48,8 +48,17 @@ impl Dialect {
     /// Reads the JSON body as text.
     pub fn data_column(self) -> &'static str {
         match self {
-            Dialect::Sqlite => "data",
+            Dialect::Sqlite => "json(data)",
             Dialect::Postgres => "data::text",
+        }
+    }
+
+    /// A placeholder for a record body given as JSON text. Both backends store bodies in their
+    /// binary JSON form, parsed once on write instead of on every extraction by an index.
+    pub fn body_param(self, placeholder: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("jsonb({placeholder})"),
+            Dialect::Postgres => format!("{placeholder}::jsonb"),
         }
     }
 
@@ -62,20 +71,36 @@ impl Dialect {
     }
 
     /// The SQL expression of a field's value, typed for comparison and sorting. Field names are
-    /// validated identifiers, so they are safe to inline.
+    /// validated identifiers, so they are safe to inline. On PostgreSQL the casts are guarded by
+    /// the JSON type: an index build also evaluates dead row versions, which may still hold a
+    /// value of the field's previous type, and an unguarded cast would fail on them.
     pub fn field_expr(self, field: &FieldDefinition) -> String {
         let name = field.name.as_str();
         let currency = field.field_type == FieldType::Currency;
+        let (value, text) = if currency {
+            (
+                format!("data->'{name}'->'amount'"),
+                format!("data->'{name}'->>'amount'"),
+            )
+        } else {
+            (format!("data->'{name}'"), format!("data->>'{name}'"))
+        };
         match self {
             Dialect::Sqlite if currency => format!("json_extract(data, '$.{name}.amount')"),
             Dialect::Sqlite => format!("json_extract(data, '$.{name}')"),
             Dialect::Postgres => match sql_kind(field) {
-                SqlKind::Decimal if currency => format!("((data->'{name}'->>'amount')::numeric)"),
-                SqlKind::Text => format!("(data->>'{name}')"),
-                SqlKind::Integer => format!("((data->>'{name}')::bigint)"),
-                SqlKind::Decimal => format!("((data->>'{name}')::numeric)"),
-                SqlKind::Boolean => format!("((data->>'{name}')::boolean)"),
-                SqlKind::Json => format!("(data->'{name}')"),
+                SqlKind::Text => format!("({text})"),
+                SqlKind::Integer | SqlKind::Decimal => {
+                    format!(
+                        "(CASE WHEN jsonb_typeof({value}) = 'number' THEN ({text})::numeric END)"
+                    )
+                }
+                SqlKind::Boolean => {
+                    format!(
+                        "(CASE WHEN jsonb_typeof({value}) = 'boolean' THEN ({text})::boolean END)"
+                    )
+                }
+                SqlKind::Json => format!("({value})"),
             },
         }
     }
@@ -83,7 +108,9 @@ impl Dialect {
     /// Wraps a placeholder so that it compares with [`Dialect::field_expr`] of this kind.
     pub fn typed_param(self, kind: SqlKind, placeholder: &str) -> String {
         match (self, kind) {
-            (Dialect::Postgres, SqlKind::Decimal) => format!("CAST({placeholder} AS numeric)"),
+            (Dialect::Postgres, SqlKind::Integer | SqlKind::Decimal) => {
+                format!("CAST({placeholder} AS numeric)")
+            }
             _ => placeholder.to_owned(),
         }
     }
@@ -123,7 +150,7 @@ impl Dialect {
     /// Removes a key from every JSON body of an entity.
     pub fn remove_key(self, name: &str) -> String {
         match self {
-            Dialect::Sqlite => format!("json_remove(data, '$.{name}')"),
+            Dialect::Sqlite => format!("jsonb_remove(data, '$.{name}')"),
             Dialect::Postgres => format!("data - '{name}'"),
         }
     }
