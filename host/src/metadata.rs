@@ -19,7 +19,7 @@ pub mod record_schema;
 pub mod validation;
 pub mod values;
 
-use definition::{EntityDefinition, FieldType};
+use definition::{CompositeIndex, EntityDefinition, FieldDefinition, FieldType};
 use evolution::Change;
 use record_schema::{FieldErrors, Purpose};
 use validation::Problem;
@@ -425,8 +425,22 @@ impl Metadata {
                 referrers,
             });
         }
-        for (other, definition) in to_deactivate {
+        for (other, mut definition) in to_deactivate {
             let old = stored_definition(&other.definition)?;
+            // Composite indexes over a deactivated field go with it.
+            let (kept, dropped): (Vec<_>, Vec<_>) = std::mem::take(&mut definition.indexes)
+                .into_iter()
+                .partition(|index| {
+                    index.fields.iter().all(|name| {
+                        definition
+                            .field(name.as_str())
+                            .is_some_and(|field| field.active)
+                    })
+                });
+            definition.indexes = kept;
+            for index in &dropped {
+                scoped.drop_composite_index(other.id, index).await?;
+            }
             for field in old.fields.iter().filter(|field| field.needs_index()) {
                 if !definition
                     .field(field.name.as_str())
@@ -444,9 +458,7 @@ impl Metadata {
                 )
                 .await?;
         }
-        scoped
-            .delete_entity(target.id, &target_definition.fields)
-            .await?;
+        scoped.delete_entity(target.id, &target_definition).await?;
         tx.commit().await?;
         self.cache
             .write()
@@ -540,6 +552,7 @@ async fn apply_in(
         let changes = evolution::diff(
             &EntityDefinition {
                 fields: Vec::new(),
+                indexes: Vec::new(),
                 ..definition.clone()
             },
             &definition,
@@ -576,10 +589,18 @@ async fn apply_in(
     }
     // Indexes go first: a retyped field's old index must not see the converted values.
     for change in &changes {
-        if let Change::IndexRemoved { field, .. } = change
-            && let Some(field) = old.field(field)
-        {
-            scoped.drop_field_index(existing.id, field).await?;
+        match change {
+            Change::IndexRemoved { field, .. } => {
+                if let Some(field) = old.field(field) {
+                    scoped.drop_field_index(existing.id, field).await?;
+                }
+            }
+            Change::CompositeIndexRemoved { fields } => {
+                if let Some(index) = old.indexes.iter().find(|index| same_fields(index, fields)) {
+                    scoped.drop_composite_index(existing.id, index).await?;
+                }
+            }
+            _ => {}
         }
     }
     let conversions = convert_records(&mut scoped, existing.id, &definition, &changes).await?;
@@ -598,6 +619,15 @@ async fn apply_in(
         changes,
         conversions,
     })
+}
+
+fn same_fields(index: &CompositeIndex, names: &[String]) -> bool {
+    index.fields.len() == names.len()
+        && index
+            .fields
+            .iter()
+            .zip(names)
+            .all(|(field, name)| field.as_str() == name)
 }
 
 /// Builds new indexes (checking uniqueness first) and starts auto-number counters.
@@ -632,6 +662,25 @@ async fn apply_changes(
                         .init_auto_number(entity_id, field.name.as_str(), field.start.unwrap_or(1))
                         .await?;
                 }
+            }
+            Change::CompositeIndexAdded { fields } => {
+                let index = definition
+                    .indexes
+                    .iter()
+                    .find(|index| same_fields(index, fields))
+                    .expect("diff names existing indexes");
+                let columns: Vec<&FieldDefinition> = index
+                    .fields
+                    .iter()
+                    .map(|name| {
+                        definition
+                            .field(name.as_str())
+                            .expect("validated index fields")
+                    })
+                    .collect();
+                scoped
+                    .create_composite_index(entity_id, index, &columns)
+                    .await?;
             }
             Change::FieldReactivated { field } => {
                 let field = definition.field(field).expect("diff names existing fields");

@@ -14,6 +14,7 @@ on_both_backends!(
     a_field_is_removed_in_two_phases_deactivate_then_purge,
     an_entity_that_others_reference_is_deleted_only_when_forced,
     the_openapi_document_describes_the_tenants_entities,
+    composite_indexes_are_built_changed_and_checked,
 );
 
 fn contact() -> serde_json::Value {
@@ -474,4 +475,79 @@ async fn the_openapi_document_describes_the_tenants_entities(app: &TestApp) {
             .is_none(),
         "another tenant's entities are not shown"
     );
+}
+
+/// The composite indexes in the database catalog.
+async fn index_names(app: &TestApp) -> Vec<String> {
+    if app.database_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+        let sql =
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND substr(name, 1, 3) = 'rc_'";
+        sqlx::query_scalar(sql).fetch_all(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+        let sql = "SELECT indexname::text FROM pg_indexes WHERE substr(indexname, 1, 3) = 'rc_'";
+        sqlx::query_scalar(sql).fetch_all(&pool).await.unwrap()
+    }
+}
+
+async fn composite_indexes_are_built_changed_and_checked(app: &TestApp) {
+    let mut definition = contact();
+    definition["indexes"] =
+        json!([{"fields": ["stage", "nope"]}, {"fields": ["stage", "annual_value"]}]);
+    let refused = app.post("/api/v1/entities", definition.clone()).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        refused.fields()["/indexes/0/fields/1"][0]
+            .as_str()
+            .unwrap()
+            .contains("not a field")
+    );
+
+    definition["indexes"] = json!([{"fields": ["stage", "annual_value"]}]);
+    app.define(definition.clone()).await;
+    assert_eq!(index_names(app).await.len(), 1);
+    for (stage, value) in [
+        ("lead", 5.0),
+        ("customer", 10.0),
+        ("customer", 30.0),
+        ("customer", 20.0),
+    ] {
+        app.create(
+            "contact",
+            json!({"first_name": "x", "stage": stage, "annual_value": value}),
+        )
+        .await;
+    }
+    let page = app
+        .get("/api/v1/records/contact?filter=stage%20eq%20%27customer%27&sort=-annual_value")
+        .await;
+    let values: Vec<f64> = page.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["data"]["annual_value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [30.0, 20.0, 10.0]);
+
+    // Retyping a field rebuilds the indexes over it; removing the index drops it.
+    definition["fields"][4]["type"] = json!("integer");
+    let retyped = app
+        .put("/api/v1/entities/contact", definition.clone())
+        .await;
+    assert_eq!(retyped.status, StatusCode::OK, "{:?}", retyped.body);
+    let changes = retyped.body["changes"].as_array().unwrap();
+    assert!(
+        changes.contains(
+            &json!({"change": "composite_index_added", "fields": ["stage", "annual_value"]})
+        ),
+        "{changes:?}"
+    );
+    assert_eq!(index_names(app).await.len(), 1);
+    definition["indexes"] = json!([]);
+    assert_eq!(
+        app.put("/api/v1/entities/contact", definition).await.status,
+        StatusCode::OK
+    );
+    assert!(index_names(app).await.is_empty());
 }

@@ -20,6 +20,40 @@ pub struct EntityDefinition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub fields: Vec<FieldDefinition>,
+    /// Composite indexes over several fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<CompositeIndex>,
+}
+
+/// An index over several fields, in order: equality filters on the first ones and a sort on
+/// the next one are served by the index alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompositeIndex {
+    pub fields: Vec<FieldName>,
+}
+
+impl CompositeIndex {
+    /// A stable name for the database index: the entity id and a digest of the field list.
+    pub fn index_name(&self, entity_id: i64) -> String {
+        use sha2::{Digest, Sha256};
+        let names: Vec<&str> = self.fields.iter().map(FieldName::as_str).collect();
+        let digest = Sha256::digest(names.join(",").as_bytes());
+        let short: String = digest[..6]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        format!("rc_{entity_id}_{short}")
+    }
+
+    pub fn describe(&self) -> String {
+        let names: Vec<String> = self
+            .fields
+            .iter()
+            .map(|field| format!("`{field}`"))
+            .collect();
+        format!("({})", names.join(", "))
+    }
 }
 
 impl EntityDefinition {

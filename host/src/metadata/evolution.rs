@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::definition::{EntityDefinition, FieldDefinition, FieldType};
+use super::definition::{CompositeIndex, EntityDefinition, FieldDefinition, FieldType};
 use super::record_schema::field_schema;
 use super::validation::Problem;
 
@@ -39,6 +39,12 @@ pub enum Change {
     },
     FieldReactivated {
         field: String,
+    },
+    CompositeIndexAdded {
+        fields: Vec<String>,
+    },
+    CompositeIndexRemoved {
+        fields: Vec<String>,
     },
 }
 
@@ -154,11 +160,48 @@ pub fn diff(old: &EntityDefinition, new: &EntityDefinition) -> Result<Vec<Change
             }
         }
     }
-    if problems.is_empty() {
-        Ok(changes)
-    } else {
-        Err(problems)
+    if !problems.is_empty() {
+        return Err(problems);
     }
+    // Composite indexes: gone, new, or rebuilt because one of their fields was retyped.
+    let retyped: Vec<&str> = changes.iter().filter_map(Change::retyped_field).collect();
+    let names = |index: &CompositeIndex| {
+        index
+            .fields
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    let mut index_changes = Vec::new();
+    for index in &old.indexes {
+        let kept = new.indexes.contains(index);
+        let rebuilt = kept
+            && index
+                .fields
+                .iter()
+                .any(|field| retyped.contains(&field.as_str()));
+        if !kept || rebuilt {
+            index_changes.push(Change::CompositeIndexRemoved {
+                fields: names(index),
+            });
+        }
+        if rebuilt {
+            index_changes.push(Change::CompositeIndexAdded {
+                fields: names(index),
+            });
+        }
+    }
+    for index in new
+        .indexes
+        .iter()
+        .filter(|index| !old.indexes.contains(index))
+    {
+        index_changes.push(Change::CompositeIndexAdded {
+            fields: names(index),
+        });
+    }
+    changes.extend(index_changes);
+    Ok(changes)
 }
 
 /// `before` as it compares with `after`: labels ignored, and options that were only added
@@ -267,6 +310,28 @@ mod tests {
                 .message
                 .contains("auto-number")
         );
+    }
+
+    #[test]
+    fn composite_indexes_are_added_removed_and_rebuilt_with_their_fields() {
+        let with_index = |kind: &str, indexes: serde_json::Value| {
+            parse_definition(&json!({"name": "deal", "fields": [
+                {"name": "a", "type": "text"}, {"name": "b", "type": kind}
+            ], "indexes": indexes}))
+            .unwrap()
+        };
+        let none = with_index("integer", json!([]));
+        let ab = with_index("integer", json!([{"fields": ["a", "b"]}]));
+        let added = Change::CompositeIndexAdded {
+            fields: vec!["a".into(), "b".into()],
+        };
+        let removed = Change::CompositeIndexRemoved {
+            fields: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(diff(&none, &ab).unwrap(), vec![added.clone()]);
+        assert_eq!(diff(&ab, &none).unwrap(), vec![removed.clone()]);
+        let retyped = diff(&ab, &with_index("decimal", json!([{"fields": ["a", "b"]}]))).unwrap();
+        assert_eq!(retyped[1..], [removed, added]);
     }
 
     #[test]

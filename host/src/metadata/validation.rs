@@ -144,6 +144,36 @@ fn check_rules(definition: &EntityDefinition) -> Vec<Problem> {
             }
         }
     }
+    let mut seen = HashSet::new();
+    for (index, composite) in definition.indexes.iter().enumerate() {
+        if !seen.insert(&composite.fields) {
+            problems.push(Problem::new(
+                format!("/indexes/{index}"),
+                format!("index {} is defined twice", composite.describe()),
+            ));
+        }
+        for (position, name) in composite.fields.iter().enumerate() {
+            let at = format!("/indexes/{index}/fields/{position}");
+            match definition.field(name.as_str()) {
+                None => problems.push(Problem::new(
+                    at,
+                    format!("`{name}` is not a field of this entity"),
+                )),
+                Some(field) if !field.active => problems.push(Problem::new(
+                    at,
+                    format!("field `{name}` is deactivated: remove it from the index first"),
+                )),
+                Some(field) if !field.is_indexable() => problems.push(Problem::new(
+                    at,
+                    format!(
+                        "a field of type `{}` cannot be indexed",
+                        describe_type(field.field_type, field.multiple)
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
+    }
     problems
 }
 

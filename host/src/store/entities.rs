@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use super::{Scoped, StoreError, on};
 use crate::domain::UserId;
-use crate::metadata::definition::FieldDefinition;
+use crate::metadata::definition::{CompositeIndex, EntityDefinition, FieldDefinition};
 
 /// A row lock on an entity definition (PostgreSQL only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,10 +196,17 @@ impl Scoped<'_> {
     pub async fn delete_entity(
         &mut self,
         id: i64,
-        fields: &[FieldDefinition],
+        definition: &EntityDefinition,
     ) -> Result<(), StoreError> {
-        for field in fields.iter().filter(|field| field.indexed || field.unique) {
+        for field in definition
+            .fields
+            .iter()
+            .filter(|field| field.indexed || field.unique)
+        {
             self.drop_field_index(id, field).await?;
+        }
+        for index in &definition.indexes {
+            self.drop_composite_index(id, index).await?;
         }
         let tenant = self.tenant.as_str();
         for sql in [
@@ -234,6 +241,37 @@ impl Scoped<'_> {
                 dialect.nulls(false)
             )
         };
+        on!(&mut self.exec, c => sqlx::query(&sql).execute(&mut **c).await.map(drop)?);
+        Ok(())
+    }
+
+    /// Builds a composite index over several fields (then the record id).
+    pub async fn create_composite_index(
+        &mut self,
+        entity_id: i64,
+        index: &CompositeIndex,
+        fields: &[&FieldDefinition],
+    ) -> Result<(), StoreError> {
+        let dialect = self.dialect();
+        let columns: Vec<String> = fields
+            .iter()
+            .map(|field| format!("({}){}", dialect.field_expr(field), dialect.nulls(false)))
+            .collect();
+        let sql = format!(
+            "CREATE INDEX IF NOT EXISTS {} ON records ({}, id) WHERE entity_id = {entity_id}",
+            index.index_name(entity_id),
+            columns.join(", ")
+        );
+        on!(&mut self.exec, c => sqlx::query(&sql).execute(&mut **c).await.map(drop)?);
+        Ok(())
+    }
+
+    pub async fn drop_composite_index(
+        &mut self,
+        entity_id: i64,
+        index: &CompositeIndex,
+    ) -> Result<(), StoreError> {
+        let sql = format!("DROP INDEX IF EXISTS {}", index.index_name(entity_id));
         on!(&mut self.exec, c => sqlx::query(&sql).execute(&mut **c).await.map(drop)?);
         Ok(())
     }
