@@ -47,7 +47,9 @@ sleep 1
 record "{\"mode\":\"startup\",\"startup_ms\":$STARTUP_MS,\"idle_rss_mb\":$(rss_mb)}"
 
 export BASE_URL="http://127.0.0.1:$PORT" AUTH="Bearer $TOKEN" DURATION="$RW_DURATION"
-run() { record "$("$KIT/driver/run_wrk.sh" "$1" "$OUT/wrk.log")"; }
+run() { # mode [label]
+  record "$("$KIT/driver/run_wrk.sh" "$1" "$OUT/wrk.log" | jq -c --arg w "${2:-$1}" '. + {workload: $w}')"
+}
 
 TOTAL=$TOTAL CREATE_PATH=/api/v1/records/contacts BODY_WRAP='{"data":%s}' run create
 sqlite3 "$DATA/bench.db" "SELECT r.id FROM records r JOIN entities e ON e.id = r.entity_id WHERE e.name = 'contacts'" >"$DATA/ids.txt"
