@@ -270,7 +270,6 @@ impl Records {
         changed: &[&String],
         record_id: &str,
     ) -> Result<(), RecordError> {
-        let dialect = scoped.dialect();
         let mut conflicts = FieldErrors::new();
         let mut invalid = FieldErrors::new();
         for key in changed {
@@ -282,12 +281,7 @@ impl Records {
                 && field.active
                 && let Some(sql_value) = to_sql_value(value)
                 && let Some(holder) = scoped
-                    .unique_holder(
-                        entity.id,
-                        &dialect.field_expr(field),
-                        sql_value,
-                        Some(record_id),
-                    )
+                    .unique_holder(entity.id, field, sql_value, Some(record_id))
                     .await?
             {
                 conflicts.entry(key.to_string()).or_default().push(format!(
@@ -500,7 +494,6 @@ impl Records {
         bodies: &[Map<String, Value>],
         key: &impl Fn(usize, &str) -> String,
     ) -> Result<(), RecordError> {
-        let dialect = scoped.dialect();
         let mut conflicts = FieldErrors::new();
         for field in entity
             .definition
@@ -528,7 +521,7 @@ impl Records {
                 continue;
             }
             for (value, holder) in scoped
-                .unique_holders(entity.id, &dialect.field_expr(field), &values, None)
+                .unique_holders(entity.id, field, &values, None)
                 .await?
             {
                 let index = first_at.get(&value).copied();

@@ -5,6 +5,7 @@ use time::OffsetDateTime;
 use super::sql::QueryBuilder;
 use super::{Scoped, SqlValue, StoreError, bind_all, bind_all_as, on};
 use crate::domain::UserId;
+use crate::metadata::definition::FieldDefinition;
 
 /// A record row as stored; `data` is the JSON body as text.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -292,12 +293,13 @@ impl Scoped<'_> {
     pub async fn unique_holder(
         &mut self,
         entity_id: i64,
-        expr: &str,
+        field: &FieldDefinition,
         value: SqlValue,
         except: Option<&str>,
     ) -> Result<Option<String>, StoreError> {
+        let (expr, hint) = self.unique_lookup(entity_id, field);
         let sql = format!(
-            "SELECT id FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} AND deleted_at IS NULL \
+            "SELECT id FROM records{hint} WHERE tenant_id = $1 AND entity_id = {entity_id} AND deleted_at IS NULL \
              AND {expr} = $2 AND id <> $3 LIMIT 1"
         );
         let binds = [
@@ -422,6 +424,24 @@ impl Scoped<'_> {
             let row = query.fetch_one(&mut **c).await?;
             sqlx::Row::try_get::<i64, _>(&row, 0)?
         }))
+    }
+}
+
+impl Scoped<'_> {
+    /// The expression of a unique field and, on SQLite, a hint naming its unique index: with
+    /// sampled statistics the planner can misjudge an entity's size and scan all its records.
+    fn unique_lookup(&self, entity_id: i64, field: &FieldDefinition) -> (String, String) {
+        let dialect = self.dialect();
+        let hint = match dialect {
+            super::Dialect::Sqlite => {
+                format!(
+                    " INDEXED BY {}",
+                    super::entities::index_name(entity_id, field.name.as_str(), true)
+                )
+            }
+            super::Dialect::Postgres => String::new(),
+        };
+        (dialect.field_expr(field), hint)
     }
 }
 
@@ -558,16 +578,17 @@ impl Scoped<'_> {
     pub async fn unique_holders(
         &mut self,
         entity_id: i64,
-        expr: &str,
+        field: &FieldDefinition,
         values: &[SqlValue],
         except: Option<&str>,
     ) -> Result<Vec<(String, String)>, StoreError> {
+        let (expr, hint) = self.unique_lookup(entity_id, field);
         let mut found = Vec::new();
         for chunk in values.chunks(ROWS_PER_INSERT) {
             let placeholders: Vec<String> =
                 (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
             let sql = format!(
-                "SELECT CAST({expr} AS TEXT), id FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} \
+                "SELECT CAST({expr} AS TEXT), id FROM records{hint} WHERE tenant_id = $1 AND entity_id = {entity_id} \
                  AND deleted_at IS NULL AND id <> $2 AND {expr} IN ({})",
                 placeholders.join(", ")
             );
