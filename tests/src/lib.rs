@@ -279,19 +279,7 @@ impl TestApp {
     pub async fn stop(mut self) {
         self.shutdown_server().await;
         self.store.close().await;
-        match &self.cleanup {
-            Cleanup::Directory(dir) => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Cleanup::Database { admin_url, name } => {
-                if let Ok(pool) = sqlx::PgPool::connect(admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&pool)
-                        .await;
-                    pool.close().await;
-                }
-            }
-        }
+        self.cleanup.run().await;
     }
 
     async fn shutdown_server(&mut self) {
