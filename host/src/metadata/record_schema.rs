@@ -203,3 +203,135 @@ fn json_type(value: &Value) -> &'static str {
         Value::Object(_) => "an object",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::metadata::validation::parse_definition;
+
+    /// A field definition of any type, with a value it accepts and one it refuses.
+    fn field() -> impl Strategy<Value = (Value, Value, Value)> {
+        let text = (1u32..50).prop_map(|max| {
+            (
+                json!({"type": "text", "max_length": max}),
+                json!("a".repeat(max as usize)),
+                json!("a".repeat(max as usize + 1)),
+            )
+        });
+        let integer = (-1000i64..1000, 0i64..1000).prop_map(|(min, span)| {
+            (
+                json!({"type": "integer", "min": min, "max": min + span}),
+                json!(min + span),
+                json!(min - 1),
+            )
+        });
+        let decimal = any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|value| {
+                (
+                    json!({"type": "decimal"}),
+                    json!(value),
+                    json!(value.to_string()),
+                )
+            });
+        let picklist = prop::collection::btree_set("[a-z]{1,8}", 1..6).prop_map(|options| {
+            let options: Vec<String> = options.into_iter().collect();
+            let first = options[0].clone();
+            (
+                json!({"type": "picklist", "options": options}),
+                json!(first),
+                json!("NOT-AN-OPTION"),
+            )
+        });
+        let multiple = prop::collection::btree_set("[a-z]{1,8}", 2..6).prop_map(|options| {
+            let options: Vec<String> = options.into_iter().collect();
+            let both = json!([options[0], options[1]]);
+            let twice = json!([options[0], options[0]]);
+            (
+                json!({"type": "picklist", "multiple": true, "options": options}),
+                both,
+                twice,
+            )
+        });
+        let fixed = prop_oneof![
+            Just((json!({"type": "boolean"}), json!(true), json!("true"))),
+            Just((
+                json!({"type": "date"}),
+                json!("2026-02-28"),
+                json!("2026-02-30")
+            )),
+            Just((
+                json!({"type": "datetime"}),
+                json!("2026-02-28T10:00:00Z"),
+                json!("noon")
+            )),
+            Just((
+                json!({"type": "email"}),
+                json!("a@example.com"),
+                json!("not an email")
+            )),
+            Just((
+                json!({"type": "url"}),
+                json!("https://example.com"),
+                json!("ftp://example.com")
+            )),
+            Just((
+                json!({"type": "phone"}),
+                json!("+33 1 23 45 67 89"),
+                json!("call me")
+            )),
+            Just((
+                json!({"type": "currency"}),
+                json!({"amount": 1.5, "currency": "EUR"}),
+                json!({"amount": 1.5})
+            )),
+            Just((
+                json!({"type": "reference", "entity": "other"}),
+                json!("01a2026d-7296-77d8-ae34-2eb46a99032f"),
+                json!(42)
+            )),
+        ];
+        prop_oneof![text, integer, decimal, picklist, multiple, fixed]
+    }
+
+    proptest! {
+        /// Whatever the definition, the compiled schema builds, accepts a valid record, and
+        /// refuses — naming the field — a record with one wrong value or an unknown field.
+        #[test]
+        fn compiled_schemas_accept_valid_records_and_name_the_wrong_field(
+            fields in prop::collection::vec(field(), 1..6),
+            required in any::<bool>(),
+        ) {
+            let mut definitions = Vec::new();
+            let mut valid = serde_json::Map::new();
+            for (index, (mut definition, good, _)) in fields.iter().cloned().enumerate() {
+                definition["name"] = json!(format!("f{index}"));
+                definition["required"] = json!(required && index == 0);
+                definitions.push(definition);
+                valid.insert(format!("f{index}"), good);
+            }
+            let entity = parse_definition(&json!({"name": "thing", "fields": definitions})).unwrap();
+            let validator = validator(&record_schema(&entity, Purpose::Input)).unwrap();
+            prop_assert!(check(&validator, &Value::Object(valid.clone())).is_empty());
+
+            for (index, (_, _, bad)) in fields.iter().enumerate() {
+                let mut invalid = valid.clone();
+                invalid.insert(format!("f{index}"), bad.clone());
+                let errors = check(&validator, &Value::Object(invalid));
+                prop_assert_eq!(errors.keys().cloned().collect::<Vec<_>>(), vec![format!("f{index}")]);
+            }
+            let mut unknown = valid.clone();
+            unknown.insert("zz".into(), json!(1));
+            prop_assert!(check(&validator, &Value::Object(unknown)).contains_key("zz"));
+            if required {
+                let mut missing = valid;
+                missing.remove("f0");
+                let errors = check(&validator, &Value::Object(missing));
+                prop_assert_eq!(errors.get("f0"), Some(&vec!["is required".to_owned()]));
+            }
+        }
+    }
+}
