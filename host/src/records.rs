@@ -149,6 +149,23 @@ pub struct BatchUpdate {
     pub data: Value,
 }
 
+/// Which fields the constraint checks look at, and which stored record they ignore (the one being
+/// updated or restored).
+struct Checked<'a> {
+    fields: Option<&'a [&'a String]>,
+    except: Option<&'a str>,
+}
+
+impl Checked<'_> {
+    fn covers(&self, field: &FieldDefinition) -> bool {
+        self.fields.is_none_or(|names| {
+            names
+                .iter()
+                .any(|name| name.as_str() == field.name.as_str())
+        })
+    }
+}
+
 /// Records of every entity of every tenant.
 #[derive(Debug, Clone)]
 pub struct Records {
@@ -270,51 +287,16 @@ impl Records {
         changed: &[&String],
         record_id: &str,
     ) -> Result<(), RecordError> {
-        let mut conflicts = FieldErrors::new();
-        let mut invalid = FieldErrors::new();
-        for key in changed {
-            let (Some(field), Some(value)) = (entity.definition.field(key), data.get(key.as_str()))
-            else {
-                continue;
-            };
-            if field.unique
-                && field.active
-                && let Some(sql_value) = to_sql_value(value)
-                && let Some(holder) = scoped
-                    .unique_holder(entity.id, field, sql_value, Some(record_id))
-                    .await?
-            {
-                conflicts.entry(key.to_string()).or_default().push(format!(
-                    "field `{key}` must be unique: `{}` is already used by {} `{holder}`",
-                    json_text(value),
-                    entity.name()
-                ));
-            }
-            if let (FieldType::Reference, Some(target), Value::String(id)) =
-                (field.field_type, &field.entity, value)
-            {
-                let exists = match scoped.entity_version(target.as_str()).await? {
-                    Some((target_id, _)) => !scoped
-                        .existing_ids(target_id, std::slice::from_ref(id))
-                        .await?
-                        .is_empty(),
-                    None => false,
-                };
-                if !exists {
-                    invalid
-                        .entry(key.to_string())
-                        .or_default()
-                        .push(format!("no `{target}` record has id `{id}`"));
-                }
-            }
-        }
-        if !invalid.is_empty() {
-            return Err(RecordError::Invalid(invalid));
-        }
-        if !conflicts.is_empty() {
-            return Err(RecordError::Conflict(conflicts));
-        }
-        Ok(())
+        let checked = Checked {
+            fields: Some(changed),
+            except: Some(record_id),
+        };
+        let bodies = std::slice::from_ref(data);
+        let key = |_: usize, field: &str| field.to_owned();
+        self.check_references(scoped, entity, bodies, &key, &checked)
+            .await?;
+        self.check_unique(scoped, entity, bodies, &key, &checked)
+            .await
     }
 
     /// Creates records: every body is checked first (keys, schema, uniqueness within the set and
@@ -365,8 +347,14 @@ impl Records {
         if !invalid.is_empty() {
             return Err(RecordError::Invalid(invalid));
         }
-        self.check_references(scoped, entity, &bodies, &key).await?;
-        self.check_unique(scoped, entity, &bodies, &key).await?;
+        let checked = Checked {
+            fields: None,
+            except: None,
+        };
+        self.check_references(scoped, entity, &bodies, &key, &checked)
+            .await?;
+        self.check_unique(scoped, entity, &bodies, &key, &checked)
+            .await?;
         let count = bodies.len() as i64;
         for field in entity
             .definition
@@ -440,12 +428,13 @@ impl Records {
         entity: &CompiledEntity,
         bodies: &[Map<String, Value>],
         key: &impl Fn(usize, &str) -> String,
+        checked: &Checked<'_>,
     ) -> Result<(), RecordError> {
         let mut invalid = FieldErrors::new();
         for field in entity
             .definition
             .active_fields()
-            .filter(|field| field.field_type == FieldType::Reference)
+            .filter(|field| field.field_type == FieldType::Reference && checked.covers(field))
         {
             let name = field.name.as_str();
             let mut ids: Vec<String> = bodies
@@ -493,12 +482,13 @@ impl Records {
         entity: &CompiledEntity,
         bodies: &[Map<String, Value>],
         key: &impl Fn(usize, &str) -> String,
+        checked: &Checked<'_>,
     ) -> Result<(), RecordError> {
         let mut conflicts = FieldErrors::new();
         for field in entity
             .definition
             .active_fields()
-            .filter(|field| field.unique)
+            .filter(|field| field.unique && checked.covers(field))
         {
             let name = field.name.as_str();
             let mut first_at: HashMap<String, usize> = HashMap::new();
@@ -521,7 +511,7 @@ impl Records {
                 continue;
             }
             for (value, holder) in scoped
-                .unique_holders(entity.id, field, &values, None)
+                .unique_holders(entity.id, field, &values, checked.except)
                 .await?
             {
                 let index = first_at.get(&value).copied();

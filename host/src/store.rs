@@ -233,17 +233,13 @@ impl Store {
         }
     }
 
-    /// Refreshes the query planner's statistics (SQLite `PRAGMA optimize`, PostgreSQL `ANALYZE`).
+    /// Refreshes SQLite's planner statistics where tables changed a lot, so that it picks the
+    /// right expression index. PostgreSQL's autovacuum does this by itself.
     pub async fn optimize(&self) -> Result<(), StoreError> {
-        match &self.pools {
-            Pools::Sqlite { write, .. } => {
-                sqlx::query("PRAGMA optimize=0x10002")
-                    .execute(write)
-                    .await?;
-            }
-            Pools::Postgres(pool) => {
-                sqlx::query("ANALYZE records").execute(pool).await?;
-            }
+        if let Pools::Sqlite { write, .. } = &self.pools {
+            sqlx::query("PRAGMA optimize=0x10002")
+                .execute(write)
+                .await?;
         }
         Ok(())
     }

@@ -289,30 +289,6 @@ impl Scoped<'_> {
             .await?))
     }
 
-    /// The live record, other than `except`, whose value of a unique field equals `value`.
-    pub async fn unique_holder(
-        &mut self,
-        entity_id: i64,
-        field: &FieldDefinition,
-        value: SqlValue,
-        except: Option<&str>,
-    ) -> Result<Option<String>, StoreError> {
-        let (expr, hint) = self.unique_lookup(entity_id, field);
-        let sql = format!(
-            "SELECT id FROM records{hint} WHERE tenant_id = $1 AND entity_id = {entity_id} AND deleted_at IS NULL \
-             AND {expr} = $2 AND id <> $3 LIMIT 1"
-        );
-        let binds = [
-            SqlValue::Text(self.tenant.to_string()),
-            value,
-            SqlValue::Text(except.unwrap_or("").to_owned()),
-        ];
-        Ok(on!(&mut self.exec, c => {
-            let query = bind_all_as::<_, (String,)>(sqlx::query_as(&sql), &binds);
-            query.fetch_optional(&mut **c).await?.map(|(id,)| id)
-        }))
-    }
-
     /// Every record of an entity, deleted ones too, as (id, version, body): for conversions.
     pub async fn all_record_bodies(
         &mut self,
@@ -403,27 +379,6 @@ impl Scoped<'_> {
         .execute(&mut **c)
         .await.map(drop)?);
         Ok(())
-    }
-}
-
-/// Runs a count query built by the records layer (placeholders from `$2`, `$1` the tenant).
-impl Scoped<'_> {
-    pub async fn count_records(
-        &mut self,
-        entity_id: i64,
-        condition: &str,
-        binds: Vec<SqlValue>,
-    ) -> Result<i64, StoreError> {
-        let sql = format!(
-            "SELECT COUNT(*) FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} AND ({condition})"
-        );
-        let mut binds = binds;
-        binds[0] = SqlValue::Text(self.tenant.to_string());
-        Ok(on!(&mut self.exec, c => {
-            let query = bind_all(sqlx::query(&sql), &binds);
-            let row = query.fetch_one(&mut **c).await?;
-            sqlx::Row::try_get::<i64, _>(&row, 0)?
-        }))
     }
 }
 
