@@ -178,6 +178,16 @@ impl Metadata {
         self.compiled_locked(scoped, name, EntityLock::None).await
     }
 
+    /// The compiled definition last seen for an entity, without asking the database: good for
+    /// preparing a write, which [`Metadata::compiled_for_write`] then confirms is current.
+    pub fn cached(&self, tenant: &TenantId, name: &str) -> Option<Arc<CompiledEntity>> {
+        self.cache
+            .read()
+            .expect("metadata cache lock")
+            .get(&(tenant.clone(), name.to_owned()))
+            .cloned()
+    }
+
     /// The compiled definition for a record write: the definition cannot change until the write's
     /// transaction ends.
     pub async fn compiled_for_write(

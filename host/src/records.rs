@@ -15,8 +15,8 @@ use crate::domain::{RecordId, UserId};
 use crate::metadata::definition::{FieldDefinition, FieldType};
 use crate::metadata::record_schema::FieldErrors;
 use crate::metadata::{CompiledEntity, Metadata, MetadataError, values};
-use crate::store::records::{ListQuery, NewHistory, NewRecord, StoredRecord};
-use crate::store::{Dialect, Scoped, SqlValue, Store, StoreError};
+use crate::store::records::{IdempotentResponse, ListQuery, NewHistory, NewRecord, StoredRecord};
+use crate::store::{Dialect, Scoped, SqlValue, Store, StoreError, Tx};
 
 pub mod filter;
 pub mod query;
@@ -299,43 +299,36 @@ impl Records {
             .await
     }
 
-    /// Creates records: every body is checked first (keys, schema, uniqueness within the set and
-    /// against stored records, references), then all are written with a few multi-row
-    /// statements. With `batch`, field errors are keyed `records[i].field`.
-    async fn insert_many(
-        &self,
-        scoped: &mut Scoped<'_>,
+    /// Checks the bodies of new records against the entity's schema (keys, types, required
+    /// fields, normalization), without touching the database. With `batch`, field errors are
+    /// keyed `records[i].field`.
+    fn prepare_new(
         entity: &CompiledEntity,
-        user: &UserId,
-        inputs: Vec<Value>,
+        inputs: &[Value],
         batch: bool,
-        now: OffsetDateTime,
-    ) -> Result<Vec<StoredRecord>, RecordError> {
-        let key = |index: usize, field: &str| match (batch, field.is_empty()) {
-            (false, _) => field.to_owned(),
-            (true, true) => format!("records[{index}]"),
-            (true, false) => format!("records[{index}].{field}"),
-        };
+    ) -> Result<Vec<Map<String, Value>>, RecordError> {
+        let key = |index: usize, field: &str| batch_key(batch, index, field);
         let mut invalid = FieldErrors::new();
         let mut bodies = Vec::with_capacity(inputs.len());
-        for (index, input) in inputs.into_iter().enumerate() {
-            let Value::Object(mut body) = input else {
+        for (index, input) in inputs.iter().enumerate() {
+            let Value::Object(body) = input else {
                 invalid
                     .entry(key(index, ""))
                     .or_default()
                     .push("`data` must be an object of field values".to_owned());
-                bodies.push(Map::new());
                 continue;
             };
             let mut errors = FieldErrors::new();
-            check_keys(entity, &body, &mut errors);
-            body.retain(|key, value| !value.is_null() && !errors.contains_key(key));
+            check_keys(entity, body, &mut errors);
+            let body: Map<String, Value> = body
+                .iter()
+                .filter(|(key, value)| !value.is_null() && !errors.contains_key(*key))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
             match validate(entity, body) {
-                Ok(body) => bodies.push(body),
-                Err(more) => {
-                    errors.extend(more);
-                    bodies.push(Map::new());
-                }
+                Ok(body) if errors.is_empty() => bodies.push(body),
+                Ok(_) => {}
+                Err(more) => errors.extend(more),
             }
             for (field, messages) in errors {
                 invalid
@@ -344,9 +337,26 @@ impl Records {
                     .extend(messages);
             }
         }
-        if !invalid.is_empty() {
-            return Err(RecordError::Invalid(invalid));
+        if invalid.is_empty() {
+            Ok(bodies)
+        } else {
+            Err(RecordError::Invalid(invalid))
         }
+    }
+
+    /// Writes new records whose bodies passed [`Records::prepare_new`]: checks uniqueness within
+    /// the set and against stored records and references, then writes all with a few multi-row
+    /// statements.
+    async fn insert_many(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &CompiledEntity,
+        user: &UserId,
+        mut bodies: Vec<Map<String, Value>>,
+        batch: bool,
+        now: OffsetDateTime,
+    ) -> Result<Vec<StoredRecord>, RecordError> {
+        let key = |index: usize, field: &str| batch_key(batch, index, field);
         let checked = Checked {
             fields: None,
             except: None,
@@ -630,70 +640,6 @@ impl Records {
         })
     }
 
-    /// Runs `work` in a write transaction, remembering its response under an `Idempotency-Key`:
-    /// a retry with the same key gets the first response and changes nothing.
-    async fn idempotent<F>(
-        &self,
-        principal: &Principal,
-        idempotency: Option<&Idempotency>,
-        work: F,
-    ) -> Result<Response, RecordError>
-    where
-        F: AsyncFnOnce(&mut Scoped<'_>) -> Result<Response, RecordError>,
-    {
-        let mut tx = self.store.begin().await?;
-        let mut scoped = tx.scoped(&principal.tenant);
-        if let Some(idempotency) = idempotency
-            && let Some(previous) = scoped
-                .idempotent_response(&principal.user, &idempotency.key)
-                .await?
-        {
-            if previous.request_hash != idempotency.request_hash {
-                return Err(RecordError::IdempotencyMismatch(idempotency.key.clone()));
-            }
-            return Ok(Response {
-                status: previous.status as u16,
-                body: previous.response,
-            });
-        }
-        let response = work(&mut scoped).await?;
-        if let Some(idempotency) = idempotency {
-            let saved = scoped
-                .save_idempotent_response(
-                    &principal.user,
-                    &idempotency.key,
-                    &idempotency.request_hash,
-                    response.status,
-                    &response.body,
-                )
-                .await;
-            match saved {
-                Ok(()) => {}
-                // A concurrent request with the same key committed first (PostgreSQL): this
-                // transaction rolls back and the first response is answered.
-                Err(error) if error.violated_unique_index().is_some() => {
-                    drop(tx);
-                    let mut conn = self.store.reader().await?;
-                    let previous = conn
-                        .scoped(&principal.tenant)
-                        .idempotent_response(&principal.user, &idempotency.key)
-                        .await?
-                        .ok_or(RecordError::Store(error))?;
-                    if previous.request_hash != idempotency.request_hash {
-                        return Err(RecordError::IdempotencyMismatch(idempotency.key.clone()));
-                    }
-                    return Ok(Response {
-                        status: previous.status as u16,
-                        body: previous.response,
-                    });
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-        tx.commit().await?;
-        Ok(response)
-    }
-
     /// Creates a record; answers 201 with the record.
     pub async fn create(
         &self,
@@ -702,21 +648,8 @@ impl Records {
         data: Value,
         idempotency: Option<&Idempotency>,
     ) -> Result<Response, RecordError> {
-        self.idempotent(principal, idempotency, async |scoped| {
-            let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
-            let now = crate::store::now();
-            let stored = self
-                .insert_many(scoped, &compiled, &principal.user, vec![data], false, now)
-                .await?
-                .pop()
-                .expect("one record in, one out");
-            let view = view(&stored, &compiled, scoped.dialect(), None)?;
-            Ok(Response {
-                status: 201,
-                body: serde_json::to_string(&view).expect("views serialize"),
-            })
-        })
-        .await
+        self.create_many(principal, entity, vec![data], false, idempotency)
+            .await
     }
 
     /// Creates up to [`MAX_BATCH`] records in one transaction: all or none.
@@ -728,22 +661,102 @@ impl Records {
         idempotency: Option<&Idempotency>,
     ) -> Result<Response, RecordError> {
         check_batch_size(records.len())?;
-        self.idempotent(principal, idempotency, async |scoped| {
-            let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
-            let now = crate::store::now();
-            let stored = self
-                .insert_many(scoped, &compiled, &principal.user, records, true, now)
-                .await?;
-            let views = stored
-                .iter()
-                .map(|record| view(record, &compiled, scoped.dialect(), None))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Response {
-                status: 201,
-                body: serde_json::to_string(&json!({"data": views})).expect("views serialize"),
+        self.create_many(principal, entity, records, true, idempotency)
+            .await
+    }
+
+    /// Creates records, remembering the response under an `Idempotency-Key`: a retry with the
+    /// same key gets the first response and changes nothing. The bodies are validated before the
+    /// write against the cached definition; the write confirms that definition is still current
+    /// (and validates again if it is not).
+    async fn create_many(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        inputs: Vec<Value>,
+        batch: bool,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Response, RecordError> {
+        let prepared = match self.metadata.cached(&principal.tenant, entity) {
+            Some(compiled) => {
+                let bodies = Self::prepare_new(&compiled, &inputs, batch)?;
+                Some((compiled, bodies))
+            }
+            None => None,
+        };
+        let this = self.clone();
+        let (tenant, user) = (principal.tenant.clone(), principal.user.clone());
+        let name = entity.to_owned();
+        let idempotency = idempotency.cloned();
+        let key = idempotency.clone();
+        let result = self
+            .store
+            .write(move |tx: &mut Tx| {
+                Box::pin(async move {
+                    let mut scoped = tx.scoped(&tenant);
+                    if let Some(idempotency) = &idempotency
+                        && let Some(previous) =
+                            scoped.idempotent_response(&user, &idempotency.key).await?
+                    {
+                        return replay(idempotency, previous);
+                    }
+                    let compiled = this.metadata.compiled_for_write(&mut scoped, &name).await?;
+                    let bodies = match prepared {
+                        Some((seen, bodies))
+                            if seen.id == compiled.id && seen.version == compiled.version =>
+                        {
+                            bodies
+                        }
+                        _ => Self::prepare_new(&compiled, &inputs, batch)?,
+                    };
+                    let now = crate::store::now();
+                    let stored = this
+                        .insert_many(&mut scoped, &compiled, &user, bodies, batch, now)
+                        .await?;
+                    let views = stored
+                        .iter()
+                        .map(|record| view(record, &compiled, scoped.dialect(), None))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let body = if batch {
+                        serde_json::to_string(&json!({"data": views}))
+                    } else {
+                        serde_json::to_string(&views[0])
+                    }
+                    .expect("views serialize");
+                    let response = Response { status: 201, body };
+                    if let Some(idempotency) = &idempotency {
+                        scoped
+                            .save_idempotent_response(
+                                &user,
+                                &idempotency.key,
+                                &idempotency.request_hash,
+                                response.status,
+                                &response.body,
+                            )
+                            .await?;
+                    }
+                    Ok(response)
+                })
             })
-        })
-        .await
+            .await;
+        match (result, key) {
+            // A concurrent request with the same key committed first (PostgreSQL): this one
+            // rolled back, and the first response is the answer.
+            (Err(RecordError::Store(error)), Some(idempotency))
+                if error
+                    .violated_unique_index()
+                    .is_some_and(|index| index.starts_with("idempotency_keys")) =>
+            {
+                let mut conn = self.store.reader().await?;
+                let previous = conn
+                    .scoped(&principal.tenant)
+                    .idempotent_response(&principal.user, &idempotency.key)
+                    .await?
+                    .ok_or(RecordError::Store(error))?;
+                replay(&idempotency, previous)
+            }
+            (result, _) => result,
+        }
     }
 
     /// Applies a partial update (`null` clears a field), honouring an expected version.
@@ -753,24 +766,32 @@ impl Records {
         entity: &str,
         update: BatchUpdate,
     ) -> Result<RecordView, RecordError> {
-        let mut tx = self.store.begin().await?;
-        let mut scoped = tx.scoped(&principal.tenant);
-        let compiled = self
-            .metadata
-            .compiled_for_write(&mut scoped, entity)
-            .await?;
-        let stored = self
-            .update_one(
-                &mut scoped,
-                &compiled,
-                &principal.user,
-                update,
-                crate::store::now(),
-            )
-            .await?;
-        let view = view(&stored, &compiled, scoped.dialect(), None)?;
-        tx.commit().await?;
-        Ok(view)
+        let this = self.clone();
+        let principal = principal.clone();
+        let entity = entity.to_owned();
+        self.store
+            .write(move |tx: &mut Tx| {
+                Box::pin(async move {
+                    let entity = entity.as_str();
+                    let mut scoped = tx.scoped(&principal.tenant);
+                    let compiled = this
+                        .metadata
+                        .compiled_for_write(&mut scoped, entity)
+                        .await?;
+                    let stored = this
+                        .update_one(
+                            &mut scoped,
+                            &compiled,
+                            &principal.user,
+                            update,
+                            crate::store::now(),
+                        )
+                        .await?;
+                    let view = view(&stored, &compiled, scoped.dialect(), None)?;
+                    Ok(view)
+                })
+            })
+            .await
     }
 
     /// Updates up to [`MAX_BATCH`] records in one transaction: all or none.
@@ -781,23 +802,31 @@ impl Records {
         updates: Vec<BatchUpdate>,
     ) -> Result<Vec<RecordView>, RecordError> {
         check_batch_size(updates.len())?;
-        let mut tx = self.store.begin().await?;
-        let mut scoped = tx.scoped(&principal.tenant);
-        let compiled = self
-            .metadata
-            .compiled_for_write(&mut scoped, entity)
-            .await?;
-        let now = crate::store::now();
-        let mut views = Vec::with_capacity(updates.len());
-        for (index, update) in updates.into_iter().enumerate() {
-            let stored = self
-                .update_one(&mut scoped, &compiled, &principal.user, update, now)
-                .await
-                .map_err(|e| in_batch(index, e))?;
-            views.push(view(&stored, &compiled, scoped.dialect(), None)?);
-        }
-        tx.commit().await?;
-        Ok(views)
+        let this = self.clone();
+        let principal = principal.clone();
+        let entity = entity.to_owned();
+        self.store
+            .write(move |tx: &mut Tx| {
+                Box::pin(async move {
+                    let entity = entity.as_str();
+                    let mut scoped = tx.scoped(&principal.tenant);
+                    let compiled = this
+                        .metadata
+                        .compiled_for_write(&mut scoped, entity)
+                        .await?;
+                    let now = crate::store::now();
+                    let mut views = Vec::with_capacity(updates.len());
+                    for (index, update) in updates.into_iter().enumerate() {
+                        let stored = this
+                            .update_one(&mut scoped, &compiled, &principal.user, update, now)
+                            .await
+                            .map_err(|e| in_batch(index, e))?;
+                        views.push(view(&stored, &compiled, scoped.dialect(), None)?);
+                    }
+                    Ok(views)
+                })
+            })
+            .await
     }
 
     /// Soft-deletes (`restore == false`) or restores a record.
@@ -810,91 +839,106 @@ impl Records {
         restore: bool,
     ) -> Result<RecordView, RecordError> {
         let record_id = parse_id(entity, id)?;
-        let mut tx = self.store.begin().await?;
-        let mut scoped = tx.scoped(&principal.tenant);
-        let compiled = self
-            .metadata
-            .compiled_for_write(&mut scoped, entity)
-            .await?;
-        let not_found = || RecordError::NotFound {
-            entity: entity.to_owned(),
-            id: id.to_owned(),
-        };
-        let stored = scoped
-            .get_record(compiled.id, record_id.as_str())
-            .await?
-            .ok_or_else(not_found)?;
-        if let Some(expected) = expected
-            && expected != stored.version
-        {
-            return Err(RecordError::VersionMismatch {
-                expected,
-                current: stored.version,
-            });
-        }
-        if stored.deleted_at.is_some() != restore {
-            return Err(bad(if restore {
-                "the record is not deleted"
-            } else {
-                "the record is already deleted"
-            }));
-        }
-        let now = crate::store::now();
-        if restore {
-            // A value taken by another record meanwhile would break uniqueness.
-            let body = parse_body(&stored)?;
-            let keys: Vec<&String> = body
-                .keys()
-                .filter(|key| {
-                    compiled
-                        .definition
-                        .field(key)
-                        .is_some_and(|field| field.active)
+        let id = id.to_owned();
+        let this = self.clone();
+        let principal = principal.clone();
+        let entity = entity.to_owned();
+        self.store
+            .write(move |tx: &mut Tx| {
+                Box::pin(async move {
+                    let entity = entity.as_str();
+                    let mut scoped = tx.scoped(&principal.tenant);
+                    let compiled = this
+                        .metadata
+                        .compiled_for_write(&mut scoped, entity)
+                        .await?;
+                    let not_found = || RecordError::NotFound {
+                        entity: entity.to_owned(),
+                        id: id.to_owned(),
+                    };
+                    let stored = scoped
+                        .get_record(compiled.id, record_id.as_str())
+                        .await?
+                        .ok_or_else(not_found)?;
+                    if let Some(expected) = expected
+                        && expected != stored.version
+                    {
+                        return Err(RecordError::VersionMismatch {
+                            expected,
+                            current: stored.version,
+                        });
+                    }
+                    if stored.deleted_at.is_some() != restore {
+                        return Err(bad(if restore {
+                            "the record is not deleted"
+                        } else {
+                            "the record is already deleted"
+                        }));
+                    }
+                    let now = crate::store::now();
+                    if restore {
+                        // A value taken by another record meanwhile would break uniqueness.
+                        let body = parse_body(&stored)?;
+                        let keys: Vec<&String> = body
+                            .keys()
+                            .filter(|key| {
+                                compiled
+                                    .definition
+                                    .field(key)
+                                    .is_some_and(|field| field.active)
+                            })
+                            .collect();
+                        this.check_constraints(
+                            &mut scoped,
+                            &compiled,
+                            &body,
+                            &keys,
+                            record_id.as_str(),
+                        )
+                        .await?;
+                    }
+                    let deleted_at = (!restore).then_some(now);
+                    if !scoped
+                        .set_deleted(
+                            compiled.id,
+                            record_id.as_str(),
+                            stored.version,
+                            deleted_at,
+                            &principal.user,
+                            now,
+                        )
+                        .await?
+                    {
+                        return Err(RecordError::VersionMismatch {
+                            expected: stored.version,
+                            current: stored.version + 1,
+                        });
+                    }
+                    let version = stored.version + 1;
+                    let operation = if restore { "restore" } else { "delete" };
+                    scoped
+                        .insert_history(
+                            compiled.id,
+                            record_id.as_str(),
+                            version,
+                            operation,
+                            &principal.user,
+                            now,
+                            "{}",
+                        )
+                        .await?;
+                    let stored = StoredRecord {
+                        version,
+                        deleted_at,
+                        updated_at: now,
+                        updated_by: principal.user.to_string(),
+                        ..stored
+                    };
+                    let view = view(&stored, &compiled, scoped.dialect(), None)?;
+                    Ok(view)
                 })
-                .collect();
-            self.check_constraints(&mut scoped, &compiled, &body, &keys, record_id.as_str())
-                .await?;
-        }
-        let deleted_at = (!restore).then_some(now);
-        if !scoped
-            .set_deleted(
-                compiled.id,
-                record_id.as_str(),
-                stored.version,
-                deleted_at,
-                &principal.user,
-                now,
-            )
-            .await?
-        {
-            return Err(RecordError::VersionMismatch {
-                expected: stored.version,
-                current: stored.version + 1,
-            });
-        }
-        let version = stored.version + 1;
-        let operation = if restore { "restore" } else { "delete" };
-        scoped
-            .insert_history(
-                compiled.id,
-                record_id.as_str(),
-                version,
-                operation,
-                &principal.user,
-                now,
-                "{}",
-            )
-            .await?;
-        let stored = StoredRecord {
-            version,
-            deleted_at,
-            updated_at: now,
-            updated_by: principal.user.to_string(),
-            ..stored
-        };
-        let view = view(&stored, &compiled, scoped.dialect(), None)?;
-        tx.commit().await?;
-        Ok(view)
+            })
+            .await
     }
 
     /// Deletes a record and its history for good.
@@ -905,20 +949,29 @@ impl Records {
         id: &str,
     ) -> Result<(), RecordError> {
         let record_id = parse_id(entity, id)?;
-        let mut tx = self.store.begin().await?;
-        let mut scoped = tx.scoped(&principal.tenant);
-        let compiled = self
-            .metadata
-            .compiled_for_write(&mut scoped, entity)
-            .await?;
-        if !scoped.purge_record(compiled.id, record_id.as_str()).await? {
-            return Err(RecordError::NotFound {
-                entity: entity.to_owned(),
-                id: id.to_owned(),
-            });
-        }
-        tx.commit().await?;
-        Ok(())
+        let id = id.to_owned();
+        let this = self.clone();
+        let principal = principal.clone();
+        let entity = entity.to_owned();
+        self.store
+            .write(move |tx: &mut Tx| {
+                Box::pin(async move {
+                    let entity = entity.as_str();
+                    let mut scoped = tx.scoped(&principal.tenant);
+                    let compiled = this
+                        .metadata
+                        .compiled_for_write(&mut scoped, entity)
+                        .await?;
+                    if !scoped.purge_record(compiled.id, record_id.as_str()).await? {
+                        return Err(RecordError::NotFound {
+                            entity: entity.to_owned(),
+                            id: id.to_owned(),
+                        });
+                    }
+                    Ok(())
+                })
+            })
+            .await
     }
 
     pub async fn get(
@@ -1192,6 +1245,29 @@ impl Records {
             .collect();
         Ok(json!({"data": entries}))
     }
+}
+
+/// The key of a field error: `field`, or `records[i].field` in a batch.
+fn batch_key(batch: bool, index: usize, field: &str) -> String {
+    match (batch, field.is_empty()) {
+        (false, _) => field.to_owned(),
+        (true, true) => format!("records[{index}]"),
+        (true, false) => format!("records[{index}].{field}"),
+    }
+}
+
+/// The remembered response to an `Idempotency-Key`, if the retry is the same request.
+fn replay(
+    idempotency: &Idempotency,
+    previous: IdempotentResponse,
+) -> Result<Response, RecordError> {
+    if previous.request_hash != idempotency.request_hash {
+        return Err(RecordError::IdempotencyMismatch(idempotency.key.clone()));
+    }
+    Ok(Response {
+        status: previous.status as u16,
+        body: previous.response,
+    })
 }
 
 fn check_batch_size(size: usize) -> Result<(), RecordError> {

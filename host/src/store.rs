@@ -2,13 +2,16 @@
 //! default, or PostgreSQL) and hands out tenant-scoped handles: every query that touches tenant
 //! data takes a [`TenantId`] from a [`Scoped`] handle and filters by it, so no caller can forget.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Database, Encode, PgPool, SqlitePool, Type};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::TenantId;
 
@@ -30,6 +33,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the write was not committed: {0}")]
+    NotCommitted(String),
 }
 
 impl StoreError {
@@ -119,12 +124,29 @@ pub enum Durability {
 enum Pools {
     /// SQLite allows one writer at a time: writes go through a pool of one connection, so they
     /// queue in the process instead of failing with `SQLITE_BUSY`; reads use their own pool.
+    /// Record writes reach that connection through the group-commit writer.
     Sqlite {
         read: SqlitePool,
         write: SqlitePool,
+        writer: mpsc::Sender<Job>,
     },
     Postgres(PgPool),
 }
+
+/// A boxed future borrowing its transaction, as [`Store::write`] takes them.
+pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = T> + Send + 't>>;
+
+/// One request's work for the group-commit writer: runs inside a batch's transaction and says
+/// whether its changes stay, and how to answer its caller once the batch has committed or not.
+type Job = Box<dyn for<'t> FnOnce(&'t mut Tx) -> TxFuture<'t, Finish> + Send>;
+
+struct Finish {
+    keep: bool,
+    answer: Box<dyn FnOnce(Result<(), String>) + Send>,
+}
+
+/// The most requests one group commit holds.
+const MAX_GROUP: usize = 512;
 
 /// The database of a Rapport server.
 #[derive(Debug, Clone)]
@@ -185,8 +207,14 @@ impl Store {
             .max_connections(8)
             .connect_with(options.read_only(true))
             .await?;
+        let (writer, jobs) = mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(group_commit(write.clone(), jobs));
         Ok(Self {
-            pools: Pools::Sqlite { read, write },
+            pools: Pools::Sqlite {
+                read,
+                write,
+                writer,
+            },
         })
     }
 
@@ -214,6 +242,60 @@ impl Store {
         })
     }
 
+    /// Runs `work` in a write transaction and commits it if `work` succeeds; an error rolls back
+    /// everything `work` did.
+    ///
+    /// On SQLite this is a **group commit**: one writer task takes the work of every request that
+    /// is waiting, runs each in its own savepoint of one transaction (a failing request rolls
+    /// back to its savepoint, the others keep their changes) and commits them with one fsync.
+    /// Each caller is answered only after the commit, so an acknowledged write is durable, and
+    /// its work runs to the end even if the caller goes away. `work` should hold the database
+    /// part of a request only: whatever can be prepared before (parsing, validation against a
+    /// cached schema) belongs outside, where requests run in parallel.
+    pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: for<'t> FnOnce(&'t mut Tx) -> TxFuture<'t, Result<T, E>> + Send + 'static,
+    {
+        let Pools::Sqlite { writer, .. } = &self.pools else {
+            let mut tx = self.begin().await?;
+            let result = work(&mut tx).await;
+            if result.is_ok() {
+                tx.commit().await?;
+            }
+            return result;
+        };
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |tx: &mut Tx| {
+            Box::pin(async move {
+                let result = work(tx).await;
+                Finish {
+                    keep: result.is_ok(),
+                    answer: Box::new(move |committed: Result<(), String>| {
+                        let result = match (result, committed) {
+                            (Ok(_), Err(message)) => Err(StoreError::NotCommitted(message).into()),
+                            (result, _) => result,
+                        };
+                        let _ = reply.send(result);
+                    }),
+                }
+            })
+        });
+        let aborted = || StoreError::NotCommitted("the writer stopped; see the server log".into());
+        writer.send(job).await.map_err(|_| aborted())?;
+        answer.await.map_err(|_| aborted())?
+    }
+
+    /// How many writes wait for the group-commit writer.
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        match &self.pools {
+            Pools::Sqlite { writer, .. } => writer.max_capacity() - writer.capacity(),
+            Pools::Postgres(_) => 0,
+        }
+    }
+
     /// A connection for reads.
     pub async fn reader(&self) -> Result<Conn, StoreError> {
         Ok(match &self.pools {
@@ -225,7 +307,7 @@ impl Store {
     /// Waits for in-flight work and closes every connection (SQLite checkpoints its WAL).
     pub async fn close(&self) {
         match &self.pools {
-            Pools::Sqlite { read, write } => {
+            Pools::Sqlite { read, write, .. } => {
                 read.close().await;
                 write.close().await;
             }
@@ -243,6 +325,77 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The group-commit writer of a SQLite store (see [`Store::write`]): runs until every
+/// [`Store`] is dropped.
+async fn group_commit(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>) {
+    let mut waiting = Vec::new();
+    while jobs.recv_many(&mut waiting, MAX_GROUP).await > 0 {
+        let batch = std::mem::take(&mut waiting);
+        // A panicking request ends its batch (rolled back, every caller told) but not the writer.
+        if let Err(error) = tokio::spawn(commit_group(pool.clone(), batch)).await {
+            tracing::error!(%error, "a group commit panicked; its writes were rolled back");
+        }
+    }
+}
+
+async fn commit_group(pool: SqlitePool, batch: Vec<Job>) {
+    let mut tx = match pool.begin().await {
+        Ok(tx) => Tx::Sqlite(tx),
+        Err(error) => {
+            tracing::error!(%error, "cannot open a write transaction");
+            return; // dropping the jobs tells their callers
+        }
+    };
+    if batch.len() == 1 {
+        let job = batch.into_iter().next().expect("one job");
+        let finish = job(&mut tx).await;
+        let committed = if finish.keep {
+            tx.commit().await.map_err(|error| error.to_string())
+        } else {
+            Ok(())
+        };
+        (finish.answer)(committed);
+        return;
+    }
+    let mut finished = Vec::with_capacity(batch.len());
+    let mut failed = None;
+    for job in batch {
+        if let Err(error) = savepoint(&mut tx, "SAVEPOINT request").await {
+            failed = Some(error);
+            break;
+        }
+        let finish = job(&mut tx).await;
+        let end = if finish.keep {
+            "RELEASE request"
+        } else {
+            "ROLLBACK TO request; RELEASE request"
+        };
+        finished.push(finish);
+        if let Err(error) = savepoint(&mut tx, end).await {
+            failed = Some(error);
+            break;
+        }
+    }
+    let committed = match failed {
+        Some(error) => Err(error.to_string()),
+        None => tx.commit().await.map_err(|error| error.to_string()),
+    };
+    if let Err(error) = &committed {
+        tracing::error!(%error, requests = finished.len(), "a group commit failed");
+    }
+    for finish in finished {
+        (finish.answer)(committed.clone());
+    }
+}
+
+async fn savepoint(tx: &mut Tx, sql: &'static str) -> Result<(), StoreError> {
+    // Only SQLite batches writes; `query` runs every statement of `sql`.
+    if let Tx::Sqlite(tx) = tx {
+        sqlx::query(sql).execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 fn create_dir(path: &Path) -> Result<(), StoreError> {
@@ -406,4 +559,89 @@ where
         };
     }
     query
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inserts a tenant row, then fails if asked to: the insert must not survive a failure.
+    async fn insert_tenant(store: &Store, name: String, fail: bool) -> Result<(), StoreError> {
+        store
+            .write(move |tx: &mut Tx| {
+                Box::pin(async move {
+                    on!(tx.exec(), conn => sqlx::query(
+                        "INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 'now')",
+                    )
+                    .bind(&name)
+                    .execute(conn)
+                    .await
+                    .map(|_| ()))?;
+                    if fail {
+                        return Err(StoreError::Corrupt(format!("{name} refused")));
+                    }
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_request_rolls_back_alone_within_a_group_commit() {
+        let dir = std::env::temp_dir().join(format!("rapport-store-{}", uuid::Uuid::now_v7()));
+        let url = format!("sqlite:{}", dir.join("group.db").display());
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        // A first write holds the writer until every other request waits in its queue, so that
+        // they are committed as one group.
+        let (release, hold) = oneshot::channel::<()>();
+        let (started, running) = oneshot::channel::<()>();
+        let blocker = store.clone();
+        let first = tokio::spawn(async move {
+            blocker
+                .write(move |_: &mut Tx| {
+                    Box::pin(async move {
+                        started.send(()).unwrap();
+                        hold.await.ok();
+                        Ok::<_, StoreError>(())
+                    })
+                })
+                .await
+        });
+        running.await.unwrap();
+        let requests: Vec<_> = (0..200)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(
+                    async move { insert_tenant(&store, format!("t{n:03}"), n % 3 == 0).await },
+                )
+            })
+            .collect();
+        while store.queued() < 200 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let mut outcomes = Vec::new();
+        for request in requests {
+            outcomes.push(request.await.unwrap());
+        }
+        for (n, outcome) in outcomes.iter().enumerate() {
+            assert_eq!(outcome.is_ok(), n % 3 != 0, "request {n}: {outcome:?}");
+        }
+        let mut conn = store.reader().await.unwrap();
+        let names: Vec<String> = on!(conn.exec(), conn => sqlx::query_scalar(
+            "SELECT name FROM tenants ORDER BY name",
+        )
+        .fetch_all(conn)
+        .await)
+        .unwrap();
+        let expected: Vec<String> = (0..200)
+            .filter(|n| n % 3 != 0)
+            .map(|n| format!("t{n:03}"))
+            .collect();
+        assert_eq!(names, expected);
+        drop(conn);
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
