@@ -397,10 +397,6 @@ impl Records {
                 now,
             })
             .collect();
-        scoped
-            .insert_records(entity.id, &rows)
-            .await
-            .map_err(|error| unique_violation(entity, error))?;
         let history: Vec<NewHistory<'_>> = ids
             .iter()
             .zip(&bodies)
@@ -413,7 +409,10 @@ impl Records {
                 changes: Value::Object(changes(&Map::new(), body)).to_string(),
             })
             .collect();
-        scoped.insert_history_rows(entity.id, &history).await?;
+        scoped
+            .insert_records_with_history(entity.id, &rows, &history)
+            .await
+            .map_err(|error| unique_violation(entity, error))?;
         Ok(ids
             .into_iter()
             .zip(texts)
@@ -605,8 +604,17 @@ impl Records {
         self.check_constraints(scoped, entity, &after, &changed, id.as_str())
             .await?;
         let text = Value::Object(after).to_string();
+        let changes = Value::Object(history).to_string();
         let updated = scoped
-            .update_record(entity.id, id.as_str(), stored.version, &text, user, now)
+            .update_record(
+                entity.id,
+                id.as_str(),
+                stored.version,
+                &text,
+                user,
+                now,
+                &changes,
+            )
             .await
             .map_err(|error| unique_violation(entity, error))?;
         if !updated {
@@ -620,17 +628,6 @@ impl Records {
             });
         }
         let version = stored.version + 1;
-        scoped
-            .insert_history(
-                entity.id,
-                id.as_str(),
-                version,
-                "update",
-                user,
-                now,
-                &Value::Object(history).to_string(),
-            )
-            .await?;
         Ok(StoredRecord {
             version,
             data: text,

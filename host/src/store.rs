@@ -341,39 +341,44 @@ async fn group_commit(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>) {
 }
 
 async fn commit_group(pool: SqlitePool, batch: Vec<Job>) {
-    let mut tx = match pool.begin().await {
+    // IMMEDIATE takes the write lock at once: another process writing the same file makes this
+    // wait (busy timeout) instead of failing a request halfway. Each request runs in the
+    // savepoint `request`; the next one's savepoint opens in the same round trip that ends the
+    // previous one, and COMMIT ends the last.
+    let single = batch.len() == 1;
+    let begin = if single {
+        "BEGIN IMMEDIATE"
+    } else {
+        "BEGIN IMMEDIATE; SAVEPOINT request"
+    };
+    let mut tx = match pool.begin_with(begin).await {
         Ok(tx) => Tx::Sqlite(tx),
         Err(error) => {
             tracing::error!(%error, "cannot open a write transaction");
             return; // dropping the jobs tells their callers
         }
     };
-    if batch.len() == 1 {
-        let job = batch.into_iter().next().expect("one job");
-        let finish = job(&mut tx).await;
-        let committed = if finish.keep {
-            tx.commit().await.map_err(|error| error.to_string())
-        } else {
-            Ok(())
-        };
-        (finish.answer)(committed);
-        return;
-    }
-    let mut finished = Vec::with_capacity(batch.len());
+    let count = batch.len();
+    let mut finished = Vec::with_capacity(count);
     let mut failed = None;
-    for job in batch {
-        if let Err(error) = savepoint(&mut tx, "SAVEPOINT request").await {
-            failed = Some(error);
-            break;
-        }
+    for (index, job) in batch.into_iter().enumerate() {
         let finish = job(&mut tx).await;
-        let end = if finish.keep {
-            "RELEASE request"
-        } else {
-            "ROLLBACK TO request; RELEASE request"
+        if single && !finish.keep {
+            (finish.answer)(Ok(()));
+            return; // dropping the transaction rolls it back
+        }
+        let end = match (single, finish.keep, index + 1 == count) {
+            (true, _, _) | (false, true, true) => None,
+            (false, true, false) => Some("RELEASE request; SAVEPOINT request"),
+            (false, false, true) => Some("ROLLBACK TO request"),
+            (false, false, false) => {
+                Some("ROLLBACK TO request; RELEASE request; SAVEPOINT request")
+            }
         };
         finished.push(finish);
-        if let Err(error) = savepoint(&mut tx, end).await {
+        if let Some(sql) = end
+            && let Err(error) = savepoint(&mut tx, sql).await
+        {
             failed = Some(error);
             break;
         }
@@ -591,6 +596,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rapport-store-{}", uuid::Uuid::now_v7()));
         let url = format!("sqlite:{}", dir.join("group.db").display());
         let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        // The first and the last request of the group fail, and every third between them.
+        const REQUESTS: usize = 199;
         // A first write holds the writer until every other request waits in its queue, so that
         // they are committed as one group.
         let (release, hold) = oneshot::channel::<()>();
@@ -608,7 +615,7 @@ mod tests {
                 .await
         });
         running.await.unwrap();
-        let requests: Vec<_> = (0..200)
+        let requests: Vec<_> = (0..REQUESTS)
             .map(|n| {
                 let store = store.clone();
                 tokio::spawn(
@@ -616,7 +623,7 @@ mod tests {
                 )
             })
             .collect();
-        while store.queued() < 200 {
+        while store.queued() < REQUESTS {
             tokio::task::yield_now().await;
         }
         release.send(()).unwrap();
@@ -635,7 +642,7 @@ mod tests {
         .fetch_all(conn)
         .await)
         .unwrap();
-        let expected: Vec<String> = (0..200)
+        let expected: Vec<String> = (0..REQUESTS)
             .filter(|n| n % 3 != 0)
             .map(|n| format!("t{n:03}"))
             .collect();

@@ -3,7 +3,7 @@
 use time::OffsetDateTime;
 
 use super::sql::QueryBuilder;
-use super::{Scoped, SqlValue, StoreError, bind_all, bind_all_as, on};
+use super::{Exec, Scoped, SqlValue, StoreError, bind_all, bind_all_as, on};
 use crate::domain::UserId;
 use crate::metadata::definition::FieldDefinition;
 
@@ -158,6 +158,9 @@ impl Scoped<'_> {
     }
 
     /// Replaces a live record's body if it is still at `version`; false when it is not.
+    /// Writes a new body at `version` (bumping it) and its history row; false if the record is
+    /// not at `version` any more (nothing is written then). One round trip on SQLite.
+    #[expect(clippy::too_many_arguments, reason = "one column each")]
     pub async fn update_record(
         &mut self,
         entity_id: i64,
@@ -166,25 +169,49 @@ impl Scoped<'_> {
         data: &str,
         user: &UserId,
         now: OffsetDateTime,
+        changes: &str,
     ) -> Result<bool, StoreError> {
-        let sql = format!(
+        let update = format!(
             "UPDATE records SET data = {}, version = version + 1, updated_at = $5, updated_by = $6 \
              WHERE tenant_id = $1 AND entity_id = $2 AND id = $3 AND version = $7 AND deleted_at IS NULL",
             self.dialect().body_param("$4")
         );
         let tenant = self.tenant.as_str();
-        let affected = on!(&mut self.exec, c => sqlx::query(&sql)
-            .bind(tenant)
-            .bind(entity_id)
-            .bind(id)
-            .bind(data)
-            .bind(super::Timestamp(now))
-            .bind(user.as_str())
-            .bind(version)
-            .execute(&mut **c)
-            .await?
-            .rows_affected());
-        Ok(affected == 1)
+        macro_rules! query {
+            ($sql:expr) => {
+                sqlx::query($sql)
+                    .bind(tenant)
+                    .bind(entity_id)
+                    .bind(id)
+                    .bind(data)
+                    .bind(super::Timestamp(now))
+                    .bind(user.as_str())
+                    .bind(version)
+            };
+        }
+        match &mut self.exec {
+            Exec::Sqlite(c) => {
+                // The history row is written only if the update changed the record (`changes()`).
+                let sql = format!(
+                    "{update};\nINSERT INTO record_history (tenant_id, entity_id, record_id, version, operation, changed_at, changed_by, changes) \
+                     SELECT $1, $2, $3, $7 + 1, 'update', $5, $6, $8 WHERE changes() = 1"
+                );
+                let affected = query!(&sql)
+                    .bind(changes)
+                    .execute(&mut **c)
+                    .await?
+                    .rows_affected();
+                Ok(affected == 2)
+            }
+            Exec::Postgres(c) => {
+                let affected = query!(&update).execute(&mut **c).await?.rows_affected();
+                if affected == 1 {
+                    self.insert_history(entity_id, id, version + 1, "update", user, now, changes)
+                        .await?;
+                }
+                Ok(affected == 1)
+            }
+        }
     }
 
     /// Soft-deletes (`deleted_at` set) or restores (`None`) a record at `version`, bumping it.
@@ -423,14 +450,16 @@ enum Param {
 const ROWS_PER_INSERT: usize = 400;
 
 impl Scoped<'_> {
-    /// Inserts records with as few statements as possible (one per 400 rows).
-    pub async fn insert_records(
+    /// Inserts records and their history rows with as few statements as possible (one per 400
+    /// rows of each); on SQLite all of them travel to the database in one round trip.
+    pub async fn insert_records_with_history(
         &mut self,
         entity_id: i64,
         records: &[NewRecord<'_>],
+        history: &[NewHistory<'_>],
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.to_string();
-        let rows = records.iter().map(|record| {
+        let record_rows = records.iter().map(|record| {
             [
                 Param::Value(SqlValue::Text(record.id.to_owned())),
                 Param::Value(SqlValue::Text(tenant.clone())),
@@ -441,22 +470,12 @@ impl Scoped<'_> {
                 Param::Value(SqlValue::Text(record.user.to_string())),
             ]
         });
-        self.insert_rows(
+        let mut statements = self.build_inserts(
             "INSERT INTO records (id, tenant_id, entity_id, data, owner_id, created_at, created_by, version, updated_at, updated_by) VALUES ",
             "1, {5}, {6}",
-            rows,
-        )
-        .await
-    }
-
-    /// Appends history rows (one statement per 400 rows).
-    pub async fn insert_history_rows(
-        &mut self,
-        entity_id: i64,
-        rows: &[NewHistory<'_>],
-    ) -> Result<(), StoreError> {
-        let tenant = self.tenant.to_string();
-        let rows = rows.iter().map(|row| {
+            record_rows,
+        );
+        let history_rows = history.iter().map(|row| {
             [
                 Param::Value(SqlValue::Text(tenant.clone())),
                 Param::Value(SqlValue::Int(entity_id)),
@@ -468,25 +487,42 @@ impl Scoped<'_> {
                 Param::Json(row.changes.clone()),
             ]
         });
-        self.insert_rows(
+        statements.extend(self.build_inserts(
             "INSERT INTO record_history (tenant_id, entity_id, record_id, version, operation, changed_at, changed_by, changes) VALUES ",
             "",
-            rows,
-        )
-        .await
+            history_rows,
+        ));
+        match &mut self.exec {
+            // SQLite runs every statement of one query string: one hop to its worker thread.
+            Exec::Sqlite(c) => {
+                let sql: Vec<&str> = statements.iter().map(|(sql, _)| sql.as_str()).collect();
+                let sql = sql.join(";\n");
+                let binds: Vec<SqlValue> = statements.into_iter().flat_map(|(_, b)| b).collect();
+                bind_all(sqlx::query(&sql), &binds)
+                    .execute(&mut **c)
+                    .await?;
+            }
+            Exec::Postgres(c) => {
+                for (sql, binds) in &statements {
+                    bind_all(sqlx::query(sql), binds).execute(&mut **c).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// Runs multi-row INSERTs: `prefix`, then one tuple per row of its parameters, followed by
+    /// Builds multi-row INSERTs: `prefix`, then one tuple per row of its parameters, followed by
     /// `tail` (literal SQL where `{n}` repeats the row's parameter n). SQLite gets anonymous `?`
     /// placeholders: binding numbered ones costs time quadratic in their count.
-    async fn insert_rows<const N: usize>(
-        &mut self,
+    fn build_inserts<const N: usize>(
+        &self,
         prefix: &str,
         tail: &str,
         rows: impl Iterator<Item = [Param; N]>,
-    ) -> Result<(), StoreError> {
+    ) -> Vec<(String, Vec<SqlValue>)> {
         let dialect = self.dialect();
         let rows: Vec<[Param; N]> = rows.collect();
+        let mut statements = Vec::new();
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let mut sql = String::with_capacity(prefix.len() + chunk.len() * N * 8);
             sql.push_str(prefix);
@@ -523,9 +559,9 @@ impl Scoped<'_> {
                 sql.push_str(&parts.join(", "));
                 sql.push(')');
             }
-            on!(&mut self.exec, c => bind_all(sqlx::query(&sql), &binds).execute(&mut **c).await.map(drop)?);
+            statements.push((sql, binds));
         }
-        Ok(())
+        statements
     }
 
     /// Live records of an entity whose value of a unique field is among `values`, as
