@@ -8,6 +8,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 
+use crate::auth::PrincipalCache;
 use crate::metadata::Metadata;
 use crate::records::Records;
 use crate::store::Store;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub store: Store,
     pub metadata: Arc<Metadata>,
     pub records: Records,
+    pub principals: Arc<PrincipalCache>,
 }
 
 impl AppState {
@@ -41,6 +43,7 @@ impl AppState {
             store,
             metadata,
             records,
+            principals: Arc::default(),
         }
     }
 }

@@ -1,5 +1,9 @@
 //! Who is calling: API tokens and the [`Principal`] they resolve to, and what a principal may do.
 
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -49,6 +53,59 @@ impl Principal {
     }
 }
 
+/// Principals of recently used tokens, so that a request does not ask the database who is
+/// calling. An entry lives [`PrincipalCache::TTL`]: a token revoked or a role changed by another
+/// process (the CLI, another server on the same PostgreSQL) takes effect within that time;
+/// changes made through this server call [`PrincipalCache::clear`] and take effect at once.
+#[derive(Debug)]
+pub struct PrincipalCache {
+    entries: RwLock<HashMap<String, (Principal, Instant)>>,
+    ttl: Duration,
+}
+
+impl Default for PrincipalCache {
+    fn default() -> Self {
+        Self::new(Self::TTL)
+    }
+}
+
+impl PrincipalCache {
+    pub const TTL: Duration = Duration::from_secs(5);
+
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            entries: RwLock::default(),
+            ttl,
+        }
+    }
+
+    /// Beyond this many tokens the cache starts again from empty: a bound on memory.
+    const CAPACITY: usize = 10_000;
+
+    /// The cached principal of a token hash, if it is fresh.
+    pub fn get(&self, token_hash: &str) -> Option<Principal> {
+        let entries = self.entries.read().expect("principal cache lock");
+        let (principal, at) = entries.get(token_hash)?;
+        (at.elapsed() < self.ttl).then(|| principal.clone())
+    }
+
+    pub fn insert(&self, token_hash: String, principal: Principal) {
+        let mut entries = self.entries.write().expect("principal cache lock");
+        if entries.len() >= Self::CAPACITY {
+            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            if entries.len() >= Self::CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(token_hash, (principal, Instant::now()));
+    }
+
+    /// Forgets every principal: after a change to tokens, users or roles.
+    pub fn clear(&self) {
+        self.entries.write().expect("principal cache lock").clear();
+    }
+}
+
 /// Every token starts with this, so that secret scanners recognise leaked ones.
 pub const TOKEN_PREFIX: &str = "rpt_";
 
@@ -76,6 +133,29 @@ pub fn hash_token(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn principal() -> Principal {
+        Principal {
+            tenant: TenantId::generate(),
+            user: UserId::generate(),
+            role: Role::Member,
+        }
+    }
+
+    #[test]
+    fn cached_principals_expire_and_can_be_forgotten() {
+        let cache = PrincipalCache::default();
+        let someone = principal();
+        cache.insert("hash".into(), someone.clone());
+        assert_eq!(cache.get("hash").map(|p| p.user), Some(someone.user));
+        assert!(cache.get("other").is_none());
+        cache.clear();
+        assert!(cache.get("hash").is_none());
+
+        let expired = PrincipalCache::new(Duration::ZERO);
+        expired.insert("hash".into(), principal());
+        assert!(expired.get("hash").is_none());
+    }
 
     #[test]
     fn tokens_are_random_and_hashed_deterministically() {

@@ -38,7 +38,7 @@ pub async fn ensure(state: &AppState) -> anyhow::Result<String> {
         .expect("the tenant did not exist");
     let principal = state
         .store
-        .principal_for_token(&created.token)
+        .principal_for_token_hash(&crate::auth::hash_token(&created.token))
         .await?
         .expect("the new token resolves");
     let definitions: Vec<(String, Value)> = DEFINITIONS

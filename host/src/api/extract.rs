@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::auth::Principal;
+use crate::auth::{Principal, hash_token};
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
@@ -28,11 +28,17 @@ impl FromRequestParts<AppState> for Principal {
             .ok_or_else(|| {
                 ApiError::unauthorized("the `Authorization` header must be `Bearer <token>`")
             })?;
-        state
+        let hash = hash_token(token);
+        if let Some(principal) = state.principals.get(&hash) {
+            return Ok(principal);
+        }
+        let principal = state
             .store
-            .principal_for_token(token)
+            .principal_for_token_hash(&hash)
             .await?
-            .ok_or_else(|| ApiError::unauthorized("the API token is unknown or revoked"))
+            .ok_or_else(|| ApiError::unauthorized("the API token is unknown or revoked"))?;
+        state.principals.insert(hash, principal.clone());
+        Ok(principal)
     }
 }
 

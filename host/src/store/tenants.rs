@@ -113,15 +113,17 @@ impl Store {
         Ok(Some(token))
     }
 
-    /// Resolves an API token to its principal; `None` for an unknown token.
-    pub async fn principal_for_token(&self, token: &str) -> Result<Option<Principal>, StoreError> {
-        let hash = hash_token(token);
+    /// Resolves the hash of an API token to its principal; `None` for an unknown token.
+    pub async fn principal_for_token_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<Principal>, StoreError> {
         let mut conn = self.reader().await?;
         let row: Option<(String, String, String)> = on!(conn.exec(), c => sqlx::query_as(
             "SELECT t.tenant_id, t.user_id, u.role FROM api_tokens t \
              JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
         )
-        .bind(&hash)
+        .bind(hash)
         .fetch_optional(&mut *c)
         .await?);
         row.map(|(tenant, user, role)| {
