@@ -1,0 +1,348 @@
+//! Write Rapport plugins in Rust.
+//!
+//! Implement [`Plugin`] for a type, overriding the functions your manifest says you provide,
+//! and call [`plugin!`] once:
+//!
+//! ```
+//! use rapport_sdk::{Event, Outcome, Plugin, json};
+//!
+//! struct Greeter;
+//!
+//! impl Plugin for Greeter {
+//!     fn hook(event: Event) -> Result<Outcome, String> {
+//!         let name = event.record.get_str("name").unwrap_or_default();
+//!         Ok(Outcome::patch(json!({"greeting": format!("Hello, {name}")})))
+//!     }
+//! }
+//!
+//! rapport_sdk::plugin!(Greeter);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2` (or `rapport plugin build`): the
+//! result is a component for the contract `rapport:plugin@0.1.0` in `wit/v0.1.0`.
+
+use serde_json::{Map, Value};
+
+pub use serde_json::json;
+
+/// The bindings generated from the WIT contract. Plugins use the wrappers of this crate; the
+/// raw bindings are public for the [`plugin!`] macro.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit/v0.1.0",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin",
+        default_bindings_module: "rapport_sdk::bindings",
+    });
+}
+
+use bindings::exports::rapport::plugin as exported;
+use bindings::rapport::plugin::types as wit;
+
+pub use wit::{HostError, Operation, Stage};
+
+/// The contract version this SDK builds against; manifests name it as `contract`.
+pub const CONTRACT: &str = "0.1.0";
+
+/// A problem with one field, reported to the client like the API's own validation errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field; empty for the record as a whole.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A record: entity, id (empty before creation), version and field values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub entity: String,
+    pub id: String,
+    pub version: i64,
+    pub data: Map<String, Value>,
+}
+
+impl Record {
+    /// A field's value; `None` when the field is empty.
+    pub fn get(&self, field: &str) -> Option<&Value> {
+        self.data.get(field).filter(|value| !value.is_null())
+    }
+
+    pub fn get_str(&self, field: &str) -> Option<&str> {
+        self.get(field).and_then(Value::as_str)
+    }
+
+    pub fn get_i64(&self, field: &str) -> Option<i64> {
+        self.get(field).and_then(Value::as_i64)
+    }
+
+    /// A number, or the amount of a currency value.
+    pub fn get_f64(&self, field: &str) -> Option<f64> {
+        match self.get(field)? {
+            Value::Object(money) => money.get("amount").and_then(Value::as_f64),
+            value => value.as_f64(),
+        }
+    }
+
+    pub fn get_bool(&self, field: &str) -> Option<bool> {
+        self.get(field).and_then(Value::as_bool)
+    }
+
+    fn from_wit(record: wit::Record) -> Self {
+        Self {
+            entity: record.entity,
+            id: record.id,
+            version: record.version,
+            data: parse_object(&record.data),
+        }
+    }
+}
+
+/// A record write a validator or hook is asked about.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub entity: String,
+    pub operation: Operation,
+    pub stage: Stage,
+    /// The record as it will be stored (create, update) or as it was (delete).
+    pub record: Record,
+    /// The stored record before this write (update, delete).
+    pub previous: Option<Record>,
+    /// The fields this write changes.
+    pub changed: Vec<String>,
+    /// The user on whose behalf the write happens.
+    pub user_id: String,
+    /// The time of the write, RFC 3339 in UTC: plugins have no clock of their own.
+    pub at: String,
+    /// 0 for a client's write, +1 for each hook in between.
+    pub depth: u32,
+}
+
+impl Event {
+    /// Whether this write changes `field`.
+    pub fn changes(&self, field: &str) -> bool {
+        self.changed.iter().any(|changed| changed == field)
+    }
+
+    fn from_wit(event: wit::RecordEvent) -> Self {
+        Self {
+            entity: event.entity,
+            operation: event.operation,
+            stage: event.stage,
+            record: Record::from_wit(event.record),
+            previous: event.previous.map(Record::from_wit),
+            changed: event.changed,
+            user_id: event.user_id,
+            at: event.at,
+            depth: event.depth,
+        }
+    }
+}
+
+/// What a hook decided.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Go on unchanged.
+    Proceed,
+    /// Go on with these field values merged into the record (`before` stage only).
+    Patch(Map<String, Value>),
+    /// Refuse the write with these field errors.
+    Reject(Vec<FieldError>),
+}
+
+impl Outcome {
+    /// A patch from a JSON object, e.g. `Outcome::patch(json!({"discount": 5}))`. Anything but
+    /// an object patches nothing.
+    pub fn patch(values: Value) -> Self {
+        match values {
+            Value::Object(values) => Outcome::Patch(values),
+            _ => Outcome::Proceed,
+        }
+    }
+
+    /// A rejection with one field error.
+    pub fn reject(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Outcome::Reject(vec![FieldError::new(field, message)])
+    }
+}
+
+/// What a plugin provides. Every function has a default that provides nothing; override those
+/// your manifest lists under `provides`.
+pub trait Plugin {
+    /// A validator: an empty list accepts the record.
+    fn validate(event: Event) -> Vec<FieldError> {
+        let _ = event;
+        Vec::new()
+    }
+
+    /// A record hook (stages `validate`, `before`, `after`). `Err` is a fault of the plugin,
+    /// reported to the client with the plugin's name; use [`Outcome::Reject`] to refuse a write.
+    fn hook(event: Event) -> Result<Outcome, String> {
+        let _ = event;
+        Ok(Outcome::Proceed)
+    }
+
+    /// The value of the computed field `field` (the manifest's `function`) for `record`.
+    fn compute(function: &str, record: Record) -> Result<Value, String> {
+        let _ = record;
+        Err(format!("this plugin computes no `{function}`"))
+    }
+
+    /// Runs the workflow step `step` with its input.
+    fn run_step(step: &str, input: Value) -> Result<Value, String> {
+        let _ = input;
+        Err(format!("this plugin has no workflow step `{step}`"))
+    }
+}
+
+/// Registers a [`Plugin`] implementation as the component's exports. Call it once per crate.
+#[macro_export]
+macro_rules! plugin {
+    ($plugin:ty) => {
+        #[doc(hidden)]
+        struct __RapportExports;
+        impl $crate::Exports for __RapportExports {
+            type Plugin = $plugin;
+        }
+        #[doc(hidden)]
+        type __RapportGlue = $crate::Glue<__RapportExports>;
+        // Exported on wasm only: native builds (unit tests of a plugin's logic) have no host.
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::__export_plugin!(__RapportGlue);
+    };
+}
+
+/// Connects a [`Plugin`] to the generated bindings; used by [`plugin!`].
+#[doc(hidden)]
+pub trait Exports {
+    type Plugin: Plugin;
+}
+
+#[doc(hidden)]
+pub struct Glue<E>(std::marker::PhantomData<E>);
+
+impl<E: Exports> exported::validator::Guest for Glue<E> {
+    fn validate(event: wit::RecordEvent) -> Vec<wit::FieldError> {
+        E::Plugin::validate(Event::from_wit(event))
+            .into_iter()
+            .map(to_wit_error)
+            .collect()
+    }
+}
+
+impl<E: Exports> exported::hooks::Guest for Glue<E> {
+    fn handle(event: wit::RecordEvent) -> Result<exported::hooks::Outcome, String> {
+        Ok(match E::Plugin::hook(Event::from_wit(event))? {
+            Outcome::Proceed => exported::hooks::Outcome::Proceed,
+            Outcome::Patch(values) => {
+                exported::hooks::Outcome::Patch(Value::Object(values).to_string())
+            }
+            Outcome::Reject(errors) => {
+                exported::hooks::Outcome::Reject(errors.into_iter().map(to_wit_error).collect())
+            }
+        })
+    }
+}
+
+impl<E: Exports> exported::computed::Guest for Glue<E> {
+    fn compute(field: String, record: wit::Record) -> Result<String, String> {
+        E::Plugin::compute(&field, Record::from_wit(record)).map(|value| value.to_string())
+    }
+}
+
+impl<E: Exports> exported::workflow_step::Guest for Glue<E> {
+    fn run(step: String, input: String) -> Result<String, String> {
+        let input = serde_json::from_str(&input).unwrap_or(Value::Null);
+        E::Plugin::run_step(&step, input).map(|value| value.to_string())
+    }
+}
+
+fn to_wit_error(error: FieldError) -> wit::FieldError {
+    wit::FieldError {
+        field: error.field,
+        message: error.message,
+    }
+}
+
+fn parse_object(text: &str) -> Map<String, Value> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(object)) => object,
+        _ => Map::new(),
+    }
+}
+
+/// Records of the tenant, as the triggering user and within the manifest's capabilities.
+pub mod records {
+    use super::{HostError, Record, Value};
+    use crate::bindings::rapport::plugin::records as host;
+
+    /// One record by id; `None` if it does not exist or is not visible.
+    pub fn get(entity: &str, id: &str) -> Result<Option<Record>, HostError> {
+        Ok(host::get(entity, id)?.map(Record::from_wit))
+    }
+
+    /// Records matching `filter` (the API's filter syntax; "" for all), sorted by `sort`
+    /// ("" for the default order), at most `limit`.
+    pub fn query(
+        entity: &str,
+        filter: &str,
+        sort: &str,
+        limit: u32,
+    ) -> Result<Vec<Record>, HostError> {
+        Ok(host::query(entity, filter, sort, limit)?
+            .into_iter()
+            .map(Record::from_wit)
+            .collect())
+    }
+
+    /// Creates a record from a JSON object of field values.
+    pub fn create(entity: &str, data: &Value) -> Result<Record, HostError> {
+        host::create(entity, &data.to_string()).map(Record::from_wit)
+    }
+
+    /// Changes the given fields of a record (`null` clears a field).
+    pub fn update(entity: &str, id: &str, patch: &Value) -> Result<Record, HostError> {
+        host::update(entity, id, &patch.to_string()).map(Record::from_wit)
+    }
+}
+
+/// The plugin's configuration for the current tenant (a JSON object, `{}` if none).
+pub fn config() -> Map<String, Value> {
+    parse_object(&bindings::rapport::plugin::config::get())
+}
+
+/// Log lines, kept with the invocation's run record.
+pub mod log {
+    use crate::bindings::rapport::plugin::log::{Level, write};
+
+    pub fn debug(message: &str) {
+        write(Level::Debug, message);
+    }
+
+    pub fn info(message: &str) {
+        write(Level::Info, message);
+    }
+
+    pub fn warn(message: &str) {
+        write(Level::Warn, message);
+    }
+
+    pub fn error(message: &str) {
+        write(Level::Error, message);
+    }
+}
+
+/// Enqueues an outbox message (sent after the write commits) of a kind the manifest requests.
+pub fn enqueue(kind: &str, payload: &Value) -> Result<String, HostError> {
+    bindings::rapport::plugin::outbox::enqueue(kind, &payload.to_string())
+}
