@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use tokio::net::TcpListener;
 
 use crate::auth::PrincipalCache;
 use crate::metadata::Metadata;
+use crate::plugins::Plugins;
 use crate::records::Records;
 use crate::store::Store;
 
@@ -17,6 +18,7 @@ pub mod entities;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod plugins;
 pub mod records;
 
 use error::ApiError;
@@ -33,18 +35,22 @@ pub struct AppState {
     pub metadata: Arc<Metadata>,
     pub records: Records,
     pub principals: Arc<PrincipalCache>,
+    pub plugins: Plugins,
 }
 
 impl AppState {
-    pub fn new(store: Store) -> Self {
+    /// The state of a server; compiled plugin components are cached under `cache_dir`.
+    pub fn new(store: Store, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Self> {
         let metadata = Arc::new(Metadata::new(store.clone()));
-        let records = Records::new(store.clone(), metadata.clone());
-        Self {
+        let plugins = Plugins::new(store.clone(), cache_dir)?;
+        let records = Records::new(store.clone(), metadata.clone(), plugins.clone());
+        Ok(Self {
             store,
             metadata,
             records,
             principals: Arc::default(),
-        }
+            plugins,
+        })
     }
 }
 
@@ -62,6 +68,17 @@ pub fn router(state: AppState) -> Router {
             "/entities/{name}/fields/{field}",
             delete(entities::purge_field),
         )
+        .route(
+            "/plugins",
+            get(plugins::list)
+                .post(plugins::upload)
+                .layer(DefaultBodyLimit::max(plugins::MAX_UPLOAD_BODY)),
+        )
+        .route("/plugins/{id}", get(plugins::show).delete(plugins::remove))
+        .route("/plugins/{id}/enable", post(plugins::enable))
+        .route("/plugins/{id}/disable", post(plugins::disable))
+        .route("/plugins/{id}/config", put(plugins::configure))
+        .route("/plugins/{id}/runs", get(plugins::runs))
         .route(
             "/records/{entity}",
             get(records::list).post(records::create),

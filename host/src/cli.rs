@@ -45,6 +45,14 @@ pub struct Global {
         default_value = "full"
     )]
     pub durability: Durability,
+    /// Where compiled plugin components are cached (by content hash and engine).
+    #[arg(
+        long,
+        global = true,
+        env = "RAPPORT_CACHE_DIR",
+        default_value = "data/cache"
+    )]
+    pub cache_dir: PathBuf,
     /// Log lines as `text` or `json`.
     #[arg(
         long,
@@ -155,7 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
         })?;
     match cli.command {
-        Command::Serve(args) => serve(store, args).await,
+        Command::Serve(args) => serve(store, cli.global.cache_dir.clone(), args).await,
         Command::Migrate => {
             println!("database is up to date");
             Ok(())
@@ -222,8 +230,8 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn serve(store: Store, args: ServeArgs) -> anyhow::Result<()> {
-    let state = AppState::new(store);
+async fn serve(store: Store, cache_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+    let state = AppState::new(store, Some(cache_dir.join("plugins")))?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -271,7 +279,7 @@ pub async fn shutdown_signal() {
 }
 
 async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
-    let state = AppState::new(store);
+    let state = AppState::new(store, None)?;
     match command {
         SchemaCommand::Export { dir, tenant } => {
             let tenant_id = state

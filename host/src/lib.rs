@@ -11,5 +11,6 @@ pub mod cli;
 pub mod demo;
 pub mod domain;
 pub mod metadata;
+pub mod plugins;
 pub mod records;
 pub mod store;

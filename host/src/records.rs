@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::auth::Principal;
-use crate::domain::{RecordId, UserId};
+use crate::domain::RecordId;
 use crate::metadata::definition::{FieldDefinition, FieldType};
 use crate::metadata::record_schema::FieldErrors;
 use crate::metadata::{CompiledEntity, Metadata, MetadataError, values};
@@ -19,7 +19,12 @@ use crate::store::records::{IdempotentResponse, ListQuery, NewHistory, NewRecord
 use crate::store::{Dialect, Scoped, SqlValue, Store, StoreError, Tx};
 
 pub mod filter;
+pub mod hooks;
 pub mod query;
+
+use crate::plugins::runtime::{Operation, Stage};
+use crate::plugins::{PluginError, Plugins};
+use hooks::{PluginFailure, WriteContext};
 
 /// The most records one batch request may hold.
 pub const MAX_BATCH: usize = 1000;
@@ -41,6 +46,10 @@ pub enum RecordError {
     BadRequest(String),
     #[error("`Idempotency-Key` `{0}` was already used for a different request")]
     IdempotencyMismatch(String),
+    #[error("{0}")]
+    Plugin(Box<PluginFailure>),
+    #[error(transparent)]
+    Plugins(#[from] PluginError),
     #[error(transparent)]
     Metadata(#[from] MetadataError),
     #[error(transparent)]
@@ -171,6 +180,7 @@ impl Checked<'_> {
 pub struct Records {
     store: Store,
     metadata: Arc<Metadata>,
+    plugins: Plugins,
 }
 
 fn parse_id(entity: &str, id: &str) -> Result<RecordId, RecordError> {
@@ -274,8 +284,12 @@ fn changes(before: &Map<String, Value>, after: &Map<String, Value>) -> Map<Strin
 }
 
 impl Records {
-    pub fn new(store: Store, metadata: Arc<Metadata>) -> Self {
-        Self { store, metadata }
+    pub fn new(store: Store, metadata: Arc<Metadata>, plugins: Plugins) -> Self {
+        Self {
+            store,
+            metadata,
+            plugins,
+        }
     }
 
     /// Checks uniqueness and references of the fields in `changed` before a write.
@@ -350,13 +364,32 @@ impl Records {
     async fn insert_many(
         &self,
         scoped: &mut Scoped<'_>,
+        context: &WriteContext,
         entity: &CompiledEntity,
-        user: &UserId,
-        mut bodies: Vec<Map<String, Value>>,
+        bodies: Vec<Map<String, Value>>,
         batch: bool,
         now: OffsetDateTime,
     ) -> Result<Vec<StoredRecord>, RecordError> {
+        let user = &context.principal.user;
         let key = |index: usize, field: &str| batch_key(batch, index, field);
+        let mut hooked = Vec::with_capacity(bodies.len());
+        for (index, body) in bodies.into_iter().enumerate() {
+            let body = self
+                .run_hooks(
+                    scoped,
+                    context,
+                    entity,
+                    Operation::Create,
+                    &[Stage::Validate, Stage::Before],
+                    body,
+                    None,
+                    None,
+                )
+                .await
+                .map_err(|error| if batch { in_batch(index, error) } else { error })?;
+            hooked.push(body);
+        }
+        let mut bodies = hooked;
         let checked = Checked {
             fields: None,
             except: None,
@@ -413,7 +446,7 @@ impl Records {
             .insert_records_with_history(entity.id, &rows, &history)
             .await
             .map_err(|error| unique_violation(entity, error))?;
-        Ok(ids
+        let stored: Vec<StoredRecord> = ids
             .into_iter()
             .zip(texts)
             .map(|(id, data)| StoredRecord {
@@ -427,7 +460,22 @@ impl Records {
                 updated_by: user.to_string(),
                 deleted_at: None,
             })
-            .collect())
+            .collect();
+        for (index, (record, body)) in stored.iter().zip(bodies).enumerate() {
+            self.run_hooks(
+                scoped,
+                context,
+                entity,
+                Operation::Create,
+                &[Stage::After],
+                body,
+                Some(record),
+                None,
+            )
+            .await
+            .map_err(|error| if batch { in_batch(index, error) } else { error })?;
+        }
+        Ok(stored)
     }
 
     /// Refuses references to records that do not exist (one query per reference field).
@@ -541,11 +589,12 @@ impl Records {
     async fn update_one(
         &self,
         scoped: &mut Scoped<'_>,
+        context: &WriteContext,
         entity: &CompiledEntity,
-        user: &UserId,
         update: BatchUpdate,
         now: OffsetDateTime,
     ) -> Result<StoredRecord, RecordError> {
+        let user = &context.principal.user;
         let not_found = || RecordError::NotFound {
             entity: entity.name().to_owned(),
             id: update.id.clone(),
@@ -596,6 +645,18 @@ impl Records {
                 None => after.remove(key),
             };
         }
+        let after = self
+            .run_hooks(
+                scoped,
+                context,
+                entity,
+                Operation::Update,
+                &[Stage::Validate, Stage::Before],
+                after,
+                Some(&stored),
+                Some(&before),
+            )
+            .await?;
         let history = changes(&before, &after);
         if history.is_empty() {
             return Ok(stored);
@@ -603,6 +664,7 @@ impl Records {
         let changed: Vec<&String> = history.keys().collect();
         self.check_constraints(scoped, entity, &after, &changed, id.as_str())
             .await?;
+        let after_body = after.clone();
         let text = Value::Object(after).to_string();
         let changes = Value::Object(history).to_string();
         let updated = scoped
@@ -628,13 +690,25 @@ impl Records {
             });
         }
         let version = stored.version + 1;
-        Ok(StoredRecord {
+        let updated = StoredRecord {
             version,
             data: text,
             updated_at: now,
             updated_by: user.to_string(),
             ..stored
-        })
+        };
+        self.run_hooks(
+            scoped,
+            context,
+            entity,
+            Operation::Update,
+            &[Stage::After],
+            after_body,
+            Some(&updated),
+            Some(&before),
+        )
+        .await?;
+        Ok(updated)
     }
 
     /// Creates a record; answers 201 with the record.
@@ -682,6 +756,7 @@ impl Records {
             None => None,
         };
         let this = self.clone();
+        let writer = principal.clone();
         let (tenant, user) = (principal.tenant.clone(), principal.user.clone());
         let name = entity.to_owned();
         let idempotency = idempotency.cloned();
@@ -707,8 +782,9 @@ impl Records {
                         _ => Self::prepare_new(&compiled, &inputs, batch)?,
                     };
                     let now = crate::store::now();
+                    let context = WriteContext::new(&writer, now);
                     let stored = this
-                        .insert_many(&mut scoped, &compiled, &user, bodies, batch, now)
+                        .insert_many(&mut scoped, &context, &compiled, bodies, batch, now)
                         .await?;
                     let views = stored
                         .iter()
@@ -775,14 +851,10 @@ impl Records {
                         .metadata
                         .compiled_for_write(&mut scoped, entity)
                         .await?;
+                    let now = crate::store::now();
+                    let context = WriteContext::new(&principal, now);
                     let stored = this
-                        .update_one(
-                            &mut scoped,
-                            &compiled,
-                            &principal.user,
-                            update,
-                            crate::store::now(),
-                        )
+                        .update_one(&mut scoped, &context, &compiled, update, now)
                         .await?;
                     let view = view(&stored, &compiled, scoped.dialect(), None)?;
                     Ok(view)
@@ -812,10 +884,11 @@ impl Records {
                         .compiled_for_write(&mut scoped, entity)
                         .await?;
                     let now = crate::store::now();
+                    let context = WriteContext::new(&principal, now);
                     let mut views = Vec::with_capacity(updates.len());
                     for (index, update) in updates.into_iter().enumerate() {
                         let stored = this
-                            .update_one(&mut scoped, &compiled, &principal.user, update, now)
+                            .update_one(&mut scoped, &context, &compiled, update, now)
                             .await
                             .map_err(|e| in_batch(index, e))?;
                         views.push(view(&stored, &compiled, scoped.dialect(), None)?);
@@ -873,6 +946,21 @@ impl Records {
                         }));
                     }
                     let now = crate::store::now();
+                    let context = WriteContext::new(&principal, now);
+                    if !restore {
+                        let body = parse_body(&stored)?;
+                        this.run_hooks(
+                            &mut scoped,
+                            &context,
+                            &compiled,
+                            Operation::Delete,
+                            &[Stage::Validate, Stage::Before],
+                            body.clone(),
+                            Some(&stored),
+                            Some(&body),
+                        )
+                        .await?;
+                    }
                     if restore {
                         // A value taken by another record meanwhile would break uniqueness.
                         let body = parse_body(&stored)?;
@@ -931,6 +1019,20 @@ impl Records {
                         updated_by: principal.user.to_string(),
                         ..stored
                     };
+                    if !restore {
+                        let body = parse_body(&stored)?;
+                        this.run_hooks(
+                            &mut scoped,
+                            &context,
+                            &compiled,
+                            Operation::Delete,
+                            &[Stage::After],
+                            body.clone(),
+                            Some(&stored),
+                            Some(&body),
+                        )
+                        .await?;
+                    }
                     let view = view(&stored, &compiled, scoped.dialect(), None)?;
                     Ok(view)
                 })

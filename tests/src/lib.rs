@@ -152,7 +152,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         .expect("bind port 0");
     let base = format!("http://{}", listener.local_addr().expect("address"));
     let (shutdown, signal) = oneshot::channel::<()>();
-    let state = AppState::new(store.clone());
+    let state = AppState::new(store.clone(), None).expect("the server state");
     let server = tokio::spawn(async move {
         api::serve(listener, state, async {
             let _ = signal.await;
@@ -318,4 +318,59 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// The directory of the built plugin components (`scripts/plugins`); `RAPPORT_PLUGINS_DIR`
+/// overrides it.
+pub fn plugins_dir() -> PathBuf {
+    std::env::var_os("RAPPORT_PLUGINS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release")
+        })
+}
+
+/// The upload body of a bundled plugin: its `manifest.json` and its built component, base64.
+pub fn plugin_upload(crate_dir: &str) -> Value {
+    use base64::Engine as _;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let manifest_path = root.join(crate_dir).join("manifest.json");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(&manifest_path)
+            .unwrap_or_else(|error| panic!("{}: {error}", manifest_path.display())),
+    )
+    .expect("manifest JSON");
+    let wasm = plugins_dir().join(format!("{}.wasm", crate_dir.replace('-', "_")));
+    let bytes = std::fs::read(&wasm).unwrap_or_else(|error| {
+        panic!(
+            "{}: {error}; build the plugins first with scripts/plugins",
+            wasm.display()
+        )
+    });
+    serde_json::json!({
+        "manifest": manifest,
+        "component": base64::engine::general_purpose::STANDARD.encode(bytes),
+    })
+}
+
+impl TestApp {
+    /// Uploads a bundled plugin as the tenant admin, enables it and optionally configures it.
+    pub async fn install_plugin(&self, crate_dir: &str, config: Option<Value>) {
+        let reply = self.post("/api/v1/plugins", plugin_upload(crate_dir)).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        let id = reply.body["plugin"]["id"]
+            .as_str()
+            .expect("an id")
+            .to_owned();
+        if let Some(config) = config {
+            let reply = self
+                .put(&format!("/api/v1/plugins/{id}/config"), config)
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        }
+        let reply = self
+            .post(&format!("/api/v1/plugins/{id}/enable"), Value::Null)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
 }

@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::metadata::MetadataError;
+use crate::plugins::PluginError;
+use crate::plugins::manifest::ManifestProblem;
 use crate::records::RecordError;
 use crate::store::StoreError;
 
@@ -164,8 +166,58 @@ impl From<RecordError> for ApiError {
                 "idempotency_key_reused",
                 message,
             ),
+            RecordError::Plugin(failure) => {
+                Self::new(StatusCode::FAILED_DEPENDENCY, "plugin_fault", message).with_fields(
+                    json!({
+                        "plugin": failure.plugin,
+                        "version": failure.version,
+                        "stage": failure.stage,
+                        "entity": failure.entity,
+                        "reason": failure.fault.kind(),
+                    }),
+                )
+            }
+            RecordError::Plugins(error) => error.into(),
             RecordError::Metadata(error) => error.into(),
             RecordError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<PluginError> for ApiError {
+    fn from(error: PluginError) -> Self {
+        let message = error.to_string();
+        let by_path = |problems: Vec<ManifestProblem>| {
+            let mut fields = serde_json::Map::new();
+            for problem in problems {
+                let entry = fields.entry(problem.path).or_insert_with(|| json!([]));
+                entry
+                    .as_array_mut()
+                    .expect("arrays")
+                    .push(json!(problem.message));
+            }
+            Value::Object(fields)
+        };
+        match error {
+            PluginError::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            PluginError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "unknown_plugin", message),
+            PluginError::InvalidManifest(problems) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_manifest",
+                message,
+            )
+            .with_fields(by_path(problems)),
+            PluginError::InvalidConfig(problems) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message)
+                    .with_fields(by_path(problems))
+            }
+            PluginError::InvalidComponent(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_component",
+                message,
+            ),
+            PluginError::BadRequest(_) => Self::bad_request(message),
+            PluginError::Store(error) => error.into(),
         }
     }
 }

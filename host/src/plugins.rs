@@ -1,0 +1,406 @@
+//! Plugins: WebAssembly components that customize Rapport (validators, record hooks, computed
+//! fields, workflow steps), run in a sandbox with hard limits.
+//!
+//! - [`manifest`]: what a plugin is, provides, may do and within which limits;
+//! - [`runtime`]: the engine, component checks and compilation (cached on disk), and one fresh,
+//!   limited instance per invocation;
+//! - [`host`]: the host interfaces a plugin imports, each treating its input as hostile;
+//! - [`Plugins`]: the registry (install, upgrade, enable, configure, remove per tenant), the
+//!   compiled components in memory, and the record of every run.
+
+pub mod host;
+pub mod manifest;
+pub mod runtime;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::auth::Principal;
+use crate::domain::TenantId;
+use crate::store::plugins::{NewRun, PluginRun, StoredPlugin};
+use crate::store::{Store, StoreError};
+use manifest::{Capabilities, Limits, Manifest, ManifestProblem};
+use runtime::{LoadError, LoadedComponent, Runtime};
+
+/// The largest component accepted (bytes).
+pub const MAX_COMPONENT: usize = 16 << 20;
+
+/// Errors of the plugin registry.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("only administrators manage plugins")]
+    Forbidden,
+    #[error("no plugin `{0}` is installed")]
+    NotFound(String),
+    #[error("the manifest is invalid")]
+    InvalidManifest(Vec<ManifestProblem>),
+    #[error("the configuration does not match the plugin's configuration schema")]
+    InvalidConfig(Vec<ManifestProblem>),
+    #[error("{0}")]
+    InvalidComponent(#[from] LoadError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A plugin enabled in a tenant, ready to run.
+#[derive(Debug)]
+pub struct Active {
+    pub id: String,
+    pub version: String,
+    pub manifest: Manifest,
+    pub limits: Limits,
+    /// The effective configuration (JSON object text): the tenant's, or the manifest's default.
+    pub config: String,
+    pub component: Arc<LoadedComponent>,
+}
+
+/// A plugin as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct PluginView {
+    pub id: String,
+    pub version: String,
+    pub enabled: bool,
+    pub description: Option<String>,
+    pub contract: String,
+    pub provides: manifest::Provides,
+    pub capabilities: Capabilities,
+    pub limits: Limits,
+    pub config: Value,
+    pub config_schema: Option<Value>,
+    pub component_sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub installed_at: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: time::OffsetDateTime,
+}
+
+/// What an install or upgrade did.
+#[derive(Debug, Serialize)]
+pub struct Installed {
+    pub plugin: PluginView,
+    /// The version replaced by this upload, if any.
+    pub previous_version: Option<String>,
+    /// Capabilities this version requests that the previous one did not (all on a first install).
+    pub capabilities_added: Vec<String>,
+    /// Capabilities the previous version requested that this one does not.
+    pub capabilities_removed: Vec<String>,
+}
+
+/// The plugins of every tenant: registry, compiled components and run records.
+#[derive(Debug, Clone)]
+pub struct Plugins {
+    store: Store,
+    runtime: Runtime,
+    loaded: Arc<RwLock<HashMap<String, Arc<LoadedComponent>>>>,
+    active: Arc<RwLock<HashMap<TenantId, Arc<Vec<Active>>>>>,
+    runs: mpsc::Sender<NewRun>,
+}
+
+impl Plugins {
+    /// The plugin service; compiled components are cached under `cache_dir`. Runs are recorded
+    /// by a background task, apart from the requests they ran in.
+    pub fn new(store: Store, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Self> {
+        let runtime = Runtime::new(cache_dir)
+            .map_err(|error| anyhow::anyhow!("cannot start the plugin engine: {error:#}"))?;
+        let (runs, mut pending) = mpsc::channel::<NewRun>(10_000);
+        let recorder = store.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while pending.recv_many(&mut batch, 500).await > 0 {
+                if let Err(error) = recorder.insert_runs(&batch).await {
+                    tracing::warn!(%error, runs = batch.len(), "cannot record plugin runs");
+                }
+                batch.clear();
+            }
+        });
+        Ok(Self {
+            store,
+            runtime,
+            loaded: Arc::default(),
+            active: Arc::default(),
+            runs,
+        })
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Records a run; dropped with a warning if the recorder is far behind.
+    pub fn record(&self, run: NewRun) {
+        if self.runs.try_send(run).is_err() {
+            tracing::warn!("plugin run records are behind; one was dropped");
+        }
+    }
+
+    fn admin(principal: &Principal) -> Result<(), PluginError> {
+        if principal.is_admin() {
+            Ok(())
+        } else {
+            Err(PluginError::Forbidden)
+        }
+    }
+
+    /// Checks, compiles, stores and installs (or upgrades) a plugin in the caller's tenant. The
+    /// upload is refused as a whole if the manifest, the component or its imports are wrong.
+    pub async fn install(
+        &self,
+        principal: &Principal,
+        manifest: &Value,
+        component: &[u8],
+    ) -> Result<Installed, PluginError> {
+        Self::admin(principal)?;
+        let manifest = Manifest::parse(manifest).map_err(PluginError::InvalidManifest)?;
+        if component.len() > MAX_COMPONENT {
+            return Err(PluginError::BadRequest(format!(
+                "the component is {} bytes; at most {MAX_COMPONENT} are accepted",
+                component.len()
+            )));
+        }
+        let loaded = self.load(component.to_vec()).await?;
+        self.store.put_component(&loaded.sha256, component).await?;
+        let mut tx = self.store.begin().await?;
+        let mut scoped = tx.scoped(&principal.tenant);
+        let previous = scoped.plugin(&manifest.id).await?;
+        let previous_manifest = previous
+            .as_ref()
+            .map(|stored| parse_stored(&stored.manifest))
+            .transpose()?;
+        scoped
+            .put_plugin(
+                &manifest.id,
+                &manifest.version,
+                &serde_json::to_string(&manifest).expect("manifests serialize"),
+                &loaded.sha256,
+                &principal.user,
+            )
+            .await?;
+        let stored = scoped
+            .plugin(&manifest.id)
+            .await?
+            .ok_or_else(|| PluginError::NotFound(manifest.id.clone()))?;
+        tx.commit().await?;
+        self.forget(&principal.tenant);
+        let empty = Capabilities::default();
+        let before = previous_manifest
+            .as_ref()
+            .map_or(&empty, |previous| &previous.capabilities);
+        Ok(Installed {
+            capabilities_added: manifest.capabilities.missing_from(before),
+            capabilities_removed: before.missing_from(&manifest.capabilities),
+            previous_version: previous.map(|stored| stored.version),
+            plugin: view(&stored)?,
+        })
+    }
+
+    /// Compiles a component (on a blocking thread: compilation takes a while), or takes it from
+    /// the in-memory cache.
+    async fn load(&self, bytes: Vec<u8>) -> Result<Arc<LoadedComponent>, PluginError> {
+        let runtime = self.runtime.clone();
+        let loaded = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+            .await
+            .map_err(|error| PluginError::BadRequest(format!("compilation failed: {error}")))??;
+        let loaded = Arc::new(loaded);
+        self.loaded
+            .write()
+            .expect("plugin cache lock")
+            .insert(loaded.sha256.clone(), loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn component(&self, sha256: &str) -> Result<Arc<LoadedComponent>, PluginError> {
+        if let Some(loaded) = self.loaded.read().expect("plugin cache lock").get(sha256) {
+            return Ok(loaded.clone());
+        }
+        let bytes = self.store.component_bytes(sha256).await?.ok_or_else(|| {
+            PluginError::Store(StoreError::Corrupt(format!(
+                "component {sha256} is missing"
+            )))
+        })?;
+        self.load(bytes).await
+    }
+
+    /// Forgets the tenant's enabled plugins: the next request reads them again.
+    fn forget(&self, tenant: &TenantId) {
+        self.active
+            .write()
+            .expect("active plugins lock")
+            .remove(tenant);
+    }
+
+    /// The plugins enabled in a tenant, loaded and ready to run.
+    pub async fn active(&self, tenant: &TenantId) -> Result<Arc<Vec<Active>>, PluginError> {
+        if let Some(active) = self.active.read().expect("active plugins lock").get(tenant) {
+            return Ok(active.clone());
+        }
+        let stored = {
+            let mut conn = self.store.reader().await?;
+            conn.scoped(tenant).plugins().await?
+        };
+        let mut active = Vec::new();
+        for plugin in stored.into_iter().filter(|plugin| plugin.enabled) {
+            let manifest = parse_stored(&plugin.manifest)?;
+            let config = effective_config(&plugin, &manifest).to_string();
+            active.push(Active {
+                id: plugin.plugin_id,
+                version: plugin.version,
+                limits: manifest.limits(),
+                manifest,
+                config,
+                component: self.component(&plugin.component).await?,
+            });
+        }
+        let active = Arc::new(active);
+        self.active
+            .write()
+            .expect("active plugins lock")
+            .insert(tenant.clone(), active.clone());
+        Ok(active)
+    }
+
+    pub async fn list(&self, principal: &Principal) -> Result<Vec<PluginView>, PluginError> {
+        let mut conn = self.store.reader().await?;
+        let stored = conn.scoped(&principal.tenant).plugins().await?;
+        stored.iter().map(view).collect()
+    }
+
+    pub async fn show(&self, principal: &Principal, id: &str) -> Result<PluginView, PluginError> {
+        let mut conn = self.store.reader().await?;
+        let stored = conn
+            .scoped(&principal.tenant)
+            .plugin(id)
+            .await?
+            .ok_or_else(|| PluginError::NotFound(id.to_owned()))?;
+        view(&stored)
+    }
+
+    pub async fn set_enabled(
+        &self,
+        principal: &Principal,
+        id: &str,
+        enabled: bool,
+    ) -> Result<PluginView, PluginError> {
+        Self::admin(principal)?;
+        let mut tx = self.store.begin().await?;
+        let mut scoped = tx.scoped(&principal.tenant);
+        if !scoped.set_plugin_enabled(id, enabled).await? {
+            return Err(PluginError::NotFound(id.to_owned()));
+        }
+        let stored = scoped
+            .plugin(id)
+            .await?
+            .ok_or_else(|| PluginError::NotFound(id.to_owned()))?;
+        tx.commit().await?;
+        self.forget(&principal.tenant);
+        view(&stored)
+    }
+
+    /// Sets the tenant's configuration of a plugin, validated against its configuration schema.
+    pub async fn configure(
+        &self,
+        principal: &Principal,
+        id: &str,
+        config: &Value,
+    ) -> Result<PluginView, PluginError> {
+        Self::admin(principal)?;
+        let mut tx = self.store.begin().await?;
+        let mut scoped = tx.scoped(&principal.tenant);
+        let stored = scoped
+            .plugin(id)
+            .await?
+            .ok_or_else(|| PluginError::NotFound(id.to_owned()))?;
+        let manifest = parse_stored(&stored.manifest)?;
+        manifest
+            .check_config(config)
+            .map_err(PluginError::InvalidConfig)?;
+        scoped.set_plugin_config(id, &config.to_string()).await?;
+        let stored = scoped
+            .plugin(id)
+            .await?
+            .ok_or_else(|| PluginError::NotFound(id.to_owned()))?;
+        tx.commit().await?;
+        self.forget(&principal.tenant);
+        view(&stored)
+    }
+
+    pub async fn remove(&self, principal: &Principal, id: &str) -> Result<(), PluginError> {
+        Self::admin(principal)?;
+        let mut tx = self.store.begin().await?;
+        if !tx.scoped(&principal.tenant).remove_plugin(id).await? {
+            return Err(PluginError::NotFound(id.to_owned()));
+        }
+        tx.commit().await?;
+        self.forget(&principal.tenant);
+        Ok(())
+    }
+
+    pub async fn runs(
+        &self,
+        principal: &Principal,
+        id: &str,
+        failures: bool,
+        limit: i64,
+    ) -> Result<Vec<PluginRun>, PluginError> {
+        let mut conn = self.store.reader().await?;
+        let mut scoped = conn.scoped(&principal.tenant);
+        if scoped.plugin(id).await?.is_none() {
+            return Err(PluginError::NotFound(id.to_owned()));
+        }
+        Ok(scoped.plugin_runs(id, failures, limit).await?)
+    }
+}
+
+fn parse_stored(text: &str) -> Result<Manifest, PluginError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|error| StoreError::Corrupt(format!("a stored manifest: {error}")))?;
+    Manifest::parse(&value).map_err(|problems| {
+        PluginError::Store(StoreError::Corrupt(format!(
+            "a stored manifest no longer validates: {problems:?}"
+        )))
+    })
+}
+
+fn effective_config(plugin: &StoredPlugin, manifest: &Manifest) -> Value {
+    plugin
+        .config
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .or_else(|| manifest.default_config.clone())
+        .unwrap_or_else(|| json!({}))
+}
+
+fn view(stored: &StoredPlugin) -> Result<PluginView, PluginError> {
+    let manifest = parse_stored(&stored.manifest)?;
+    Ok(PluginView {
+        id: stored.plugin_id.clone(),
+        version: stored.version.clone(),
+        enabled: stored.enabled,
+        config: effective_config(stored, &manifest),
+        limits: manifest.limits(),
+        description: manifest.description,
+        contract: manifest.contract,
+        provides: manifest.provides,
+        capabilities: manifest.capabilities,
+        config_schema: manifest.config_schema,
+        component_sha256: stored.component.clone(),
+        installed_at: stored.installed_at,
+        updated_at: stored.updated_at,
+    })
+}
+
+/// Decodes a base64 component from an upload body.
+pub fn decode_component(text: &str) -> Result<Vec<u8>, PluginError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|error| PluginError::BadRequest(format!("`component` is not base64: {error}")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,594 @@
+//! Plugins in the write path: validators and hooks of the stages `validate`, `before` and
+//! `after` run inside the write's transaction, in plugin id order. A rejection becomes 422 with
+//! field errors; a fault (trap, timeout, exhausted fuel, an error) rolls everything back and
+//! names the plugin, its version and the reason. Record access from a plugin is served by the
+//! same transaction, as the user who made the write; writes made by a hook run their own hooks,
+//! one level deeper, up to [`MAX_DEPTH`].
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use super::{
+    BatchUpdate, CompiledEntity, ListParams, RecordError, Records, StoredRecord, bad, changes,
+    check_keys, validate,
+};
+use crate::auth::Principal;
+use crate::metadata::record_schema::FieldErrors;
+use crate::plugins::Active;
+use crate::plugins::host::{HostCall, HostState};
+use crate::plugins::runtime::{Fault, HostError, Operation, Outcome, Record, RecordEvent, Stage};
+use crate::store::Scoped;
+use crate::store::plugins::NewRun;
+
+/// How deep hooks may nest: a client's write is depth 0, a write made by one of its hooks 1…
+pub const MAX_DEPTH: u32 = 4;
+
+/// Who writes, and how deep in hooks.
+#[derive(Debug, Clone)]
+pub struct WriteContext {
+    pub principal: Principal,
+    pub depth: u32,
+    /// The time of the write, RFC 3339 UTC, as plugins see it.
+    pub at: String,
+}
+
+impl WriteContext {
+    /// A client's write (depth 0) by `principal` at `now`. Plugins see the time at the
+    /// precision of datetime fields (milliseconds), so that they can store what they compute.
+    pub fn new(principal: &Principal, now: time::OffsetDateTime) -> Self {
+        let millis = now
+            .replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+            .expect("a valid nanosecond");
+        let at = millis
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("times format");
+        Self {
+            principal: principal.clone(),
+            depth: 0,
+            at,
+        }
+    }
+}
+
+/// A plugin's failure in a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginFailure {
+    pub plugin: String,
+    pub version: String,
+    pub stage: &'static str,
+    pub entity: String,
+    pub fault: Fault,
+}
+
+impl std::fmt::Display for PluginFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "plugin `{}` {} {} in stage `{}` on `{}`",
+            self.plugin, self.version, self.fault, self.stage, self.entity
+        )
+    }
+}
+
+fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Validate => "validate",
+        Stage::Before => "before",
+        Stage::After => "after",
+    }
+}
+
+fn operation_name(operation: Operation) -> &'static str {
+    match operation {
+        Operation::Create => "create",
+        Operation::Update => "update",
+        Operation::Delete => "delete",
+    }
+}
+
+/// What a plugin is asked to do for one stage.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Validator,
+    Hook(Stage),
+}
+
+/// The calls of `plugin` that apply to a write of `entity` at `stage`.
+fn calls_for(plugin: &Active, entity: &str, operation: Operation, stage: Stage) -> Vec<Call> {
+    let operation = operation_name(operation);
+    let applies =
+        |operations: &[String]| operations.is_empty() || operations.iter().any(|o| o == operation);
+    let mut calls = Vec::new();
+    let provides = &plugin.manifest.provides;
+    if stage == Stage::Validate
+        && provides
+            .validators
+            .iter()
+            .any(|binding| binding.entity == entity && applies(&binding.operations))
+    {
+        calls.push(Call::Validator);
+    }
+    if provides.hooks.iter().any(|binding| {
+        binding.entity == entity
+            && binding.stage == stage_name(stage)
+            && applies(&binding.operations)
+    }) {
+        calls.push(Call::Hook(stage));
+    }
+    calls
+}
+
+fn to_record(entity: &str, stored: &StoredRecord) -> Record {
+    Record {
+        entity: entity.to_owned(),
+        id: stored.id.clone(),
+        version: stored.version,
+        data: stored.data.clone(),
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl Records {
+    /// Runs the validators and hooks of `stages` for one record write; returns the record's body
+    /// with the patches of `before` hooks merged and validated again.
+    #[expect(clippy::too_many_arguments, reason = "the parts of a record event")]
+    pub(super) async fn run_hooks(
+        &self,
+        scoped: &mut Scoped<'_>,
+        context: &WriteContext,
+        entity: &CompiledEntity,
+        operation: Operation,
+        stages: &[Stage],
+        mut body: Map<String, Value>,
+        stored: Option<&StoredRecord>,
+        previous: Option<&Map<String, Value>>,
+    ) -> Result<Map<String, Value>, RecordError> {
+        let active = self.plugins.active(&context.principal.tenant).await?;
+        if active.is_empty() {
+            return Ok(body);
+        }
+        let name = entity.name();
+        for &stage in stages {
+            for plugin in active.iter() {
+                for call in calls_for(plugin, name, operation, stage) {
+                    let changed: Vec<String> = match previous {
+                        Some(previous) => changes(previous, &body).keys().cloned().collect(),
+                        None => body.keys().cloned().collect(),
+                    };
+                    let event = RecordEvent {
+                        entity: name.to_owned(),
+                        operation,
+                        stage,
+                        record: Record {
+                            entity: name.to_owned(),
+                            id: stored.map(|s| s.id.clone()).unwrap_or_default(),
+                            version: stored.map_or(0, |s| s.version),
+                            data: Value::Object(body.clone()).to_string(),
+                        },
+                        previous: previous.zip(stored).map(|(previous, stored)| Record {
+                            entity: name.to_owned(),
+                            id: stored.id.clone(),
+                            version: stored.version,
+                            data: Value::Object(previous.clone()).to_string(),
+                        }),
+                        changed,
+                        user_id: context.principal.user.to_string(),
+                        at: context.at.clone(),
+                        depth: context.depth,
+                    };
+                    let outcome = self
+                        .invoke(scoped, context, plugin, call, event, stage)
+                        .await?;
+                    match outcome {
+                        Outcome::Proceed => {}
+                        Outcome::Reject(errors) => {
+                            return Err(RecordError::Invalid(rejection(&plugin.id, errors)));
+                        }
+                        Outcome::Patch(patch) if stage == Stage::Before => {
+                            body = apply_patch(entity, &plugin.id, body, &patch)?;
+                        }
+                        Outcome::Patch(_) => {
+                            return Err(self.failure(
+                                plugin,
+                                stage,
+                                name,
+                                Fault::InvalidResult(format!(
+                                    "a patch in stage `{}`: only `before` hooks may patch",
+                                    stage_name(stage)
+                                )),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(body)
+    }
+
+    fn failure(&self, plugin: &Active, stage: Stage, entity: &str, fault: Fault) -> RecordError {
+        RecordError::Plugin(Box::new(PluginFailure {
+            plugin: plugin.id.clone(),
+            version: plugin.version.clone(),
+            stage: stage_name(stage),
+            entity: entity.to_owned(),
+            fault,
+        }))
+    }
+
+    /// Runs one validator or hook, serving its record access from `scoped`, and records the run.
+    async fn invoke(
+        &self,
+        scoped: &mut Scoped<'_>,
+        context: &WriteContext,
+        plugin: &Active,
+        call: Call,
+        event: RecordEvent,
+        stage: Stage,
+    ) -> Result<Outcome, RecordError> {
+        let (calls, mut requests) = mpsc::channel(1);
+        let state = HostState::new(
+            plugin.config.clone(),
+            plugin.manifest.capabilities.clone(),
+            plugin.limits,
+            Some(calls),
+        );
+        let runtime = self.plugins.runtime().clone();
+        let entity = event.entity.clone();
+        let record_id = Some(event.record.id.clone()).filter(|id| !id.is_empty());
+        let started_at = crate::store::now();
+        let invocation = async {
+            match call {
+                Call::Validator => {
+                    let (result, usage, _) = runtime
+                        .validate(&plugin.component, state, &plugin.limits, event)
+                        .await;
+                    let result = result.map(|errors| {
+                        if errors.is_empty() {
+                            Outcome::Proceed
+                        } else {
+                            Outcome::Reject(errors)
+                        }
+                    });
+                    (result, usage)
+                }
+                Call::Hook(_) => {
+                    let (result, usage, _) = runtime
+                        .handle(&plugin.component, state, &plugin.limits, event)
+                        .await;
+                    (result, usage)
+                }
+            }
+        };
+        tokio::pin!(invocation);
+        let (result, usage) = loop {
+            tokio::select! {
+                biased;
+                done = &mut invocation => break done,
+                Some(request) = requests.recv() => {
+                    self.serve(scoped, context, stage, request).await;
+                }
+            }
+        };
+        let (outcome, error) = match &result {
+            Ok(Outcome::Reject(_)) => ("rejected", None),
+            Ok(_) => ("ok", None),
+            Err(fault) => (fault.kind(), Some(fault.to_string())),
+        };
+        self.plugins.record(NewRun {
+            tenant_id: context.principal.tenant.to_string(),
+            plugin_id: plugin.id.clone(),
+            version: plugin.version.clone(),
+            stage: match call {
+                Call::Validator => "validator".to_owned(),
+                Call::Hook(stage) => stage_name(stage).to_owned(),
+            },
+            entity: Some(entity.clone()),
+            record_id,
+            started_at,
+            duration_us: i64::try_from(usage.duration.as_micros()).unwrap_or(i64::MAX),
+            fuel_used: i64::try_from(usage.fuel).unwrap_or(i64::MAX),
+            outcome: outcome.to_owned(),
+            error,
+        });
+        result.map_err(|fault| self.failure(plugin, stage, &entity, fault))
+    }
+
+    /// Answers one record access of a plugin, within the write's transaction.
+    async fn serve(
+        &self,
+        scoped: &mut Scoped<'_>,
+        context: &WriteContext,
+        stage: Stage,
+        request: HostCall,
+    ) {
+        match request {
+            HostCall::Get { entity, id, reply } => {
+                let _ = reply.send(self.plugin_get(scoped, &entity, &id).await);
+            }
+            HostCall::Query {
+                entity,
+                filter,
+                sort,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.plugin_query(scoped, &entity, &filter, &sort, limit)
+                        .await,
+                );
+            }
+            HostCall::Create {
+                entity,
+                data,
+                reply,
+            } => {
+                let result = match self.nested(context, stage) {
+                    Ok(nested) => self.plugin_create(scoped, nested, entity, data).await,
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(result);
+            }
+            HostCall::Update {
+                entity,
+                id,
+                patch,
+                reply,
+            } => {
+                let result = match self.nested(context, stage) {
+                    Ok(nested) => self.plugin_update(scoped, nested, entity, id, patch).await,
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// The context of a write made by a hook: one level deeper, refused past the cap and in the
+    /// `validate` stage (which may not change anything).
+    fn nested(&self, context: &WriteContext, stage: Stage) -> Result<WriteContext, HostError> {
+        if stage == Stage::Validate {
+            return Err(HostError::Denied(
+                "validators and `validate` hooks may not write records".into(),
+            ));
+        }
+        if context.depth + 1 > MAX_DEPTH {
+            return Err(HostError::LimitExceeded(format!(
+                "hooks nested more than {MAX_DEPTH} deep (a hook writing a record whose hooks write a record…)"
+            )));
+        }
+        Ok(WriteContext {
+            depth: context.depth + 1,
+            ..context.clone()
+        })
+    }
+
+    async fn plugin_get(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &str,
+        id: &str,
+    ) -> Result<Option<Record>, HostError> {
+        let compiled = self
+            .metadata
+            .compiled(scoped, entity)
+            .await
+            .map_err(|error| host_error(error.into()))?;
+        let Some(id) = crate::domain::RecordId::parse(id) else {
+            return Ok(None);
+        };
+        let stored = scoped
+            .get_record(compiled.id, id.as_str())
+            .await
+            .map_err(|error| host_error(error.into()))?;
+        Ok(stored
+            .filter(|stored| stored.deleted_at.is_none())
+            .map(|stored| to_record(entity, &stored)))
+    }
+
+    async fn plugin_query(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &str,
+        filter: &str,
+        sort: &str,
+        limit: u32,
+    ) -> Result<Vec<Record>, HostError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let compiled = self
+            .metadata
+            .compiled(scoped, entity)
+            .await
+            .map_err(|error| host_error(error.into()))?;
+        let params = ListParams {
+            filter: Some(filter.to_owned()).filter(|f| !f.trim().is_empty()),
+            sort: Some(sort.to_owned()).filter(|s| !s.trim().is_empty()),
+            limit: Some(i64::from(limit.min(super::query::MAX_PAGE_SIZE as u32))),
+            ..ListParams::default()
+        };
+        let page = self
+            .list_in(scoped, &compiled, &params, None)
+            .await
+            .map_err(host_error)?;
+        Ok(page
+            .data
+            .into_iter()
+            .map(|view| Record {
+                entity: entity.to_owned(),
+                id: view.id,
+                version: view.version,
+                data: view.data.get().to_owned(),
+            })
+            .collect())
+    }
+
+    fn plugin_create<'a>(
+        &'a self,
+        scoped: &'a mut Scoped<'_>,
+        context: WriteContext,
+        entity: String,
+        data: String,
+    ) -> BoxFuture<'a, Result<Record, HostError>> {
+        Box::pin(async move {
+            let value: Value = serde_json::from_str(&data)
+                .map_err(|error| HostError::Failed(format!("the record is not JSON: {error}")))?;
+            let compiled = self
+                .metadata
+                .compiled_for_write(scoped, &entity)
+                .await
+                .map_err(|error| host_error(error.into()))?;
+            let bodies = Self::prepare_new(&compiled, &[value], false).map_err(host_error)?;
+            let now = crate::store::now();
+            let mut stored = self
+                .insert_many(scoped, &context, &compiled, bodies, false, now)
+                .await
+                .map_err(host_error)?;
+            let stored = stored.pop().expect("one record in, one out");
+            Ok(to_record(&entity, &stored))
+        })
+    }
+
+    fn plugin_update<'a>(
+        &'a self,
+        scoped: &'a mut Scoped<'_>,
+        context: WriteContext,
+        entity: String,
+        id: String,
+        patch: String,
+    ) -> BoxFuture<'a, Result<Record, HostError>> {
+        Box::pin(async move {
+            let data: Value = serde_json::from_str(&patch)
+                .map_err(|error| HostError::Failed(format!("the patch is not JSON: {error}")))?;
+            let compiled = self
+                .metadata
+                .compiled_for_write(scoped, &entity)
+                .await
+                .map_err(|error| host_error(error.into()))?;
+            let update = BatchUpdate {
+                id,
+                version: None,
+                data,
+            };
+            let now = crate::store::now();
+            let stored = self
+                .update_one(scoped, &context, &compiled, update, now)
+                .await
+                .map_err(host_error)?;
+            Ok(to_record(&entity, &stored))
+        })
+    }
+}
+
+/// Field errors of a rejection, each naming the plugin.
+fn rejection(plugin: &str, errors: Vec<crate::plugins::runtime::FieldError>) -> FieldErrors {
+    let mut fields = FieldErrors::new();
+    for error in errors {
+        fields
+            .entry(error.field)
+            .or_default()
+            .push(format!("{} (plugin `{plugin}`)", error.message));
+    }
+    if fields.is_empty() {
+        fields.insert(String::new(), vec![format!("refused by plugin `{plugin}`")]);
+    }
+    fields
+}
+
+/// Merges a `before` hook's patch (a JSON object; `null` clears) and validates the result.
+fn apply_patch(
+    entity: &CompiledEntity,
+    plugin: &str,
+    mut body: Map<String, Value>,
+    patch: &str,
+) -> Result<Map<String, Value>, RecordError> {
+    let Ok(Value::Object(patch)) = serde_json::from_str::<Value>(patch) else {
+        return Err(bad(format!(
+            "plugin `{plugin}` returned a patch that is not a JSON object"
+        )));
+    };
+    let mut errors = FieldErrors::new();
+    check_keys(entity, &patch, &mut errors);
+    // Server-set fields (auto-numbers) are kept aside: the schema validates what can be written.
+    let server_set: Map<String, Value> = body
+        .iter()
+        .filter(|(key, _)| {
+            entity
+                .definition
+                .field(key)
+                .is_some_and(|field| field.is_read_only())
+        })
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    body.retain(|key, _| !server_set.contains_key(key));
+    for (key, value) in patch {
+        if errors.contains_key(&key) {
+            continue;
+        }
+        if value.is_null() {
+            body.remove(&key);
+        } else {
+            body.insert(key, value);
+        }
+    }
+    let mut body = match validate(entity, body) {
+        Ok(body) => body,
+        Err(more) => {
+            errors.extend(more);
+            Map::new()
+        }
+    };
+    if errors.is_empty() {
+        body.extend(server_set);
+        Ok(body)
+    } else {
+        let errors = errors
+            .into_iter()
+            .map(|(field, messages)| {
+                let messages = messages
+                    .into_iter()
+                    .map(|m| format!("{m} (in the patch of plugin `{plugin}`)"))
+                    .collect();
+                (field, messages)
+            })
+            .collect();
+        Err(RecordError::Invalid(errors))
+    }
+}
+
+/// A records error as a plugin sees it.
+fn host_error(error: RecordError) -> HostError {
+    match error {
+        RecordError::NotFound { .. } => HostError::NotFound(error.to_string()),
+        RecordError::Invalid(fields) => HostError::Invalid(
+            fields
+                .into_iter()
+                .flat_map(|(field, messages)| {
+                    messages
+                        .into_iter()
+                        .map(move |message| crate::plugins::runtime::FieldError {
+                            field: field.clone(),
+                            message,
+                        })
+                })
+                .collect(),
+        ),
+        RecordError::Conflict(_) | RecordError::VersionMismatch { .. } => {
+            HostError::Conflict(error.to_string())
+        }
+        RecordError::Metadata(crate::metadata::MetadataError::UnknownEntity(_)) => {
+            HostError::NotFound(error.to_string())
+        }
+        RecordError::Plugin(failure) => match failure.fault {
+            Fault::Failed(message) if message.contains("LimitExceeded") => {
+                HostError::LimitExceeded(message)
+            }
+            _ => HostError::Failed(failure.to_string()),
+        },
+        other => HostError::Failed(other.to_string()),
+    }
+}

@@ -1,0 +1,245 @@
+//! Plugin components (by content hash), the plugins installed in each tenant, and their runs.
+
+use time::OffsetDateTime;
+
+use super::{Scoped, Store, StoreError, Timestamp, on};
+use crate::domain::UserId;
+
+/// A plugin as a tenant has it installed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredPlugin {
+    pub plugin_id: String,
+    pub version: String,
+    pub manifest: String,
+    pub component: String,
+    pub enabled: bool,
+    pub config: Option<String>,
+    pub installed_at: OffsetDateTime,
+    pub installed_by: Option<String>,
+    pub updated_at: OffsetDateTime,
+}
+
+/// One invocation of a plugin.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PluginRun {
+    pub id: i64,
+    pub plugin_id: String,
+    pub version: String,
+    pub stage: String,
+    pub entity: Option<String>,
+    pub record_id: Option<String>,
+    pub started_at: OffsetDateTime,
+    pub duration_us: i64,
+    pub fuel_used: i64,
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+/// A run about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub tenant_id: String,
+    pub plugin_id: String,
+    pub version: String,
+    pub stage: String,
+    pub entity: Option<String>,
+    pub record_id: Option<String>,
+    pub started_at: OffsetDateTime,
+    pub duration_us: i64,
+    pub fuel_used: i64,
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+const PLUGIN_COLUMNS: &str = "plugin_id, version, manifest, component, enabled, config, installed_at, installed_by, updated_at";
+
+impl Store {
+    /// Stores a component's bytes under their hash (once).
+    pub async fn put_component(&self, sha256: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        on!(tx.exec(), c => sqlx::query(
+            "INSERT INTO plugin_components (sha256, bytes, size, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(sha256)
+        .bind(bytes)
+        .bind(bytes.len() as i64)
+        .bind(Timestamp(super::now()))
+        .execute(&mut *c)
+        .await
+        .map(drop)?);
+        tx.commit().await
+    }
+
+    /// The bytes of a stored component.
+    pub async fn component_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.reader().await?;
+        Ok(on!(conn.exec(), c => sqlx::query_scalar(
+            "SELECT bytes FROM plugin_components WHERE sha256 = $1",
+        )
+        .bind(sha256)
+        .fetch_optional(&mut *c)
+        .await?))
+    }
+
+    /// Records plugin runs (written apart from the requests they ran in).
+    pub async fn insert_runs(&self, runs: &[NewRun]) -> Result<(), StoreError> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for run in runs {
+            on!(tx.exec(), c => sqlx::query(
+                "INSERT INTO plugin_runs (tenant_id, plugin_id, version, stage, entity, record_id, \
+                 started_at, duration_us, fuel_used, outcome, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(&run.tenant_id)
+            .bind(&run.plugin_id)
+            .bind(&run.version)
+            .bind(&run.stage)
+            .bind(&run.entity)
+            .bind(&run.record_id)
+            .bind(Timestamp(run.started_at))
+            .bind(run.duration_us)
+            .bind(run.fuel_used)
+            .bind(&run.outcome)
+            .bind(&run.error)
+            .execute(&mut *c)
+            .await
+            .map(drop)?);
+        }
+        tx.commit().await
+    }
+}
+
+impl Scoped<'_> {
+    pub async fn plugins(&mut self) -> Result<Vec<StoredPlugin>, StoreError> {
+        let sql =
+            format!("SELECT {PLUGIN_COLUMNS} FROM plugins WHERE tenant_id = $1 ORDER BY plugin_id");
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+            .bind(tenant)
+            .fetch_all(&mut **c)
+            .await?))
+    }
+
+    pub async fn plugin(&mut self, plugin_id: &str) -> Result<Option<StoredPlugin>, StoreError> {
+        let sql =
+            format!("SELECT {PLUGIN_COLUMNS} FROM plugins WHERE tenant_id = $1 AND plugin_id = $2");
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+            .bind(tenant)
+            .bind(plugin_id)
+            .fetch_optional(&mut **c)
+            .await?))
+    }
+
+    /// Installs a plugin or replaces its version (keeping whether it is enabled and its
+    /// configuration).
+    pub async fn put_plugin(
+        &mut self,
+        plugin_id: &str,
+        version: &str,
+        manifest: &str,
+        component: &str,
+        user: &UserId,
+    ) -> Result<(), StoreError> {
+        let tenant = self.tenant.as_str();
+        let now = Timestamp(super::now());
+        on!(&mut self.exec, c => sqlx::query(
+            "INSERT INTO plugins (tenant_id, plugin_id, version, manifest, component, enabled, config, installed_at, installed_by, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, FALSE, NULL, $6, $7, $6) \
+             ON CONFLICT (tenant_id, plugin_id) DO UPDATE SET version = excluded.version, \
+             manifest = excluded.manifest, component = excluded.component, updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(plugin_id)
+        .bind(version)
+        .bind(manifest)
+        .bind(component)
+        .bind(now)
+        .bind(user.as_str())
+        .execute(&mut **c)
+        .await
+        .map(drop)?);
+        Ok(())
+    }
+
+    pub async fn set_plugin_enabled(
+        &mut self,
+        plugin_id: &str,
+        enabled: bool,
+    ) -> Result<bool, StoreError> {
+        let tenant = self.tenant.as_str();
+        let affected = on!(&mut self.exec, c => sqlx::query(
+            "UPDATE plugins SET enabled = $3, updated_at = $4 WHERE tenant_id = $1 AND plugin_id = $2",
+        )
+        .bind(tenant)
+        .bind(plugin_id)
+        .bind(enabled)
+        .bind(Timestamp(super::now()))
+        .execute(&mut **c)
+        .await?
+        .rows_affected());
+        Ok(affected == 1)
+    }
+
+    pub async fn set_plugin_config(
+        &mut self,
+        plugin_id: &str,
+        config: &str,
+    ) -> Result<bool, StoreError> {
+        let tenant = self.tenant.as_str();
+        let affected = on!(&mut self.exec, c => sqlx::query(
+            "UPDATE plugins SET config = $3, updated_at = $4 WHERE tenant_id = $1 AND plugin_id = $2",
+        )
+        .bind(tenant)
+        .bind(plugin_id)
+        .bind(config)
+        .bind(Timestamp(super::now()))
+        .execute(&mut **c)
+        .await?
+        .rows_affected());
+        Ok(affected == 1)
+    }
+
+    pub async fn remove_plugin(&mut self, plugin_id: &str) -> Result<bool, StoreError> {
+        let tenant = self.tenant.as_str();
+        let affected = on!(&mut self.exec, c => sqlx::query(
+            "DELETE FROM plugins WHERE tenant_id = $1 AND plugin_id = $2",
+        )
+        .bind(tenant)
+        .bind(plugin_id)
+        .execute(&mut **c)
+        .await?
+        .rows_affected());
+        Ok(affected == 1)
+    }
+
+    /// The latest runs of a plugin, newest first; with `failures`, only those that failed.
+    pub async fn plugin_runs(
+        &mut self,
+        plugin_id: &str,
+        failures: bool,
+        limit: i64,
+    ) -> Result<Vec<PluginRun>, StoreError> {
+        let filter = if failures {
+            " AND outcome NOT IN ('ok', 'rejected')"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT id, plugin_id, version, stage, entity, record_id, started_at, duration_us, \
+             fuel_used, outcome, error FROM plugin_runs \
+             WHERE tenant_id = $1 AND plugin_id = $2{filter} ORDER BY id DESC LIMIT $3"
+        );
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+            .bind(tenant)
+            .bind(plugin_id)
+            .bind(limit)
+            .fetch_all(&mut **c)
+            .await?))
+    }
+}

@@ -1,0 +1,538 @@
+//! Plugins end to end: real components from `plugins/` uploaded through the API into a real
+//! server, running in record writes; hostile ones stopped while the server keeps serving; on
+//! SQLite and PostgreSQL.
+
+use rapport_tests::{TestApp, on_both_backends, plugin_upload};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+on_both_backends!(
+    complaint_sla_sets_the_due_date_from_the_priority,
+    credit_terms_decide_discounts_and_refuse_orders_of_stopped_accounts,
+    the_registry_installs_upgrades_configures_disables_and_removes,
+    components_and_manifests_are_checked_at_upload,
+    an_endless_plugin_is_stopped_and_its_write_rolled_back,
+    a_hook_that_retriggers_itself_stops_at_the_depth_cap,
+    plugins_cannot_reach_other_tenants_or_entities_outside_their_capabilities,
+);
+
+fn time(value: &Value) -> OffsetDateTime {
+    OffsetDateTime::parse(value.as_str().expect("a time"), &Rfc3339).expect("RFC 3339")
+}
+
+/// A time at the precision plugins see (milliseconds).
+fn millis(value: &Value) -> OffsetDateTime {
+    let at = time(value);
+    at.replace_nanosecond(at.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap()
+}
+
+async fn complaint_sla_sets_the_due_date_from_the_priority(app: &TestApp) {
+    app.define(json!({"name": "case", "fields": [
+        {"name": "subject", "type": "text", "required": true},
+        {"name": "priority", "type": "picklist", "options": ["urgent", "high", "ordinary", "low"]},
+        {"name": "sla_due_at", "type": "datetime"}
+    ]}))
+    .await;
+    app.install_plugin("complaint-sla", None).await;
+
+    let created = app
+        .post(
+            "/api/v1/records/case",
+            json!({"data": {"subject": "Broken invoice", "priority": "urgent"}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let due = time(&created.body["data"]["sla_due_at"]);
+    let at = millis(&created.body["created_at"]);
+    assert_eq!(due - at, time::Duration::days(2), "{:?}", created.body);
+
+    // A change of priority moves the due date; other changes leave it alone.
+    let id = created.body["id"].as_str().unwrap();
+    let updated = app
+        .patch(
+            &format!("/api/v1/records/case/{id}"),
+            json!({"data": {"priority": "ordinary"}}),
+        )
+        .await;
+    assert_eq!(updated.status, StatusCode::OK, "{:?}", updated.body);
+    let due = time(&updated.body["data"]["sla_due_at"]);
+    let at = millis(&updated.body["updated_at"]);
+    assert_eq!(due - at, time::Duration::days(5));
+    let renamed = app
+        .patch(
+            &format!("/api/v1/records/case/{id}"),
+            json!({"data": {"subject": "Broken invoice, again"}}),
+        )
+        .await;
+    assert_eq!(
+        renamed.body["data"]["sla_due_at"],
+        updated.body["data"]["sla_due_at"]
+    );
+
+    // The tenant's configuration changes the rule.
+    let reply = app
+        .put(
+            "/api/v1/plugins/complaint-sla/config",
+            json!({"days": {"urgent": 1}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let created = app
+        .post(
+            "/api/v1/records/case",
+            json!({"data": {"subject": "Outage", "priority": "urgent"}}),
+        )
+        .await;
+    let due = time(&created.body["data"]["sla_due_at"]);
+    let at = millis(&created.body["created_at"]);
+    assert_eq!(due - at, time::Duration::days(1));
+
+    // Every invocation is recorded.
+    let runs = app.get("/api/v1/plugins/complaint-sla/runs").await;
+    assert_eq!(runs.status, StatusCode::OK);
+    let mut runs = runs.body["data"].as_array().unwrap().clone();
+    for _ in 0..50 {
+        if runs.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        runs = app.get("/api/v1/plugins/complaint-sla/runs").await.body["data"]
+            .as_array()
+            .unwrap()
+            .clone();
+    }
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    assert!(runs.iter().all(|run| run["outcome"] == "ok"
+        && run["stage"] == "before"
+        && run["fuel_used"].as_i64() > Some(0)));
+}
+
+async fn define_accounts_and_orders(app: &TestApp) {
+    app.define(json!({"name": "account", "fields": [
+        {"name": "name", "type": "text", "required": true},
+        {"name": "size", "type": "picklist", "options": ["small", "large", "enterprise"]},
+        {"name": "payment_record", "type": "picklist", "options": ["good", "poor"]},
+        {"name": "discount_pct", "type": "decimal"},
+        {"name": "payment_terms", "type": "text"},
+        {"name": "credit_status", "type": "text"}
+    ]}))
+    .await;
+    app.define(json!({"name": "order", "fields": [
+        {"name": "account", "type": "reference", "entity": "account", "required": true},
+        {"name": "amount", "type": "decimal"}
+    ]}))
+    .await;
+}
+
+async fn credit_terms_decide_discounts_and_refuse_orders_of_stopped_accounts(app: &TestApp) {
+    define_accounts_and_orders(app).await;
+    app.install_plugin("credit-terms", None).await;
+
+    let big_good = app
+        .post(
+            "/api/v1/records/account",
+            json!({"data": {"name": "Acme", "size": "large", "payment_record": "good"}}),
+        )
+        .await;
+    assert_eq!(big_good.status, StatusCode::CREATED, "{:?}", big_good.body);
+    let data = &big_good.body["data"];
+    assert_eq!(data["discount_pct"].as_f64(), Some(10.0));
+    assert_eq!(data["payment_terms"], "net 60");
+    assert_eq!(data["credit_status"], "ok");
+
+    let small_poor = app
+        .create(
+            "account",
+            json!({"name": "Corner shop", "size": "small", "payment_record": "poor"}),
+        )
+        .await;
+    let stored = app
+        .get(&format!("/api/v1/records/account/{small_poor}"))
+        .await;
+    assert_eq!(stored.body["data"]["credit_status"], "stop");
+    assert_eq!(stored.body["data"]["payment_terms"], "prepayment");
+
+    // Orders of a stopped account are refused with the plugin named; nothing is written.
+    let refused = app
+        .post(
+            "/api/v1/records/order",
+            json!({"data": {"account": small_poor, "amount": 100}}),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let message = refused.fields()["account"][0].as_str().unwrap();
+    assert!(message.contains("stopped"), "{message}");
+    assert!(message.contains("credit-terms"), "{message}");
+    let orders = app.get("/api/v1/records/order").await;
+    assert_eq!(orders.body["data"], json!([]));
+
+    let accepted = app
+        .post(
+            "/api/v1/records/order",
+            json!({"data": {"account": big_good.body["id"], "amount": 100}}),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::CREATED, "{:?}", accepted.body);
+
+    // A better payment record lifts the stop.
+    let reply = app
+        .patch(
+            &format!("/api/v1/records/account/{small_poor}"),
+            json!({"data": {"payment_record": "good"}}),
+        )
+        .await;
+    assert_eq!(reply.body["data"]["credit_status"], "ok");
+    assert_eq!(reply.body["data"]["discount_pct"].as_f64(), Some(5.0));
+}
+
+async fn the_registry_installs_upgrades_configures_disables_and_removes(app: &TestApp) {
+    app.define(json!({"name": "case", "fields": [
+        {"name": "priority", "type": "text"},
+        {"name": "sla_due_at", "type": "datetime"}
+    ]}))
+    .await;
+    let installed = app
+        .post("/api/v1/plugins", plugin_upload("complaint-sla"))
+        .await;
+    assert_eq!(
+        installed.status,
+        StatusCode::CREATED,
+        "{:?}",
+        installed.body
+    );
+    assert_eq!(installed.body["plugin"]["enabled"], false);
+    assert_eq!(installed.body["previous_version"], Value::Null);
+
+    // Installed but not enabled: no effect.
+    let case = app
+        .post(
+            "/api/v1/records/case",
+            json!({"data": {"priority": "urgent"}}),
+        )
+        .await;
+    assert_eq!(case.body["data"].get("sla_due_at"), None);
+
+    let listed = app.get("/api/v1/plugins").await;
+    assert_eq!(listed.body["data"][0]["id"], "complaint-sla");
+    let shown = app.get("/api/v1/plugins/complaint-sla").await;
+    assert_eq!(
+        shown.body["capabilities"],
+        json!({"read": [], "write": [], "outbox": []})
+    );
+    assert_eq!(shown.body["limits"]["timeout_ms"], 50);
+
+    // A configuration that does not fit the schema is refused with its path.
+    let bad = app
+        .put(
+            "/api/v1/plugins/complaint-sla/config",
+            json!({"days": {"urgent": "two"}}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad.body["error"]["code"], "invalid_config");
+    assert!(bad.fields().get("/days/urgent").is_some(), "{:?}", bad.body);
+
+    // An upgrade reports the capabilities it adds.
+    let mut upgrade = plugin_upload("complaint-sla");
+    upgrade["manifest"]["version"] = json!("0.2.0");
+    upgrade["manifest"]["capabilities"] = json!({"read": ["case"], "outbox": ["email"]});
+    let upgraded = app.post("/api/v1/plugins", upgrade).await;
+    assert_eq!(upgraded.status, StatusCode::OK, "{:?}", upgraded.body);
+    assert_eq!(upgraded.body["previous_version"], "0.1.0");
+    assert_eq!(
+        upgraded.body["capabilities_added"],
+        json!(["read case", "outbox email"])
+    );
+    assert_eq!(upgraded.body["plugin"]["version"], "0.2.0");
+
+    let enabled = app
+        .post("/api/v1/plugins/complaint-sla/enable", Value::Null)
+        .await;
+    assert_eq!(enabled.body["enabled"], true);
+    let case = app
+        .post(
+            "/api/v1/records/case",
+            json!({"data": {"priority": "urgent"}}),
+        )
+        .await;
+    assert!(
+        case.body["data"]["sla_due_at"].is_string(),
+        "{:?}",
+        case.body
+    );
+
+    let disabled = app
+        .post("/api/v1/plugins/complaint-sla/disable", Value::Null)
+        .await;
+    assert_eq!(disabled.body["enabled"], false);
+    let case = app
+        .post(
+            "/api/v1/records/case",
+            json!({"data": {"priority": "urgent"}}),
+        )
+        .await;
+    assert_eq!(case.body["data"].get("sla_due_at"), None);
+
+    let removed = app.delete("/api/v1/plugins/complaint-sla").await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    let gone = app.get("/api/v1/plugins/complaint-sla").await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert_eq!(gone.body["error"]["code"], "unknown_plugin");
+}
+
+async fn components_and_manifests_are_checked_at_upload(app: &TestApp) {
+    // hostile-fs reads files: its component imports wasi:filesystem (with a valid manifest).
+    let upload = plugin_upload_with_manifest("hostile-fs", "complaint-sla");
+    let reply = app.post("/api/v1/plugins", upload).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(reply.body["error"]["code"], "invalid_component");
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("wasi:filesystem/"), "{message}");
+
+    let mut not_wasm = plugin_upload("complaint-sla");
+    not_wasm["component"] = json!("bm90IGEgY29tcG9uZW50");
+    let reply = app.post("/api/v1/plugins", not_wasm).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.body["error"]["code"], "invalid_component");
+
+    let mut bad_manifest = plugin_upload("complaint-sla");
+    bad_manifest["manifest"]["id"] = json!("Bad Id");
+    bad_manifest["manifest"]["limits"] = json!({"fuel": "lots"});
+    let reply = app.post("/api/v1/plugins", bad_manifest).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.body["error"]["code"], "invalid_manifest");
+    assert!(reply.fields().get("/id").is_some(), "{:?}", reply.body);
+    assert!(
+        reply.fields().get("/limits/fuel").is_some(),
+        "{:?}",
+        reply.body
+    );
+
+    let listed = app.get("/api/v1/plugins").await;
+    assert_eq!(listed.body["data"], json!([]), "nothing was installed");
+}
+
+/// The upload of one crate's component with another crate's manifest.
+fn plugin_upload_with_manifest(component_crate: &str, manifest_crate: &str) -> Value {
+    let mut upload = plugin_upload(manifest_crate);
+    upload["component"] = plugin_upload_component(component_crate);
+    upload
+}
+
+fn plugin_upload_component(crate_dir: &str) -> Value {
+    use base64::Engine as _;
+    let wasm = rapport_tests::plugins_dir().join(format!("{}.wasm", crate_dir.replace('-', "_")));
+    let bytes = std::fs::read(&wasm).unwrap_or_else(|error| {
+        panic!(
+            "{}: {error}; build the plugins with scripts/plugins",
+            wasm.display()
+        )
+    });
+    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+async fn define_targets(app: &TestApp, token: &str) {
+    let reply = app
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/entities",
+            token,
+            Some(&json!({"name": "target", "fields": [
+                {"name": "name", "type": "text"},
+                {"name": "n", "type": "integer"}
+            ]})),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+}
+
+async fn an_endless_plugin_is_stopped_and_its_write_rolled_back(app: &TestApp) {
+    define_targets(app, &app.token).await;
+    let other = app.other_tenant("globex").await;
+    define_targets(app, &other).await;
+    app.install_plugin("hostile", Some(json!({"attack": "loop"})))
+        .await;
+
+    let reply = app
+        .post("/api/v1/records/target", json!({"data": {"name": "x"}}))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::FAILED_DEPENDENCY,
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(reply.body["error"]["code"], "plugin_fault");
+    assert_eq!(reply.fields()["plugin"], "hostile");
+    assert_eq!(reply.fields()["version"], "0.1.0");
+    // Whichever comes first of its deadline (200 ms) and its fuel stops it; the sandbox's unit
+    // tests pin each one down separately.
+    let reason = reply.fields()["reason"].as_str().unwrap();
+    assert!(["timeout", "out_of_fuel"].contains(&reason), "{reason}");
+    let listed = app.get("/api/v1/records/target").await;
+    assert_eq!(listed.body["data"], json!([]), "the write was rolled back");
+
+    // The other tenant is served meanwhile and after.
+    let served = app
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/records/target",
+            &other,
+            Some(&json!({"data": {"name": "fine"}})),
+            &[],
+        )
+        .await;
+    assert_eq!(served.status, StatusCode::CREATED, "{:?}", served.body);
+
+    for (attack, reason) in [
+        ("memory", "trap"),
+        ("recursion", "trap"),
+        ("huge", "invalid_result"),
+        ("panic", "trap"),
+    ] {
+        let reply = app
+            .put("/api/v1/plugins/hostile/config", json!({"attack": attack}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let reply = app
+            .post("/api/v1/records/target", json!({"data": {"name": attack}}))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FAILED_DEPENDENCY,
+            "{attack}: {:?}",
+            reply.body
+        );
+        assert_eq!(
+            reply.fields()["reason"],
+            reason,
+            "{attack}: {:?}",
+            reply.body
+        );
+    }
+    let listed = app.get("/api/v1/records/target").await;
+    assert_eq!(listed.body["data"], json!([]));
+
+    // Failures are listed.
+    let mut failures = Value::Null;
+    for _ in 0..50 {
+        failures = app
+            .get("/api/v1/plugins/hostile/runs?failures=true")
+            .await
+            .body;
+        if failures["data"]
+            .as_array()
+            .is_some_and(|runs| runs.len() >= 5)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let outcomes: Vec<&str> = failures["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["outcome"].as_str().unwrap())
+        .collect();
+    assert!(
+        outcomes.contains(&"timeout") || outcomes.contains(&"out_of_fuel"),
+        "{outcomes:?}"
+    );
+    assert!(outcomes.contains(&"trap"), "{outcomes:?}");
+    assert!(outcomes.contains(&"invalid_result"), "{outcomes:?}");
+}
+
+async fn a_hook_that_retriggers_itself_stops_at_the_depth_cap(app: &TestApp) {
+    define_targets(app, &app.token).await;
+    let id = app.create("target", json!({"name": "loop", "n": 0})).await;
+    app.install_plugin("hostile", Some(json!({"attack": "reenter"})))
+        .await;
+    let reply = app
+        .patch(
+            &format!("/api/v1/records/target/{id}"),
+            json!({"data": {"name": "again"}}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::FAILED_DEPENDENCY,
+        "{:?}",
+        reply.body
+    );
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("nested more than"), "{message}");
+    let stored = app.get(&format!("/api/v1/records/target/{id}")).await;
+    assert_eq!(stored.body["version"], 1, "nothing was written");
+    assert_eq!(stored.body["data"]["name"], "loop");
+
+    // The host-call flood stops at the cap too.
+    app.put("/api/v1/plugins/hostile/config", json!({"attack": "flood"}))
+        .await;
+    let reply = app
+        .post("/api/v1/records/target", json!({"data": {"name": "flood"}}))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::FAILED_DEPENDENCY,
+        "{:?}",
+        reply.body
+    );
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("50 host calls"), "{message}");
+}
+
+async fn plugins_cannot_reach_other_tenants_or_entities_outside_their_capabilities(app: &TestApp) {
+    define_targets(app, &app.token).await;
+    let other = app.other_tenant("globex").await;
+    define_targets(app, &other).await;
+    let foreign = app
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/records/target",
+            &other,
+            Some(&json!({"data": {"name": "globex secret"}})),
+            &[],
+        )
+        .await;
+    let foreign_id = foreign.body["id"].as_str().unwrap();
+    app.install_plugin(
+        "hostile",
+        Some(json!({"attack": "foreign", "id": foreign_id})),
+    )
+    .await;
+    let reply = app
+        .post("/api/v1/records/target", json!({"data": {"name": "probe"}}))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(reply.body["data"]["name"], "foreign record not found");
+
+    app.define(json!({"name": "secret", "fields": [{"name": "name", "type": "text"}]}))
+        .await;
+    app.put(
+        "/api/v1/plugins/hostile/config",
+        json!({"attack": "write_other"}),
+    )
+    .await;
+    let reply = app
+        .post("/api/v1/records/target", json!({"data": {"name": "probe"}}))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::FAILED_DEPENDENCY,
+        "{:?}",
+        reply.body
+    );
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("writing `secret`"), "{message}");
+    let secrets = app.get("/api/v1/records/secret").await;
+    assert_eq!(secrets.body["data"], json!([]));
+}
