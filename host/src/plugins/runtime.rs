@@ -42,6 +42,8 @@ const TICK: Duration = Duration::from_millis(1);
 pub const MAX_MEMORY: usize = 64 << 20;
 /// The largest result a plugin may return (a patch, a computed value, a step's output).
 pub const MAX_RESULT: usize = 1 << 20;
+/// Bytes of each memory slot kept resident between instances (see `Runtime::with_meters`).
+const KEEP_RESIDENT: usize = 1 << 20;
 /// Concurrent instances the pooling allocator holds slots for.
 const POOL_INSTANCES: u32 = 256;
 
@@ -134,6 +136,23 @@ impl std::fmt::Debug for LoadedComponent {
     }
 }
 
+/// Which of the two execution limits the engine enforces. A server always runs with both;
+/// the benchmarks turn them off one at a time to measure what each costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meters {
+    /// Fuel: a deterministic instruction budget (counted in the generated code).
+    pub fuel: bool,
+    /// Epoch interruption: a wall-clock deadline (checked at loop heads and calls).
+    pub epoch: bool,
+}
+
+impl Meters {
+    pub const BOTH: Meters = Meters {
+        fuel: true,
+        epoch: true,
+    };
+}
+
 /// The plugin engine of a server.
 #[derive(Clone)]
 pub struct Runtime {
@@ -141,6 +160,7 @@ pub struct Runtime {
     linker: Arc<Linker<HostState>>,
     cache_dir: Option<PathBuf>,
     engine_key: String,
+    meters: Meters,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -161,6 +181,11 @@ impl Runtime {
     /// An engine with the pooling allocator, fuel and epoch interruption, and a thread that
     /// advances the epoch every millisecond. Compiled components are cached under `cache_dir`.
     pub fn new(cache_dir: Option<PathBuf>) -> wasmtime::Result<Self> {
+        Self::with_meters(cache_dir, Meters::BOTH)
+    }
+
+    /// An engine enforcing only some limits: for measurements, never for serving.
+    pub fn with_meters(cache_dir: Option<PathBuf>, meters: Meters) -> wasmtime::Result<Self> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_component_instances(POOL_INSTANCES)
@@ -168,12 +193,17 @@ impl Runtime {
             .total_memories(POOL_INSTANCES * 2)
             .total_tables(POOL_INSTANCES * 4)
             .total_stacks(POOL_INSTANCES)
-            .max_memory_size(MAX_MEMORY);
+            .max_memory_size(MAX_MEMORY)
+            // A fresh instance per call would otherwise fault in every page it touches again:
+            // keep the first pages of each slot resident and reset them in place.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
-            .consume_fuel(true)
-            .epoch_interruption(true)
+            .consume_fuel(meters.fuel)
+            .epoch_interruption(meters.epoch)
             .max_wasm_stack(512 << 10)
             .memory_reservation(MAX_MEMORY as u64)
             .memory_guard_size(2 << 20)
@@ -186,7 +216,9 @@ impl Runtime {
         add_wasi_subset(&mut linker)?;
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        let engine_key = format!("{:016x}", hasher.finish());
+        // The hasher is only stable within one build of Rapport; the wasmtime version is in the
+        // key as well, and an unusable cached artifact is compiled again anyway.
+        let engine_key = format!("wasmtime-48-{:016x}", hasher.finish());
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("rapport-epoch".into())
@@ -202,6 +234,7 @@ impl Runtime {
             linker: Arc::new(linker),
             cache_dir,
             engine_key,
+            meters,
         })
     }
 
@@ -296,11 +329,15 @@ impl Runtime {
             .trap_on_grow_failure(true)
             .build();
         store.limiter(|state| &mut state.limits);
-        store
-            .set_fuel(limits.fuel)
-            .expect("fuel is enabled on this engine");
-        store.set_epoch_deadline(limits.timeout_ms.max(1));
-        store.epoch_deadline_trap();
+        if self.meters.fuel {
+            store
+                .set_fuel(limits.fuel)
+                .expect("fuel is enabled on this engine");
+        }
+        if self.meters.epoch {
+            store.set_epoch_deadline(limits.timeout_ms.max(1));
+            store.epoch_deadline_trap();
+        }
         store
     }
 
@@ -419,9 +456,10 @@ impl Runtime {
             call(&mut store, &instance).await
         }
         .await;
-        let fuel = limits
-            .fuel
-            .saturating_sub(store.get_fuel().unwrap_or_default());
+        let fuel = match store.get_fuel() {
+            Ok(left) => limits.fuel.saturating_sub(left),
+            Err(_) => 0, // fuel is off (benchmarks only)
+        };
         let usage = Usage {
             duration: started.elapsed(),
             fuel,

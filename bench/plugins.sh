@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# HTTP create throughput with one `before` hook against none, in one session (W1 of the shared
+# driver, 8 clients): first without plugins, then with the `hostile` plugin in its harmless mode
+# (`attack: none`: reads its configuration and proceeds) bound as a `before` hook on `contacts`,
+# then once more without (to see the drift of the machine between runs).
+#
+#   bench/plugins.sh                      # TOTAL=20000 records per run
+#   cargo bench -p rapport --bench plugins   # the in-process cost of one invocation (criterion)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KIT="$(cd "${RAPPORT_BENCH_KIT:-../shared/bench}" && pwd)"
+BENCH_WORK="${BENCH_WORK:-/tmp/rapport-bench}"
+TOTAL="${TOTAL:-20000}"
+PORT="${PORT:-18183}"
+OUT="$BENCH_WORK/results/rapport_plugins"
+DATA="$BENCH_WORK/rapport-plugins-data"
+command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk jq sqlite3" >&2; exit 1; }
+
+scripts/plugins >/dev/null
+cargo build --release -p rapport
+BIN="$PWD/target/release/rapport"
+rm -rf "$DATA" "$OUT"; mkdir -p "$DATA" "$OUT"
+export RAPPORT_DATABASE_URL="sqlite:$DATA/bench.db" RAPPORT_LOG=warn RAPPORT_CACHE_DIR="$DATA/cache"
+TOKEN=$("$BIN" tenant create bench --json | jq -r .token)
+"$BIN" schema apply bench/schema --tenant bench >/dev/null
+"$BIN" serve --listen "127.0.0.1:$PORT" >"$DATA/server.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do sleep 0.01; done
+export BASE_URL="http://127.0.0.1:$PORT" AUTH="Bearer $TOKEN"
+api() { curl -sf -H "Authorization: $AUTH" -H 'Content-Type: application/json' "$@"; }
+run() { # label email-prefix
+  TOTAL=$TOTAL EMAIL_PREFIX=$2 CREATE_PATH=/api/v1/records/contacts BODY_WRAP='{"data":%s}' \
+    "$KIT/driver/run_wrk.sh" create "$OUT/wrk.log" | jq -c --arg w "$1" '. + {workload: $w}' | tee -a "$OUT/results.jsonl"
+}
+
+run "create, no plugin" a
+jq -n --slurpfile m plugins/hostile/manifest.json \
+  --arg c "$(base64 -w0 target/wasm32-wasip2/release/hostile.wasm)" \
+  '{manifest: ($m[0] | .provides = {hooks: [{entity: "contacts", stage: "before", operations: ["create"]}]}), component: $c}' \
+  > "$DATA/upload.json"
+api --data @"$DATA/upload.json" "$BASE_URL/api/v1/plugins" >/dev/null
+api -X PUT -d '{"attack": "none"}' "$BASE_URL/api/v1/plugins/hostile/config" >/dev/null
+api -X POST "$BASE_URL/api/v1/plugins/hostile/enable" >/dev/null
+run "create, one before hook" b
+api -X POST "$BASE_URL/api/v1/plugins/hostile/disable" >/dev/null
+run "create, no plugin (again)" c
+echo "results: $OUT/results.jsonl"

@@ -1,0 +1,104 @@
+//! Hook invocation: a fresh instance from the pre-instantiated component, one call, the result
+//! back — the cost every record write pays per hook. Also what fuel and epoch interruption
+//! each add. Needs the plugins built (`scripts/plugins`).
+//!
+//! `cargo bench -p rapport --bench plugins`
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rapport::plugins::host::HostState;
+use rapport::plugins::manifest::{Capabilities, Limits};
+use rapport::plugins::runtime::{
+    LoadedComponent, Meters, Operation, Record, RecordEvent, Runtime, Stage,
+};
+
+fn component(runtime: &Runtime) -> LoadedComponent {
+    let dir = std::env::var_os("RAPPORT_PLUGINS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release")
+        });
+    let path = dir.join("complaint_sla.wasm");
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/plugins", path.display()));
+    runtime.load(&bytes).expect("the component loads")
+}
+
+fn event() -> RecordEvent {
+    RecordEvent {
+        entity: "case".into(),
+        operation: Operation::Create,
+        stage: Stage::Before,
+        record: Record {
+            entity: "case".into(),
+            id: String::new(),
+            version: 0,
+            data: r#"{"subject":"Broken invoice","priority":"urgent"}"#.into(),
+        },
+        previous: None,
+        changed: vec!["subject".into(), "priority".into()],
+        user_id: "user".into(),
+        at: "2026-11-22T10:00:00.000Z".into(),
+        depth: 0,
+    }
+}
+
+const CONFIG: &str =
+    r#"{"priority_field":"priority","due_field":"sla_due_at","days":{"urgent":2,"ordinary":5}}"#;
+
+/// One invocation; returns the fuel it used.
+async fn call(runtime: &Runtime, component: &LoadedComponent) -> u64 {
+    let limits = Limits::MAX;
+    let state = HostState::new(CONFIG.into(), Capabilities::default(), limits, None);
+    let (result, usage, _) = runtime.handle(component, state, &limits, event()).await;
+    assert!(result.is_ok(), "{result:?}");
+    usage.fuel
+}
+
+fn invocation(c: &mut Criterion) {
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("hook");
+    for (name, meters) in [
+        ("fuel+epoch", Meters::BOTH),
+        ("fuel", Meters { fuel: true, epoch: false }),
+        ("epoch", Meters { fuel: false, epoch: true }),
+        ("none", Meters { fuel: false, epoch: false }),
+    ] {
+        let runtime = Runtime::with_meters(None, meters).expect("an engine");
+        let component = component(&runtime);
+        group.bench_function(name, |b| {
+            b.to_async(&tokio).iter(|| call(&runtime, &component));
+        });
+    }
+    group.finish();
+
+    // Criterion reports means and medians; the tail comes from timing calls one by one.
+    let runtime = Runtime::new(None).expect("an engine");
+    let component = component(&runtime);
+    let (mut times, fuel) = tokio.block_on(async {
+        let mut times: Vec<Duration> = Vec::with_capacity(20_000);
+        let mut fuel = 0;
+        for _ in 0..20_000 {
+            let started = Instant::now();
+            fuel = call(&runtime, &component).await;
+            times.push(started.elapsed());
+        }
+        (times, fuel)
+    });
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    println!(
+        "hook/fuel+epoch, 20,000 calls one by one: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}; {fuel} fuel (wasm instructions) per call",
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        times[times.len() - 1]
+    );
+}
+
+criterion_group!(benches, invocation);
+criterion_main!(benches);
