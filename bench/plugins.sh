@@ -35,8 +35,8 @@ run() { # label email-prefix
 }
 
 run "create, no plugin" a
-jq -n --slurpfile m plugins/hostile/manifest.json \
-  --arg c "$(base64 -w0 target/wasm32-wasip2/release/hostile.wasm)" \
+base64 -w0 target/wasm32-wasip2/release/hostile.wasm >"$DATA/hostile.b64"
+jq -n --slurpfile m plugins/hostile/manifest.json --rawfile c "$DATA/hostile.b64" \
   '{manifest: ($m[0] | .provides = {hooks: [{entity: "contacts", stage: "before", operations: ["create"]}]}), component: $c}' \
   > "$DATA/upload.json"
 api --data @"$DATA/upload.json" "$BASE_URL/api/v1/plugins" >/dev/null

@@ -64,9 +64,27 @@ fn invocation(c: &mut Criterion) {
     let mut group = c.benchmark_group("hook");
     for (name, meters) in [
         ("fuel+epoch", Meters::BOTH),
-        ("fuel", Meters { fuel: true, epoch: false }),
-        ("epoch", Meters { fuel: false, epoch: true }),
-        ("none", Meters { fuel: false, epoch: false }),
+        (
+            "fuel",
+            Meters {
+                fuel: true,
+                epoch: false,
+            },
+        ),
+        (
+            "epoch",
+            Meters {
+                fuel: false,
+                epoch: true,
+            },
+        ),
+        (
+            "none",
+            Meters {
+                fuel: false,
+                epoch: false,
+            },
+        ),
     ] {
         let runtime = Runtime::with_meters(None, meters).expect("an engine");
         let component = component(&runtime);

@@ -114,10 +114,11 @@ impl Plugins {
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while pending.recv_many(&mut batch, 500).await > 0 {
-                if let Err(error) = recorder.insert_runs(&batch).await {
-                    tracing::warn!(%error, runs = batch.len(), "cannot record plugin runs");
+                let runs = std::mem::take(&mut batch);
+                let count = runs.len();
+                if let Err(error) = recorder.insert_runs(runs).await {
+                    tracing::warn!(%error, runs = count, "cannot record plugin runs");
                 }
-                batch.clear();
             }
         });
         Ok(Self {

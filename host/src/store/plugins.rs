@@ -82,34 +82,39 @@ impl Store {
         .await?))
     }
 
-    /// Records plugin runs (written apart from the requests they ran in).
-    pub async fn insert_runs(&self, runs: &[NewRun]) -> Result<(), StoreError> {
+    /// Records plugin runs (written apart from the requests they ran in, but through the group
+    /// commit: on SQLite they share the fsync of the record writes around them).
+    pub async fn insert_runs(&self, runs: Vec<NewRun>) -> Result<(), StoreError> {
         if runs.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin().await?;
-        for run in runs {
-            on!(tx.exec(), c => sqlx::query(
-                "INSERT INTO plugin_runs (tenant_id, plugin_id, version, stage, entity, record_id, \
-                 started_at, duration_us, fuel_used, outcome, error) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(&run.tenant_id)
-            .bind(&run.plugin_id)
-            .bind(&run.version)
-            .bind(&run.stage)
-            .bind(&run.entity)
-            .bind(&run.record_id)
-            .bind(Timestamp(run.started_at))
-            .bind(run.duration_us)
-            .bind(run.fuel_used)
-            .bind(&run.outcome)
-            .bind(&run.error)
-            .execute(&mut *c)
-            .await
-            .map(drop)?);
-        }
-        tx.commit().await
+        self.write(move |tx: &mut super::Tx| {
+            Box::pin(async move {
+                for run in &runs {
+                    on!(tx.exec(), c => sqlx::query(
+                        "INSERT INTO plugin_runs (tenant_id, plugin_id, version, stage, entity, record_id, \
+                         started_at, duration_us, fuel_used, outcome, error) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(&run.tenant_id)
+                    .bind(&run.plugin_id)
+                    .bind(&run.version)
+                    .bind(&run.stage)
+                    .bind(&run.entity)
+                    .bind(&run.record_id)
+                    .bind(Timestamp(run.started_at))
+                    .bind(run.duration_us)
+                    .bind(run.fuel_used)
+                    .bind(&run.outcome)
+                    .bind(&run.error)
+                    .execute(&mut *c)
+                    .await
+                    .map(drop)?);
+                }
+                Ok(())
+            })
+        })
+        .await
     }
 }
 
