@@ -8,6 +8,10 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+mod plugin;
+
+pub use plugin::PluginCommand;
+
 use crate::api::{self, AppState};
 use crate::auth::Role;
 use crate::metadata::MetadataError;
@@ -84,6 +88,9 @@ pub enum Command {
     /// Metadata as code: entity definitions as JSON files.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Plugins: scaffold, build, test against a fixture without a server, install.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +161,20 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Plugin(command) = &cli.command {
+        if let Some(done) = plugin::run_offline(command) {
+            return done;
+        }
+        if let PluginCommand::Test {
+            component,
+            event,
+            manifest,
+            config,
+        } = command
+        {
+            return plugin::test(component, event, manifest.as_deref(), config.as_deref()).await;
+        }
+    }
     let store = Store::connect(&cli.global.database_url, cli.global.durability)
         .await
         .with_context(|| {
@@ -208,7 +229,61 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schema(command) => schema(store, command).await,
+        Command::Plugin(PluginCommand::Install {
+            manifest,
+            component,
+            tenant,
+            enable,
+        }) => install_plugin(store, &manifest, &component, &tenant, enable).await,
+        Command::Plugin(_) => unreachable!("handled without a database"),
     }
+}
+
+async fn install_plugin(
+    store: Store,
+    manifest: &Path,
+    component: &Path,
+    tenant: &str,
+    enable: bool,
+) -> anyhow::Result<()> {
+    let principal = store
+        .principal_of(tenant, "admin")
+        .await?
+        .with_context(|| format!("tenant `{tenant}` (or its `admin` user) does not exist"))?;
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(manifest)
+            .with_context(|| format!("cannot read `{}`", manifest.display()))?,
+    )
+    .with_context(|| format!("`{}` is not JSON", manifest.display()))?;
+    let bytes = std::fs::read(component)
+        .with_context(|| format!("cannot read `{}`", component.display()))?;
+    let state = AppState::new(store, None)?;
+    let installed = match state.plugins.install(&principal, &manifest, &bytes).await {
+        Ok(installed) => installed,
+        Err(crate::plugins::PluginError::InvalidManifest(problems)) => {
+            for problem in problems {
+                eprintln!("manifest{}: {}", problem.path, problem.message);
+            }
+            bail!("the manifest is invalid; nothing was installed");
+        }
+        Err(error) => bail!("{error}; nothing was installed"),
+    };
+    let id = &installed.plugin.id;
+    match &installed.previous_version {
+        Some(previous) => println!("upgraded `{id}` {previous} → {}", installed.plugin.version),
+        None => println!("installed `{id}` {}", installed.plugin.version),
+    }
+    for added in &installed.capabilities_added {
+        println!("  + {added}");
+    }
+    for removed in &installed.capabilities_removed {
+        println!("  - {removed}");
+    }
+    if enable {
+        state.plugins.set_enabled(&principal, id, true).await?;
+        println!("enabled in `{tenant}`");
+    }
+    Ok(())
 }
 
 /// Hides the password of a database URL.

@@ -7,7 +7,7 @@ use crate::api::AppState;
 use crate::auth::Principal;
 
 /// The demo entity definitions, as files an admin would keep in git.
-pub const DEFINITIONS: [(&str, &str); 3] = [
+pub const DEFINITIONS: [(&str, &str); 4] = [
     (
         "account.json",
         include_str!("../../schemas/demo/account.json"),
@@ -19,6 +19,20 @@ pub const DEFINITIONS: [(&str, &str); 3] = [
     (
         "opportunity.json",
         include_str!("../../schemas/demo/opportunity.json"),
+    ),
+    ("case.json", include_str!("../../schemas/demo/case.json")),
+];
+
+/// The bundled plugins the demo tenant gets enabled, by crate: their manifests are compiled in,
+/// their components come from the plugins' build (`scripts/plugins`).
+const PLUGINS: [(&str, &str); 2] = [
+    (
+        "credit_terms",
+        include_str!("../../plugins/credit-terms/manifest.json"),
+    ),
+    (
+        "complaint_sla",
+        include_str!("../../plugins/complaint-sla/manifest.json"),
     ),
 ];
 
@@ -54,8 +68,33 @@ pub async fn ensure(state: &AppState) -> anyhow::Result<String> {
             false,
         )
         .await?;
+    install_plugins(state, &principal).await?;
     seed_records(state, &principal).await?;
     Ok(created.token)
+}
+
+/// Installs and enables the bundled plugins whose components are built; says which are not.
+async fn install_plugins(state: &AppState, principal: &Principal) -> anyhow::Result<()> {
+    let dir = std::env::var_os("RAPPORT_PLUGINS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("target/wasm32-wasip2/release"));
+    for (name, manifest) in PLUGINS {
+        let path = dir.join(format!("{name}.wasm"));
+        let Ok(bytes) = std::fs::read(&path) else {
+            eprintln!(
+                "demo: plugin {} is not built (run scripts/plugins); skipped",
+                path.display()
+            );
+            continue;
+        };
+        let manifest: Value = serde_json::from_str(manifest)?;
+        let installed = state.plugins.install(principal, &manifest, &bytes).await?;
+        state
+            .plugins
+            .set_enabled(principal, &installed.plugin.id, true)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn seed_records(state: &AppState, principal: &Principal) -> anyhow::Result<()> {
@@ -78,7 +117,8 @@ async fn seed_records(state: &AppState, principal: &Principal) -> anyhow::Result
                 "size": sizes[i % 3],
                 "website": format!("https://example{i}.com"),
                 "annual_revenue": {"amount": 100_000 * (i + 1), "currency": "EUR"},
-                "active": i % 5 != 0
+                "active": i % 5 != 0,
+                "payment_record": if i % 4 == 3 { "poor" } else { "good" }
             })
         })
         .collect();
@@ -145,6 +185,28 @@ async fn seed_records(state: &AppState, principal: &Principal) -> anyhow::Result
     state
         .records
         .create_batch(principal, "opportunity", opportunities, None)
+        .await?;
+    let cases: Vec<Value> = (0..8)
+        .map(|i| {
+            let subject = [
+                "Late delivery",
+                "Wrong invoice",
+                "Broken part",
+                "Login fails",
+            ][i % 4];
+            let priority = ["urgent", "ordinary", "high", "low"][i % 4];
+            json!({
+                "subject": subject,
+                "account": account_ids[i % account_ids.len()],
+                "type": "complaint",
+                "priority": priority,
+                "status": "open"
+            })
+        })
+        .collect();
+    state
+        .records
+        .create_batch(principal, "case", cases, None)
         .await?;
     Ok(())
 }

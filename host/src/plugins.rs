@@ -14,6 +14,7 @@ pub mod runtime;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -26,6 +27,14 @@ use crate::store::plugins::{NewRun, PluginRun, StoredPlugin};
 use crate::store::{Store, StoreError};
 use manifest::{Capabilities, Limits, Manifest, ManifestProblem};
 use runtime::{LoadError, LoadedComponent, Runtime};
+
+/// How long a tenant's list of enabled plugins is trusted before it is read again: changes made
+/// through this server apply at once; changes made by another process (`rapport plugin
+/// install`, another server on the same PostgreSQL) within this time.
+const ACTIVE_TTL: Duration = Duration::from_secs(5);
+
+/// A tenant's enabled plugins and when they were read.
+type ActiveEntry = (Instant, Arc<Vec<Active>>);
 
 /// The largest component accepted (bytes).
 pub const MAX_COMPONENT: usize = 16 << 20;
@@ -99,7 +108,7 @@ pub struct Plugins {
     store: Store,
     runtime: Runtime,
     loaded: Arc<RwLock<HashMap<String, Arc<LoadedComponent>>>>,
-    active: Arc<RwLock<HashMap<TenantId, Arc<Vec<Active>>>>>,
+    active: Arc<RwLock<HashMap<TenantId, ActiveEntry>>>,
     runs: mpsc::Sender<NewRun>,
 }
 
@@ -238,7 +247,10 @@ impl Plugins {
 
     /// The plugins enabled in a tenant, loaded and ready to run.
     pub async fn active(&self, tenant: &TenantId) -> Result<Arc<Vec<Active>>, PluginError> {
-        if let Some(active) = self.active.read().expect("active plugins lock").get(tenant) {
+        if let Some((read_at, active)) =
+            self.active.read().expect("active plugins lock").get(tenant)
+            && read_at.elapsed() < ACTIVE_TTL
+        {
             return Ok(active.clone());
         }
         let stored = {
@@ -262,7 +274,7 @@ impl Plugins {
         self.active
             .write()
             .expect("active plugins lock")
-            .insert(tenant.clone(), active.clone());
+            .insert(tenant.clone(), (Instant::now(), active.clone()));
         Ok(active)
     }
 

@@ -32,6 +32,8 @@ fn every_command_has_help() {
         vec!["serve", "--help"],
         vec!["tenant", "create", "--help"],
         vec!["schema", "apply", "--help"],
+        vec!["plugin", "test", "--help"],
+        vec!["plugin", "install", "--help"],
     ] {
         let output = Command::new(rapport_binary()).args(&args).output().unwrap();
         let text = stdout(&output);
@@ -268,4 +270,57 @@ async fn sigterm_stops_the_server_without_losing_an_acknowledged_write() {
     );
     pool.close().await;
     database.remove().await;
+}
+
+fn plugin(args: &[&str]) -> Output {
+    Command::new(rapport_binary())
+        .args(args)
+        .env("RAPPORT_LOG", "warn")
+        .output()
+        .expect("rapport runs")
+}
+
+#[test]
+fn plugin_test_runs_a_component_against_a_fixture_without_a_server() {
+    let dir = std::env::temp_dir().join(format!("rapport-fixture-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let event = dir.join("event.json");
+    std::fs::write(
+        &event,
+        json!({"kind": "hook", "entity": "case", "operation": "create", "stage": "before",
+               "record": {"data": {"priority": "urgent"}}, "at": "2026-02-27T08:00:00.000Z"})
+        .to_string(),
+    )
+    .unwrap();
+    let plugins = rapport_tests::plugins_dir();
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/complaint-sla/manifest.json");
+    let output = plugin(&[
+        "plugin",
+        "test",
+        plugins.join("complaint_sla.wasm").to_str().unwrap(),
+        "--event",
+        event.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(
+        report["result"],
+        json!({"outcome": "patch", "patch": {"sla_due_at": "2026-03-01T08:00:00Z"}})
+    );
+    assert!(report["fuel"].as_u64() > Some(0), "{report}");
+
+    // A component that reads files is refused, naming the imports.
+    let output = plugin(&[
+        "plugin",
+        "test",
+        plugins.join("hostile_fs.wasm").to_str().unwrap(),
+        "--event",
+        event.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("wasi:filesystem/"), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
 }

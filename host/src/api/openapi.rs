@@ -196,6 +196,42 @@ fn fixed_paths() -> Map<String, Value> {
         "get": {"tags": ["records"], "summary": "Records of `source` that reference this record (both sides of a link entity)",
                 "responses": {"200": {"description": "A page"}, "400": error, "404": error}}
     }));
+    let plugin_param =
+        json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    paths.insert("/api/v1/plugins".into(), json!({
+        "get": {"tags": ["plugins"], "summary": "Plugins installed in the tenant", "responses": {"200": {"description": "Plugins"}}},
+        "post": {"tags": ["plugins"], "summary": "Install or upgrade a plugin (admin): its manifest and its component, base64; 201 on install, 200 on upgrade with the capabilities added and removed",
+                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["manifest", "component"],
+                     "properties": {"manifest": {"type": "object", "description": "Valid against schemas/plugin-manifest.schema.json"},
+                                    "component": {"type": "string", "contentEncoding": "base64"}}}}}},
+                 "responses": {"200": {"description": "Upgraded"}, "201": {"description": "Installed"}, "403": error, "413": error, "422": error}}
+    }));
+    paths.insert("/api/v1/plugins/{id}".into(), json!({
+        "parameters": [plugin_param],
+        "get": {"tags": ["plugins"], "summary": "A plugin: version, what it provides, capabilities, limits, configuration", "responses": {"200": {"description": "The plugin"}, "404": error}},
+        "delete": {"tags": ["plugins"], "summary": "Remove a plugin (admin)", "responses": {"204": {"description": "Removed"}, "404": error}}
+    }));
+    paths.insert("/api/v1/plugins/{id}/enable".into(), json!({
+        "parameters": [plugin_param],
+        "post": {"tags": ["plugins"], "summary": "Enable a plugin in the tenant (admin)", "responses": {"200": {"description": "The plugin"}, "404": error}}
+    }));
+    paths.insert("/api/v1/plugins/{id}/disable".into(), json!({
+        "parameters": [plugin_param],
+        "post": {"tags": ["plugins"], "summary": "Disable a plugin in the tenant (admin)", "responses": {"200": {"description": "The plugin"}, "404": error}}
+    }));
+    paths.insert("/api/v1/plugins/{id}/config".into(), json!({
+        "parameters": [plugin_param],
+        "put": {"tags": ["plugins"], "summary": "Set the tenant's configuration (admin), validated against the manifest's configuration schema",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": {"description": "The plugin"}, "404": error, "422": error}}
+    }));
+    paths.insert("/api/v1/plugins/{id}/runs".into(), json!({
+        "parameters": [plugin_param,
+                       {"name": "failures", "in": "query", "schema": {"type": "boolean"}, "description": "Only failed runs"},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+        "get": {"tags": ["plugins"], "summary": "The latest invocations, newest first: stage, entity, record, duration, fuel, outcome, error",
+                "responses": {"200": {"description": "Runs"}, "400": error, "404": error}}
+    }));
     paths
 }
 

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use super::{
-    BatchUpdate, CompiledEntity, ListParams, RecordError, Records, StoredRecord, bad, changes,
+    BatchUpdate, CompiledEntity, ListParams, RecordError, Records, StoredRecord, changes,
     check_keys, validate,
 };
 use crate::auth::Principal;
@@ -189,7 +189,18 @@ impl Records {
                             return Err(RecordError::Invalid(rejection(&plugin.id, errors)));
                         }
                         Outcome::Patch(patch) if stage == Stage::Before => {
-                            body = apply_patch(entity, &plugin.id, body, &patch)?;
+                            let Ok(Value::Object(patch)) = serde_json::from_str::<Value>(&patch)
+                            else {
+                                return Err(self.failure(
+                                    plugin,
+                                    stage,
+                                    name,
+                                    Fault::InvalidResult(
+                                        "a patch that is not a JSON object".into(),
+                                    ),
+                                ));
+                            };
+                            body = apply_patch(entity, &plugin.id, body, patch)?;
                         }
                         Outcome::Patch(_) => {
                             return Err(self.failure(
@@ -504,13 +515,8 @@ fn apply_patch(
     entity: &CompiledEntity,
     plugin: &str,
     mut body: Map<String, Value>,
-    patch: &str,
+    patch: Map<String, Value>,
 ) -> Result<Map<String, Value>, RecordError> {
-    let Ok(Value::Object(patch)) = serde_json::from_str::<Value>(patch) else {
-        return Err(bad(format!(
-            "plugin `{plugin}` returned a patch that is not a JSON object"
-        )));
-    };
     let mut errors = FieldErrors::new();
     check_keys(entity, &patch, &mut errors);
     // Server-set fields (auto-numbers) are kept aside: the schema validates what can be written.

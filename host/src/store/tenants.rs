@@ -113,6 +113,35 @@ impl Store {
         Ok(Some(token))
     }
 
+    /// The principal of a user named in a tenant named, for the command line; `None` if either
+    /// does not exist.
+    pub async fn principal_of(
+        &self,
+        tenant_name: &str,
+        user_name: &str,
+    ) -> Result<Option<Principal>, StoreError> {
+        let mut conn = self.reader().await?;
+        let found: Option<(String, String, String)> = on!(conn.exec(), c => sqlx::query_as(
+            "SELECT t.id, u.id, u.role FROM tenants t JOIN users u ON u.tenant_id = t.id \
+             WHERE t.name = $1 AND u.name = $2",
+        )
+        .bind(tenant_name)
+        .bind(user_name)
+        .fetch_optional(&mut *c)
+        .await?);
+        found
+            .map(|(tenant, user, role)| {
+                let role = Role::parse(&role)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown role `{role}`")))?;
+                Ok(Principal {
+                    tenant: TenantId::from_stored(tenant),
+                    user: UserId::from_stored(user),
+                    role,
+                })
+            })
+            .transpose()
+    }
+
     /// Resolves the hash of an API token to its principal; `None` for an unknown token.
     pub async fn principal_for_token_hash(
         &self,
