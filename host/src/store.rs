@@ -353,7 +353,10 @@ async fn commit_group(pool: SqlitePool, batch: Vec<Job>) {
         "BEGIN IMMEDIATE; SAVEPOINT request"
     };
     let mut tx = match pool.begin_with(begin).await {
-        Ok(tx) => Tx::Sqlite(tx),
+        Ok(tx) => Tx::Group {
+            tx,
+            entity_versions: EntityVersions::default(),
+        },
         Err(error) => {
             tracing::error!(%error, "cannot open a write transaction");
             return; // dropping the jobs tells their callers
@@ -398,7 +401,7 @@ async fn commit_group(pool: SqlitePool, batch: Vec<Job>) {
 
 async fn savepoint(tx: &mut Tx, sql: &'static str) -> Result<(), StoreError> {
     // Only SQLite batches writes; `query` runs every statement of `sql`.
-    if let Tx::Sqlite(tx) = tx {
+    if let Tx::Sqlite(tx) | Tx::Group { tx, .. } = tx {
         sqlx::query(sql).execute(&mut **tx).await?;
     }
     Ok(())
@@ -416,16 +419,27 @@ fn create_dir(path: &Path) -> Result<(), StoreError> {
     })
 }
 
+/// Entity versions read in a group commit, by (tenant, entity name).
+pub(crate) type EntityVersions = std::collections::HashMap<(String, String), Option<(i64, i64)>>;
+
 /// An open transaction on either backend. Dropped without [`Tx::commit`], it rolls back.
 pub enum Tx {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    /// A SQLite group commit (`Store::write`). It holds the write lock from its first statement
+    /// (`BEGIN IMMEDIATE`) and none of its requests changes entity definitions (metadata
+    /// changes run in transactions of their own), so an entity's version, once read, holds for
+    /// the rest of the group: it is read once per group instead of once per request.
+    Group {
+        tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        entity_versions: EntityVersions,
+    },
 }
 
 impl Tx {
     pub async fn commit(self) -> Result<(), StoreError> {
         match self {
-            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Sqlite(tx) | Tx::Group { tx, .. } => tx.commit().await?,
             Tx::Postgres(tx) => tx.commit().await?,
         }
         Ok(())
@@ -433,16 +447,27 @@ impl Tx {
 
     pub fn exec(&mut self) -> Exec<'_> {
         match self {
-            Tx::Sqlite(tx) => Exec::Sqlite(tx),
+            Tx::Sqlite(tx) | Tx::Group { tx, .. } => Exec::Sqlite(tx),
             Tx::Postgres(tx) => Exec::Postgres(tx),
         }
     }
 
     /// Scopes this transaction to one tenant.
     pub fn scoped<'t>(&'t mut self, tenant: &'t TenantId) -> Scoped<'t> {
-        Scoped {
-            exec: self.exec(),
-            tenant,
+        match self {
+            Tx::Group {
+                tx,
+                entity_versions,
+            } => Scoped {
+                exec: Exec::Sqlite(tx),
+                tenant,
+                entity_versions: Some(entity_versions),
+            },
+            other => Scoped {
+                exec: other.exec(),
+                tenant,
+                entity_versions: None,
+            },
         }
     }
 }
@@ -465,6 +490,7 @@ impl Conn {
         Scoped {
             exec: self.exec(),
             tenant,
+            entity_versions: None,
         }
     }
 }
@@ -488,6 +514,8 @@ impl Exec<'_> {
 pub struct Scoped<'t> {
     exec: Exec<'t>,
     tenant: &'t TenantId,
+    /// In a group commit: the entity versions already read in it.
+    entity_versions: Option<&'t mut EntityVersions>,
 }
 
 impl Scoped<'_> {

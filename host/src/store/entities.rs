@@ -102,14 +102,27 @@ impl Scoped<'_> {
             (super::Dialect::Postgres, EntityLock::Update) => " FOR UPDATE",
             _ => "",
         };
+        let key = (self.tenant.to_string(), name.to_owned());
+        if lock != EntityLock::Update
+            && let Some(seen) = self
+                .entity_versions
+                .as_ref()
+                .and_then(|memo| memo.get(&key))
+        {
+            return Ok(*seen);
+        }
         let sql =
             format!("SELECT id, version FROM entities WHERE tenant_id = $1 AND name = $2{clause}");
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        let found: Option<(i64, i64)> = on!(&mut self.exec, c => sqlx::query_as(&sql)
         .bind(tenant)
         .bind(name)
         .fetch_optional(&mut **c)
-        .await?))
+        .await?);
+        if let Some(memo) = self.entity_versions.as_mut() {
+            memo.insert(key, found);
+        }
+        Ok(found)
     }
 
     /// Inserts a new entity at version 1 and returns its id.
