@@ -16,7 +16,58 @@ on_both_backends!(
     an_endless_plugin_is_stopped_and_its_write_rolled_back,
     a_hook_that_retriggers_itself_stops_at_the_depth_cap,
     plugins_cannot_reach_other_tenants_or_entities_outside_their_capabilities,
+    only_administrators_manage_plugins,
 );
+
+async fn only_administrators_manage_plugins(app: &TestApp) {
+    let member = app
+        .store
+        .create_user("acme", "sam", rapport::auth::Role::Member)
+        .await
+        .unwrap()
+        .unwrap()
+        .token;
+    let upload = plugin_upload("complaint-sla");
+    let reply = app
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/plugins",
+            &member,
+            Some(&upload),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{:?}", reply.body);
+    let installed = app.post("/api/v1/plugins", upload).await;
+    assert_eq!(installed.status, StatusCode::CREATED);
+    for (method, path, body) in [
+        (
+            reqwest::Method::POST,
+            "/api/v1/plugins/complaint-sla/enable",
+            None,
+        ),
+        (
+            reqwest::Method::PUT,
+            "/api/v1/plugins/complaint-sla/config",
+            Some(json!({})),
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/api/v1/plugins/complaint-sla",
+            None,
+        ),
+    ] {
+        let reply = app.send(method, path, &member, body.as_ref(), &[]).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{path}: {:?}",
+            reply.body
+        );
+    }
+    let shown = app.get("/api/v1/plugins/complaint-sla").await;
+    assert_eq!(shown.body["enabled"], false, "the member changed nothing");
+}
 
 fn time(value: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(value.as_str().expect("a time"), &Rfc3339).expect("RFC 3339")
