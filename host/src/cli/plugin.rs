@@ -149,7 +149,7 @@ panic = "abort"
         format!(
             r#"//! `{name}`: a Rapport plugin.
 
-use rapport_sdk::{{Event, Outcome, Plugin, json}};
+use rapport_sdk::{{Event, Outcome, Plugin}};
 
 pub struct {type_name};
 
