@@ -386,7 +386,7 @@ impl Records {
                     None,
                 )
                 .await
-                .map_err(|error| if batch { in_batch(index, error) } else { error })?;
+                .map_err(|error| in_batch(batch, index, error))?;
             hooked.push(body);
         }
         let mut bodies = hooked;
@@ -473,7 +473,7 @@ impl Records {
                 None,
             )
             .await
-            .map_err(|error| if batch { in_batch(index, error) } else { error })?;
+            .map_err(|error| in_batch(batch, index, error))?;
         }
         Ok(stored)
     }
@@ -839,28 +839,10 @@ impl Records {
         entity: &str,
         update: BatchUpdate,
     ) -> Result<RecordView, RecordError> {
-        let this = self.clone();
-        let principal = principal.clone();
-        let entity = entity.to_owned();
-        self.store
-            .write(move |tx: &mut Tx| {
-                Box::pin(async move {
-                    let entity = entity.as_str();
-                    let mut scoped = tx.scoped(&principal.tenant);
-                    let compiled = this
-                        .metadata
-                        .compiled_for_write(&mut scoped, entity)
-                        .await?;
-                    let now = crate::store::now();
-                    let context = WriteContext::new(&principal, now);
-                    let stored = this
-                        .update_one(&mut scoped, &context, &compiled, update, now)
-                        .await?;
-                    let view = view(&stored, &compiled, scoped.dialect(), None)?;
-                    Ok(view)
-                })
-            })
-            .await
+        let mut views = self
+            .update_many(principal, entity, vec![update], false)
+            .await?;
+        Ok(views.pop().expect("one update in, one record out"))
     }
 
     /// Updates up to [`MAX_BATCH`] records in one transaction: all or none.
@@ -871,17 +853,27 @@ impl Records {
         updates: Vec<BatchUpdate>,
     ) -> Result<Vec<RecordView>, RecordError> {
         check_batch_size(updates.len())?;
+        self.update_many(principal, entity, updates, true).await
+    }
+
+    /// Updates records in one write; with `batch`, errors name `records[i]`.
+    async fn update_many(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        updates: Vec<BatchUpdate>,
+        batch: bool,
+    ) -> Result<Vec<RecordView>, RecordError> {
         let this = self.clone();
         let principal = principal.clone();
         let entity = entity.to_owned();
         self.store
             .write(move |tx: &mut Tx| {
                 Box::pin(async move {
-                    let entity = entity.as_str();
                     let mut scoped = tx.scoped(&principal.tenant);
                     let compiled = this
                         .metadata
-                        .compiled_for_write(&mut scoped, entity)
+                        .compiled_for_write(&mut scoped, &entity)
                         .await?;
                     let now = crate::store::now();
                     let context = WriteContext::new(&principal, now);
@@ -890,7 +882,7 @@ impl Records {
                         let stored = this
                             .update_one(&mut scoped, &context, &compiled, update, now)
                             .await
-                            .map_err(|e| in_batch(index, e))?;
+                            .map_err(|error| in_batch(batch, index, error))?;
                         views.push(view(&stored, &compiled, scoped.dialect(), None)?);
                     }
                     Ok(views)
@@ -947,8 +939,8 @@ impl Records {
                     }
                     let now = crate::store::now();
                     let context = WriteContext::new(&principal, now);
+                    let body = parse_body(&stored)?;
                     if !restore {
-                        let body = parse_body(&stored)?;
                         this.run_hooks(
                             &mut scoped,
                             &context,
@@ -960,10 +952,8 @@ impl Records {
                             Some(&body),
                         )
                         .await?;
-                    }
-                    if restore {
+                    } else {
                         // A value taken by another record meanwhile would break uniqueness.
-                        let body = parse_body(&stored)?;
                         let keys: Vec<&String> = body
                             .keys()
                             .filter(|key| {
@@ -1020,7 +1010,6 @@ impl Records {
                         ..stored
                     };
                     if !restore {
-                        let body = parse_body(&stored)?;
                         this.run_hooks(
                             &mut scoped,
                             &context,
@@ -1382,7 +1371,10 @@ fn check_batch_size(size: usize) -> Result<(), RecordError> {
 }
 
 /// Prefixes field errors with the position of the record in a batch.
-fn in_batch(index: usize, error: RecordError) -> RecordError {
+fn in_batch(batch: bool, index: usize, error: RecordError) -> RecordError {
+    if !batch {
+        return error;
+    }
     let prefix = |errors: FieldErrors| -> FieldErrors {
         errors
             .into_iter()

@@ -332,7 +332,6 @@ pub fn plugins_dir() -> PathBuf {
 
 /// The upload body of a bundled plugin: its `manifest.json` and its built component, base64.
 pub fn plugin_upload(crate_dir: &str) -> Value {
-    use base64::Engine as _;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
     let manifest_path = root.join(crate_dir).join("manifest.json");
     let manifest: Value = serde_json::from_str(
@@ -340,6 +339,12 @@ pub fn plugin_upload(crate_dir: &str) -> Value {
             .unwrap_or_else(|error| panic!("{}: {error}", manifest_path.display())),
     )
     .expect("manifest JSON");
+    serde_json::json!({"manifest": manifest, "component": component_base64(crate_dir)})
+}
+
+/// A bundled plugin's built component, base64 (as uploads carry it).
+pub fn component_base64(crate_dir: &str) -> String {
+    use base64::Engine as _;
     let wasm = plugins_dir().join(format!("{}.wasm", crate_dir.replace('-', "_")));
     let bytes = std::fs::read(&wasm).unwrap_or_else(|error| {
         panic!(
@@ -347,10 +352,7 @@ pub fn plugin_upload(crate_dir: &str) -> Value {
             wasm.display()
         )
     });
-    serde_json::json!({
-        "manifest": manifest,
-        "component": base64::engine::general_purpose::STANDARD.encode(bytes),
-    })
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 impl TestApp {

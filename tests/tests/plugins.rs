@@ -374,20 +374,8 @@ async fn components_and_manifests_are_checked_at_upload(app: &TestApp) {
 /// The upload of one crate's component with another crate's manifest.
 fn plugin_upload_with_manifest(component_crate: &str, manifest_crate: &str) -> Value {
     let mut upload = plugin_upload(manifest_crate);
-    upload["component"] = plugin_upload_component(component_crate);
+    upload["component"] = json!(rapport_tests::component_base64(component_crate));
     upload
-}
-
-fn plugin_upload_component(crate_dir: &str) -> Value {
-    use base64::Engine as _;
-    let wasm = rapport_tests::plugins_dir().join(format!("{}.wasm", crate_dir.replace('-', "_")));
-    let bytes = std::fs::read(&wasm).unwrap_or_else(|error| {
-        panic!(
-            "{}: {error}; build the plugins with scripts/plugins",
-            wasm.display()
-        )
-    });
-    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 async fn define_targets(app: &TestApp, token: &str) {

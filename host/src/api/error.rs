@@ -90,22 +90,12 @@ impl From<MetadataError> for ApiError {
         let message = error.to_string();
         match error {
             MetadataError::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
-            MetadataError::Invalid(problems) => {
-                let mut fields = serde_json::Map::new();
-                for problem in problems {
-                    let entry = fields.entry(problem.path).or_insert_with(|| json!([]));
-                    entry
-                        .as_array_mut()
-                        .expect("arrays")
-                        .push(json!(problem.message));
-                }
-                Self::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_definition",
-                    message,
-                )
-                .with_fields(Value::Object(fields))
-            }
+            MetadataError::Invalid(problems) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_definition",
+                message,
+            )
+            .with_fields(by_path(problems.into_iter().map(|p| (p.path, p.message)))),
             MetadataError::UnknownEntity(_) => {
                 Self::new(StatusCode::NOT_FOUND, "unknown_entity", message)
             }
@@ -188,15 +178,7 @@ impl From<PluginError> for ApiError {
     fn from(error: PluginError) -> Self {
         let message = error.to_string();
         let by_path = |problems: Vec<ManifestProblem>| {
-            let mut fields = serde_json::Map::new();
-            for problem in problems {
-                let entry = fields.entry(problem.path).or_insert_with(|| json!([]));
-                entry
-                    .as_array_mut()
-                    .expect("arrays")
-                    .push(json!(problem.message));
-            }
-            Value::Object(fields)
+            by_path(problems.into_iter().map(|p| (p.path, p.message)))
         };
         match error {
             PluginError::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
@@ -220,6 +202,16 @@ impl From<PluginError> for ApiError {
             PluginError::Store(error) => error.into(),
         }
     }
+}
+
+/// Problems grouped by their JSON path: `{"/fields/0/type": ["…", "…"]}`.
+fn by_path(problems: impl Iterator<Item = (String, String)>) -> Value {
+    let mut fields = serde_json::Map::new();
+    for (path, message) in problems {
+        let entry = fields.entry(path).or_insert_with(|| json!([]));
+        entry.as_array_mut().expect("arrays").push(json!(message));
+    }
+    Value::Object(fields)
 }
 
 /// One line naming every offending field.

@@ -100,7 +100,6 @@ fn scaffold(name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> anyhow::Resul
         .with_context(|| format!("the SDK is not at `{}`: pass --sdk", sdk.display()))?;
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("cannot create `{}`", dir.display()))?;
-    let crate_name = name.replace('-', "_");
     std::fs::write(
         dir.join("Cargo.toml"),
         format!(
@@ -176,7 +175,6 @@ mod tests {{
             type_name = type_name(name),
         ),
     )?;
-    let _ = crate_name;
     println!(
         "created {dir}: edit src/lib.rs and manifest.json, then\n  rapport plugin build {dir}\n  rapport plugin test {dir}/target/wasm32-wasip2/release/{crate_name}.wasm --event event.json --manifest {dir}/manifest.json",
         dir = dir.display(),

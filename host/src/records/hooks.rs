@@ -589,12 +589,7 @@ fn host_error(error: RecordError) -> HostError {
         RecordError::Metadata(crate::metadata::MetadataError::UnknownEntity(_)) => {
             HostError::NotFound(error.to_string())
         }
-        RecordError::Plugin(failure) => match failure.fault {
-            Fault::Failed(message) if message.contains("LimitExceeded") => {
-                HostError::LimitExceeded(message)
-            }
-            _ => HostError::Failed(failure.to_string()),
-        },
+        RecordError::Plugin(failure) => HostError::Failed(failure.to_string()),
         other => HostError::Failed(other.to_string()),
     }
 }

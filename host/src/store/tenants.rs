@@ -129,17 +129,7 @@ impl Store {
         .bind(user_name)
         .fetch_optional(&mut *c)
         .await?);
-        found
-            .map(|(tenant, user, role)| {
-                let role = Role::parse(&role)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown role `{role}`")))?;
-                Ok(Principal {
-                    tenant: TenantId::from_stored(tenant),
-                    user: UserId::from_stored(user),
-                    role,
-                })
-            })
-            .transpose()
+        found.map(principal).transpose()
     }
 
     /// Resolves the hash of an API token to its principal; `None` for an unknown token.
@@ -155,16 +145,7 @@ impl Store {
         .bind(hash)
         .fetch_optional(&mut *c)
         .await?);
-        row.map(|(tenant, user, role)| {
-            let role = Role::parse(&role)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown role `{role}`")))?;
-            Ok(Principal {
-                tenant: TenantId::from_stored(tenant),
-                user: UserId::from_stored(user),
-                role,
-            })
-        })
-        .transpose()
+        row.map(principal).transpose()
     }
 
     /// The id of a tenant by name.
@@ -206,4 +187,15 @@ async fn insert_user(
             .await?;
     });
     Ok((user, token))
+}
+
+/// A principal from a stored (tenant id, user id, role) row.
+fn principal((tenant, user, role): (String, String, String)) -> Result<Principal, StoreError> {
+    let role =
+        Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("unknown role `{role}`")))?;
+    Ok(Principal {
+        tenant: TenantId::from_stored(tenant),
+        user: UserId::from_stored(user),
+        role,
+    })
 }
