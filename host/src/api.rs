@@ -95,6 +95,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(records::update)
                 .delete(records::delete),
         )
+        .route("/records/{entity}/recompute", post(records::recompute))
         .route("/records/{entity}/{id}/restore", post(records::restore))
         .route("/records/{entity}/{id}/history", get(records::history))
         .route(

@@ -7,7 +7,7 @@ use crate::api::AppState;
 use crate::auth::Principal;
 
 /// The demo entity definitions, as files an admin would keep in git.
-pub const DEFINITIONS: [(&str, &str); 4] = [
+pub const DEFINITIONS: [(&str, &str); 5] = [
     (
         "account.json",
         include_str!("../../schemas/demo/account.json"),
@@ -21,11 +21,12 @@ pub const DEFINITIONS: [(&str, &str); 4] = [
         include_str!("../../schemas/demo/opportunity.json"),
     ),
     ("case.json", include_str!("../../schemas/demo/case.json")),
+    ("order.json", include_str!("../../schemas/demo/order.json")),
 ];
 
 /// The bundled plugins the demo tenant gets enabled, by crate: their manifests are compiled in,
 /// their components come from the plugins' build (`scripts/plugins`).
-const PLUGINS: [(&str, &str); 2] = [
+const PLUGINS: [(&str, &str); 4] = [
     (
         "credit_terms",
         include_str!("../../plugins/credit-terms/manifest.json"),
@@ -33,6 +34,14 @@ const PLUGINS: [(&str, &str); 2] = [
     (
         "complaint_sla",
         include_str!("../../plugins/complaint-sla/manifest.json"),
+    ),
+    (
+        "rfm_score",
+        include_str!("../../plugins/rfm-score/manifest.json"),
+    ),
+    (
+        "lifecycle_stage",
+        include_str!("../../plugins/lifecycle-stage/manifest.json"),
     ),
 ];
 
@@ -73,20 +82,19 @@ pub async fn ensure(state: &AppState) -> anyhow::Result<String> {
     Ok(created.token)
 }
 
-/// Installs and enables the bundled plugins whose components are built; says which are not.
+/// Installs and enables the bundled plugins; the demo's computed fields need them built.
 async fn install_plugins(state: &AppState, principal: &Principal) -> anyhow::Result<()> {
     let dir = std::env::var_os("RAPPORT_PLUGINS_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from("target/wasm32-wasip2/release"));
     for (name, manifest) in PLUGINS {
         let path = dir.join(format!("{name}.wasm"));
-        let Ok(bytes) = std::fs::read(&path) else {
-            eprintln!(
-                "demo: plugin {} is not built (run scripts/plugins); skipped",
+        let bytes = std::fs::read(&path).map_err(|error| {
+            anyhow::anyhow!(
+                "the demo needs the bundled plugins: cannot read {} ({error}); build them with scripts/plugins or set RAPPORT_PLUGINS_DIR",
                 path.display()
-            );
-            continue;
-        };
+            )
+        })?;
         let manifest: Value = serde_json::from_str(manifest)?;
         let installed = state.plugins.install(principal, &manifest, &bytes).await?;
         state
@@ -125,13 +133,21 @@ async fn seed_records(state: &AppState, principal: &Principal) -> anyhow::Result
     let response = state
         .records
         .create_batch(principal, "account", accounts, None)
-        .await?;
+        .await
+        .map_err(|error| explain("account", error))?;
     let created: Value = serde_json::from_str(&response.body)?;
     let account_ids: Vec<String> = created["data"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    // `credit-terms` stops trading with small accounts with a poor payment record.
+    let trading: Vec<bool> = created["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["data"]["credit_status"] != "stop")
         .collect();
     let first = [
         "Ada", "Alan", "Grace", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Frances",
@@ -159,7 +175,8 @@ async fn seed_records(state: &AppState, principal: &Principal) -> anyhow::Result
     state
         .records
         .create_batch(principal, "contact", contacts, None)
-        .await?;
+        .await
+        .map_err(|error| explain("contact", error))?;
     let opportunities: Vec<Value> = account_ids
         .iter()
         .enumerate()
@@ -185,7 +202,8 @@ async fn seed_records(state: &AppState, principal: &Principal) -> anyhow::Result
     state
         .records
         .create_batch(principal, "opportunity", opportunities, None)
-        .await?;
+        .await
+        .map_err(|error| explain("opportunity", error))?;
     let cases: Vec<Value> = (0..8)
         .map(|i| {
             let subject = [
@@ -207,6 +225,43 @@ async fn seed_records(state: &AppState, principal: &Principal) -> anyhow::Result
     state
         .records
         .create_batch(principal, "case", cases, None)
-        .await?;
+        .await
+        .map_err(|error| explain("case", error))?;
+    // Orders over the last two years, more and bigger for the first accounts, so that the
+    // computed RFM scores, value tiers and lifecycle stages differ between accounts.
+    let today = time::OffsetDateTime::now_utc().date();
+    let mut orders = Vec::new();
+    for (i, account) in account_ids.iter().enumerate() {
+        if !trading[i] {
+            continue;
+        }
+        let count = 12usize.saturating_sub(i);
+        for n in 0..count {
+            let days_ago = (i * 30 + n * 700 / count.max(1)) as i64 % 730;
+            let date = today - time::Duration::days(days_ago);
+            orders.push(json!({
+                "account": account,
+                "ordered_on": date.to_string(),
+                "amount": {"amount": 500 * (12 - i) * (n + 1), "currency": "EUR"},
+                "status": if n % 7 == 6 { "cancelled" } else { "paid" }
+            }));
+        }
+    }
+    state
+        .records
+        .create_batch(principal, "order", orders, None)
+        .await
+        .map_err(|error| explain("order", error))?;
     Ok(())
+}
+
+/// A records error with its field errors, for the server's log.
+fn explain(entity: &str, error: crate::records::RecordError) -> anyhow::Error {
+    use crate::records::RecordError;
+    match &error {
+        RecordError::Invalid(fields) | RecordError::Conflict(fields) => {
+            anyhow::anyhow!("demo `{entity}` records: {error}: {fields:?}")
+        }
+        _ => anyhow::anyhow!("demo `{entity}` records: {error}"),
+    }
 }

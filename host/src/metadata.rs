@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -92,19 +93,56 @@ pub struct CompiledEntity {
     pub version: i64,
     pub definition: EntityDefinition,
     validator: jsonschema::Validator,
+    /// The active computed fields, each after those it depends on, with the validator of the
+    /// values their plugins return.
+    computed: Vec<(usize, jsonschema::Validator)>,
 }
 
 impl CompiledEntity {
     fn compile(id: i64, version: i64, definition: EntityDefinition) -> Result<Self, MetadataError> {
+        let invalid = |error| MetadataError::Invalid(vec![Problem::new("/", error)]);
         let schema = record_schema::record_schema(&definition, Purpose::Input);
-        let validator = record_schema::validator(&schema)
-            .map_err(|error| MetadataError::Invalid(vec![Problem::new("/", error)]))?;
+        let validator = record_schema::validator(&schema).map_err(invalid)?;
+        let mut computed = Vec::new();
+        let order = validation::computed_order(&definition).ok_or_else(|| {
+            invalid("computed fields depend on each other in a circle".to_owned())
+        })?;
+        for field in order.into_iter().filter(|field| field.active) {
+            let index = definition
+                .fields
+                .iter()
+                .position(|candidate| candidate.name == field.name)
+                .expect("ordered fields are fields of the definition");
+            let schema = record_schema::field_schema(field);
+            computed.push((index, record_schema::validator(&schema).map_err(invalid)?));
+        }
         Ok(Self {
             id,
             version,
             definition,
             validator,
+            computed,
         })
+    }
+
+    /// The active computed fields, each after the computed fields it depends on.
+    pub fn computed_fields(&self) -> impl Iterator<Item = &FieldDefinition> {
+        self.computed
+            .iter()
+            .map(|(index, _)| &self.definition.fields[*index])
+    }
+
+    /// Checks and normalizes a value a plugin computed for `field`.
+    pub fn check_computed(&self, field: &FieldDefinition, value: &mut Value) -> Result<(), String> {
+        let (_, validator) = self
+            .computed
+            .iter()
+            .find(|(index, _)| self.definition.fields[*index].name == field.name)
+            .ok_or_else(|| format!("`{}` is not an active computed field", field.name))?;
+        if let Some(error) = validator.iter_errors(value).next() {
+            return Err(error.to_string());
+        }
+        values::normalize(field, value)
     }
 
     pub fn name(&self) -> &str {
@@ -142,6 +180,56 @@ pub struct Applied {
 pub struct Metadata {
     store: Store,
     cache: RwLock<HashMap<(TenantId, String), Arc<CompiledEntity>>>,
+    roll_ups: RwLock<HashMap<TenantId, (Instant, Arc<RollUps>)>>,
+}
+
+/// How long the roll-up dependencies of a tenant are cached. A change made on this host
+/// clears them at once; other hosts (PostgreSQL scale-out) see it within this time.
+const ROLL_UPS_TTL: Duration = Duration::from_secs(5);
+
+/// Computed fields that roll up records of another entity, by that entity.
+pub type RollUps = HashMap<String, Vec<RollUp>>;
+
+/// The computed fields of `target` that depend on records whose reference `via` points at a
+/// `target` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollUp {
+    pub target: String,
+    pub via: String,
+    /// Fields of the related records the computed fields depend on (empty: any).
+    pub fields: Vec<String>,
+    /// The computed fields to refresh.
+    pub computed: Vec<String>,
+}
+
+fn roll_ups_of(definitions: &[EntityDefinition]) -> RollUps {
+    let mut roll_ups: RollUps = HashMap::new();
+    for definition in definitions {
+        for field in definition
+            .active_fields()
+            .filter(|field| field.is_computed())
+        {
+            for related in &field.related {
+                let list = roll_ups.entry(related.entity.to_string()).or_default();
+                let fields: Vec<String> = related.fields.iter().map(ToString::to_string).collect();
+                let existing = list.iter_mut().find(|roll_up| {
+                    roll_up.target == definition.name.as_str()
+                        && roll_up.via == related.via.as_str()
+                        && roll_up.fields == fields
+                });
+                match existing {
+                    Some(roll_up) => roll_up.computed.push(field.name.to_string()),
+                    None => list.push(RollUp {
+                        target: definition.name.to_string(),
+                        via: related.via.to_string(),
+                        fields,
+                        computed: vec![field.name.to_string()],
+                    }),
+                }
+            }
+        }
+    }
+    roll_ups
 }
 
 fn require_admin(principal: &Principal) -> Result<(), MetadataError> {
@@ -166,7 +254,44 @@ impl Metadata {
         Self {
             store,
             cache: RwLock::new(HashMap::new()),
+            roll_ups: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The computed fields of other entities that roll up records of `entity`.
+    pub async fn roll_ups(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &str,
+    ) -> Result<Vec<RollUp>, MetadataError> {
+        let tenant = scoped.tenant().clone();
+        let cached = self
+            .roll_ups
+            .read()
+            .expect("roll-ups lock")
+            .get(&tenant)
+            .filter(|(at, _)| at.elapsed() < ROLL_UPS_TTL)
+            .map(|(_, roll_ups)| roll_ups.clone());
+        let roll_ups = match cached {
+            Some(roll_ups) => roll_ups,
+            None => {
+                let mut definitions = Vec::new();
+                for stored in scoped.list_entities().await? {
+                    definitions.push(stored_definition(&stored.definition)?);
+                }
+                let roll_ups = Arc::new(roll_ups_of(&definitions));
+                self.roll_ups
+                    .write()
+                    .expect("roll-ups lock")
+                    .insert(tenant, (Instant::now(), roll_ups.clone()));
+                roll_ups
+            }
+        };
+        Ok(roll_ups.get(entity).cloned().unwrap_or_default())
+    }
+
+    fn forget_roll_ups(&self, tenant: &TenantId) {
+        self.roll_ups.write().expect("roll-ups lock").remove(tenant);
     }
 
     /// The compiled definition of an entity, current as of this connection's view.
@@ -301,6 +426,7 @@ impl Metadata {
         )
         .await?;
         tx.commit().await?;
+        self.forget_roll_ups(&principal.tenant);
         self.get(&principal.tenant, &name).await
     }
 
@@ -343,6 +469,7 @@ impl Metadata {
         .await?;
         if !dry_run {
             tx.commit().await?;
+            self.forget_roll_ups(&principal.tenant);
         }
         Ok(applied)
     }
@@ -385,6 +512,7 @@ impl Metadata {
         }
         if !dry_run {
             tx.commit().await?;
+            self.forget_roll_ups(tenant);
         }
         Ok(applied)
     }
@@ -470,6 +598,7 @@ impl Metadata {
         }
         scoped.delete_entity(target.id, &target_definition).await?;
         tx.commit().await?;
+        self.forget_roll_ups(&principal.tenant);
         self.cache
             .write()
             .expect("metadata cache lock")
@@ -519,6 +648,7 @@ impl Metadata {
             )
             .await?;
         tx.commit().await?;
+        self.forget_roll_ups(&principal.tenant);
         self.get(&principal.tenant, name).await
     }
 }
@@ -547,6 +677,40 @@ async fn apply_in(
                 format!("/fields/{index}/entity"),
                 format!("entity `{target}` does not exist"),
             ));
+        }
+    }
+    for (index, field) in definition.fields.iter().enumerate() {
+        for (position, related) in field.related.iter().enumerate() {
+            let at = |property: &str| format!("/fields/{index}/related/{position}/{property}");
+            let other = related.entity.as_str();
+            if batch.contains(other) {
+                continue;
+            }
+            let Some(stored) = scoped.get_entity(other).await? else {
+                problems.push(Problem::new(
+                    at("entity"),
+                    format!("entity `{other}` does not exist"),
+                ));
+                continue;
+            };
+            let points_here = stored_definition(&stored.definition)?
+                .field(related.via.as_str())
+                .is_some_and(|via| {
+                    via.field_type == FieldType::Reference
+                        && via
+                            .entity
+                            .as_ref()
+                            .is_some_and(|target| target.as_str() == name)
+                });
+            if !points_here {
+                problems.push(Problem::new(
+                    at("via"),
+                    format!(
+                        "`{}` is not a reference field of `{other}` pointing at `{name}`",
+                        related.via
+                    ),
+                ));
+            }
         }
     }
     if !problems.is_empty() {

@@ -18,12 +18,14 @@ use crate::metadata::{CompiledEntity, Metadata, MetadataError, values};
 use crate::store::records::{IdempotentResponse, ListQuery, NewHistory, NewRecord, StoredRecord};
 use crate::store::{Dialect, Scoped, SqlValue, Store, StoreError, Tx};
 
+mod computed;
 pub mod filter;
 pub mod hooks;
 pub mod query;
 
 use crate::plugins::runtime::{Operation, Stage};
 use crate::plugins::{PluginError, Plugins};
+use computed::Change;
 use hooks::{PluginFailure, WriteContext};
 
 /// The most records one batch request may hold.
@@ -48,6 +50,19 @@ pub enum RecordError {
     IdempotencyMismatch(String),
     #[error("{0}")]
     Plugin(Box<PluginFailure>),
+    #[error(
+        "field `{field}` of `{entity}` is computed by function `{function}` of plugin `{plugin}`, which is not enabled in this tenant (or does not provide that function): enable the plugin, or deactivate the field"
+    )]
+    ComputedUnavailable {
+        entity: String,
+        field: String,
+        plugin: String,
+        function: String,
+    },
+    #[error("{0}")]
+    DepthExceeded(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Plugins(#[from] PluginError),
     #[error(transparent)]
@@ -387,6 +402,10 @@ impl Records {
                 )
                 .await
                 .map_err(|error| in_batch(batch, index, error))?;
+            let body = self
+                .compute_fields(scoped, context, entity, body, None, None, &[])
+                .await
+                .map_err(|error| in_batch(batch, index, error))?;
             hooked.push(body);
         }
         let mut bodies = hooked;
@@ -461,20 +480,31 @@ impl Records {
                 deleted_at: None,
             })
             .collect();
+        let mut written = Vec::with_capacity(bodies.len());
         for (index, (record, body)) in stored.iter().zip(bodies).enumerate() {
-            self.run_hooks(
-                scoped,
-                context,
-                entity,
-                Operation::Create,
-                &[Stage::After],
-                body,
-                Some(record),
-                None,
-            )
-            .await
-            .map_err(|error| in_batch(batch, index, error))?;
+            let body = self
+                .run_hooks(
+                    scoped,
+                    context,
+                    entity,
+                    Operation::Create,
+                    &[Stage::After],
+                    body,
+                    Some(record),
+                    None,
+                )
+                .await
+                .map_err(|error| in_batch(batch, index, error))?;
+            written.push(body);
         }
+        let writes: Vec<Change<'_>> = written
+            .iter()
+            .map(|body| Change {
+                before: None,
+                after: Some(body),
+            })
+            .collect();
+        self.roll_up(scoped, context, entity, &writes, now).await?;
         Ok(stored)
     }
 
@@ -593,6 +623,7 @@ impl Records {
         entity: &CompiledEntity,
         update: BatchUpdate,
         now: OffsetDateTime,
+        recompute: &[String],
     ) -> Result<StoredRecord, RecordError> {
         let user = &context.principal.user;
         let not_found = || RecordError::NotFound {
@@ -657,6 +688,17 @@ impl Records {
                 Some(&before),
             )
             .await?;
+        let after = self
+            .compute_fields(
+                scoped,
+                context,
+                entity,
+                after,
+                Some(&stored),
+                Some(&before),
+                recompute,
+            )
+            .await?;
         let history = changes(&before, &after);
         if history.is_empty() {
             return Ok(stored);
@@ -697,17 +739,23 @@ impl Records {
             updated_by: user.to_string(),
             ..stored
         };
-        self.run_hooks(
-            scoped,
-            context,
-            entity,
-            Operation::Update,
-            &[Stage::After],
-            after_body,
-            Some(&updated),
-            Some(&before),
-        )
-        .await?;
+        let after = self
+            .run_hooks(
+                scoped,
+                context,
+                entity,
+                Operation::Update,
+                &[Stage::After],
+                after_body,
+                Some(&updated),
+                Some(&before),
+            )
+            .await?;
+        let write = Change {
+            before: Some(&before),
+            after: Some(&after),
+        };
+        self.roll_up(scoped, context, entity, &[write], now).await?;
         Ok(updated)
     }
 
@@ -880,7 +928,7 @@ impl Records {
                     let mut views = Vec::with_capacity(updates.len());
                     for (index, update) in updates.into_iter().enumerate() {
                         let stored = this
-                            .update_one(&mut scoped, &context, &compiled, update, now)
+                            .update_one(&mut scoped, &context, &compiled, update, now, &[])
                             .await
                             .map_err(|error| in_batch(batch, index, error))?;
                         views.push(view(&stored, &compiled, scoped.dialect(), None)?);
@@ -1022,6 +1070,19 @@ impl Records {
                         )
                         .await?;
                     }
+                    let write = if restore {
+                        Change {
+                            before: None,
+                            after: Some(&body),
+                        }
+                    } else {
+                        Change {
+                            before: Some(&body),
+                            after: None,
+                        }
+                    };
+                    this.roll_up(&mut scoped, &context, &compiled, &[write], now)
+                        .await?;
                     let view = view(&stored, &compiled, scoped.dialect(), None)?;
                     Ok(view)
                 })
@@ -1372,17 +1433,23 @@ fn check_batch_size(size: usize) -> Result<(), RecordError> {
 
 /// Prefixes field errors with the position of the record in a batch.
 fn in_batch(batch: bool, index: usize, error: RecordError) -> RecordError {
-    if !batch {
-        return error;
+    if batch {
+        labelled(&format!("records[{index}]"), error)
+    } else {
+        error
     }
+}
+
+/// Field errors of one record among several keyed `label.field` (`label` for the record).
+fn labelled(label: &str, error: RecordError) -> RecordError {
     let prefix = |errors: FieldErrors| -> FieldErrors {
         errors
             .into_iter()
             .map(|(key, messages)| {
                 let key = if key.is_empty() {
-                    format!("records[{index}]")
+                    label.to_owned()
                 } else {
-                    format!("records[{index}].{key}")
+                    format!("{label}.{key}")
                 };
                 (key, messages)
             })

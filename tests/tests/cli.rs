@@ -70,7 +70,12 @@ async fn metadata_as_code(backend: Backend) {
     let source = std::env::temp_dir().join(format!("rapport-schema-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&source).unwrap();
     let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/demo");
-    for file in ["account.json", "contact.json", "opportunity.json"] {
+    for file in [
+        "account.json",
+        "contact.json",
+        "opportunity.json",
+        "order.json",
+    ] {
         std::fs::copy(format!("{demo}/{file}"), source.join(file)).unwrap();
     }
     let dir = source.to_str().unwrap();

@@ -167,6 +167,22 @@ impl From<RecordError> for ApiError {
                     }),
                 )
             }
+            RecordError::ComputedUnavailable {
+                entity,
+                field,
+                plugin,
+                function,
+            } => Self::new(StatusCode::FAILED_DEPENDENCY, "plugin_unavailable", message)
+                .with_fields(json!({
+                    "entity": entity,
+                    "field": field,
+                    "plugin": plugin,
+                    "function": function,
+                })),
+            RecordError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            RecordError::DepthExceeded(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "depth_exceeded", message)
+            }
             RecordError::Plugins(error) => error.into(),
             RecordError::Metadata(error) => error.into(),
             RecordError::Store(error) => error.into(),

@@ -315,3 +315,34 @@ pub async fn related(
         .await?;
     Ok(Json(page))
 }
+
+/// The body of `POST /records/{entity}/recompute` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecomputeBody {
+    #[serde(default)]
+    fields: Vec<String>,
+}
+
+/// Computes the computed fields of every record of the entity again (administrators).
+pub async fn recompute(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(entity): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: RecomputeBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RecomputeBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|error| {
+            ApiError::bad_request(format!(
+                "the body must be `{{\"fields\": [\"name\", ...]}}` or empty: {error}"
+            ))
+        })?
+    };
+    let done = state
+        .records
+        .recompute(&principal, &entity, body.fields)
+        .await?;
+    Ok(Json(json!(done)))
+}

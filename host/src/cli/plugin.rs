@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::plugins::host::{HostCall, HostState};
 use crate::plugins::manifest::{Capabilities, Limits, Manifest};
 use crate::plugins::runtime::{
-    FieldError, HostError, Operation, Outcome, Record, RecordEvent, Runtime, Stage,
+    ComputeRequest, FieldError, HostError, Operation, Outcome, Record, RecordEvent, Runtime, Stage,
 };
 
 #[derive(Debug, Subcommand)]
@@ -240,6 +240,9 @@ struct Fixture {
     /// For `compute`: the function; for `step`: the step.
     #[serde(default)]
     function: Option<String>,
+    /// For `compute`: the field being computed (default: the function's name).
+    #[serde(default)]
+    field: Option<String>,
     #[serde(default)]
     input: Option<Value>,
     /// Records the plugin can read, by entity (`records.get` by id, `records.query` returns
@@ -389,6 +392,10 @@ pub async fn test(
         version: 0,
         data: serde_json::Map::new(),
     });
+    let at = fixture
+        .at
+        .clone()
+        .unwrap_or_else(|| "2026-01-01T00:00:00.000Z".into());
     let event = || -> anyhow::Result<RecordEvent> {
         let operation = match fixture.operation.as_deref().unwrap_or("create") {
             "create" => Operation::Create,
@@ -413,10 +420,7 @@ pub async fn test(
                 .clone()
                 .unwrap_or_else(|| record.data.keys().cloned().collect()),
             user_id: "plugin-test".into(),
-            at: fixture
-                .at
-                .clone()
-                .unwrap_or_else(|| "2026-01-01T00:00:00.000Z".into()),
+            at: at.clone(),
             depth: 0,
         })
     };
@@ -440,8 +444,12 @@ pub async fn test(
                     &loaded,
                     state,
                     &limits,
-                    &function,
-                    record.to_record(&entity),
+                    ComputeRequest {
+                        field: fixture.field.clone().unwrap_or_else(|| function.clone()),
+                        function,
+                        record: record.to_record(&entity),
+                        at: at.clone(),
+                    },
                 )
                 .await;
             (

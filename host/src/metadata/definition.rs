@@ -90,6 +90,8 @@ pub enum FieldType {
     Reference,
     Json,
     AutoNumber,
+    /// A value a plugin computes from other fields (`returns` says its type).
+    Computed,
 }
 
 impl FieldType {
@@ -110,6 +112,7 @@ impl FieldType {
             Self::Reference => "reference",
             Self::Json => "json",
             Self::AutoNumber => "auto_number",
+            Self::Computed => "computed",
         }
     }
 
@@ -191,6 +194,36 @@ pub struct FieldDefinition {
     pub digits: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<i64>,
+    /// computed: the type of the value (decides validation, filters, sorts and indexes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returns: Option<FieldType>,
+    /// computed: the plugin that computes the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// computed: the function of the plugin's manifest (`provides.computed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// computed: the fields of this entity the value depends on (empty: any field that is not
+    /// computed, or none when `related` is given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<FieldName>,
+    /// computed: records of other entities the value depends on (a roll-up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<RelatedDependency>,
+}
+
+/// A computed field's dependency on the records of another entity that point at this one,
+/// e.g. an account's value tier on the `order` records whose `account` is the account: a change
+/// of `fields` (or of `via`) in such a record, its creation or deletion recomputes the field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelatedDependency {
+    pub entity: EntityName,
+    /// The reference field of `entity` that points at this entity.
+    pub via: FieldName,
+    /// The fields of `entity` the value depends on (empty: any field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldName>,
 }
 
 /// Text fields hold at most this many characters unless `max_length` says otherwise.
@@ -201,7 +234,21 @@ pub const DEFAULT_LONG_TEXT_LENGTH: u32 = 131_072;
 impl FieldDefinition {
     /// Fields whose value the host computes; clients cannot write them.
     pub fn is_read_only(&self) -> bool {
-        self.field_type == FieldType::AutoNumber
+        matches!(self.field_type, FieldType::AutoNumber | FieldType::Computed)
+    }
+
+    /// The type of the field's values: its own type, or what a computed field returns. Decides
+    /// validation, normalization, filters, sorts and indexes.
+    pub fn value_type(&self) -> FieldType {
+        match (self.field_type, self.returns) {
+            (FieldType::Computed, Some(returns)) => returns,
+            (FieldType::Computed, None) => FieldType::Json,
+            (field_type, _) => field_type,
+        }
+    }
+
+    pub fn is_computed(&self) -> bool {
+        self.field_type == FieldType::Computed
     }
 
     pub fn option_values(&self) -> Vec<&str> {
@@ -214,8 +261,9 @@ impl FieldDefinition {
 
     /// Whether the field can carry a database index (scalars only).
     pub fn is_indexable(&self) -> bool {
-        !(matches!(self.field_type, FieldType::Json | FieldType::LongText)
-            || (self.field_type == FieldType::Picklist && self.multiple))
+        let value_type = self.value_type();
+        !(matches!(value_type, FieldType::Json | FieldType::LongText)
+            || (value_type == FieldType::Picklist && self.multiple))
     }
 
     pub fn needs_index(&self) -> bool {
@@ -223,7 +271,7 @@ impl FieldDefinition {
     }
 
     pub fn max_length(&self) -> u32 {
-        self.max_length.unwrap_or(match self.field_type {
+        self.max_length.unwrap_or(match self.value_type() {
             FieldType::LongText => DEFAULT_LONG_TEXT_LENGTH,
             _ => DEFAULT_TEXT_LENGTH,
         })

@@ -60,6 +60,9 @@ impl Change {
 
 fn describe_type(field: &FieldDefinition) -> String {
     let mut text = field.field_type.as_str().to_owned();
+    if field.is_computed() {
+        text = format!("computed {}", field.value_type().as_str());
+    }
     if field.multiple {
         text.push_str(" (multiple)");
     }

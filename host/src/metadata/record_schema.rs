@@ -22,7 +22,7 @@ pub enum Purpose {
 
 /// The JSON Schema of one field's value.
 pub fn field_schema(field: &FieldDefinition) -> Value {
-    let mut schema = match field.field_type {
+    let mut schema = match field.value_type() {
         FieldType::Text | FieldType::LongText => {
             json!({"type": "string", "maxLength": field.max_length()})
         }
@@ -58,6 +58,8 @@ pub fn field_schema(field: &FieldDefinition) -> Value {
         FieldType::Reference => json!({"type": "string", "format": "uuid"}),
         FieldType::Json => json!({}),
         FieldType::AutoNumber => json!({"type": "string"}),
+        // `value_type` never answers `computed`: a computed field has the schema of what it returns.
+        FieldType::Computed => json!({}),
     };
     let object = schema.as_object_mut().expect("field schemas are objects");
     if let Some(label) = &field.label {

@@ -8,7 +8,7 @@ use jsonschema::error::ValidationErrorKind;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::definition::{EntityDefinition, FieldType, is_reserved_field_name};
+use super::definition::{EntityDefinition, FieldDefinition, FieldType, is_reserved_field_name};
 
 /// The JSON Schema of entity definitions, shipped in `schemas/`.
 pub const ENTITY_SCHEMA: &str = include_str!("../../../schemas/entity.schema.json");
@@ -126,6 +126,9 @@ fn check_rules(definition: &EntityDefinition) -> Vec<Problem> {
                 "an auto-number is always set by the server",
             ));
         }
+        if field.is_computed() {
+            check_computed(definition, index, field, &mut problems);
+        }
         if let (Some(min), Some(max)) = (field.min, field.max)
             && min > max
         {
@@ -144,6 +147,7 @@ fn check_rules(definition: &EntityDefinition) -> Vec<Problem> {
             }
         }
     }
+    check_computed_cycles(definition, &mut problems);
     let mut seen = HashSet::new();
     for (index, composite) in definition.indexes.iter().enumerate() {
         if !seen.insert(&composite.fields) {
@@ -175,6 +179,83 @@ fn check_rules(definition: &EntityDefinition) -> Vec<Problem> {
         }
     }
     problems
+}
+
+fn check_computed(
+    definition: &EntityDefinition,
+    index: usize,
+    field: &FieldDefinition,
+    problems: &mut Vec<Problem>,
+) {
+    let at = |property: &str| format!("/fields/{index}/{property}");
+    if field.required {
+        problems.push(Problem::new(
+            at("required"),
+            "a computed field is always set by its plugin",
+        ));
+    }
+    if field.unique {
+        problems.push(Problem::new(
+            at("unique"),
+            "a computed field cannot be unique (mark it `indexed` to filter and sort fast)",
+        ));
+    }
+    for (position, name) in field.depends_on.iter().enumerate() {
+        let at = format!("/fields/{index}/depends_on/{position}");
+        if *name == field.name {
+            problems.push(Problem::new(at, "a computed field cannot depend on itself"));
+        } else if definition.field(name.as_str()).is_none() {
+            problems.push(Problem::new(
+                at,
+                format!("`{name}` is not a field of this entity"),
+            ));
+        }
+    }
+    for (position, related) in field.related.iter().enumerate() {
+        if related.entity == definition.name {
+            problems.push(Problem::new(
+                format!("/fields/{index}/related/{position}/entity"),
+                "a roll-up over records of the same entity is not supported",
+            ));
+        }
+    }
+}
+
+/// Computed fields may depend on other computed fields, but not in a circle.
+fn check_computed_cycles(definition: &EntityDefinition, problems: &mut Vec<Problem>) {
+    if computed_order(definition).is_none() {
+        problems.push(Problem::new(
+            "/fields",
+            "computed fields depend on each other in a circle (see their `depends_on`)",
+        ));
+    }
+}
+
+/// The computed fields of `definition` in an order where each comes after the computed fields it
+/// depends on; `None` when they depend on each other in a circle. A computed field with no
+/// `depends_on` depends on every field that is not computed.
+pub fn computed_order(definition: &EntityDefinition) -> Option<Vec<&FieldDefinition>> {
+    let computed: Vec<&FieldDefinition> = definition
+        .fields
+        .iter()
+        .filter(|field| field.is_computed())
+        .collect();
+    let mut ordered: Vec<&FieldDefinition> = Vec::with_capacity(computed.len());
+    let mut placed: HashSet<&str> = HashSet::new();
+    while ordered.len() < computed.len() {
+        let ready = computed.iter().find(|field| {
+            !placed.contains(field.name.as_str())
+                && field.depends_on.iter().all(|name| {
+                    placed.contains(name.as_str())
+                        || !definition
+                            .field(name.as_str())
+                            .is_some_and(FieldDefinition::is_computed)
+                })
+        })?;
+        placed.insert(ready.name.as_str());
+        ordered.push(ready);
+    }
+    Some(ordered)
 }
 
 fn describe_type(field_type: FieldType, multiple: bool) -> String {

@@ -10,7 +10,7 @@ use super::definition::{FieldDefinition, FieldType};
 
 /// Rewrites a valid value into its canonical stored form.
 pub fn normalize(field: &FieldDefinition, value: &mut Value) -> Result<(), String> {
-    match (field.field_type, &mut *value) {
+    match (field.value_type(), &mut *value) {
         (FieldType::Datetime, Value::String(text)) => *text = canonical_datetime(text)?,
         // JSON Schema counts `1.0` as an integer; store it as `1` so that SQL casts to integers
         // never meet a fraction.
@@ -43,7 +43,7 @@ pub fn canonical_datetime(text: &str) -> Result<String, String> {
 /// Converts a stored value to a field's new type, or `None` when it has no faithful equivalent.
 /// The result is validated against the new field's schema afterwards.
 pub fn convert(value: &Value, to: &FieldDefinition) -> Option<Value> {
-    match to.field_type {
+    match to.value_type() {
         FieldType::Text
         | FieldType::LongText
         | FieldType::Email
@@ -111,7 +111,7 @@ pub fn convert(value: &Value, to: &FieldDefinition) -> Option<Value> {
         },
         FieldType::Currency => value.is_object().then(|| value.clone()),
         FieldType::Json => Some(value.clone()),
-        FieldType::AutoNumber => None,
+        FieldType::AutoNumber | FieldType::Computed => None,
     }
 }
 

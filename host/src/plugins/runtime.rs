@@ -33,6 +33,7 @@ use bindings::exports::rapport::plugin as exports;
 pub use bindings::rapport::plugin::types::{
     FieldError, HostError, Operation, Record, RecordEvent, Stage,
 };
+pub use exports::computed::ComputeRequest;
 pub use exports::hooks::Outcome;
 
 /// The milliseconds of one epoch tick: deadlines are counted in them.
@@ -392,15 +393,14 @@ impl Runtime {
         component: &LoadedComponent,
         state: HostState,
         limits: &Limits,
-        function: &str,
-        record: Record,
+        request: ComputeRequest,
     ) -> (Result<String, Fault>, Usage, HostState) {
         let Some(indices) = &component.computed else {
             return missing("computed", state);
         };
         self.invoke(component, state, limits, async |store, instance| {
             let guest = indices.load(&mut *store, instance)?;
-            guest.call_compute(&mut *store, function, &record).await
+            guest.call_compute(&mut *store, &request).await
         })
         .await
         .map_fault(|result| match result {

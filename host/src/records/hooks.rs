@@ -19,7 +19,9 @@ use crate::auth::Principal;
 use crate::metadata::record_schema::FieldErrors;
 use crate::plugins::Active;
 use crate::plugins::host::{HostCall, HostState};
-use crate::plugins::runtime::{Fault, HostError, Operation, Outcome, Record, RecordEvent, Stage};
+use crate::plugins::runtime::{
+    Fault, HostError, Operation, Outcome, Record, RecordEvent, Stage, Usage,
+};
 use crate::store::Scoped;
 use crate::store::plugins::NewRun;
 
@@ -36,6 +38,20 @@ pub struct WriteContext {
 }
 
 impl WriteContext {
+    /// The context of a write that this write causes (by a hook, or a roll-up): one level
+    /// deeper; refused past [`MAX_DEPTH`].
+    pub fn deeper(&self) -> Result<WriteContext, String> {
+        if self.depth + 1 > MAX_DEPTH {
+            return Err(format!(
+                "writes nested more than {MAX_DEPTH} deep (a hook or roll-up writing a record whose hooks or roll-ups write a record…)"
+            ));
+        }
+        Ok(WriteContext {
+            depth: self.depth + 1,
+            ..self.clone()
+        })
+    }
+
     /// A client's write (depth 0) by `principal` at `now`. Plugins see the time at the
     /// precision of datetime fields (milliseconds), so that they can store what they compute.
     pub fn new(principal: &Principal, now: time::OffsetDateTime) -> Self {
@@ -130,7 +146,29 @@ fn to_record(entity: &str, stored: &StoredRecord) -> Record {
     }
 }
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// One invocation, as its run record names it.
+pub(super) struct Run<'a> {
+    pub plugin: &'a Active,
+    /// `validator`, `validate`, `before`, `after` or `compute`.
+    pub stage: &'static str,
+    pub entity: &'a str,
+    pub record_id: Option<String>,
+    pub started_at: time::OffsetDateTime,
+}
+
+/// A fresh host state for one invocation of `plugin`, and the receiver of its record accesses.
+pub(super) fn host_state(plugin: &Active) -> (HostState, mpsc::Receiver<HostCall>) {
+    let (calls, requests) = mpsc::channel(1);
+    let state = HostState::new(
+        plugin.config.clone(),
+        plugin.manifest.capabilities.clone(),
+        plugin.limits,
+        Some(calls),
+    );
+    (state, requests)
+}
+
+pub(super) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl Records {
     /// Runs the validators and hooks of `stages` for one record write; returns the record's body
@@ -193,7 +231,7 @@ impl Records {
                             else {
                                 return Err(self.failure(
                                     plugin,
-                                    stage,
+                                    stage_name(stage),
                                     name,
                                     Fault::InvalidResult(
                                         "a patch that is not a JSON object".into(),
@@ -205,7 +243,7 @@ impl Records {
                         Outcome::Patch(_) => {
                             return Err(self.failure(
                                 plugin,
-                                stage,
+                                stage_name(stage),
                                 name,
                                 Fault::InvalidResult(format!(
                                     "a patch in stage `{}`: only `before` hooks may patch",
@@ -220,11 +258,17 @@ impl Records {
         Ok(body)
     }
 
-    fn failure(&self, plugin: &Active, stage: Stage, entity: &str, fault: Fault) -> RecordError {
+    pub(super) fn failure(
+        &self,
+        plugin: &Active,
+        stage: &'static str,
+        entity: &str,
+        fault: Fault,
+    ) -> RecordError {
         RecordError::Plugin(Box::new(PluginFailure {
             plugin: plugin.id.clone(),
             version: plugin.version.clone(),
-            stage: stage_name(stage),
+            stage,
             entity: entity.to_owned(),
             fault,
         }))
@@ -240,13 +284,7 @@ impl Records {
         event: RecordEvent,
         stage: Stage,
     ) -> Result<Outcome, RecordError> {
-        let (calls, mut requests) = mpsc::channel(1);
-        let state = HostState::new(
-            plugin.config.clone(),
-            plugin.manifest.capabilities.clone(),
-            plugin.limits,
-            Some(calls),
-        );
+        let (state, requests) = host_state(plugin);
         let runtime = self.plugins.runtime().clone();
         let entity = event.entity.clone();
         let record_id = Some(event.record.id.clone()).filter(|id| !id.is_empty());
@@ -274,38 +312,76 @@ impl Records {
                 }
             }
         };
+        let read_only = (stage == Stage::Validate).then_some("validators and `validate` hooks");
+        let (result, usage) = self
+            .serving(scoped, context, read_only, invocation, requests)
+            .await;
+        let outcome = match &result {
+            Ok(Outcome::Reject(_)) => Ok("rejected"),
+            Ok(_) => Ok("ok"),
+            Err(fault) => Err(fault),
+        };
+        let run = Run {
+            plugin,
+            stage: match call {
+                Call::Validator => "validator",
+                Call::Hook(stage) => stage_name(stage),
+            },
+            entity: &entity,
+            record_id,
+            started_at,
+        };
+        self.record_run(context, run, usage, outcome);
+        result.map_err(|fault| self.failure(plugin, stage_name(stage), &entity, fault))
+    }
+
+    /// Drives an invocation to its end while answering its host calls from `scoped`, in the
+    /// write's transaction. `read_only` names the kind of invocation when it may not write.
+    pub(super) async fn serving<T>(
+        &self,
+        scoped: &mut Scoped<'_>,
+        context: &WriteContext,
+        read_only: Option<&'static str>,
+        invocation: impl Future<Output = (Result<T, Fault>, Usage)>,
+        mut requests: mpsc::Receiver<HostCall>,
+    ) -> (Result<T, Fault>, Usage) {
         tokio::pin!(invocation);
-        let (result, usage) = loop {
+        loop {
             tokio::select! {
                 biased;
                 done = &mut invocation => break done,
                 Some(request) = requests.recv() => {
-                    self.serve(scoped, context, stage, request).await;
+                    self.serve(scoped, context, read_only, request).await;
                 }
             }
-        };
-        let (outcome, error) = match &result {
-            Ok(Outcome::Reject(_)) => ("rejected", None),
-            Ok(_) => ("ok", None),
+        }
+    }
+
+    /// Records one invocation for `/api/v1/plugins/{id}/runs`.
+    pub(super) fn record_run(
+        &self,
+        context: &WriteContext,
+        run: Run<'_>,
+        usage: Usage,
+        outcome: Result<&str, &Fault>,
+    ) {
+        let (outcome, error) = match outcome {
+            Ok(outcome) => (outcome, None),
             Err(fault) => (fault.kind(), Some(fault.to_string())),
         };
         self.plugins.record(NewRun {
             tenant_id: context.principal.tenant.to_string(),
-            plugin_id: plugin.id.clone(),
-            version: plugin.version.clone(),
-            stage: match call {
-                Call::Validator => "validator".to_owned(),
-                Call::Hook(stage) => stage_name(stage).to_owned(),
-            },
-            entity: Some(entity.clone()),
-            record_id,
-            started_at,
+            plugin_id: run.plugin.id.clone(),
+            version: run.plugin.version.clone(),
+            stage: run.stage.to_owned(),
+            entity: Some(run.entity.to_owned()),
+            record_id: run.record_id,
+            started_at: run.started_at,
             duration_us: i64::try_from(usage.duration.as_micros()).unwrap_or(i64::MAX),
             fuel_used: i64::try_from(usage.fuel).unwrap_or(i64::MAX),
             outcome: outcome.to_owned(),
             error,
         });
-        result.map_err(|fault| self.failure(plugin, stage, &entity, fault))
     }
 
     /// Answers one record access of a plugin, within the write's transaction.
@@ -313,7 +389,7 @@ impl Records {
         &self,
         scoped: &mut Scoped<'_>,
         context: &WriteContext,
-        stage: Stage,
+        read_only: Option<&'static str>,
         request: HostCall,
     ) {
         match request {
@@ -337,7 +413,7 @@ impl Records {
                 data,
                 reply,
             } => {
-                let result = match self.nested(context, stage) {
+                let result = match self.nested(context, read_only) {
                     Ok(nested) => self.plugin_create(scoped, nested, entity, data).await,
                     Err(error) => Err(error),
                 };
@@ -349,7 +425,7 @@ impl Records {
                 patch,
                 reply,
             } => {
-                let result = match self.nested(context, stage) {
+                let result = match self.nested(context, read_only) {
                     Ok(nested) => self.plugin_update(scoped, nested, entity, id, patch).await,
                     Err(error) => Err(error),
                 };
@@ -358,23 +434,17 @@ impl Records {
         }
     }
 
-    /// The context of a write made by a hook: one level deeper, refused past the cap and in the
-    /// `validate` stage (which may not change anything).
-    fn nested(&self, context: &WriteContext, stage: Stage) -> Result<WriteContext, HostError> {
-        if stage == Stage::Validate {
-            return Err(HostError::Denied(
-                "validators and `validate` hooks may not write records".into(),
-            ));
+    /// The context of a write made by a hook: one level deeper, refused past the cap and for
+    /// `read_only` invocations (validators, `validate` hooks and computed fields).
+    fn nested(
+        &self,
+        context: &WriteContext,
+        read_only: Option<&'static str>,
+    ) -> Result<WriteContext, HostError> {
+        if let Some(who) = read_only {
+            return Err(HostError::Denied(format!("{who} may not write records")));
         }
-        if context.depth + 1 > MAX_DEPTH {
-            return Err(HostError::LimitExceeded(format!(
-                "hooks nested more than {MAX_DEPTH} deep (a hook writing a record whose hooks write a record…)"
-            )));
-        }
-        Ok(WriteContext {
-            depth: context.depth + 1,
-            ..context.clone()
-        })
+        context.deeper().map_err(HostError::LimitExceeded)
     }
 
     async fn plugin_get(
@@ -487,7 +557,7 @@ impl Records {
             };
             let now = crate::store::now();
             let stored = self
-                .update_one(scoped, &context, &compiled, update, now)
+                .update_one(scoped, &context, &compiled, update, now, &[])
                 .await
                 .map_err(host_error)?;
             Ok(to_record(&entity, &stored))

@@ -136,7 +136,7 @@ impl Target<'_> {
                 Literal::Text(text) => Ok(SqlValue::Text(text.clone())),
                 _ => Err(mismatch("a quoted string")),
             },
-            Target::Field(field) => match (field.field_type, literal) {
+            Target::Field(field) => match (field.value_type(), literal) {
                 (FieldType::Datetime, Literal::Text(text)) => {
                     canonical_datetime(text).map(SqlValue::Text)
                 }
@@ -231,7 +231,7 @@ pub fn compile_filter(
                 && sql_kind(definition_field) == SqlKind::Json
             {
                 if !matches!(filter, Filter::Contains { .. })
-                    || definition_field.field_type != FieldType::Picklist
+                    || definition_field.value_type() != FieldType::Picklist
                 {
                     return Err(format!(
                         "`{field}`: only a multi-select picklist supports `contains` on its values"
@@ -365,7 +365,7 @@ impl Cursor {
                         .get(field.name.as_str())
                         .cloned()
                         .unwrap_or(Value::Null);
-                    if field.field_type == FieldType::Currency {
+                    if field.value_type() == FieldType::Currency {
                         value.get("amount").cloned().unwrap_or(Value::Null)
                     } else {
                         value
@@ -475,7 +475,7 @@ pub fn search(definition: &EntityDefinition, q: &str, builder: &mut QueryBuilder
     let dialect = builder.dialect;
     let fields: Vec<&FieldDefinition> = definition
         .active_fields()
-        .filter(|field| field.field_type.is_searchable_text())
+        .filter(|field| field.value_type().is_searchable_text())
         .collect();
     if fields.is_empty() {
         return "(1 = 0)".to_owned();

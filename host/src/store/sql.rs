@@ -34,7 +34,7 @@ pub enum SqlKind {
 }
 
 pub fn sql_kind(field: &FieldDefinition) -> SqlKind {
-    match field.field_type {
+    match field.value_type() {
         FieldType::Integer => SqlKind::Integer,
         FieldType::Decimal | FieldType::Currency => SqlKind::Decimal,
         FieldType::Boolean => SqlKind::Boolean,
@@ -76,7 +76,7 @@ impl Dialect {
     /// value of the field's previous type, and an unguarded cast would fail on them.
     pub fn field_expr(self, field: &FieldDefinition) -> String {
         let name = field.name.as_str();
-        let currency = field.field_type == FieldType::Currency;
+        let currency = field.value_type() == FieldType::Currency;
         let (value, text) = if currency {
             (
                 format!("data->'{name}'->'amount'"),

@@ -149,6 +149,19 @@ impl Event {
     }
 }
 
+/// A computed value asked of a plugin.
+#[derive(Debug, Clone)]
+pub struct Compute {
+    /// The function, as the manifest lists it under `provides.computed`.
+    pub function: String,
+    /// The field being computed, as the entity definition names it.
+    pub field: String,
+    /// The record as it will be stored (its id is empty while it is being created).
+    pub record: Record,
+    /// The time of the write, RFC 3339 in UTC: compute time-dependent values as of this time.
+    pub at: String,
+}
+
 /// What a hook decided.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -192,10 +205,10 @@ pub trait Plugin {
         Ok(Outcome::Proceed)
     }
 
-    /// The value of the computed field `field` (the manifest's `function`) for `record`.
-    fn compute(function: &str, record: Record) -> Result<Value, String> {
-        let _ = record;
-        Err(format!("this plugin computes no `{function}`"))
+    /// The value of a computed field (`Value::Null` for none); `request.function` is the
+    /// function the manifest lists under `provides.computed`.
+    fn compute(request: Compute) -> Result<Value, String> {
+        Err(format!("this plugin computes no `{}`", request.function))
     }
 
     /// Runs the workflow step `step` with its input.
@@ -255,8 +268,14 @@ impl<E: Exports> exported::hooks::Guest for Glue<E> {
 }
 
 impl<E: Exports> exported::computed::Guest for Glue<E> {
-    fn compute(field: String, record: wit::Record) -> Result<String, String> {
-        E::Plugin::compute(&field, Record::from_wit(record)).map(|value| value.to_string())
+    fn compute(request: exported::computed::ComputeRequest) -> Result<String, String> {
+        let request = Compute {
+            function: request.function,
+            field: request.field,
+            record: Record::from_wit(request.record),
+            at: request.at,
+        };
+        E::Plugin::compute(request).map(|value| value.to_string())
     }
 }
 
