@@ -1,6 +1,9 @@
 //! Hook invocation: a fresh instance from the pre-instantiated component, one call, the result
-//! back — the cost every record write pays per hook. Also what fuel and epoch interruption
-//! each add. Needs the plugins built (`scripts/plugins`).
+//! back — the cost every record write pays per hook. `small` is the smallest hook the SDK builds
+//! (`hostile` with `attack: none`: reads its configuration and proceeds) and measures the
+//! sandbox's own cost; `complaint-sla` adds real guest work (JSON record and configuration,
+//! date arithmetic, a patch back). Also what fuel and epoch interruption each add. Needs the
+//! plugins built (`scripts/plugins`).
 //!
 //! `cargo bench -p rapport --bench plugins`
 
@@ -14,13 +17,13 @@ use rapport::plugins::runtime::{
     LoadedComponent, Meters, Operation, Record, RecordEvent, Runtime, Stage,
 };
 
-fn component(runtime: &Runtime) -> LoadedComponent {
+fn component(runtime: &Runtime, file: &str) -> LoadedComponent {
     let dir = std::env::var_os("RAPPORT_PLUGINS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release")
         });
-    let path = dir.join("complaint_sla.wasm");
+    let path = dir.join(file);
     let bytes = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; run scripts/plugins", path.display()));
     runtime.load(&bytes).expect("the component loads")
@@ -45,13 +48,15 @@ fn event() -> RecordEvent {
     }
 }
 
-const CONFIG: &str =
+const SLA_CONFIG: &str =
     r#"{"priority_field":"priority","due_field":"sla_due_at","days":{"urgent":2,"ordinary":5}}"#;
 
-/// One invocation; returns the fuel it used.
-async fn call(runtime: &Runtime, component: &LoadedComponent) -> u64 {
+const SMALL_CONFIG: &str = r#"{"attack":"none"}"#;
+
+/// One invocation with `config`; returns the fuel it used.
+async fn call(runtime: &Runtime, component: &LoadedComponent, config: &str) -> u64 {
     let limits = Limits::MAX;
-    let state = HostState::new(CONFIG.into(), Capabilities::default(), limits, None);
+    let state = HostState::new(config.into(), Capabilities::default(), limits, None);
     let (result, usage, _) = runtime.handle(component, state, &limits, event()).await;
     assert!(result.is_ok(), "{result:?}");
     usage.fuel
@@ -62,6 +67,14 @@ fn invocation(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut group = c.benchmark_group("hook");
+    {
+        let runtime = Runtime::new(None).expect("an engine");
+        let small = component(&runtime, "hostile.wasm");
+        group.bench_function("small, fuel+epoch", |b| {
+            b.to_async(&tokio)
+                .iter(|| call(&runtime, &small, SMALL_CONFIG));
+        });
+    }
     for (name, meters) in [
         ("fuel+epoch", Meters::BOTH),
         (
@@ -87,35 +100,41 @@ fn invocation(c: &mut Criterion) {
         ),
     ] {
         let runtime = Runtime::with_meters(None, meters).expect("an engine");
-        let component = component(&runtime);
-        group.bench_function(name, |b| {
-            b.to_async(&tokio).iter(|| call(&runtime, &component));
+        let component = component(&runtime, "complaint_sla.wasm");
+        group.bench_function(format!("complaint-sla, {name}"), |b| {
+            b.to_async(&tokio)
+                .iter(|| call(&runtime, &component, SLA_CONFIG));
         });
     }
     group.finish();
 
     // Criterion reports means and medians; the tail comes from timing calls one by one.
     let runtime = Runtime::new(None).expect("an engine");
-    let component = component(&runtime);
-    let (mut times, fuel) = tokio.block_on(async {
-        let mut times: Vec<Duration> = Vec::with_capacity(20_000);
-        let mut fuel = 0;
-        for _ in 0..20_000 {
-            let started = Instant::now();
-            fuel = call(&runtime, &component).await;
-            times.push(started.elapsed());
-        }
-        (times, fuel)
-    });
-    times.sort();
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    println!(
-        "hook/fuel+epoch, 20,000 calls one by one: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}; {fuel} fuel (wasm instructions) per call",
-        at(0.50),
-        at(0.90),
-        at(0.99),
-        times[times.len() - 1]
-    );
+    for (name, file, config) in [
+        ("small", "hostile.wasm", SMALL_CONFIG),
+        ("complaint-sla", "complaint_sla.wasm", SLA_CONFIG),
+    ] {
+        let component = component(&runtime, file);
+        let (mut times, fuel) = tokio.block_on(async {
+            let mut times: Vec<Duration> = Vec::with_capacity(20_000);
+            let mut fuel = 0;
+            for _ in 0..20_000 {
+                let started = Instant::now();
+                fuel = call(&runtime, &component, config).await;
+                times.push(started.elapsed());
+            }
+            (times, fuel)
+        });
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        println!(
+            "hook/{name}, fuel+epoch, 20,000 calls one by one: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}; {fuel} fuel (wasm instructions) per call",
+            at(0.50),
+            at(0.90),
+            at(0.99),
+            times[times.len() - 1]
+        );
+    }
 }
 
 criterion_group!(benches, invocation);

@@ -23,7 +23,7 @@
 
 use serde_json::{Map, Value};
 
-pub use serde_json::json;
+pub use serde_json::{Value, json};
 
 /// The bindings generated from the WIT contract. Plugins use the wrappers of this crate; the
 /// raw bindings are public for the [`plugin!`] macro.
