@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # HTTP create throughput with one `before` hook against none, in one session (W1 of the shared
-# driver, 8 clients): first without plugins, then with the `hostile` plugin in its harmless mode
+# driver, 8 clients): first without plugins; then with the `hostile` plugin in its harmless mode
 # (`attack: none`: reads its configuration and proceeds) bound as a `before` hook on `contacts`,
+# once as shipped (it requests record capabilities, so the hook runs inside the write's
+# transaction) and once with no capabilities (a pure hook: it runs before the transaction);
 # then once more without (to see the drift of the machine between runs).
 #
 #   bench/plugins.sh                      # TOTAL=20000 records per run
@@ -36,13 +38,19 @@ run() { # label email-prefix
 
 run "create, no plugin" a
 base64 -w0 target/wasm32-wasip2/release/hostile.wasm >"$DATA/hostile.b64"
-jq -n --slurpfile m plugins/hostile/manifest.json --rawfile c "$DATA/hostile.b64" \
-  '{manifest: ($m[0] | .provides = {hooks: [{entity: "contacts", stage: "before", operations: ["create"]}]}), component: $c}' \
-  > "$DATA/upload.json"
-api --data @"$DATA/upload.json" "$BASE_URL/api/v1/plugins" >/dev/null
+upload() { # version capabilities
+  jq -n --slurpfile m plugins/hostile/manifest.json --rawfile c "$DATA/hostile.b64" --arg v "$1" --argjson caps "$2" \
+    '{manifest: ($m[0] | .version = $v | .capabilities = (if $caps == null then .capabilities else $caps end)
+       | .provides = {hooks: [{entity: "contacts", stage: "before", operations: ["create"]}]}), component: $c}' \
+    > "$DATA/upload.json"
+  api --data @"$DATA/upload.json" "$BASE_URL/api/v1/plugins" >/dev/null
+}
+upload 0.1.0 null
 api -X PUT -d '{"attack": "none"}' "$BASE_URL/api/v1/plugins/hostile/config" >/dev/null
 api -X POST "$BASE_URL/api/v1/plugins/hostile/enable" >/dev/null
-run "create, one before hook" b
+run "create, one before hook with record capabilities (in the transaction)" b
+upload 0.1.1 '{}'
+run "create, one pure before hook (before the transaction)" c
 api -X POST "$BASE_URL/api/v1/plugins/hostile/disable" >/dev/null
-run "create, no plugin (again)" c
+run "create, no plugin (again)" d
 echo "results: $OUT/results.jsonl"

@@ -796,15 +796,20 @@ impl Records {
         batch: bool,
         idempotency: Option<&Idempotency>,
     ) -> Result<Response, RecordError> {
+        let now = crate::store::now();
+        let mut context = WriteContext::new(principal, now);
         let prepared = match self.metadata.cached(&principal.tenant, entity) {
             Some(compiled) => {
                 let bodies = Self::prepare_new(&compiled, &inputs, batch)?;
+                let (bodies, pre_run) = self
+                    .run_pure_hooks(&context, &compiled, bodies, batch)
+                    .await?;
+                context.pre_run = Some(pre_run);
                 Some((compiled, bodies))
             }
             None => None,
         };
         let this = self.clone();
-        let writer = principal.clone();
         let (tenant, user) = (principal.tenant.clone(), principal.user.clone());
         let name = entity.to_owned();
         let idempotency = idempotency.cloned();
@@ -827,10 +832,12 @@ impl Records {
                         {
                             bodies
                         }
-                        _ => Self::prepare_new(&compiled, &inputs, batch)?,
+                        // The definition changed meanwhile: every hook runs again, in here.
+                        _ => {
+                            context.pre_run = None;
+                            Self::prepare_new(&compiled, &inputs, batch)?
+                        }
                     };
-                    let now = crate::store::now();
-                    let context = WriteContext::new(&writer, now);
                     let stored = this
                         .insert_many(&mut scoped, &context, &compiled, bodies, batch, now)
                         .await?;

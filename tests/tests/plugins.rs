@@ -17,7 +17,108 @@ on_both_backends!(
     a_hook_that_retriggers_itself_stops_at_the_depth_cap,
     plugins_cannot_reach_other_tenants_or_entities_outside_their_capabilities,
     only_administrators_manage_plugins,
+    a_plugin_without_capabilities_runs_once_with_the_same_outcomes_before_the_transaction,
 );
+
+/// A plugin that requests no capabilities runs before the write's transaction (it cannot tell):
+/// its faults, rejections and patches must still decide the write, and a plugin that does need
+/// records must still run, once, inside.
+async fn a_plugin_without_capabilities_runs_once_with_the_same_outcomes_before_the_transaction(
+    app: &TestApp,
+) {
+    define_targets(app, &app.token).await;
+    let mut upload = plugin_upload("hostile");
+    upload["manifest"]["id"] = json!("calm");
+    upload["manifest"]["capabilities"] = json!({});
+    let reply = app.post("/api/v1/plugins", upload).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = app.post("/api/v1/plugins/calm/enable", Value::Null).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+
+    for (attack, reason) in [("panic", "trap"), ("huge", "invalid_result")] {
+        let reply = app
+            .put("/api/v1/plugins/calm/config", json!({"attack": attack}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let single = app
+            .post("/api/v1/records/target", json!({"data": {"name": attack}}))
+            .await;
+        assert_eq!(
+            single.status,
+            StatusCode::FAILED_DEPENDENCY,
+            "{:?}",
+            single.body
+        );
+        assert_eq!(single.fields()["plugin"], "calm");
+        assert_eq!(single.fields()["stage"], "before");
+        assert_eq!(single.fields()["reason"], reason, "{:?}", single.body);
+        let batch = app
+            .post(
+                "/api/v1/records/target/batch",
+                json!({"records": [{"name": "a"}, {"name": "b"}]}),
+            )
+            .await;
+        assert_eq!(
+            batch.status,
+            StatusCode::FAILED_DEPENDENCY,
+            "{:?}",
+            batch.body
+        );
+    }
+    let listed = app.get("/api/v1/records/target").await;
+    assert_eq!(listed.body["data"], json!([]), "nothing was written");
+
+    // Harmless, next to a plugin with record capabilities (`hostile`, after `calm` in id
+    // order): `calm`'s validator runs before the transaction, then `hostile`'s validator and
+    // both `before` hooks inside it — each once.
+    let reply = app
+        .put("/api/v1/plugins/calm/config", json!({"attack": "none"}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    app.install_plugin("hostile", Some(json!({"attack": "none"})))
+        .await;
+    let ok_runs = |body: Value| {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|run| run["outcome"] == "ok")
+            .count()
+    };
+    // Run records are written in the background: wait until a count holds still.
+    let settled = |plugin: &'static str, at_least: usize| async move {
+        let mut last = usize::MAX;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let now = ok_runs(
+                app.get(&format!("/api/v1/plugins/{plugin}/runs"))
+                    .await
+                    .body,
+            );
+            if now >= at_least && now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
+    };
+    // The validator of `calm` went through in the failed writes above.
+    let calm_before = settled("calm", 0).await;
+    let created = app
+        .post("/api/v1/records/target", json!({"data": {"name": "fine"}}))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(
+        settled("calm", calm_before + 2).await,
+        calm_before + 2,
+        "calm's validator and hook ran once each"
+    );
+    assert_eq!(
+        settled("hostile", 2).await,
+        2,
+        "hostile's validator and hook ran once each"
+    );
+}
 
 async fn only_administrators_manage_plugins(app: &TestApp) {
     let member = app

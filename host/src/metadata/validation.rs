@@ -246,7 +246,9 @@ pub fn computed_order(definition: &EntityDefinition) -> Option<Vec<&FieldDefinit
         let ready = computed.iter().find(|field| {
             !placed.contains(field.name.as_str())
                 && field.depends_on.iter().all(|name| {
-                    placed.contains(name.as_str())
+                    // Depending on itself is reported on its own (`check_computed`).
+                    *name == field.name
+                        || placed.contains(name.as_str())
                         || !definition
                             .field(name.as_str())
                             .is_some_and(FieldDefinition::is_computed)
@@ -324,6 +326,52 @@ mod tests {
         assert_eq!(
             paths,
             ["/fields/1/name", "/fields/1/options/2", "/fields/2/unique"],
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn computed_fields_come_after_the_computed_fields_they_depend_on() {
+        let definition = parse_definition(&json!({"name": "account", "fields": [
+            {"name": "tier", "type": "computed", "returns": "text", "plugin": "p", "function": "tier",
+             "depends_on": ["score", "size"]},
+            {"name": "size", "type": "integer"},
+            {"name": "score", "type": "computed", "returns": "integer", "plugin": "p", "function": "score"}
+        ]}))
+        .expect("a valid definition");
+        let order: Vec<&str> = computed_order(&definition)
+            .expect("no circle")
+            .iter()
+            .map(|field| field.name.as_str())
+            .collect();
+        assert_eq!(order, ["score", "tier"]);
+    }
+
+    #[test]
+    fn computed_fields_that_depend_on_each_other_in_a_circle_are_refused() {
+        let found = problems(json!({"name": "x", "fields": [
+            {"name": "a", "type": "computed", "returns": "integer", "plugin": "p", "function": "f", "depends_on": ["c"]},
+            {"name": "b", "type": "computed", "returns": "integer", "plugin": "p", "function": "f", "depends_on": ["a"]},
+            {"name": "c", "type": "computed", "returns": "integer", "plugin": "p", "function": "f", "depends_on": ["b"]}
+        ]}));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("circle"), "{found:?}");
+    }
+
+    #[test]
+    fn computed_fields_are_neither_required_nor_unique_nor_self_dependent() {
+        let found = problems(json!({"name": "x", "fields": [
+            {"name": "a", "type": "computed", "returns": "integer", "plugin": "p", "function": "f",
+             "required": true, "unique": true, "depends_on": ["a"]}
+        ]}));
+        let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/fields/0/required",
+                "/fields/0/unique",
+                "/fields/0/depends_on/0"
+            ],
             "{found:?}"
         );
     }

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -19,6 +20,7 @@ use crate::auth::Principal;
 use crate::metadata::record_schema::FieldErrors;
 use crate::plugins::Active;
 use crate::plugins::host::{HostCall, HostState};
+use crate::plugins::manifest::Capabilities;
 use crate::plugins::runtime::{
     Fault, HostError, Operation, Outcome, Record, RecordEvent, Stage, Usage,
 };
@@ -35,6 +37,27 @@ pub struct WriteContext {
     pub depth: u32,
     /// The time of the write, RFC 3339 UTC, as plugins see it.
     pub at: String,
+    /// For a client's create: the validators and hooks already run before the transaction
+    /// (see [`Records::run_pure_hooks`]).
+    pub pre_run: Option<PreRun>,
+}
+
+/// The validators and hooks a create ran before its transaction: the first `steps` calls of the
+/// stages `validate` and `before` over `active`, the tenant's enabled plugins as they were then
+/// (the transaction runs the rest over the same list).
+#[derive(Debug, Clone)]
+pub struct PreRun {
+    active: Arc<Vec<Active>>,
+    steps: usize,
+}
+
+/// Which calls of a write's plugins to run.
+struct Steps<'a> {
+    active: &'a [Active],
+    /// Calls already run.
+    skip: usize,
+    /// The last call to run.
+    until: usize,
 }
 
 impl WriteContext {
@@ -48,6 +71,7 @@ impl WriteContext {
         }
         Ok(WriteContext {
             depth: self.depth + 1,
+            pre_run: None,
             ..self.clone()
         })
     }
@@ -65,6 +89,7 @@ impl WriteContext {
             principal: principal.clone(),
             depth: 0,
             at,
+            pre_run: None,
         }
     }
 }
@@ -181,18 +206,127 @@ impl Records {
         entity: &CompiledEntity,
         operation: Operation,
         stages: &[Stage],
-        mut body: Map<String, Value>,
+        body: Map<String, Value>,
         stored: Option<&StoredRecord>,
         previous: Option<&Map<String, Value>>,
     ) -> Result<Map<String, Value>, RecordError> {
+        let (active, done) = match &context.pre_run {
+            Some(pre_run)
+                if operation == Operation::Create && stages.first() == Some(&Stage::Validate) =>
+            {
+                (pre_run.active.clone(), pre_run.steps)
+            }
+            _ => (self.plugins.active(&context.principal.tenant).await?, 0),
+        };
+        let steps = Steps {
+            active: &active,
+            skip: done,
+            until: usize::MAX,
+        };
+        self.run_steps(
+            Some(scoped),
+            context,
+            entity,
+            operation,
+            stages,
+            body,
+            stored,
+            previous,
+            steps,
+        )
+        .await
+    }
+
+    /// Runs, before a create's transaction, the leading validators and hooks (stages `validate`
+    /// and `before`) of plugins that can reach neither records nor the outbox: their outcome
+    /// depends on the event alone, so it is the same outside the transaction, and on SQLite they
+    /// then run in parallel instead of inside the one writer. Returns the patched bodies and
+    /// what ran, for [`WriteContext::pre_run`]; the transaction runs the rest.
+    pub(super) async fn run_pure_hooks(
+        &self,
+        context: &WriteContext,
+        entity: &CompiledEntity,
+        bodies: Vec<Map<String, Value>>,
+        batch: bool,
+    ) -> Result<(Vec<Map<String, Value>>, PreRun), RecordError> {
         let active = self.plugins.active(&context.principal.tenant).await?;
-        if active.is_empty() {
+        let mut pure = 0;
+        'steps: for stage in [Stage::Validate, Stage::Before] {
+            for plugin in active.iter() {
+                for _ in calls_for(plugin, entity.name(), Operation::Create, stage) {
+                    if plugin.manifest.capabilities != Capabilities::default() {
+                        break 'steps;
+                    }
+                    pure += 1;
+                }
+            }
+        }
+        let mut hooked = Vec::with_capacity(bodies.len());
+        if pure == 0 {
+            hooked = bodies;
+        } else {
+            for (index, body) in bodies.into_iter().enumerate() {
+                let steps = Steps {
+                    active: &active,
+                    skip: 0,
+                    until: pure,
+                };
+                let body = self
+                    .run_steps(
+                        None,
+                        context,
+                        entity,
+                        Operation::Create,
+                        &[Stage::Validate, Stage::Before],
+                        body,
+                        None,
+                        None,
+                        steps,
+                    )
+                    .await
+                    .map_err(|error| super::in_batch(batch, index, error))?;
+                hooked.push(body);
+            }
+        }
+        Ok((
+            hooked,
+            PreRun {
+                active,
+                steps: pure,
+            },
+        ))
+    }
+
+    /// Runs the calls `steps.skip..steps.until` of `stages`, in order (stage, then plugin id).
+    /// Without `scoped`, plugins get no record access.
+    #[expect(clippy::too_many_arguments, reason = "the parts of a record event")]
+    async fn run_steps(
+        &self,
+        mut scoped: Option<&mut Scoped<'_>>,
+        context: &WriteContext,
+        entity: &CompiledEntity,
+        operation: Operation,
+        stages: &[Stage],
+        mut body: Map<String, Value>,
+        stored: Option<&StoredRecord>,
+        previous: Option<&Map<String, Value>>,
+        steps: Steps<'_>,
+    ) -> Result<Map<String, Value>, RecordError> {
+        if steps.active.is_empty() {
             return Ok(body);
         }
         let name = entity.name();
+        let mut step = 0;
         for &stage in stages {
-            for plugin in active.iter() {
+            for plugin in steps.active.iter() {
                 for call in calls_for(plugin, name, operation, stage) {
+                    step += 1;
+                    if step <= steps.skip {
+                        continue;
+                    }
+                    if step > steps.until {
+                        return Ok(body);
+                    }
                     let changed: Vec<String> = match previous {
                         Some(previous) => changes(previous, &body).keys().cloned().collect(),
                         None => body.keys().cloned().collect(),
@@ -219,7 +353,7 @@ impl Records {
                         depth: context.depth,
                     };
                     let outcome = self
-                        .invoke(scoped, context, plugin, call, event, stage)
+                        .invoke(scoped.as_deref_mut(), context, plugin, call, event, stage)
                         .await?;
                     match outcome {
                         Outcome::Proceed => {}
@@ -277,7 +411,7 @@ impl Records {
     /// Runs one validator or hook, serving its record access from `scoped`, and records the run.
     async fn invoke(
         &self,
-        scoped: &mut Scoped<'_>,
+        scoped: Option<&mut Scoped<'_>>,
         context: &WriteContext,
         plugin: &Active,
         call: Call,
@@ -313,9 +447,17 @@ impl Records {
             }
         };
         let read_only = (stage == Stage::Validate).then_some("validators and `validate` hooks");
-        let (result, usage) = self
-            .serving(scoped, context, read_only, invocation, requests)
-            .await;
+        let (result, usage) = match scoped {
+            Some(scoped) => {
+                self.serving(scoped, context, read_only, invocation, requests)
+                    .await
+            }
+            // No record access: a host call finds the channel closed and fails.
+            None => {
+                drop(requests);
+                invocation.await
+            }
+        };
         let outcome = match &result {
             Ok(Outcome::Reject(_)) => Ok("rejected"),
             Ok(_) => Ok("ok"),
