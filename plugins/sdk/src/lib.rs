@@ -21,7 +21,7 @@
 //! Build with `cargo build --release --target wasm32-wasip2` (or `rapport plugin build`): the
 //! result is a component for the contract `rapport:plugin@0.1.0` in `wit/v0.1.0`.
 
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 pub use serde_json::{Value, json};
 
