@@ -440,14 +440,14 @@ pub struct NewHistory<'a> {
 
 /// A parameter of a multi-row INSERT: a value, JSON text (cast to `jsonb` on PostgreSQL), or a
 /// record body (`jsonb` on both).
-enum Param {
+pub(super) enum Param {
     Value(SqlValue),
     Json(String),
     Body(String),
 }
 
 /// Rows per multi-row INSERT: well under both backends' limits on bound parameters.
-const ROWS_PER_INSERT: usize = 400;
+pub(super) const ROWS_PER_INSERT: usize = 400;
 
 impl Scoped<'_> {
     /// Inserts records and their history rows with as few statements as possible (one per 400
@@ -470,7 +470,8 @@ impl Scoped<'_> {
                 Param::Value(SqlValue::Text(record.user.to_string())),
             ]
         });
-        let mut statements = self.build_inserts(
+        let mut statements = build_inserts(
+            self.dialect(),
             "INSERT INTO records (id, tenant_id, entity_id, data, owner_id, created_at, created_by, version, updated_at, updated_by) VALUES ",
             "1, {5}, {6}",
             record_rows,
@@ -487,7 +488,8 @@ impl Scoped<'_> {
                 Param::Json(row.changes.clone()),
             ]
         });
-        statements.extend(self.build_inserts(
+        statements.extend(build_inserts(
+            self.dialect(),
             "INSERT INTO record_history (tenant_id, entity_id, record_id, version, operation, changed_at, changed_by, changes) VALUES ",
             "",
             history_rows,
@@ -509,59 +511,6 @@ impl Scoped<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Builds multi-row INSERTs: `prefix`, then one tuple per row of its parameters, followed by
-    /// `tail` (literal SQL where `{n}` repeats the row's parameter n). SQLite gets anonymous `?`
-    /// placeholders: binding numbered ones costs time quadratic in their count.
-    fn build_inserts<const N: usize>(
-        &self,
-        prefix: &str,
-        tail: &str,
-        rows: impl Iterator<Item = [Param; N]>,
-    ) -> Vec<(String, Vec<SqlValue>)> {
-        let dialect = self.dialect();
-        let rows: Vec<[Param; N]> = rows.collect();
-        let mut statements = Vec::new();
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let mut sql = String::with_capacity(prefix.len() + chunk.len() * N * 8);
-            sql.push_str(prefix);
-            let mut binds = Vec::with_capacity(chunk.len() * (N + 2));
-            for (row_index, row) in chunk.iter().enumerate() {
-                sql.push_str(if row_index == 0 { "(" } else { ",(" });
-                let placeholder = |param: &Param, binds: &mut Vec<SqlValue>| {
-                    let value = match param {
-                        Param::Value(value) => value.clone(),
-                        Param::Json(text) | Param::Body(text) => SqlValue::Text(text.clone()),
-                    };
-                    binds.push(value);
-                    match (dialect, param) {
-                        (super::Dialect::Sqlite, Param::Body(_)) => dialect.body_param("?"),
-                        (super::Dialect::Sqlite, _) => "?".to_owned(),
-                        (super::Dialect::Postgres, Param::Value(_)) => format!("${}", binds.len()),
-                        (super::Dialect::Postgres, _) => format!("${}::jsonb", binds.len()),
-                    }
-                };
-                let mut parts: Vec<String> = row
-                    .iter()
-                    .map(|param| placeholder(param, &mut binds))
-                    .collect();
-                if !tail.is_empty() {
-                    let mut literal = tail.to_owned();
-                    for (n, param) in row.iter().enumerate() {
-                        let marker = format!("{{{n}}}");
-                        if literal.contains(&marker) {
-                            literal = literal.replace(&marker, &placeholder(param, &mut binds));
-                        }
-                    }
-                    parts.push(literal);
-                }
-                sql.push_str(&parts.join(", "));
-                sql.push(')');
-            }
-            statements.push((sql, binds));
-        }
-        statements
     }
 
     /// Live records of an entity whose value of a unique field is among `values`, as
@@ -614,4 +563,56 @@ impl Scoped<'_> {
             StoreError::Corrupt(format!("no auto-number counter for field `{field}`"))
         })
     }
+}
+
+/// Builds multi-row INSERTs: `prefix`, then one tuple per row of its parameters, followed by
+/// `tail` (literal SQL where `{n}` repeats the row's parameter n). SQLite gets anonymous `?`
+/// placeholders: binding numbered ones costs time quadratic in their count.
+pub(super) fn build_inserts<const N: usize>(
+    dialect: super::Dialect,
+    prefix: &str,
+    tail: &str,
+    rows: impl Iterator<Item = [Param; N]>,
+) -> Vec<(String, Vec<SqlValue>)> {
+    let rows: Vec<[Param; N]> = rows.collect();
+    let mut statements = Vec::new();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::with_capacity(prefix.len() + chunk.len() * N * 8);
+        sql.push_str(prefix);
+        let mut binds = Vec::with_capacity(chunk.len() * (N + 2));
+        for (row_index, row) in chunk.iter().enumerate() {
+            sql.push_str(if row_index == 0 { "(" } else { ",(" });
+            let placeholder = |param: &Param, binds: &mut Vec<SqlValue>| {
+                let value = match param {
+                    Param::Value(value) => value.clone(),
+                    Param::Json(text) | Param::Body(text) => SqlValue::Text(text.clone()),
+                };
+                binds.push(value);
+                match (dialect, param) {
+                    (super::Dialect::Sqlite, Param::Body(_)) => dialect.body_param("?"),
+                    (super::Dialect::Sqlite, _) => "?".to_owned(),
+                    (super::Dialect::Postgres, Param::Value(_)) => format!("${}", binds.len()),
+                    (super::Dialect::Postgres, _) => format!("${}::jsonb", binds.len()),
+                }
+            };
+            let mut parts: Vec<String> = row
+                .iter()
+                .map(|param| placeholder(param, &mut binds))
+                .collect();
+            if !tail.is_empty() {
+                let mut literal = tail.to_owned();
+                for (n, param) in row.iter().enumerate() {
+                    let marker = format!("{{{n}}}");
+                    if literal.contains(&marker) {
+                        literal = literal.replace(&marker, &placeholder(param, &mut binds));
+                    }
+                }
+                parts.push(literal);
+            }
+            sql.push_str(&parts.join(", "));
+            sql.push(')');
+        }
+        statements.push((sql, binds));
+    }
+    statements
 }
