@@ -18,6 +18,7 @@ pub mod entities;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod outbox;
 pub mod plugins;
 pub mod records;
 
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route("/plugins/{id}/disable", post(plugins::disable))
         .route("/plugins/{id}/config", put(plugins::configure))
         .route("/plugins/{id}/runs", get(plugins::runs))
+        .route("/outbox", get(outbox::list))
         .route(
             "/records/{entity}",
             get(records::list).post(records::create),

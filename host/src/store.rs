@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::domain::TenantId;
 
 pub mod entities;
+pub mod outbox;
 pub mod plugins;
 pub mod records;
 pub mod sql;

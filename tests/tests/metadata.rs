@@ -460,6 +460,18 @@ async fn the_openapi_document_describes_the_tenants_entities(app: &TestApp) {
     assert_eq!(document.status, StatusCode::OK);
     assert_eq!(document.body["openapi"], "3.1.0");
     assert!(document.body["paths"]["/api/v1/records/contact"]["post"].is_object());
+    for (path, method) in [
+        ("/api/v1/entities", "post"),
+        ("/api/v1/records/{entity}/batch", "patch"),
+        ("/api/v1/records/{entity}/recompute", "post"),
+        ("/api/v1/plugins/{id}/runs", "get"),
+        ("/api/v1/outbox", "get"),
+    ] {
+        assert!(
+            document.body["paths"][path][method].is_object(),
+            "{method} {path} is described"
+        );
+    }
     let data = &document.body["components"]["schemas"]["contact_data"];
     assert_eq!(
         data["properties"]["stage"]["enum"],

@@ -18,6 +18,7 @@ on_both_backends!(
     plugins_cannot_reach_other_tenants_or_entities_outside_their_capabilities,
     only_administrators_manage_plugins,
     a_plugin_without_capabilities_runs_once_with_the_same_outcomes_before_the_transaction,
+    outbox_messages_exist_exactly_when_their_write_commits,
 );
 
 /// A plugin that requests no capabilities runs before the write's transaction (it cannot tell):
@@ -675,4 +676,159 @@ async fn plugins_cannot_reach_other_tenants_or_entities_outside_their_capabiliti
     assert!(message.contains("writing `secret`"), "{message}");
     let secrets = app.get("/api/v1/records/secret").await;
     assert_eq!(secrets.body["data"], json!([]));
+}
+
+/// Outbox messages a hook enqueues are stored in the write's transaction: listed after the write
+/// commits, gone with it when it rolls back; kinds outside the manifest and messages from
+/// validators are refused; only administrators read the outbox, and only their tenant's.
+async fn outbox_messages_exist_exactly_when_their_write_commits(app: &TestApp) {
+    define_targets(app, &app.token).await;
+    let other = app.other_tenant("globex").await;
+    app.install_plugin("hostile", Some(json!({"attack": "notify"})))
+        .await;
+    let first = app.create("target", json!({"name": "alpha"})).await;
+    let second = app.create("target", json!({"name": "beta"})).await;
+    assert_ne!(first, second);
+
+    let listed = app.get("/api/v1/outbox").await;
+    assert_eq!(listed.status, StatusCode::OK, "{:?}", listed.body);
+    let messages = listed.body["data"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    // Newest first.
+    assert_eq!(
+        messages[0]["payload"],
+        json!({"to": "ops@example.com", "subject": "New target beta"})
+    );
+    assert_eq!(messages[1]["payload"]["subject"], "New target alpha");
+    for message in messages {
+        assert_eq!(message["kind"], "email");
+        assert_eq!(message["status"], "pending");
+        assert_eq!(message["plugin"], "hostile");
+        assert_eq!(message["plugin_version"], "0.1.0");
+        assert_eq!(message["entity"], "target");
+    }
+    assert_eq!(listed.body["next_cursor"], Value::Null);
+
+    // Pages: one at a time, then the rest.
+    let page = app
+        .get("/api/v1/outbox?limit=1&kind=email&status=pending")
+        .await;
+    assert_eq!(page.body["data"].as_array().unwrap().len(), 1);
+    let cursor = page.body["next_cursor"].as_str().expect("a next page");
+    let rest = app
+        .get(&format!("/api/v1/outbox?limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(
+        rest.body["data"][0]["payload"]["subject"],
+        "New target alpha"
+    );
+    assert_eq!(rest.body["next_cursor"], Value::Null);
+    let none = app.get("/api/v1/outbox?kind=sms").await;
+    assert_eq!(none.body["data"], json!([]));
+
+    // A hook that enqueues and then fails: the write and its message roll back together.
+    for (attack, status) in [
+        ("notify_then_fail", StatusCode::FAILED_DEPENDENCY),
+        ("notify_sms", StatusCode::FAILED_DEPENDENCY),
+        ("notify_in_validator", StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let reply = app
+            .put("/api/v1/plugins/hostile/config", json!({"attack": attack}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let reply = app
+            .post("/api/v1/records/target", json!({"data": {"name": attack}}))
+            .await;
+        assert_eq!(reply.status, status, "{attack}: {:?}", reply.body);
+        let text = reply.body.to_string();
+        match attack {
+            "notify_sms" => assert!(
+                text.contains("does not request outbox messages of kind `sms`"),
+                "{text}"
+            ),
+            "notify_in_validator" => {
+                assert!(text.contains("may not enqueue outbox messages"), "{text}")
+            }
+            _ => {}
+        }
+    }
+    // A hook that enqueues and lets the write go on, and the write then fails after it (a
+    // unique value taken twice in one batch): the message rolls back with the write.
+    let reply = app
+        .put(
+            "/api/v1/plugins/hostile/config",
+            json!({"attack": "notify"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let mut definition = app.get("/api/v1/entities/target").await.body;
+    definition.as_object_mut().unwrap().remove("updated_at");
+    definition["fields"][0]["unique"] = json!(true);
+    let reply = app.put("/api/v1/entities/target", definition).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = app
+        .post(
+            "/api/v1/records/target/batch",
+            json!({"records": [{"name": "gamma"}, {"name": "gamma"}]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{:?}", reply.body);
+    // The hook did run for both records (and enqueued) before the conflict was found.
+    let mut ran = 0;
+    for _ in 0..100 {
+        let runs = app
+            .get("/api/v1/plugins/hostile/runs?limit=1000")
+            .await
+            .body;
+        ran = runs["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|run| run["stage"] == "before" && run["outcome"] == "ok")
+            .count();
+        if ran >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(ran, 4, "alpha, beta and both gammas ran their hook");
+
+    let listed = app.get("/api/v1/outbox").await;
+    assert_eq!(
+        listed.body["data"].as_array().unwrap().len(),
+        2,
+        "{:?}",
+        listed.body
+    );
+    let records = app.get("/api/v1/records/target").await;
+    assert_eq!(records.body["data"].as_array().unwrap().len(), 2);
+
+    // Bad parameters are named.
+    for query in ["limit=0", "status=sent", "cursor=nope", "colour=red"] {
+        let reply = app.get(&format!("/api/v1/outbox?{query}")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {:?}",
+            reply.body
+        );
+    }
+
+    // Another tenant sees none of them; a member may not read the outbox.
+    let foreign = app
+        .send(reqwest::Method::GET, "/api/v1/outbox", &other, None, &[])
+        .await;
+    assert_eq!(foreign.status, StatusCode::OK);
+    assert_eq!(foreign.body["data"], json!([]));
+    let member = app
+        .store
+        .create_user("acme", "sam", rapport::auth::Role::Member)
+        .await
+        .unwrap()
+        .unwrap()
+        .token;
+    let reply = app
+        .send(reqwest::Method::GET, "/api/v1/outbox", &member, None, &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{:?}", reply.body);
 }

@@ -182,6 +182,12 @@ fn fixed_paths() -> Map<String, Value> {
                           "properties": {"id": {"type": "string"}, "version": {"type": "integer"}, "data": {"type": "object"}}}}}}}}},
                   "responses": {"200": {"description": "Updated"}, "409": error, "422": error}}
     }));
+    paths.insert("/api/v1/records/{entity}/recompute".into(), json!({
+        "parameters": [entity_param],
+        "post": {"tags": ["records"], "summary": "Compute the entity's computed fields of every record again (admin); the body `{\"fields\": [...]}` is optional",
+                 "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"fields": {"type": "array", "items": {"type": "string"}}}}}}},
+                 "responses": {"200": {"description": "`{\"records\": n, \"changed\": m}`"}, "400": error, "403": error, "404": error, "424": error}}
+    }));
     paths.insert("/api/v1/records/{entity}/{id}/restore".into(), json!({
         "parameters": [entity_param, id_param],
         "post": {"tags": ["records"], "summary": "Restore a soft-deleted record", "responses": {"200": {"description": "Restored"}, "409": error}}
@@ -231,6 +237,15 @@ fn fixed_paths() -> Map<String, Value> {
                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
         "get": {"tags": ["plugins"], "summary": "The latest invocations, newest first: stage, entity, record, duration, fuel, outcome, error",
                 "responses": {"200": {"description": "Runs"}, "400": error, "404": error}}
+    }));
+    paths.insert("/api/v1/outbox".into(), json!({
+        "get": {"tags": ["plugins"], "summary": "Messages enqueued by plugins in committed writes, newest first (admin)",
+                "parameters": [{"name": "kind", "in": "query", "schema": {"type": "string"}},
+                               {"name": "status", "in": "query", "schema": {"enum": ["pending", "delivered", "failed"]}},
+                               {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "`next_cursor` of the previous page"},
+                               {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+                "responses": {"200": {"description": "A page of messages: id, kind, payload, plugin, plugin_version, entity, record_id, created_by, created_at, status"},
+                              "400": error, "403": error}}
     }));
     paths
 }

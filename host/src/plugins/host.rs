@@ -76,6 +76,8 @@ pub struct HostState {
     rows: u64,
     writes: u64,
     exceeded: Option<String>,
+    /// Who may not enqueue messages (validators, computed fields…), if this invocation may not.
+    outbox_denied: Option<&'static str>,
     pub logs: Vec<LogLine>,
     pub outbox: Vec<OutboxMessage>,
 }
@@ -102,9 +104,17 @@ impl HostState {
             rows: 0,
             writes: 0,
             exceeded: None,
+            outbox_denied: None,
             logs: Vec::new(),
             outbox: Vec::new(),
         }
+    }
+
+    /// Refuses every outbox message of this invocation: `who` (e.g. "validators") may only
+    /// judge or compute, not cause effects.
+    pub fn without_outbox(mut self, who: &'static str) -> Self {
+        self.outbox_denied = Some(who);
+        self
     }
 
     /// Counts a host call; refuses it (and every later one) beyond the cap.
@@ -310,6 +320,11 @@ impl log::Host for HostState {
 impl outbox::Host for HostState {
     async fn enqueue(&mut self, kind: String, payload: String) -> Result<String, HostError> {
         self.count_call()?;
+        if let Some(who) = self.outbox_denied {
+            return Err(HostError::Denied(format!(
+                "{who} may not enqueue outbox messages"
+            )));
+        }
         if !self.capabilities.outbox.contains(&kind) {
             return Err(HostError::Denied(format!(
                 "the plugin's manifest does not request outbox messages of kind `{kind}`"

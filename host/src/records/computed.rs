@@ -101,7 +101,7 @@ impl Records {
                 },
                 at: context.at.clone(),
             };
-            let (state, requests) = host_state(plugin);
+            let (state, requests) = host_state(plugin, Some("computed fields"));
             let runtime = self.plugins.runtime().clone();
             let started_at = crate::store::now();
             let invocation = async {

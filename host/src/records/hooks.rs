@@ -19,12 +19,13 @@ use super::{
 use crate::auth::Principal;
 use crate::metadata::record_schema::FieldErrors;
 use crate::plugins::Active;
-use crate::plugins::host::{HostCall, HostState};
+use crate::plugins::host::{HostCall, HostState, OutboxMessage};
 use crate::plugins::manifest::Capabilities;
 use crate::plugins::runtime::{
     Fault, HostError, Operation, Outcome, Record, RecordEvent, Stage, Usage,
 };
 use crate::store::Scoped;
+use crate::store::outbox::NewMessage;
 use crate::store::plugins::NewRun;
 
 /// How deep hooks may nest: a client's write is depth 0, a write made by one of its hooks 1…
@@ -182,14 +183,21 @@ pub(super) struct Run<'a> {
 }
 
 /// A fresh host state for one invocation of `plugin`, and the receiver of its record accesses.
-pub(super) fn host_state(plugin: &Active) -> (HostState, mpsc::Receiver<HostCall>) {
+/// `read_only` names the kind of invocation when it may cause no effects (no writes, no outbox).
+pub(super) fn host_state(
+    plugin: &Active,
+    read_only: Option<&'static str>,
+) -> (HostState, mpsc::Receiver<HostCall>) {
     let (calls, requests) = mpsc::channel(1);
-    let state = HostState::new(
+    let mut state = HostState::new(
         plugin.config.clone(),
         plugin.manifest.capabilities.clone(),
         plugin.limits,
         Some(calls),
     );
+    if let Some(who) = read_only {
+        state = state.without_outbox(who);
+    }
     (state, requests)
 }
 
@@ -418,15 +426,16 @@ impl Records {
         event: RecordEvent,
         stage: Stage,
     ) -> Result<Outcome, RecordError> {
-        let (state, requests) = host_state(plugin);
+        let read_only = (stage == Stage::Validate).then_some("validators and `validate` hooks");
+        let (state, requests) = host_state(plugin, read_only);
         let runtime = self.plugins.runtime().clone();
         let entity = event.entity.clone();
         let record_id = Some(event.record.id.clone()).filter(|id| !id.is_empty());
         let started_at = crate::store::now();
         let invocation = async {
-            match call {
+            let (result, usage, state) = match call {
                 Call::Validator => {
-                    let (result, usage, _) = runtime
+                    let (result, usage, state) = runtime
                         .validate(&plugin.component, state, &plugin.limits, event)
                         .await;
                     let result = result.map(|errors| {
@@ -436,26 +445,39 @@ impl Records {
                             Outcome::Reject(errors)
                         }
                     });
-                    (result, usage)
+                    (result, usage, state)
                 }
                 Call::Hook(_) => {
-                    let (result, usage, _) = runtime
+                    runtime
                         .handle(&plugin.component, state, &plugin.limits, event)
-                        .await;
-                    (result, usage)
+                        .await
                 }
-            }
+            };
+            (result.map(|outcome| (outcome, state.outbox)), usage)
         };
-        let read_only = (stage == Stage::Validate).then_some("validators and `validate` hooks");
         let (result, usage) = match scoped {
             Some(scoped) => {
-                self.serving(scoped, context, read_only, invocation, requests)
-                    .await
+                let (result, usage) = self
+                    .serving(&mut *scoped, context, read_only, invocation, requests)
+                    .await;
+                // The messages of a hook that lets the write go on are stored in the write's
+                // transaction: they exist exactly when the write commits.
+                if let Ok((outcome, messages)) = &result
+                    && !messages.is_empty()
+                    && !matches!(outcome, Outcome::Reject(_))
+                {
+                    let messages =
+                        self.outbox_messages(context, plugin, &entity, &record_id, messages);
+                    scoped.enqueue(&messages).await?;
+                }
+                (result.map(|(outcome, _)| outcome), usage)
             }
-            // No record access: a host call finds the channel closed and fails.
+            // No record access: a host call finds the channel closed and fails (and plugins that
+            // run here request no outbox kinds).
             None => {
                 drop(requests);
-                invocation.await
+                let (result, usage) = invocation.await;
+                (result.map(|(outcome, _)| outcome), usage)
             }
         };
         let outcome = match &result {
@@ -475,6 +497,32 @@ impl Records {
         };
         self.record_run(context, run, usage, outcome);
         result.map_err(|fault| self.failure(plugin, stage_name(stage), &entity, fault))
+    }
+
+    /// The messages a plugin enqueued in one invocation, as the outbox stores them.
+    fn outbox_messages(
+        &self,
+        context: &WriteContext,
+        plugin: &Active,
+        entity: &str,
+        record_id: &Option<String>,
+        messages: &[OutboxMessage],
+    ) -> Vec<NewMessage> {
+        let now = crate::store::now();
+        messages
+            .iter()
+            .map(|message| NewMessage {
+                id: message.id.clone(),
+                kind: message.kind.clone(),
+                payload: message.payload.clone(),
+                plugin_id: Some(plugin.id.clone()),
+                plugin_version: Some(plugin.version.clone()),
+                entity: Some(entity.to_owned()),
+                record_id: record_id.clone(),
+                created_by: context.principal.user.to_string(),
+                created_at: now,
+            })
+            .collect()
     }
 
     /// Drives an invocation to its end while answering its host calls from `scoped`, in the

@@ -9,10 +9,14 @@
 //! - `foreign`: reads the record id in its configuration's `id` (another tenant's: not found);
 //! - `write_other`: creates a record of an entity outside its capabilities (denied);
 //! - `reenter`: updates the record it is called for, which calls it again (the depth cap stops it);
+//! - `notify`: enqueues an `email` outbox message naming the record, then proceeds;
+//! - `notify_then_fail`: enqueues one, then fails (the write and the message roll back);
+//! - `notify_sms`: enqueues a kind its manifest does not request (denied);
+//! - `notify_in_validator`: its validator enqueues one (validators may not);
 //! - `panic`: panics (a trap);
 //! - `none`: proceeds.
 
-use rapport_sdk::{Event, Outcome, Plugin, json, records};
+use rapport_sdk::{Event, FieldError, Outcome, Plugin, json, records};
 
 pub struct Hostile;
 
@@ -31,7 +35,25 @@ fn recurse(depth: u64) -> u64 {
     next(depth + 1).wrapping_add(frame[(depth % 64) as usize])
 }
 
+fn notify(event: &Event, kind: &str) -> Result<String, String> {
+    let name = event.record.get_str("name").unwrap_or_default();
+    rapport_sdk::enqueue(
+        kind,
+        &json!({"to": "ops@example.com", "subject": format!("New target {name}")}),
+    )
+    .map_err(|error| format!("{error:?}"))
+}
+
 impl Plugin for Hostile {
+    fn validate(event: Event) -> Vec<FieldError> {
+        if attack() == "notify_in_validator"
+            && let Err(error) = notify(&event, "email")
+        {
+            return vec![FieldError::new("", error)];
+        }
+        Vec::new()
+    }
+
     fn hook(event: Event) -> Result<Outcome, String> {
         match attack().as_str() {
             "loop" => {
@@ -88,6 +110,12 @@ impl Plugin for Hostile {
                     Err(error) => Err(format!("{error:?}")),
                 }
             }
+            "notify" => notify(&event, "email").map(|_| Outcome::Proceed),
+            "notify_then_fail" => {
+                notify(&event, "email")?;
+                Err("failing after enqueueing a message".into())
+            }
+            "notify_sms" => notify(&event, "sms").map(|_| Outcome::Proceed),
             "panic" => panic!("the hostile plugin panics"),
             _ => Ok(Outcome::Proceed),
         }

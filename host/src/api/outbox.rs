@@ -1,0 +1,94 @@
+//! `/api/v1/outbox`: the messages plugins enqueued in committed writes, newest first, for
+//! administrators. Delivery (email, webhooks) reads the same table.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::Params;
+use crate::auth::Principal;
+use crate::store::outbox::MessageFilter;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxParams {
+    kind: Option<String>,
+    /// `pending`, `delivered` or `failed`.
+    status: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(params): Params<OutboxParams>,
+) -> Result<Json<Value>, ApiError> {
+    if !principal.is_admin() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "reading the outbox needs the admin role",
+        ));
+    }
+    if !(1..=1000).contains(&params.limit) {
+        return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
+    }
+    if let Some(status) = &params.status
+        && !["pending", "delivered", "failed"].contains(&status.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "`status` must be `pending`, `delivered` or `failed`, not `{status}`"
+        )));
+    }
+    if let Some(cursor) = &params.cursor
+        && uuid::Uuid::parse_str(cursor).is_err()
+    {
+        return Err(ApiError::bad_request(
+            "`cursor` must be the `next_cursor` of a previous page",
+        ));
+    }
+    let filter = MessageFilter {
+        kind: params.kind,
+        status: params.status,
+        before: params.cursor,
+        // One more than asked, to know whether there is a next page.
+        limit: params.limit + 1,
+    };
+    let mut conn = state.store.reader().await?;
+    let mut messages = conn.scoped(&principal.tenant).outbox(&filter).await?;
+    let next_cursor = if messages.len() as i64 > params.limit {
+        messages.truncate(params.limit as usize);
+        messages.last().map(|message| message.id.clone())
+    } else {
+        None
+    };
+    let data: Vec<Value> = messages
+        .into_iter()
+        .map(|message| {
+            json!({
+                "id": message.id,
+                "kind": message.kind,
+                "payload": serde_json::from_str::<Value>(&message.payload).unwrap_or(Value::Null),
+                "plugin": message.plugin_id,
+                "plugin_version": message.plugin_version,
+                "entity": message.entity,
+                "record_id": message.record_id,
+                "created_by": message.created_by,
+                "created_at": message.created_at.format(&time::format_description::well_known::Rfc3339).ok(),
+                "status": message.status,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "data": data, "next_cursor": next_cursor })))
+}
