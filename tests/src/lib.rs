@@ -265,6 +265,16 @@ impl TestApp {
         reply.body["id"].as_str().expect("an id").to_owned()
     }
 
+    /// Creates a member (not an administrator) of the test tenant and returns their token.
+    pub async fn member(&self, name: &str) -> String {
+        self.store
+            .create_user("acme", name, rapport::auth::Role::Member)
+            .await
+            .expect("create user")
+            .expect("a new user")
+            .token
+    }
+
     /// Creates another tenant and returns its admin token.
     pub async fn other_tenant(&self, name: &str) -> String {
         self.store

@@ -325,13 +325,7 @@ async fn recompute_fills_a_new_computed_field_for_existing_records(app: &TestApp
         Value::Null
     );
 
-    let member = app
-        .store
-        .create_user("acme", "sam", rapport::auth::Role::Member)
-        .await
-        .unwrap()
-        .unwrap()
-        .token;
+    let member = app.member("sam").await;
     let forbidden = app
         .send(
             Method::POST,

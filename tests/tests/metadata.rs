@@ -130,13 +130,7 @@ async fn an_entity_is_created_listed_read_and_updated_with_optimistic_concurrenc
 }
 
 async fn only_administrators_may_change_metadata(app: &TestApp) {
-    let member = app
-        .store
-        .create_user("acme", "sam", rapport::auth::Role::Member)
-        .await
-        .unwrap()
-        .unwrap()
-        .token;
+    let member = app.member("sam").await;
     let reply = app
         .send(
             Method::POST,

@@ -122,13 +122,7 @@ async fn a_plugin_without_capabilities_runs_once_with_the_same_outcomes_before_t
 }
 
 async fn only_administrators_manage_plugins(app: &TestApp) {
-    let member = app
-        .store
-        .create_user("acme", "sam", rapport::auth::Role::Member)
-        .await
-        .unwrap()
-        .unwrap()
-        .token;
+    let member = app.member("sam").await;
     let upload = plugin_upload("complaint-sla");
     let reply = app
         .send(
@@ -820,13 +814,7 @@ async fn outbox_messages_exist_exactly_when_their_write_commits(app: &TestApp) {
         .await;
     assert_eq!(foreign.status, StatusCode::OK);
     assert_eq!(foreign.body["data"], json!([]));
-    let member = app
-        .store
-        .create_user("acme", "sam", rapport::auth::Role::Member)
-        .await
-        .unwrap()
-        .unwrap()
-        .token;
+    let member = app.member("sam").await;
     let reply = app
         .send(reqwest::Method::GET, "/api/v1/outbox", &member, None, &[])
         .await;

@@ -69,13 +69,14 @@ pub async fn list(
     let mut messages = conn.scoped(&principal.tenant).outbox(&filter).await?;
     let next_cursor = if messages.len() as i64 > params.limit {
         messages.truncate(params.limit as usize);
-        messages.last().map(|message| message.id.clone())
+        messages.last().map(|stored| stored.message.id.clone())
     } else {
         None
     };
     let data: Vec<Value> = messages
         .into_iter()
-        .map(|message| {
+        .map(|stored| {
+            let message = stored.message;
             json!({
                 "id": message.id,
                 "kind": message.kind,
@@ -86,7 +87,7 @@ pub async fn list(
                 "record_id": message.record_id,
                 "created_by": message.created_by,
                 "created_at": message.created_at.format(&time::format_description::well_known::Rfc3339).ok(),
-                "status": message.status,
+                "status": stored.status,
             })
         })
         .collect();

@@ -6,8 +6,8 @@ use time::OffsetDateTime;
 use super::records::{Param, build_inserts};
 use super::{Scoped, SqlValue, StoreError, bind_all, on};
 
-/// A message about to be stored.
-#[derive(Debug, Clone)]
+/// A message: what is stored when it is enqueued.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct NewMessage {
     pub id: String,
     pub kind: String,
@@ -21,18 +21,11 @@ pub struct NewMessage {
     pub created_at: OffsetDateTime,
 }
 
-/// A stored message.
+/// A stored message and where its delivery stands.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredMessage {
-    pub id: String,
-    pub kind: String,
-    pub payload: String,
-    pub plugin_id: Option<String>,
-    pub plugin_version: Option<String>,
-    pub entity: Option<String>,
-    pub record_id: Option<String>,
-    pub created_by: String,
-    pub created_at: OffsetDateTime,
+    #[sqlx(flatten)]
+    pub message: NewMessage,
     pub status: String,
 }
 
