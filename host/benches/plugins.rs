@@ -1,7 +1,8 @@
 //! Hook invocation: a fresh instance from the pre-instantiated component, one call, the result
 //! back — the cost every record write pays per hook. `small` is the smallest hook the SDK builds
 //! (`hostile` with `attack: none`: reads its configuration and proceeds) and measures the
-//! sandbox's own cost; `complaint-sla` adds real guest work (JSON record and configuration,
+//! SDK's fixed cost; `minimal` (a `no_std` hook with no imports and one core instance) is the
+//! floor of the sandbox itself on this engine; `complaint-sla` adds real guest work (JSON record and configuration,
 //! date arithmetic, a patch back). Also what fuel and epoch interruption each add. Needs the
 //! plugins built (`scripts/plugins`).
 //!
@@ -74,6 +75,11 @@ fn invocation(c: &mut Criterion) {
             b.to_async(&tokio)
                 .iter(|| call(&runtime, &small, SMALL_CONFIG));
         });
+        let minimal = component(&runtime, "minimal.wasm");
+        group.bench_function("minimal (no std, no imports), fuel+epoch", |b| {
+            b.to_async(&tokio)
+                .iter(|| call(&runtime, &minimal, SMALL_CONFIG));
+        });
     }
     for (name, meters) in [
         ("fuel+epoch", Meters::BOTH),
@@ -111,6 +117,7 @@ fn invocation(c: &mut Criterion) {
     // Criterion reports means and medians; the tail comes from timing calls one by one.
     let runtime = Runtime::new(None).expect("an engine");
     for (name, file, config) in [
+        ("minimal", "minimal.wasm", SMALL_CONFIG),
         ("small", "hostile.wasm", SMALL_CONFIG),
         ("complaint-sla", "complaint_sla.wasm", SLA_CONFIG),
     ] {

@@ -122,7 +122,7 @@ pub struct Usage {
 /// A component ready to be instantiated: checked, compiled and linked.
 pub struct LoadedComponent {
     pub sha256: String,
-    pre: bindings::PluginPre<HostState>,
+    pre: wasmtime::component::InstancePre<HostState>,
     hooks: Option<exports::hooks::GuestIndices>,
     validator: Option<exports::validator::GuestIndices>,
     computed: Option<exports::computed::GuestIndices>,
@@ -264,11 +264,16 @@ impl Runtime {
         let validator = exports::validator::GuestIndices::new(&instance_pre).ok();
         let computed = exports::computed::GuestIndices::new(&instance_pre).ok();
         let workflow_step = exports::workflow_step::GuestIndices::new(&instance_pre).ok();
-        let pre = bindings::PluginPre::new(instance_pre)
-            .map_err(|error| LoadError::Contract(format!("{error:#}")))?;
+        if hooks.is_none() && validator.is_none() && computed.is_none() && workflow_step.is_none() {
+            return Err(LoadError::Contract(
+                "it exports none of `rapport:plugin/hooks`, `validator`, `computed` or `workflow-step` at version 0.1.0".into(),
+            ));
+        }
+        // Only the exports it has: a component built for one world (`hook-plugin`, …) is as
+        // good as one built for `plugin`, which exports all four.
         Ok(LoadedComponent {
             sha256,
-            pre,
+            pre: instance_pre,
             hooks,
             validator,
             computed,
@@ -448,11 +453,7 @@ impl Runtime {
         let started = Instant::now();
         let mut store = self.store(state, limits);
         let result = async {
-            let instance = component
-                .pre
-                .instance_pre()
-                .instantiate_async(&mut store)
-                .await?;
+            let instance = component.pre.instantiate_async(&mut store).await?;
             call(&mut store, &instance).await
         }
         .await;

@@ -110,6 +110,37 @@ async fn hostile_with(attack: &str, limits: Limits) -> (Result<Outcome, Fault>, 
     (result, state)
 }
 
+/// A component built for one world (`hook-plugin`: hooks only, no std, no imports) loads and
+/// runs; asking it for an export it lacks is a fault, not a crash.
+#[tokio::test]
+async fn a_component_built_for_one_world_loads_and_runs() {
+    let component = load("minimal");
+    let limits = manifest("hostile").limits();
+    let state = || HostState::new("{}".into(), Capabilities::default(), limits, None);
+    let (result, usage, _) = RUNTIME
+        .handle(
+            &component,
+            state(),
+            &limits,
+            event("target", "", json!({"name": "a"}), &["name"]),
+        )
+        .await;
+    assert!(matches!(result, Ok(Outcome::Proceed)), "{result:?}");
+    assert!(usage.fuel > 0);
+    let (result, _, _) = RUNTIME
+        .validate(
+            &component,
+            state(),
+            &limits,
+            event("target", "", json!({"name": "a"}), &["name"]),
+        )
+        .await;
+    assert!(
+        matches!(result, Err(Fault::Missing("validator"))),
+        "{result:?}"
+    );
+}
+
 #[tokio::test]
 async fn complaint_sla_sets_the_due_date_from_the_priority() {
     let manifest = manifest("complaint-sla");
