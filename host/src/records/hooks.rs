@@ -455,6 +455,7 @@ impl Records {
             };
             (result.map(|outcome| (outcome, state.outbox)), usage)
         };
+        let mut enqueued = Ok(());
         let (result, usage) = match scoped {
             Some(scoped) => {
                 let (result, usage) = self
@@ -468,7 +469,7 @@ impl Records {
                 {
                     let messages =
                         self.outbox_messages(context, plugin, &entity, &record_id, messages);
-                    scoped.enqueue(&messages).await?;
+                    enqueued = scoped.enqueue(&messages).await;
                 }
                 (result.map(|(outcome, _)| outcome), usage)
             }
@@ -496,6 +497,8 @@ impl Records {
             started_at,
         };
         self.record_run(context, run, usage, outcome);
+        // The run happened whatever became of its messages; a failed insert fails the write.
+        enqueued?;
         result.map_err(|fault| self.failure(plugin, stage_name(stage), &entity, fault))
     }
 
