@@ -463,15 +463,18 @@ impl Records {
                     .await;
                 // The messages of a hook that lets the write go on are stored in the write's
                 // transaction: they exist exactly when the write commits.
-                if let Ok((outcome, messages)) = &result
-                    && !messages.is_empty()
-                    && !matches!(outcome, Outcome::Reject(_))
-                {
-                    let messages =
-                        self.outbox_messages(context, plugin, &entity, &record_id, messages);
-                    enqueued = scoped.enqueue(&messages).await;
-                }
-                (result.map(|(outcome, _)| outcome), usage)
+                let result = match result {
+                    Ok((outcome, messages)) => {
+                        if !messages.is_empty() && !matches!(outcome, Outcome::Reject(_)) {
+                            let messages = self
+                                .outbox_messages(context, plugin, &entity, &record_id, messages);
+                            enqueued = scoped.enqueue(&messages).await;
+                        }
+                        Ok(outcome)
+                    }
+                    Err(fault) => Err(fault),
+                };
+                (result, usage)
             }
             // No record access: a host call finds the channel closed and fails (and plugins that
             // run here request no outbox kinds).
@@ -509,15 +512,15 @@ impl Records {
         plugin: &Active,
         entity: &str,
         record_id: &Option<String>,
-        messages: &[OutboxMessage],
+        messages: Vec<OutboxMessage>,
     ) -> Vec<NewMessage> {
         let now = crate::store::now();
         messages
-            .iter()
+            .into_iter()
             .map(|message| NewMessage {
-                id: message.id.clone(),
-                kind: message.kind.clone(),
-                payload: message.payload.clone(),
+                id: message.id,
+                kind: message.kind,
+                payload: message.payload,
                 plugin_id: Some(plugin.id.clone()),
                 plugin_version: Some(plugin.version.clone()),
                 entity: Some(entity.to_owned()),
