@@ -13,6 +13,7 @@ use crate::metadata::Metadata;
 use crate::plugins::Plugins;
 use crate::records::Records;
 use crate::store::Store;
+use crate::workflows::Workflows;
 
 pub mod entities;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod plugins;
 pub mod records;
+pub mod workflows;
 
 use error::ApiError;
 
@@ -37,6 +39,9 @@ pub struct AppState {
     pub records: Records,
     pub principals: Arc<PrincipalCache>,
     pub plugins: Plugins,
+    pub workflows: Workflows,
+    /// How the workflow engine of [`serve`] runs.
+    pub engine: crate::workflows::engine::EngineConfig,
 }
 
 impl AppState {
@@ -44,13 +49,21 @@ impl AppState {
     pub fn new(store: Store, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Self> {
         let metadata = Arc::new(Metadata::new(store.clone()));
         let plugins = Plugins::new(store.clone(), cache_dir)?;
-        let records = Records::new(store.clone(), metadata.clone(), plugins.clone());
+        let workflows = Workflows::new(store.clone(), metadata.clone());
+        let records = Records::new(
+            store.clone(),
+            metadata.clone(),
+            plugins.clone(),
+            workflows.clone(),
+        );
         Ok(Self {
             store,
             metadata,
             records,
             principals: Arc::default(),
             plugins,
+            workflows,
+            engine: Default::default(),
         })
     }
 }
@@ -81,6 +94,26 @@ pub fn router(state: AppState) -> Router {
         .route("/plugins/{id}/config", put(plugins::configure))
         .route("/plugins/{id}/runs", get(plugins::runs))
         .route("/outbox", get(outbox::list))
+        .route("/notifications", get(workflows::notifications))
+        .route(
+            "/notifications/{id}/read",
+            post(workflows::read_notification),
+        )
+        .route("/workflows", get(workflows::list).post(workflows::create))
+        .route(
+            "/workflows/{name}",
+            get(workflows::get)
+                .put(workflows::update)
+                .delete(workflows::delete),
+        )
+        .route("/workflows/{name}/enable", post(workflows::enable))
+        .route("/workflows/{name}/disable", post(workflows::disable))
+        .route(
+            "/workflows/{name}/runs",
+            get(workflows::runs).post(workflows::start),
+        )
+        .route("/workflows/{name}/runs/{id}", get(workflows::run))
+        .route("/workflows/{name}/runs/{id}/retry", post(workflows::retry))
         .route(
             "/records/{entity}",
             get(records::list).post(records::create),
@@ -128,9 +161,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store = state.store.clone();
-    axum::serve(listener, router(state))
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine = tokio::spawn(crate::workflows::engine::run(
+        state.workflows.clone(),
+        state.records.clone(),
+        state.engine.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+    // The engine finishes the step it is on; then the database closes.
+    let _ = stop.send(());
+    if let Err(error) = engine.await {
+        tracing::error!(%error, "the workflow engine panicked");
+    }
     store.close().await;
-    Ok(())
+    served
 }

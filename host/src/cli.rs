@@ -102,6 +102,23 @@ pub struct ServeArgs {
     /// admin token for it.
     #[arg(long, env = "RAPPORT_DEMO")]
     pub demo: bool,
+    /// How long, in seconds, this server holds a workflow run it works on: when a server dies,
+    /// another (or this one, restarted) takes its runs over after this time.
+    #[arg(long, env = "RAPPORT_WORKFLOW_LEASE", default_value_t = 30.0, value_parser = lease_seconds)]
+    pub workflow_lease: f64,
+}
+
+fn lease_seconds(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if (0.1..=3600.0).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(format!(
+            "the lease must be between 0.1 and 3600 seconds, not {seconds}"
+        ))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,7 +323,8 @@ fn redact(url: &str) -> String {
 }
 
 async fn serve(store: Store, cache_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
-    let state = AppState::new(store, Some(cache_dir.join("plugins")))?;
+    let mut state = AppState::new(store, Some(cache_dir.join("plugins")))?;
+    state.engine.lease = std::time::Duration::from_secs_f64(args.workflow_lease);
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -14,3 +14,4 @@ pub mod metadata;
 pub mod plugins;
 pub mod records;
 pub mod store;
+pub mod workflows;

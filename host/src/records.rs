@@ -17,11 +17,14 @@ use crate::metadata::record_schema::FieldErrors;
 use crate::metadata::{CompiledEntity, Metadata, MetadataError, values};
 use crate::store::records::{IdempotentResponse, ListQuery, NewHistory, NewRecord, StoredRecord};
 use crate::store::{Dialect, Scoped, SqlValue, Store, StoreError, Tx};
+use crate::workflows::Workflows;
+use crate::workflows::definition::Event;
 
 mod computed;
 pub mod filter;
 pub mod hooks;
 pub mod query;
+pub mod steps;
 
 use crate::plugins::runtime::{Operation, Stage};
 use crate::plugins::{PluginError, Plugins};
@@ -196,6 +199,7 @@ pub struct Records {
     store: Store,
     metadata: Arc<Metadata>,
     plugins: Plugins,
+    workflows: Workflows,
 }
 
 fn parse_id(entity: &str, id: &str) -> Result<RecordId, RecordError> {
@@ -299,11 +303,17 @@ fn changes(before: &Map<String, Value>, after: &Map<String, Value>) -> Map<Strin
 }
 
 impl Records {
-    pub fn new(store: Store, metadata: Arc<Metadata>, plugins: Plugins) -> Self {
+    pub fn new(
+        store: Store,
+        metadata: Arc<Metadata>,
+        plugins: Plugins,
+        workflows: Workflows,
+    ) -> Self {
         Self {
             store,
             metadata,
             plugins,
+            workflows,
         }
     }
 
@@ -495,6 +505,8 @@ impl Records {
                 )
                 .await
                 .map_err(|error| in_batch(batch, index, error))?;
+            self.fire(scoped, context, entity, Event::Created, record, &body, None)
+                .await?;
             written.push(body);
         }
         let writes: Vec<Change<'_>> = written
@@ -751,6 +763,16 @@ impl Records {
                 Some(&before),
             )
             .await?;
+        self.fire(
+            scoped,
+            context,
+            entity,
+            Event::Updated,
+            &updated,
+            &after,
+            Some(&before),
+        )
+        .await?;
         let write = Change {
             before: Some(&before),
             after: Some(&after),
@@ -867,6 +889,9 @@ impl Records {
                 })
             })
             .await;
+        if result.is_ok() {
+            self.workflows.wake();
+        }
         match (result, key) {
             // A concurrent request with the same key committed first (PostgreSQL): this one
             // rolled back, and the first response is the answer.
@@ -922,7 +947,8 @@ impl Records {
         let this = self.clone();
         let principal = principal.clone();
         let entity = entity.to_owned();
-        self.store
+        let result = self
+            .store
             .write(move |tx: &mut Tx| {
                 Box::pin(async move {
                     let mut scoped = tx.scoped(&principal.tenant);
@@ -943,7 +969,11 @@ impl Records {
                     Ok(views)
                 })
             })
-            .await
+            .await;
+        if result.is_ok() {
+            self.workflows.wake();
+        }
+        result
     }
 
     /// Soft-deletes (`restore == false`) or restores a record.
@@ -960,7 +990,8 @@ impl Records {
         let this = self.clone();
         let principal = principal.clone();
         let entity = entity.to_owned();
-        self.store
+        let result = self
+            .store
             .write(move |tx: &mut Tx| {
                 Box::pin(async move {
                     let entity = entity.as_str();
@@ -1076,6 +1107,16 @@ impl Records {
                             Some(&body),
                         )
                         .await?;
+                        this.fire(
+                            &mut scoped,
+                            &context,
+                            &compiled,
+                            Event::Deleted,
+                            &stored,
+                            &body,
+                            None,
+                        )
+                        .await?;
                     }
                     let write = if restore {
                         Change {
@@ -1094,7 +1135,11 @@ impl Records {
                     Ok(view)
                 })
             })
-            .await
+            .await;
+        if result.is_ok() {
+            self.workflows.wake();
+        }
+        result
     }
 
     /// Deletes a record and its history for good.

@@ -10,6 +10,7 @@ use crate::plugins::PluginError;
 use crate::plugins::manifest::ManifestProblem;
 use crate::records::RecordError;
 use crate::store::StoreError;
+use crate::workflows::WorkflowError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -216,6 +217,41 @@ impl From<PluginError> for ApiError {
             ),
             PluginError::BadRequest(_) => Self::bad_request(message),
             PluginError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<WorkflowError> for ApiError {
+    fn from(error: WorkflowError) -> Self {
+        let message = error.to_string();
+        match error {
+            WorkflowError::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            WorkflowError::Invalid(problems) => {
+                let listed: Vec<String> = problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.path, p.message))
+                    .collect();
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_definition",
+                    format!("{message}: {}", listed.join("; ")),
+                )
+                .with_fields(by_path(problems.into_iter().map(|p| (p.path, p.message))))
+            }
+            WorkflowError::Unknown(_) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_workflow", message)
+            }
+            WorkflowError::UnknownRun { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_run", message)
+            }
+            WorkflowError::AlreadyExists(_) => {
+                Self::new(StatusCode::CONFLICT, "already_exists", message)
+            }
+            WorkflowError::VersionMismatch { .. } => {
+                Self::new(StatusCode::PRECONDITION_FAILED, "version_mismatch", message)
+            }
+            WorkflowError::Refused(_) => Self::new(StatusCode::CONFLICT, "refused", message),
+            WorkflowError::Store(error) => error.into(),
         }
     }
 }

@@ -85,6 +85,7 @@ pub async fn list(
                 "plugin_version": message.plugin_version,
                 "entity": message.entity,
                 "record_id": message.record_id,
+                "run_id": message.run_id,
                 "created_by": message.created_by,
                 "created_at": message.created_at.format(&time::format_description::well_known::Rfc3339).ok(),
                 "status": stored.status,

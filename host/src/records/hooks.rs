@@ -36,6 +36,9 @@ pub const MAX_DEPTH: u32 = 4;
 pub struct WriteContext {
     pub principal: Principal,
     pub depth: u32,
+    /// 0 for a client's write; for a workflow step's, one more than its run's depth (runs this
+    /// write starts get this depth).
+    pub workflow_depth: i64,
     /// The time of the write, RFC 3339 UTC, as plugins see it.
     pub at: String,
     /// For a client's create: the validators and hooks already run before the transaction
@@ -89,6 +92,7 @@ impl WriteContext {
         Self {
             principal: principal.clone(),
             depth: 0,
+            workflow_depth: 0,
             at,
             pre_run: None,
         }
@@ -525,6 +529,7 @@ impl Records {
                 plugin_version: Some(plugin.version.clone()),
                 entity: Some(entity.to_owned()),
                 record_id: record_id.clone(),
+                run_id: None,
                 created_by: context.principal.user.to_string(),
                 created_at: now,
             })

@@ -17,6 +17,8 @@ pub struct NewMessage {
     pub plugin_version: Option<String>,
     pub entity: Option<String>,
     pub record_id: Option<String>,
+    /// The workflow run whose step enqueued it.
+    pub run_id: Option<String>,
     pub created_by: String,
     pub created_at: OffsetDateTime,
 }
@@ -57,6 +59,7 @@ impl Scoped<'_> {
                 Param::Value(text(&message.plugin_version)),
                 Param::Value(text(&message.entity)),
                 Param::Value(text(&message.record_id)),
+                Param::Value(text(&message.run_id)),
                 Param::Value(SqlValue::Text(message.created_by.clone())),
                 Param::Value(SqlValue::Timestamp(message.created_at)),
             ]
@@ -64,7 +67,7 @@ impl Scoped<'_> {
         let statements = build_inserts(
             self.dialect(),
             "INSERT INTO outbox (id, tenant_id, kind, payload, plugin_id, plugin_version, entity, \
-             record_id, created_by, created_at, status) VALUES ",
+             record_id, run_id, created_by, created_at, status) VALUES ",
             "'pending'",
             rows,
         );
@@ -83,8 +86,8 @@ impl Scoped<'_> {
         filter: &MessageFilter,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let mut sql = String::from(
-            "SELECT id, kind, payload, plugin_id, plugin_version, entity, record_id, created_by, \
-             created_at, status FROM outbox WHERE tenant_id = $1",
+            "SELECT id, kind, payload, plugin_id, plugin_version, entity, record_id, run_id, \
+             created_by, created_at, status FROM outbox WHERE tenant_id = $1",
         );
         let mut binds = vec![SqlValue::Text(self.tenant.as_str().to_owned())];
         for (column, value) in [

@@ -199,3 +199,18 @@ fn principal((tenant, user, role): (String, String, String)) -> Result<Principal
         role,
     })
 }
+
+impl super::Scoped<'_> {
+    /// The principal of a user of this tenant by id; `None` if the tenant has no such user.
+    pub async fn user_principal(&mut self, user_id: &str) -> Result<Option<Principal>, StoreError> {
+        let tenant = self.tenant.as_str();
+        let found: Option<(String, String, String)> = on!(&mut self.exec, c => sqlx::query_as(
+            "SELECT tenant_id, id, role FROM users WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .fetch_optional(&mut **c)
+        .await?);
+        found.map(principal).transpose()
+    }
+}

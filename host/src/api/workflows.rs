@@ -1,0 +1,286 @@
+//! `/api/v1/workflows`: definitions (admins only), their runs, manual starts and retries; and
+//! `/api/v1/notifications`, the in-app notifications of the calling user.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{JsonBody, Params};
+use crate::auth::Principal;
+use crate::store::workflows::RunFilter;
+
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    admin(&principal)?;
+    let workflows = state.workflows.list(&principal.tenant).await?;
+    Ok(Json(json!({ "data": workflows })))
+}
+
+fn admin(principal: &Principal) -> Result<(), ApiError> {
+    if principal.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only administrators may read and change workflows",
+        ))
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let workflow = state.workflows.create(&principal, &body.value).await?;
+    Ok((StatusCode::CREATED, Json(json!(workflow))))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&principal)?;
+    Ok(Json(json!(
+        state.workflows.get(&principal.tenant, &name).await?
+    )))
+}
+
+/// Replaces a definition with a new version; runs in flight finish on their version.
+pub async fn update(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(
+        state
+            .workflows
+            .update(&principal, &name, &body.value)
+            .await?
+    )))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let cancelled = state.workflows.delete(&principal, &name).await?;
+    Ok(Json(
+        json!({ "deleted": name, "cancelled_runs": cancelled }),
+    ))
+}
+
+pub async fn enable(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(
+        state.workflows.set_enabled(&principal, &name, true).await?
+    )))
+}
+
+pub async fn disable(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(
+        state
+            .workflows
+            .set_enabled(&principal, &name, false)
+            .await?
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunParams {
+    status: Option<String>,
+    cursor: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+fn default_limit() -> i64 {
+    50
+}
+
+const RUN_STATUSES: [&str; 6] = [
+    "pending",
+    "running",
+    "waiting",
+    "succeeded",
+    "failed",
+    "cancelled",
+];
+
+pub async fn runs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    Params(params): Params<RunParams>,
+) -> Result<Json<Value>, ApiError> {
+    if !(1..=1000).contains(&params.limit) {
+        return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
+    }
+    if let Some(status) = &params.status
+        && !RUN_STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "`status` must be one of {}, not `{status}`",
+            RUN_STATUSES.join(", ")
+        )));
+    }
+    if let Some(cursor) = &params.cursor
+        && uuid::Uuid::parse_str(cursor).is_err()
+    {
+        return Err(ApiError::bad_request(format!(
+            "`cursor` is not a run id: `{cursor}`"
+        )));
+    }
+    let filter = RunFilter {
+        status: params.status,
+        before: params.cursor,
+        limit: params.limit,
+    };
+    let (runs, next) = state.workflows.runs(&principal, &name, filter).await?;
+    Ok(Json(json!({ "data": runs, "next_cursor": next })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Start {
+    /// The record the run is about (for a manual workflow on an entity).
+    record: Option<String>,
+    #[serde(default = "empty_object")]
+    input: Value,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+/// Starts a run of a manual workflow: 202, the run is queued.
+pub async fn start(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let start: Start = serde_json::from_value(body.value)
+        .map_err(|error| ApiError::bad_request(format!("the run body: {error}")))?;
+    let run = state
+        .workflows
+        .start(&principal, &name, start.record.as_deref(), start.input)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(json!(run))))
+}
+
+pub async fn run(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(
+        state.workflows.run_for(&principal, &name, &id).await?
+    )))
+}
+
+/// Puts a failed run back in the queue from its failed step.
+pub async fn retry(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let run = state.workflows.retry(&principal, &name, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!(run))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationParams {
+    #[serde(default)]
+    unread: bool,
+    cursor: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+/// The calling user's notifications, newest first.
+pub async fn notifications(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(params): Params<NotificationParams>,
+) -> Result<Json<Value>, ApiError> {
+    if !(1..=1000).contains(&params.limit) {
+        return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
+    }
+    let mut conn = state.store.reader().await?;
+    let mut found = conn
+        .scoped(&principal.tenant)
+        .notifications(
+            principal.user.as_str(),
+            params.unread,
+            params.cursor.as_deref(),
+            params.limit + 1,
+        )
+        .await?;
+    let next = if found.len() as i64 > params.limit {
+        found.truncate(params.limit as usize);
+        found.last().map(|n| n.id.clone())
+    } else {
+        None
+    };
+    let rfc3339 = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    };
+    let data: Vec<Value> = found
+        .into_iter()
+        .map(|n| {
+            json!({
+                "id": n.id, "message": n.message, "entity": n.entity, "record_id": n.record_id,
+                "workflow": n.workflow, "run_id": n.run_id, "created_at": rfc3339(n.created_at),
+                "read_at": n.read_at.and_then(rfc3339),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "data": data, "next_cursor": next })))
+}
+
+pub async fn read_notification(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = principal.tenant.clone();
+    let user = principal.user.to_string();
+    let note = id.clone();
+    let marked = state
+        .store
+        .write(move |tx: &mut crate::store::Tx| {
+            Box::pin(async move {
+                tx.scoped(&tenant)
+                    .mark_notification_read(&user, &note, crate::store::now())
+                    .await
+            })
+        })
+        .await?;
+    if !marked {
+        return Err(ApiError::not_found(format!(
+            "you have no notification `{id}`"
+        )));
+    }
+    Ok(Json(json!({ "id": id, "read": true })))
+}

@@ -1,0 +1,159 @@
+//! What workflows need of records: the trigger side (runs started in the write's transaction)
+//! and the reads and writes a workflow step makes inside its own transaction. Step writes go
+//! through the same validation, plugins, computed fields and history as a client's.
+
+use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+
+use super::hooks::WriteContext;
+use super::{RecordError, Records, bad, parse_body};
+use crate::metadata::CompiledEntity;
+use crate::records::query;
+use crate::store::Scoped;
+use crate::store::records::{ListQuery, StoredRecord};
+use crate::workflows::RecordEvent;
+use crate::workflows::definition::Event;
+
+/// A record's field values with its system fields (`_id`, `_owner`, `_version`, …), as
+/// conditions and templates see it.
+pub fn with_system_fields(record: &StoredRecord, body: &Map<String, Value>) -> Map<String, Value> {
+    let mut all = body.clone();
+    let time =
+        |moment: time::OffsetDateTime| Value::String(moment.format(&Rfc3339).unwrap_or_default());
+    all.insert("_id".into(), Value::String(record.id.clone()));
+    all.insert("_version".into(), Value::from(record.version));
+    all.insert("_owner".into(), Value::String(record.owner_id.clone()));
+    all.insert("_created_at".into(), time(record.created_at));
+    all.insert(
+        "_created_by".into(),
+        Value::String(record.created_by.clone()),
+    );
+    all.insert("_updated_at".into(), time(record.updated_at));
+    all.insert(
+        "_updated_by".into(),
+        Value::String(record.updated_by.clone()),
+    );
+    all
+}
+
+impl Records {
+    /// Starts the workflow runs a write triggers, in its transaction.
+    #[expect(clippy::too_many_arguments, reason = "the parts of one record event")]
+    pub(super) async fn fire(
+        &self,
+        scoped: &mut Scoped<'_>,
+        context: &WriteContext,
+        entity: &CompiledEntity,
+        event: Event,
+        record: &StoredRecord,
+        body: &Map<String, Value>,
+        before: Option<&Map<String, Value>>,
+    ) -> Result<(), RecordError> {
+        let all = with_system_fields(record, body);
+        self.workflows
+            .fire(
+                scoped,
+                &RecordEvent {
+                    event,
+                    entity: entity.name(),
+                    record_id: &record.id,
+                    record: &all,
+                    before,
+                    user: context.principal.user.as_str(),
+                    depth: context.workflow_depth,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A live record with its system fields, or `None`.
+    pub(crate) async fn step_record(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &str,
+        id: &str,
+    ) -> Result<Option<Map<String, Value>>, RecordError> {
+        let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
+        let Some(stored) = scoped
+            .get_record(compiled.id, id)
+            .await?
+            .filter(|record| record.deleted_at.is_none())
+        else {
+            return Ok(None);
+        };
+        let body = parse_body(&stored)?;
+        Ok(Some(with_system_fields(&stored, &active(&compiled, body))))
+    }
+
+    /// Updates one record as a step does (a partial update; `null` clears a field).
+    pub(crate) async fn step_update(
+        &self,
+        scoped: &mut Scoped<'_>,
+        context: &WriteContext,
+        entity: &str,
+        id: &str,
+        values: Map<String, Value>,
+    ) -> Result<StoredRecord, RecordError> {
+        let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
+        let update = super::BatchUpdate {
+            id: id.to_owned(),
+            version: None,
+            data: Value::Object(values),
+        };
+        let now = crate::store::now();
+        self.update_one(scoped, context, &compiled, update, now, &[])
+            .await
+    }
+
+    /// Creates one record as a step does.
+    pub(crate) async fn step_create(
+        &self,
+        scoped: &mut Scoped<'_>,
+        context: &WriteContext,
+        entity: &str,
+        values: Map<String, Value>,
+    ) -> Result<StoredRecord, RecordError> {
+        let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
+        let bodies = Self::prepare_new(&compiled, &[Value::Object(values)], false)?;
+        let now = crate::store::now();
+        let mut stored = self
+            .insert_many(scoped, context, &compiled, bodies, false, now)
+            .await?;
+        stored
+            .pop()
+            .ok_or_else(|| bad("the record was not created"))
+    }
+
+    /// The ids of live records of `entity` matching `filter`, at most `limit`, oldest first.
+    pub(crate) async fn step_matching(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &str,
+        filter: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, RecordError> {
+        let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
+        let mut builder = ListQuery::builder(scoped.dialect());
+        let condition =
+            query::filter_condition(&compiled.definition, filter, &mut builder).map_err(bad)?;
+        let rows = scoped
+            .list_records(
+                compiled.id,
+                ListQuery {
+                    condition: format!("deleted_at IS NULL AND {condition}"),
+                    order: "id".to_owned(),
+                    binds: builder.binds,
+                    limit,
+                },
+            )
+            .await?;
+        Ok(rows.into_iter().map(|record| record.id).collect())
+    }
+}
+
+/// The fields a step sees: the active ones.
+fn active(entity: &CompiledEntity, mut body: Map<String, Value>) -> Map<String, Value> {
+    body.retain(|key, _| entity.definition.field(key).is_some_and(|f| f.active));
+    body
+}

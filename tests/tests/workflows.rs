@@ -1,0 +1,690 @@
+//! Workflows end to end, in a real server on SQLite and PostgreSQL: definitions checked at save
+//! time, runs started by record events in the write's transaction, steps with their effects,
+//! waits, retries, loop protection, manual runs and versions.
+
+use std::time::Duration;
+
+use rapport_tests::{TestApp, on_both_backends};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+on_both_backends!(
+    definitions_with_problems_are_refused_with_the_path_of_each,
+    an_urgent_complaint_runs_every_step_and_each_effect_is_visible,
+    update_triggers_see_which_fields_changed_and_from_what,
+    a_failing_step_is_retried_then_fails_visibly_and_can_be_retried,
+    a_workflow_that_retriggers_itself_stops_at_the_depth_cap,
+    a_wait_step_parks_the_run_until_its_time,
+    manual_runs_check_their_input_and_who_starts_them,
+    runs_in_flight_finish_on_their_version,
+);
+
+async fn define_complaints(app: &TestApp) {
+    app.define(json!({"name": "complaint", "fields": [
+        {"name": "title", "type": "text", "required": true},
+        {"name": "priority", "type": "picklist", "options": ["urgent", "ordinary"], "required": true},
+        {"name": "status", "type": "picklist", "options": ["open", "escalated", "resolved", "closed"]},
+        {"name": "next_status", "type": "text"},
+        {"name": "contact_email", "type": "email"},
+        {"name": "note", "type": "text"},
+        {"name": "touches", "type": "text"}
+    ]}))
+    .await;
+    app.define(json!({"name": "task", "fields": [
+        {"name": "subject", "type": "text", "required": true},
+        {"name": "due", "type": "date"},
+        {"name": "complaint", "type": "reference", "entity": "complaint"}
+    ]}))
+    .await;
+}
+
+async fn save(app: &TestApp, definition: Value) {
+    let reply = app.post("/api/v1/workflows", definition).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+}
+
+/// The runs of a workflow, newest first.
+async fn runs(app: &TestApp, workflow: &str) -> Vec<Value> {
+    let reply = app
+        .get(&format!("/api/v1/workflows/{workflow}/runs?limit=100"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    reply.body["data"].as_array().unwrap().clone()
+}
+
+/// Waits until `workflow` has `count` runs that all reached a final state, and returns them
+/// with their steps.
+async fn settled(app: &TestApp, workflow: &str, count: usize) -> Vec<Value> {
+    for _ in 0..400 {
+        let all = runs(app, workflow).await;
+        let done = all
+            .iter()
+            .filter(|run| {
+                ["succeeded", "failed", "cancelled"].contains(&run["status"].as_str().unwrap())
+            })
+            .count();
+        if all.len() >= count && done == all.len() {
+            let mut detailed = Vec::new();
+            for run in &all {
+                let id = run["id"].as_str().unwrap();
+                let reply = app
+                    .get(&format!("/api/v1/workflows/{workflow}/runs/{id}"))
+                    .await;
+                assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+                detailed.push(reply.body);
+            }
+            return detailed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the runs of `{workflow}` did not settle: {:#?}",
+        runs(app, workflow).await
+    );
+}
+
+async fn record(app: &TestApp, entity: &str, id: &str) -> Value {
+    let reply = app.get(&format!("/api/v1/records/{entity}/{id}")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    reply.body
+}
+
+async fn definitions_with_problems_are_refused_with_the_path_of_each(app: &TestApp) {
+    define_complaints(app).await;
+    let cases = [
+        (
+            json!({"name": "w", "trigger": {"type": "record", "entity": "ticket", "events": ["created"]},
+                   "steps": [{"id": "a", "type": "wait", "for": "1s"}]}),
+            "/trigger/entity",
+            "entity `ticket` does not exist",
+        ),
+        (
+            json!({"name": "w", "trigger": {"type": "record", "entity": "complaint", "events": ["created"],
+                   "condition": "severity eq 'high'"},
+                   "steps": [{"id": "a", "type": "wait", "for": "1s"}]}),
+            "/trigger/condition",
+            "no field `severity`",
+        ),
+        (
+            json!({"name": "w", "trigger": {"type": "record", "entity": "complaint", "events": ["created"],
+                   "condition": "priority eq"},
+                   "steps": [{"id": "a", "type": "wait", "for": "1s"}]}),
+            "/trigger/condition",
+            "filter:",
+        ),
+        (
+            json!({"name": "w", "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
+                   "steps": [{"id": "a", "type": "set_fields", "values": {"colour": "red"}}]}),
+            "/steps/0/values/colour",
+            "no field `colour`",
+        ),
+        (
+            json!({"name": "w", "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
+                   "steps": [{"id": "a", "type": "teleport"}]}),
+            "/steps/0/type",
+            "teleport",
+        ),
+        (
+            json!({"name": "w", "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
+                   "steps": [{"id": "a", "type": "wait", "for": "soon"}]}),
+            "/steps/0/for",
+            "soon",
+        ),
+        (
+            json!({"name": "w", "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
+                   "steps": [{"id": "a", "type": "notify", "user": "{{record._owner}}", "message": "{{steps.later.id}}"},
+                             {"id": "later", "type": "create_record", "entity": "task", "values": {"subject": "x"}}]}),
+            "/steps/0/message",
+            "no step `later` comes before",
+        ),
+        (
+            json!({"name": "w", "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
+                   "steps": [{"id": "a", "type": "wait", "for": "1s"},
+                             {"id": "b", "type": "branch", "if": "status eq 'open'",
+                              "then": [{"id": "a", "type": "wait", "for": "1s"}]}]}),
+            "/steps/1/then/0/id",
+            "used twice",
+        ),
+        (
+            json!({"name": "w", "trigger": {"type": "manual"},
+                   "steps": [{"id": "a", "type": "set_fields", "values": {"status": "open"}}]}),
+            "/steps/0/type",
+            "needs a record",
+        ),
+        (
+            json!({"name": "w", "trigger": {"type": "record", "entity": "complaint", "events": ["created"],
+                   "changes": [{"field": "status"}]},
+                   "steps": [{"id": "a", "type": "wait", "for": "1s"}]}),
+            "/trigger/changes",
+            "add `updated`",
+        ),
+    ];
+    for (definition, path, message) in cases {
+        let reply = app.post("/api/v1/workflows", definition.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{definition}: {:?}",
+            reply.body
+        );
+        let problems = reply.fields()[path]
+            .as_array()
+            .unwrap_or_else(|| panic!("no problem at {path} for {definition}: {:?}", reply.body));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.as_str().unwrap().contains(message)),
+            "{path}: {problems:?} should mention {message}"
+        );
+    }
+    // Nothing was saved.
+    let reply = app.get("/api/v1/workflows").await;
+    assert_eq!(reply.body["data"], json!([]));
+    // A member may neither read nor write workflows.
+    let member = app.member("sam").await;
+    for (method, path) in [
+        (Method::GET, "/api/v1/workflows"),
+        (Method::POST, "/api/v1/workflows"),
+    ] {
+        let reply = app.send(method, path, &member, Some(&json!({})), &[]).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{path}: {:?}",
+            reply.body
+        );
+    }
+}
+
+async fn an_urgent_complaint_runs_every_step_and_each_effect_is_visible(app: &TestApp) {
+    define_complaints(app).await;
+    save(app, json!({
+        "name": "escalate_urgent",
+        "label": "Escalate urgent complaints",
+        "trigger": {"type": "record", "entity": "complaint", "events": ["created"],
+                    "condition": "priority eq 'urgent'"},
+        "steps": [
+            {"id": "follow_up", "type": "create_record", "entity": "task",
+             "values": {"subject": "Call back about {{record.title}}", "due": "{{today + 1d}}",
+                        "complaint": "{{record._id}}"}},
+            {"id": "escalate", "type": "set_fields", "values": {"status": "escalated"}},
+            {"id": "tell_owner", "type": "notify", "user": "{{record._owner}}",
+             "message": "Urgent complaint {{record.title}}: task {{steps.follow_up.id}}"},
+            {"id": "mail", "type": "send_email", "to": "{{record.contact_email}}",
+             "subject": "We are on it", "body": "Dear customer, about {{record.title}}…"},
+            {"id": "check", "type": "branch", "if": "status eq 'escalated'",
+             "then": [{"id": "noted", "type": "set_fields", "values": {"note": "escalated by {{user}}"}}],
+             "else": [{"id": "odd", "type": "set_fields", "values": {"note": "not escalated"}}]}
+        ]
+    }))
+    .await;
+    let urgent = app
+        .create(
+            "complaint",
+            json!({"title": "Broken pump", "priority": "urgent", "status": "open",
+                                     "contact_email": "ada@example.com"}),
+        )
+        .await;
+    let ordinary = app
+        .create(
+            "complaint",
+            json!({"title": "Late invoice", "priority": "ordinary", "status": "open"}),
+        )
+        .await;
+    let runs = settled(app, "escalate_urgent", 1).await;
+    assert_eq!(
+        runs.len(),
+        1,
+        "only the urgent complaint starts a run: {runs:#?}"
+    );
+    let run = &runs[0];
+    assert_eq!(run["status"], "succeeded", "{run:#?}");
+    assert_eq!(run["record_id"], urgent.as_str());
+    assert_eq!(run["event"], "created");
+    let steps: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "follow_up",
+            "escalate",
+            "tell_owner",
+            "mail",
+            "check",
+            "noted"
+        ]
+    );
+    for step in run["steps"].as_array().unwrap() {
+        assert_eq!(step["status"], "succeeded", "{step:#?}");
+        assert!(step["finished_at"].is_string() && step["duration_ms"].is_number());
+    }
+    // The task exists, is due tomorrow and points at the complaint.
+    let task_id = run["steps"][0]["output"]["id"].as_str().unwrap();
+    let task = record(app, "task", task_id).await;
+    let tomorrow = (time::OffsetDateTime::now_utc().date() + time::Duration::days(1)).to_string();
+    assert_eq!(task["data"]["subject"], "Call back about Broken pump");
+    assert_eq!(task["data"]["due"], tomorrow.as_str());
+    assert_eq!(task["data"]["complaint"], urgent.as_str());
+    // The complaint was escalated by the run, through the records path (with history).
+    let complaint = record(app, "complaint", &urgent).await;
+    assert_eq!(complaint["data"]["status"], "escalated");
+    let admin = complaint["owner"].as_str().unwrap();
+    assert_eq!(complaint["data"]["note"], format!("escalated by {admin}"));
+    let history = app
+        .get(&format!("/api/v1/records/complaint/{urgent}/history"))
+        .await;
+    assert!(
+        history.body["data"].as_array().unwrap().len() >= 3,
+        "{:?}",
+        history.body
+    );
+    let untouched = record(app, "complaint", &ordinary).await;
+    assert_eq!(untouched["data"]["status"], "open");
+    // The owner was notified, and can mark it read.
+    let notes = app.get("/api/v1/notifications?unread=true").await;
+    let notes = notes.body["data"].as_array().unwrap().clone();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(
+        notes[0]["message"],
+        format!("Urgent complaint Broken pump: task {task_id}")
+    );
+    assert_eq!(notes[0]["run_id"], run["id"]);
+    let id = notes[0]["id"].as_str().unwrap();
+    let reply = app
+        .post(&format!("/api/v1/notifications/{id}/read"), json!({}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let unread = app.get("/api/v1/notifications?unread=true").await;
+    assert_eq!(unread.body["data"], json!([]));
+    // Another user cannot read or mark it.
+    let member = app.member("sam").await;
+    let theirs = app
+        .send(Method::GET, "/api/v1/notifications", &member, None, &[])
+        .await;
+    assert_eq!(theirs.body["data"], json!([]));
+    let reply = app
+        .send(
+            Method::POST,
+            &format!("/api/v1/notifications/{id}/read"),
+            &member,
+            Some(&json!({})),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    // The email is in the outbox, pending, tied to the run.
+    let outbox = app.get("/api/v1/outbox?kind=email").await;
+    let messages = outbox.body["data"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["payload"]["to"], "ada@example.com");
+    assert_eq!(
+        messages[0]["payload"]["body"],
+        "Dear customer, about Broken pump…"
+    );
+    assert_eq!(messages[0]["run_id"], run["id"]);
+    assert_eq!(messages[0]["status"], "pending");
+    // Another tenant sees none of it.
+    let other = app.other_tenant("globex").await;
+    let reply = app
+        .send(
+            Method::GET,
+            "/api/v1/workflows/escalate_urgent/runs",
+            &other,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{:?}", reply.body);
+}
+
+async fn update_triggers_see_which_fields_changed_and_from_what(app: &TestApp) {
+    define_complaints(app).await;
+    save(
+        app,
+        json!({
+            "name": "on_resolve",
+            "trigger": {"type": "record", "entity": "complaint", "events": ["updated"],
+                        "changes": [{"field": "status", "from": "escalated", "to": "resolved"}]},
+            "steps": [{"id": "close", "type": "set_fields",
+                       "values": {"status": "closed", "note": "was {{old.status}}"}}]
+        }),
+    )
+    .await;
+    let id = app
+        .create(
+            "complaint",
+            json!({"title": "A", "priority": "ordinary", "status": "open"}),
+        )
+        .await;
+    let patch = |status: &str| json!({"data": {"status": status}});
+    let path = format!("/api/v1/records/complaint/{id}");
+    // open → resolved and an unrelated change do not match; escalated → resolved does.
+    assert_eq!(
+        app.patch(&path, patch("resolved")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.patch(&path, json!({"data": {"note": "x"}}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.patch(&path, patch("escalated")).await.status,
+        StatusCode::OK
+    );
+    assert!(runs(app, "on_resolve").await.is_empty());
+    assert_eq!(
+        app.patch(&path, patch("resolved")).await.status,
+        StatusCode::OK
+    );
+    let runs = settled(app, "on_resolve", 1).await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0]["status"], "succeeded");
+    assert_eq!(runs[0]["event"], "updated");
+    let complaint = record(app, "complaint", &id).await;
+    assert_eq!(complaint["data"]["status"], "closed");
+    assert_eq!(complaint["data"]["note"], "was escalated");
+}
+
+async fn a_failing_step_is_retried_then_fails_visibly_and_can_be_retried(app: &TestApp) {
+    define_complaints(app).await;
+    save(app, json!({
+        "name": "move_on",
+        "retry": {"max_attempts": 2, "backoff_seconds": 0.1},
+        "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
+        "steps": [
+            {"id": "first", "type": "create_record", "entity": "task", "values": {"subject": "once"}},
+            {"id": "apply", "type": "set_fields", "values": {"status": "{{record.next_status}}"}},
+            {"id": "after", "type": "set_fields", "values": {"note": "done"}}
+        ]
+    }))
+    .await;
+    let id = app
+        .create(
+            "complaint",
+            json!({"title": "A", "priority": "ordinary", "next_status": "bogus"}),
+        )
+        .await;
+    let runs = settled(app, "move_on", 1).await;
+    let run = &runs[0];
+    assert_eq!(run["status"], "failed", "{run:#?}");
+    assert_eq!(run["next_step"], "apply");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("step `apply` failed after 2 attempt(s)") && error.contains("status"),
+        "{error}"
+    );
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{steps:#?}");
+    assert_eq!(steps[1]["status"], "failed");
+    assert_eq!(steps[1]["attempts"], 2);
+    assert!(
+        steps[1]["error"].as_str().unwrap().contains("bogus"),
+        "{:?}",
+        steps[1]
+    );
+    // Nothing of the failed step was written.
+    assert!(
+        record(app, "complaint", &id).await["data"]
+            .get("status")
+            .is_none()
+    );
+    // Only failed runs can be retried.
+    let run_id = run["id"].as_str().unwrap();
+    let retry = format!("/api/v1/workflows/move_on/runs/{run_id}/retry");
+    // Fix the data; the retry goes on from the failed step, without redoing the first.
+    let reply = app
+        .patch(
+            &format!("/api/v1/records/complaint/{id}"),
+            json!({"data": {"next_status": "resolved"}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let reply = app.post(&retry, json!({})).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    let runs = settled(app, "move_on", 1).await;
+    assert_eq!(runs[0]["status"], "succeeded", "{:#?}", runs[0]);
+    let complaint = record(app, "complaint", &id).await;
+    assert_eq!(complaint["data"]["status"], "resolved");
+    assert_eq!(complaint["data"]["note"], "done");
+    let tasks = app.get("/api/v1/records/task").await;
+    assert_eq!(
+        tasks.body["data"].as_array().unwrap().len(),
+        1,
+        "the first step ran once"
+    );
+    let again = app.post(&retry, json!({})).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.body);
+    let unknown = app
+        .post(
+            "/api/v1/workflows/move_on/runs/0190a5b2-0000-7000-8000-000000000000/retry",
+            json!({}),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+async fn a_workflow_that_retriggers_itself_stops_at_the_depth_cap(app: &TestApp) {
+    define_complaints(app).await;
+    save(app, json!({
+        "name": "echo",
+        "trigger": {"type": "record", "entity": "complaint", "events": ["updated"],
+                    "changes": [{"field": "touches"}]},
+        "steps": [{"id": "touch", "type": "set_fields", "values": {"touches": "{{record.touches}}+"}}]
+    }))
+    .await;
+    let id = app
+        .create(
+            "complaint",
+            json!({"title": "A", "priority": "ordinary", "touches": ""}),
+        )
+        .await;
+    let reply = app
+        .patch(
+            &format!("/api/v1/records/complaint/{id}"),
+            json!({"data": {"touches": "+"}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let runs = settled(app, "echo", 9).await;
+    assert_eq!(runs.len(), 9, "{runs:#?}");
+    // Newest first: the last run is refused, the eight before it ran.
+    assert_eq!(runs[0]["status"], "failed");
+    assert_eq!(runs[0]["depth"], 8);
+    assert!(
+        runs[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("depth cap of 8"),
+        "{:?}",
+        runs[0]
+    );
+    assert!(runs[1..].iter().all(|run| run["status"] == "succeeded"));
+    let complaint = record(app, "complaint", &id).await;
+    assert_eq!(complaint["data"]["touches"], "+".repeat(9));
+}
+
+async fn a_wait_step_parks_the_run_until_its_time(app: &TestApp) {
+    define_complaints(app).await;
+    save(
+        app,
+        json!({
+            "name": "later",
+            "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
+            "steps": [
+                {"id": "pause", "type": "wait", "for": "2s"},
+                {"id": "mark", "type": "set_fields", "values": {"note": "after the wait"}}
+            ]
+        }),
+    )
+    .await;
+    let id = app
+        .create("complaint", json!({"title": "A", "priority": "ordinary"}))
+        .await;
+    let mut waiting = None;
+    for _ in 0..100 {
+        if let Some(run) = runs(app, "later").await.first()
+            && run["status"] == "waiting"
+        {
+            waiting = Some(run.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting = waiting.expect("the run waits");
+    assert_eq!(waiting["next_step"], "pause");
+    assert!(
+        record(app, "complaint", &id).await["data"]
+            .get("note")
+            .is_none()
+    );
+    let started = std::time::Instant::now();
+    let runs = settled(app, "later", 1).await;
+    assert_eq!(runs[0]["status"], "succeeded", "{:#?}", runs[0]);
+    assert!(
+        started.elapsed() > Duration::from_millis(500),
+        "the wait was kept"
+    );
+    let steps = runs[0]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0]["step"], "pause");
+    assert_eq!(steps[0]["status"], "succeeded");
+    assert_eq!(
+        record(app, "complaint", &id).await["data"]["note"],
+        "after the wait"
+    );
+}
+
+async fn manual_runs_check_their_input_and_who_starts_them(app: &TestApp) {
+    define_complaints(app).await;
+    save(app, json!({
+        "name": "reach_out",
+        "trigger": {"type": "manual", "entity": "complaint",
+                    "input": {"type": "object", "required": ["channel"],
+                              "properties": {"channel": {"enum": ["phone", "email"]}}}},
+        "steps": [{"id": "note", "type": "set_fields", "values": {"note": "reach out by {{input.channel}}"}}]
+    }))
+    .await;
+    let id = app
+        .create("complaint", json!({"title": "A", "priority": "ordinary"}))
+        .await;
+    let path = "/api/v1/workflows/reach_out/runs";
+    let bad = app
+        .post(path, json!({"record": id, "input": {"channel": "pigeon"}}))
+        .await;
+    assert_eq!(
+        bad.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        bad.body
+    );
+    assert!(bad.fields()["/input/channel"].is_array(), "{:?}", bad.body);
+    let no_record = app.post(path, json!({"input": {"channel": "phone"}})).await;
+    assert_eq!(
+        no_record.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        no_record.body
+    );
+    let unknown = app
+        .post(path, json!({"record": "0190a5b2-0000-7000-8000-000000000000", "input": {"channel": "phone"}}))
+        .await;
+    assert_eq!(unknown.status, StatusCode::CONFLICT, "{:?}", unknown.body);
+    let extra = app.post(path, json!({"record": id, "inputs": {}})).await;
+    assert_eq!(extra.status, StatusCode::BAD_REQUEST, "{:?}", extra.body);
+    let member = app.member("sam").await;
+    let reply = app
+        .send(
+            Method::POST,
+            path,
+            &member,
+            Some(&json!({"record": id, "input": {"channel": "phone"}})),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(
+        runs(app, "reach_out").await.is_empty(),
+        "no refused start made a run"
+    );
+    let started = app
+        .post(path, json!({"record": id, "input": {"channel": "phone"}}))
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.body);
+    assert_eq!(started.body["event"], "manual");
+    let runs = settled(app, "reach_out", 1).await;
+    assert_eq!(runs[0]["status"], "succeeded", "{:#?}", runs[0]);
+    assert_eq!(
+        record(app, "complaint", &id).await["data"]["note"],
+        "reach out by phone"
+    );
+    // A disabled workflow starts nothing.
+    let reply = app
+        .post("/api/v1/workflows/reach_out/disable", json!({}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["enabled"], false);
+    let refused = app
+        .post(path, json!({"record": id, "input": {"channel": "phone"}}))
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{:?}", refused.body);
+}
+
+async fn runs_in_flight_finish_on_their_version(app: &TestApp) {
+    define_complaints(app).await;
+    let v1 = json!({
+        "name": "versions",
+        "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
+        "steps": [
+            {"id": "pause", "type": "wait", "for": "2s"},
+            {"id": "mark", "type": "set_fields", "values": {"note": "version 1"}}
+        ]
+    });
+    save(app, v1.clone()).await;
+    let first = app
+        .create("complaint", json!({"title": "A", "priority": "ordinary"}))
+        .await;
+    let mut v2 = v1.clone();
+    v2["steps"][1]["values"]["note"] = json!("version 2");
+    v2["steps"][0]["for"] = json!("1s");
+    v2["version"] = json!(1);
+    let reply = app.put("/api/v1/workflows/versions", v2.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["version"], 2);
+    // The version a client read is checked.
+    let stale = app.put("/api/v1/workflows/versions", v2.clone()).await;
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{:?}",
+        stale.body
+    );
+    let second = app
+        .create("complaint", json!({"title": "B", "priority": "ordinary"}))
+        .await;
+    let runs = settled(app, "versions", 2).await;
+    assert!(
+        runs.iter().all(|run| run["status"] == "succeeded"),
+        "{runs:#?}"
+    );
+    assert_eq!(
+        record(app, "complaint", &first).await["data"]["note"],
+        "version 1"
+    );
+    assert_eq!(
+        record(app, "complaint", &second).await["data"]["note"],
+        "version 2"
+    );
+    // Deleting cancels nothing finished and leaves the runs readable until then.
+    let reply = app.delete("/api/v1/workflows/versions").await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(
+        app.get("/api/v1/workflows/versions").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
