@@ -427,14 +427,17 @@ impl Scoped<'_> {
                 run.next_step.clone().map_or(SqlValue::Null, SqlValue::Text),
                 SqlValue::Timestamp(run.now),
                 run.error.clone().map_or(SqlValue::Null, SqlValue::Text),
-                finished.map_or(SqlValue::Null, SqlValue::Timestamp),
             ];
-            on!(&mut self.exec, c => bind_all(sqlx::query(
+            // A NULL timestamp is written as a literal: a NULL parameter is typed text, which
+            // PostgreSQL does not assign to a `timestamptz` column.
+            let finished_at = if finished.is_some() { "$13" } else { "NULL" };
+            let sql = format!(
                 "INSERT INTO workflow_runs (id, tenant_id, workflow_id, version, status, depth, event, \
                  entity, record_id, run_as, trigger_data, context, next_step, attempt, next_at, \
                  error, created_at, updated_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-                 $9, $10, $11, '{}', $12, 0, $13, $14, $13, $13, $15)",
-            ), &binds)
+                 $9, $10, $11, '{{}}', $12, 0, $13, $14, $13, $13, {finished_at})"
+            );
+            on!(&mut self.exec, c => bind_all(sqlx::query(&sql), &binds)
             .execute(&mut **c)
             .await
             .map(drop)?);
@@ -516,16 +519,12 @@ impl Scoped<'_> {
             SqlValue::Timestamp(update.next_at),
             lease(update.error.map(str::to_owned)),
             SqlValue::Timestamp(now),
-            if update.finished {
-                SqlValue::Timestamp(now)
-            } else {
-                SqlValue::Null
-            },
             SqlValue::Text(tenant.to_owned()),
             SqlValue::Text(run_id.to_owned()),
             SqlValue::Text(owner.to_owned()),
             lease(at_step.map(str::to_owned)),
         ];
+        let finished_at = if update.finished { "$7" } else { "NULL" };
         let release = if update.keep_lease {
             ""
         } else {
@@ -533,9 +532,9 @@ impl Scoped<'_> {
         };
         let sql = format!(
             "UPDATE workflow_runs SET status = $1, context = $2, next_step = $3, attempt = $4, \
-             next_at = $5, error = $6, updated_at = $7, finished_at = $8{release} \
-             WHERE tenant_id = $9 AND id = $10 AND lease_owner = $11 \
-             AND ((next_step IS NULL AND $12 IS NULL) OR next_step = $12)"
+             next_at = $5, error = $6, updated_at = $7, finished_at = {finished_at}{release} \
+             WHERE tenant_id = $8 AND id = $9 AND lease_owner = $10 \
+             AND ((next_step IS NULL AND $11 IS NULL) OR next_step = $11)"
         );
         let changed = on!(&mut self.exec, c => bind_all(sqlx::query(&sql), &binds)
             .execute(&mut **c)
@@ -567,7 +566,7 @@ impl Scoped<'_> {
 
     /// Stores a step's state: a new row, or the row of the same `seq` replaced.
     pub async fn put_step(&mut self, run_id: &str, step: &StepState<'_>) -> Result<(), StoreError> {
-        let binds = [
+        let mut binds = vec![
             SqlValue::Text(run_id.to_owned()),
             SqlValue::Int(step.seq),
             SqlValue::Text(step.step_id.to_owned()),
@@ -578,15 +577,23 @@ impl Scoped<'_> {
             step.output.clone().map_or(SqlValue::Null, SqlValue::Text),
             step.error.clone().map_or(SqlValue::Null, SqlValue::Text),
             SqlValue::Timestamp(step.started_at),
-            step.finished_at.map_or(SqlValue::Null, SqlValue::Timestamp),
         ];
-        on!(&mut self.exec, c => bind_all(sqlx::query(
+        // A NULL timestamp is written as a literal (see `insert_runs`).
+        let finished_at = match step.finished_at {
+            Some(at) => {
+                binds.push(SqlValue::Timestamp(at));
+                "$11"
+            }
+            None => "NULL",
+        };
+        let sql = format!(
             "INSERT INTO workflow_steps (run_id, seq, step_id, type, status, attempts, input, output, \
-             error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, {finished_at}) \
              ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, \
              attempts = excluded.attempts, input = excluded.input, output = excluded.output, \
-             error = excluded.error, finished_at = excluded.finished_at",
-        ), &binds)
+             error = excluded.error, finished_at = excluded.finished_at"
+        );
+        on!(&mut self.exec, c => bind_all(sqlx::query(&sql), &binds)
         .execute(&mut **c)
         .await
         .map(drop)?);

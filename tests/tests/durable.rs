@@ -1,0 +1,292 @@
+//! Workflow runs survive the death of their server: `rapport serve` processes are killed with
+//! SIGKILL while runs are in flight, and after a restart every run finishes with each of its
+//! steps done exactly once. On SQLite and PostgreSQL.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rapport_tests::{Backend, TestDatabase, rapport_binary};
+use serde_json::{Value, json};
+
+/// One `rapport serve` process.
+struct Host {
+    child: tokio::process::Child,
+    base: String,
+}
+
+impl Host {
+    async fn start(url: &str) -> Host {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(rapport_binary())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--workflow-lease", "1"])
+            .env("RAPPORT_DATABASE_URL", url)
+            .env("RAPPORT_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+                return Host { child, base };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not start");
+    }
+
+    async fn kill9(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Client {
+    async fn send(
+        &self,
+        host: &Host,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", host.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+async fn a_run_survives_kill_9_and_resumes_without_redoing_a_finished_step(backend: Backend) {
+    let Some(database) = TestDatabase::create(backend).await else {
+        return;
+    };
+    let url = database.url.clone();
+    let output = Command::new(rapport_binary())
+        .args(["tenant", "create", "acme", "--json"])
+        .env("RAPPORT_DATABASE_URL", &url)
+        .env("RAPPORT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let client = Client {
+        http: reqwest::Client::new(),
+        token: token["token"].as_str().unwrap().to_owned(),
+    };
+    let post = reqwest::Method::POST;
+    let host = Host::start(&url).await;
+    for definition in [
+        json!({"name": "complaint", "fields": [{"name": "title", "type": "text"}]}),
+        json!({"name": "task", "fields": [
+            {"name": "subject", "type": "text"},
+            {"name": "complaint", "type": "reference", "entity": "complaint", "indexed": true}
+        ]}),
+    ] {
+        let (status, body) = client
+            .send(&host, post.clone(), "/api/v1/entities", Some(definition))
+            .await;
+        assert_eq!(status, 201, "{body:?}");
+    }
+    let task = |subject: &str| {
+        json!({"id": subject, "type": "create_record", "entity": "task",
+               "values": {"subject": subject, "complaint": "{{record._id}}"}})
+    };
+    let workflow = json!({
+        "name": "follow_up",
+        "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
+        "steps": [task("a"), task("b"), {"id": "pause", "type": "wait", "for": "1s"}, task("c"), task("d")]
+    });
+    let (status, body) = client
+        .send(&host, post.clone(), "/api/v1/workflows", Some(workflow))
+        .await;
+    assert_eq!(status, 201, "{body:?}");
+
+    // Clients keep creating complaints while the server is killed: runs are then at every
+    // point of their steps, some mid-step.
+    let writer = {
+        let (http, token, base) = (client.http.clone(), client.token.clone(), host.base.clone());
+        tokio::spawn(async move {
+            let mut acknowledged = 0;
+            for i in 0..100_000 {
+                let sent = http
+                    .post(format!("{base}/api/v1/records/complaint"))
+                    .bearer_auth(&token)
+                    .json(&json!({"data": {"title": format!("complaint {i}")}}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == 201 => acknowledged += 1,
+                    _ => break,
+                }
+            }
+            acknowledged
+        })
+    };
+    // Let some runs reach their wait, then kill the server in the middle of the others.
+    let mut waiting = false;
+    for _ in 0..200 {
+        let (_, body) = client
+            .send(
+                &host,
+                reqwest::Method::GET,
+                "/api/v1/workflows/follow_up/runs?status=waiting&limit=1",
+                None,
+            )
+            .await;
+        if body["data"].as_array().is_some_and(|runs| !runs.is_empty()) {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(waiting, "no run reached its wait step");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    host.kill9().await;
+    let acknowledged = writer.await.unwrap();
+    assert!(acknowledged > 0);
+
+    let host = Host::start(&url).await;
+    // Every complaint in the database (acknowledged or not) has its run, and each run ends.
+    let mut complaints = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/api/v1/records/complaint?limit=500&cursor={cursor}"),
+            None => "/api/v1/records/complaint?limit=500".to_owned(),
+        };
+        let (_, body) = client.send(&host, reqwest::Method::GET, &path, None).await;
+        complaints.extend(
+            body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned()),
+        );
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert!(
+        complaints.len() >= acknowledged,
+        "{} stored, {acknowledged} acknowledged",
+        complaints.len()
+    );
+    let mut runs = Vec::new();
+    for _ in 0..600 {
+        runs.clear();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(cursor) => {
+                    format!("/api/v1/workflows/follow_up/runs?limit=1000&cursor={cursor}")
+                }
+                None => "/api/v1/workflows/follow_up/runs?limit=1000".to_owned(),
+            };
+            let (_, body) = client.send(&host, reqwest::Method::GET, &path, None).await;
+            runs.extend(body["data"].as_array().unwrap().iter().cloned());
+            match body["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        if runs.len() == complaints.len() && runs.iter().all(|run| run["status"] == "succeeded") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unfinished: Vec<&Value> = runs
+        .iter()
+        .filter(|run| run["status"] != "succeeded")
+        .collect();
+    assert!(
+        unfinished.is_empty(),
+        "runs that did not finish: {unfinished:#?}"
+    );
+    assert_eq!(runs.len(), complaints.len(), "one run per stored complaint");
+
+    // Each step's record exists exactly once per complaint: nothing done twice, nothing lost.
+    let mut tasks: HashMap<(String, String), usize> = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/api/v1/records/task?limit=500&cursor={cursor}"),
+            None => "/api/v1/records/task?limit=500".to_owned(),
+        };
+        let (_, body) = client.send(&host, reqwest::Method::GET, &path, None).await;
+        for task in body["data"].as_array().unwrap() {
+            let key = (
+                task["data"]["complaint"].as_str().unwrap().to_owned(),
+                task["data"]["subject"].as_str().unwrap().to_owned(),
+            );
+            *tasks.entry(key).or_default() += 1;
+        }
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    for complaint in &complaints {
+        for subject in ["a", "b", "c", "d"] {
+            let count = tasks
+                .get(&(complaint.clone(), subject.to_owned()))
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(
+                count, 1,
+                "complaint {complaint} has {count} task(s) `{subject}`"
+            );
+        }
+    }
+    assert_eq!(tasks.values().sum::<usize>(), 4 * complaints.len());
+    // A resumed run shows each step once.
+    let id = runs[0]["id"].as_str().unwrap();
+    let (_, run) = client
+        .send(
+            &host,
+            reqwest::Method::GET,
+            &format!("/api/v1/workflows/follow_up/runs/{id}"),
+            None,
+        )
+        .await;
+    let steps: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["a", "b", "pause", "c", "d"], "{run:#?}");
+    host.kill9().await;
+    database.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_kill_9_on_sqlite() {
+    a_run_survives_kill_9_and_resumes_without_redoing_a_finished_step(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_kill_9_on_postgres() {
+    a_run_survives_kill_9_and_resumes_without_redoing_a_finished_step(Backend::Postgres).await;
+}
