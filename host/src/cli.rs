@@ -16,6 +16,7 @@ use crate::api::{self, AppState};
 use crate::auth::Role;
 use crate::metadata::MetadataError;
 use crate::store::{Durability, Store};
+use crate::workflows::WorkflowError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -147,14 +148,15 @@ pub enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SchemaCommand {
-    /// Writes every entity definition of a tenant as `<dir>/<entity>.json`.
+    /// Writes every entity definition of a tenant as `<dir>/<entity>.json`, and every workflow
+    /// as `<dir>/workflows/<workflow>.json`.
     Export {
         dir: PathBuf,
         #[arg(long, env = "RAPPORT_TENANT")]
         tenant: String,
     },
-    /// Applies every `<dir>/*.json` definition in one transaction: shows the changes, then
-    /// applies them all or none.
+    /// Applies every `<dir>/*.json` entity definition and every `<dir>/workflows/*.json`
+    /// workflow in one transaction: shows the changes, then applies them all or none.
     Apply {
         dir: PathBuf,
         #[arg(long, env = "RAPPORT_TENANT")]
@@ -394,6 +396,22 @@ async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
             println!("{} entities exported", entities.len());
+            let workflows = state.workflows.list(&tenant_id).await?;
+            if !workflows.is_empty() {
+                let dir = dir.join("workflows");
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create `{}`", dir.display()))?;
+                for workflow in &workflows {
+                    let mut definition = workflow.definition.clone();
+                    definition["enabled"] = Value::Bool(workflow.enabled);
+                    let name = definition["name"].as_str().unwrap_or("workflow").to_owned();
+                    let path = dir.join(format!("{name}.json"));
+                    std::fs::write(&path, serde_json::to_string_pretty(&definition)? + "\n")
+                        .with_context(|| format!("cannot write `{}`", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
+            }
+            println!("{} workflows exported", workflows.len());
             Ok(())
         }
         SchemaCommand::Apply {
@@ -407,12 +425,55 @@ async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("tenant `{tenant}` does not exist"))?;
             let files = read_definitions(&dir)?;
-            match state
+            let workflow_dir = dir.join("workflows");
+            let workflow_files = if workflow_dir.is_dir() {
+                read_definitions(&workflow_dir)?
+            } else {
+                Vec::new()
+            };
+            // Entities and workflows in one transaction: a workflow may use a field this apply
+            // adds, and a bad workflow leaves the entities unchanged too.
+            let mut tx = state.store.begin().await?;
+            let applied = state
                 .metadata
-                .apply_all(&tenant_id, None, &files, dry_run)
-                .await
-            {
+                .apply_all_in(&mut tx, &tenant_id, None, &files)
+                .await;
+            let applied = match applied {
                 Ok(applied) => {
+                    let workflows = state
+                        .workflows
+                        .apply_in(&mut tx, &tenant_id, &workflow_files)
+                        .await;
+                    match workflows {
+                        Ok(workflows) => Ok((applied, workflows)),
+                        Err(WorkflowError::Invalid(problems)) => bail!(
+                            "a workflow definition is invalid:{}\nnothing was changed",
+                            problems
+                                .iter()
+                                .map(|p| format!("\n  workflows/{}: {}", p.path, p.message))
+                                .collect::<String>()
+                        ),
+                        Err(error) => bail!("{error}\nnothing was changed"),
+                    }
+                }
+                Err(error) => Err(error),
+            };
+            if let Ok(..) = &applied
+                && !dry_run
+            {
+                tx.commit().await?;
+                state.metadata.applied(&tenant_id);
+                state.workflows.applied(&tenant_id);
+            }
+            match applied {
+                Ok((applied, workflows)) => {
+                    for (workflow, verb) in &workflows {
+                        println!(
+                            "workflow {}: {verb} (version {})",
+                            workflow.definition["name"].as_str().unwrap_or_default(),
+                            workflow.version
+                        );
+                    }
                     for entity in &applied {
                         let verb = if entity.created {
                             "create"

@@ -483,6 +483,25 @@ impl Metadata {
         jsons: &[(String, Value)],
         dry_run: bool,
     ) -> Result<Vec<Applied>, MetadataError> {
+        let mut tx = self.store.begin().await?;
+        let applied = self.apply_all_in(&mut tx, tenant, user, jsons).await?;
+        if !dry_run {
+            tx.commit().await?;
+            self.forget_roll_ups(tenant);
+        }
+        Ok(applied)
+    }
+
+    /// [`Metadata::apply_all`] inside a transaction of the caller's (who commits it and then
+    /// calls [`Metadata::applied`]): for `schema apply`, which applies workflows in the same
+    /// transaction.
+    pub async fn apply_all_in(
+        &self,
+        tx: &mut Tx,
+        tenant: &TenantId,
+        user: Option<&UserId>,
+        jsons: &[(String, Value)],
+    ) -> Result<Vec<Applied>, MetadataError> {
         let mut definitions = Vec::new();
         let mut problems = Vec::new();
         for (source, json) in jsons {
@@ -505,14 +524,26 @@ impl Metadata {
                 "two files define the same entity".to_owned(),
             ));
         }
-        let mut tx = self.store.begin().await?;
+        self.apply_parsed(tx, tenant, user, definitions, &batch)
+            .await
+    }
+
+    /// Drops what is cached about a tenant's definitions after a commit of `apply_all_in`.
+    pub fn applied(&self, tenant: &TenantId) {
+        self.forget_roll_ups(tenant);
+    }
+
+    async fn apply_parsed(
+        &self,
+        tx: &mut Tx,
+        tenant: &TenantId,
+        user: Option<&UserId>,
+        definitions: Vec<EntityDefinition>,
+        batch: &BTreeSet<String>,
+    ) -> Result<Vec<Applied>, MetadataError> {
         let mut applied = Vec::new();
         for definition in definitions {
-            applied.push(apply_in(&mut tx, tenant, user, definition, &batch).await?);
-        }
-        if !dry_run {
-            tx.commit().await?;
-            self.forget_roll_ups(tenant);
+            applied.push(apply_in(tx, tenant, user, definition, batch).await?);
         }
         Ok(applied)
     }

@@ -402,6 +402,30 @@ impl Workflows {
         let mut tx = self.inner.store.begin().await?;
         let mut scoped = tx.scoped(&principal.tenant);
         let definition = self.checked(&mut scoped, json).await?;
+        let (view, _) = self
+            .save_in(
+                &mut scoped,
+                principal.user.as_str(),
+                definition,
+                name_in_path,
+                replace,
+            )
+            .await?;
+        tx.commit().await?;
+        self.forget(&principal.tenant);
+        Ok(view)
+    }
+
+    /// Saves a checked definition in the caller's transaction; says whether it was created,
+    /// updated or unchanged.
+    async fn save_in(
+        &self,
+        scoped: &mut Scoped<'_>,
+        user: &str,
+        definition: WorkflowDefinition,
+        name_in_path: Option<&str>,
+        replace: bool,
+    ) -> Result<(WorkflowView, &'static str), WorkflowError> {
         if let Some(name) = name_in_path
             && name != definition.name
         {
@@ -414,9 +438,8 @@ impl Workflows {
             )]));
         }
         let now = crate::store::now();
-        let user = principal.user.as_str();
         let text = stored_text(&definition);
-        match scoped.workflow(&definition.name).await? {
+        let verb = match scoped.workflow(&definition.name).await? {
             None if name_in_path.is_some() => {
                 return Err(WorkflowError::Unknown(definition.name.clone()));
             }
@@ -425,6 +448,7 @@ impl Workflows {
                 scoped
                     .insert_workflow(&id, &definition.name, definition.enabled, &text, user, now)
                     .await?;
+                "create"
             }
             Some(_) if !replace => {
                 return Err(WorkflowError::AlreadyExists(definition.name.clone()));
@@ -447,7 +471,7 @@ impl Workflows {
                         old == new
                     });
                 if unchanged && existing.enabled == definition.enabled {
-                    return view(&existing);
+                    return Ok((view(&existing)?, "unchanged"));
                 }
                 if !scoped
                     .update_workflow(
@@ -466,15 +490,62 @@ impl Workflows {
                         current: existing.version + 1,
                     });
                 }
+                "update"
             }
-        }
+        };
         let stored = scoped
             .workflow(&definition.name)
             .await?
             .ok_or_else(|| WorkflowError::Unknown(definition.name.clone()))?;
-        tx.commit().await?;
-        self.forget(&principal.tenant);
-        view(&stored)
+        Ok((view(&stored)?, verb))
+    }
+
+    /// Checks and saves (creates or updates) definitions in the caller's transaction, for
+    /// `schema apply`: entities applied earlier in the same transaction are seen. Problems are
+    /// reported for every file, with the file in the path. The caller commits and then calls
+    /// [`Workflows::applied`].
+    pub async fn apply_in(
+        &self,
+        tx: &mut Tx,
+        tenant: &TenantId,
+        jsons: &[(String, Value)],
+    ) -> Result<Vec<(WorkflowView, &'static str)>, WorkflowError> {
+        let mut scoped = tx.scoped(tenant);
+        let mut definitions = Vec::new();
+        let mut problems = Vec::new();
+        let entities = self.entities(&mut scoped).await?;
+        for (source, json) in jsons {
+            let checked = definition::parse(json).and_then(|definition| {
+                let found = definition::check(&definition, &entities);
+                if found.is_empty() {
+                    Ok(definition)
+                } else {
+                    Err(found)
+                }
+            });
+            match checked {
+                Ok(definition) => definitions.push(definition),
+                Err(found) => problems.extend(found.into_iter().map(|problem| {
+                    Problem::new(format!("{source}#{}", problem.path), problem.message)
+                })),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(WorkflowError::Invalid(problems));
+        }
+        let mut saved = Vec::new();
+        for definition in definitions {
+            saved.push(
+                self.save_in(&mut scoped, "schema-apply", definition, None, true)
+                    .await?,
+            );
+        }
+        Ok(saved)
+    }
+
+    /// Drops what is cached about a tenant's workflows after a commit of `apply_in`.
+    pub fn applied(&self, tenant: &TenantId) {
+        self.forget(tenant);
     }
 
     pub async fn create(
@@ -493,26 +564,6 @@ impl Workflows {
         json: &Value,
     ) -> Result<WorkflowView, WorkflowError> {
         self.save(principal, json, Some(name), true).await
-    }
-
-    /// Creates or replaces, as `schema apply` does.
-    pub async fn apply(
-        &self,
-        principal: &Principal,
-        json: &Value,
-    ) -> Result<WorkflowView, WorkflowError> {
-        self.save(principal, json, None, true).await
-    }
-
-    /// Checks a definition without saving it: the problems `apply` would report.
-    pub async fn check(
-        &self,
-        principal: &Principal,
-        json: &Value,
-    ) -> Result<WorkflowDefinition, WorkflowError> {
-        let mut conn = self.inner.store.reader().await?;
-        let mut scoped = conn.scoped(&principal.tenant);
-        self.checked(&mut scoped, json).await
     }
 
     pub async fn set_enabled(

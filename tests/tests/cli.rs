@@ -134,13 +134,40 @@ async fn metadata_as_code(backend: Backend) {
         "{message}"
     );
     std::fs::remove_file(source.join("zz_broken.json")).unwrap();
+    // Workflows live beside the entities, in `workflows/`; one may use a field added by the
+    // same apply, and a broken one refuses the entities' changes too.
+    std::fs::create_dir_all(source.join("workflows")).unwrap();
+    let workflow = json!({
+        "name": "greet", "enabled": true,
+        "trigger": {"type": "record", "entity": "contact", "events": ["created"],
+                    "condition": "nickname is not null"},
+        "retry": {"max_attempts": 2, "backoff_seconds": 2.5},
+        "steps": [{"id": "hello", "type": "notify", "user": "{{record._owner}}",
+                   "message": "Say hello to {{record.nickname}}"}]
+    });
+    let mut broken = workflow.clone();
+    broken["name"] = json!("broken");
+    broken["steps"][0]["message"] = json!("{{record.nick}}");
+    std::fs::write(source.join("workflows/greet.json"), workflow.to_string()).unwrap();
+    std::fs::write(source.join("workflows/broken.json"), broken.to_string()).unwrap();
+    let refused = rapport(&url, &["schema", "apply", dir, "--tenant", "acme"]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("workflows/broken.json#/steps/0/message")
+            && message.contains("no field `nick`")
+            && message.contains("nothing was changed"),
+        "{message}"
+    );
+    std::fs::remove_file(source.join("workflows/broken.json")).unwrap();
     let changed = stdout(&rapport(
         &url,
         &["schema", "apply", dir, "--tenant", "acme"],
     ));
     assert!(
         changed.contains("contact: update (version 2)")
-            && changed.contains("\"field\":\"nickname\""),
+            && changed.contains("\"field\":\"nickname\"")
+            && changed.contains("workflow greet: create (version 1)"),
         "{changed}"
     );
 
@@ -152,6 +179,11 @@ async fn metadata_as_code(backend: Backend) {
         serde_json::from_str(&std::fs::read_to_string(exported.join("contact.json")).unwrap())
             .unwrap();
     assert_eq!(round_trip, contact, "export gives back what was applied");
+    let round_trip: Value = serde_json::from_str(
+        &std::fs::read_to_string(exported.join("workflows/greet.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(round_trip, workflow, "workflows too");
     let _ = std::fs::remove_dir_all(&source);
     let _ = std::fs::remove_dir_all(&exported);
     database.remove().await;
