@@ -460,12 +460,17 @@ async fn the_openapi_document_describes_the_tenants_entities(app: &TestApp) {
         ("/api/v1/records/{entity}/recompute", "post"),
         ("/api/v1/plugins/{id}/runs", "get"),
         ("/api/v1/outbox", "get"),
+        ("/api/v1/workflows", "post"),
+        ("/api/v1/workflows/{name}/runs/{id}/retry", "post"),
+        ("/api/v1/notifications", "get"),
     ] {
         assert!(
             document.body["paths"][path][method].is_object(),
             "{method} {path} is described"
         );
     }
+    let steps = &document.body["components"]["schemas"]["workflow_steps"];
+    assert_eq!(steps["items"]["$ref"], "#/components/schemas/workflow_step");
     let data = &document.body["components"]["schemas"]["contact_data"];
     assert_eq!(
         data["properties"]["stage"]["enum"],

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use crate::auth::Principal;
 use crate::metadata::record_schema::{Purpose, record_schema};
 use crate::metadata::validation::ENTITY_SCHEMA;
+use crate::workflows::definition::WORKFLOW_SCHEMA;
 
 pub async fn document(
     State(state): State<AppState>,
@@ -99,25 +100,9 @@ pub async fn document(
 }
 
 fn fixed_schemas() -> Map<String, Value> {
-    let mut entity: Value = serde_json::from_str(ENTITY_SCHEMA).expect("entity schema is JSON");
-    let entity_object = entity.as_object_mut().expect("object");
-    entity_object.remove("$schema");
-    entity_object.remove("$id");
-    // OpenAPI resolves `#/$defs/…` against the document root: point them into components.
-    let text = serde_json::to_string(&entity)
-        .expect("serializes")
-        .replace("#/$defs/", "#/components/schemas/entity_");
-    let mut entity: Value = serde_json::from_str(&text).expect("still JSON");
-    let defs = entity
-        .as_object_mut()
-        .expect("object")
-        .remove("$defs")
-        .unwrap_or_default();
     let mut schemas = Map::new();
-    for (name, schema) in defs.as_object().into_iter().flatten() {
-        schemas.insert(format!("entity_{name}"), schema.clone());
-    }
-    schemas.insert("entity".into(), entity);
+    embed(&mut schemas, "entity", ENTITY_SCHEMA);
+    embed(&mut schemas, "workflow", WORKFLOW_SCHEMA);
     schemas.insert("record_system".into(), json!({
         "type": "object",
         "required": ["id", "version", "owner", "created_at", "created_by", "updated_at", "updated_by", "data"],
@@ -247,7 +232,94 @@ fn fixed_paths() -> Map<String, Value> {
                 "responses": {"200": {"description": "A page of messages: id, kind, payload, plugin, plugin_version, entity, record_id, created_by, created_at, status"},
                               "400": error, "403": error}}
     }));
+    workflow_paths(&mut paths, &error);
     paths
+}
+
+fn workflow_paths(paths: &mut Map<String, Value>, error: &Value) {
+    let workflow = json!({"$ref": "#/components/schemas/workflow"});
+    let name =
+        json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let run = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}});
+    let cursor = json!({"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "`next_cursor` of the previous page"});
+    let limit = json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}});
+    paths.insert("/api/v1/workflows".into(), json!({
+        "get": {"tags": ["workflows"], "summary": "The tenant's workflows (admin)", "responses": {"200": {"description": "Workflows"}, "403": error}},
+        "post": {"tags": ["workflows"], "summary": "Create a workflow (admin); problems are reported by JSON path",
+                 "requestBody": {"required": true, "content": {"application/json": {"schema": workflow}}},
+                 "responses": {"201": {"description": "Created, version 1"}, "403": error, "409": error, "422": error}}
+    }));
+    paths.insert("/api/v1/workflows/{name}".into(), json!({
+        "parameters": [name],
+        "get": {"tags": ["workflows"], "summary": "A workflow: definition, version, enabled", "responses": {"200": {"description": "The workflow"}, "404": error}},
+        "put": {"tags": ["workflows"], "summary": "Replace the definition with a new version (admin); runs in flight finish on theirs; `version` in the body must be the current one",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": workflow}}},
+                "responses": {"200": {"description": "The new version"}, "404": error, "412": error, "422": error}},
+        "delete": {"tags": ["workflows"], "summary": "Delete a workflow (admin); its unfinished runs are cancelled", "responses": {"200": {"description": "Deleted"}, "404": error}}
+    }));
+    for (action, summary) in [
+        ("enable", "Enable a workflow (admin)"),
+        (
+            "disable",
+            "Disable a workflow (admin): it starts no runs; runs in flight finish",
+        ),
+    ] {
+        paths.insert(format!("/api/v1/workflows/{{name}}/{action}"), json!({
+            "parameters": [name],
+            "post": {"tags": ["workflows"], "summary": summary, "responses": {"200": {"description": "The workflow"}, "404": error}}
+        }));
+    }
+    paths.insert("/api/v1/workflows/{name}/runs".into(), json!({
+        "parameters": [name],
+        "get": {"tags": ["workflows"], "summary": "Runs, newest first (admin)",
+                "parameters": [{"name": "status", "in": "query", "schema": {"enum": ["pending", "running", "waiting", "succeeded", "failed", "cancelled"]}}, cursor, limit],
+                "responses": {"200": {"description": "A page of runs"}, "400": error, "404": error}},
+        "post": {"tags": ["workflows"], "summary": "Start a run of a manual workflow (admin): `{\"record\": id, \"input\": {…}}`, the input checked against the trigger's schema",
+                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                     "properties": {"record": {"type": "string"}, "input": {"type": "object"}}}}}},
+                 "responses": {"202": {"description": "The queued run"}, "400": error, "404": error, "409": error, "422": error}}
+    }));
+    paths.insert("/api/v1/workflows/{name}/runs/{id}".into(), json!({
+        "parameters": [name, run],
+        "get": {"tags": ["workflows"], "summary": "A run with each step's status, attempts, input, output, error and timing",
+                "responses": {"200": {"description": "The run"}, "404": error}}
+    }));
+    paths.insert("/api/v1/workflows/{name}/runs/{id}/retry".into(), json!({
+        "parameters": [name, run],
+        "post": {"tags": ["workflows"], "summary": "Retry a failed run from its failed step (admin)",
+                 "responses": {"202": {"description": "The queued run"}, "404": error, "409": error}}
+    }));
+    paths.insert("/api/v1/notifications".into(), json!({
+        "get": {"tags": ["workflows"], "summary": "The caller's in-app notifications, newest first",
+                "parameters": [{"name": "unread", "in": "query", "schema": {"type": "boolean"}}, cursor, limit],
+                "responses": {"200": {"description": "A page of notifications"}, "400": error}}
+    }));
+    paths.insert("/api/v1/notifications/{id}/read".into(), json!({
+        "parameters": [run],
+        "post": {"tags": ["workflows"], "summary": "Mark one of the caller's notifications read", "responses": {"200": {"description": "Read"}, "404": error}}
+    }));
+}
+
+/// Adds a JSON Schema of `schemas/` as the component `name`, its `$defs` as `name_<def>`.
+fn embed(schemas: &mut Map<String, Value>, name: &str, text: &str) {
+    let mut schema: Value = serde_json::from_str(text).expect("shipped schemas are JSON");
+    let object = schema.as_object_mut().expect("object");
+    object.remove("$schema");
+    object.remove("$id");
+    // OpenAPI resolves `#/$defs/…` against the document root: point them into components.
+    let text = serde_json::to_string(&schema)
+        .expect("serializes")
+        .replace("#/$defs/", &format!("#/components/schemas/{name}_"));
+    let mut schema: Value = serde_json::from_str(&text).expect("still JSON");
+    let defs = schema
+        .as_object_mut()
+        .expect("object")
+        .remove("$defs")
+        .unwrap_or_default();
+    for (def, part) in defs.as_object().into_iter().flatten() {
+        schemas.insert(format!("{name}_{def}"), part.clone());
+    }
+    schemas.insert(name.into(), schema);
 }
 
 fn parameters() -> Value {
