@@ -1,6 +1,7 @@
 //! Workflow runs survive the death of their server: `rapport serve` processes are killed with
-//! SIGKILL while runs are in flight, and after a restart every run finishes with each of its
-//! steps done exactly once. On SQLite and PostgreSQL.
+//! SIGKILL while runs are in flight, and every run finishes with each of its steps done exactly
+//! once, after a restart (SQLite and PostgreSQL) or on a second server sharing the database
+//! (PostgreSQL).
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -73,7 +74,16 @@ impl Client {
     }
 }
 
-async fn a_run_survives_kill_9_and_resumes_without_redoing_a_finished_step(backend: Backend) {
+/// What happens after the first server is killed.
+#[derive(Clone, Copy, PartialEq)]
+enum Then {
+    /// It is started again.
+    Restart,
+    /// A second server, running since the start, takes its runs over.
+    OtherHost,
+}
+
+async fn runs_survive_kill_9_with_each_step_done_once(backend: Backend, then: Then) {
     let Some(database) = TestDatabase::create(backend).await else {
         return;
     };
@@ -96,6 +106,10 @@ async fn a_run_survives_kill_9_and_resumes_without_redoing_a_finished_step(backe
     };
     let post = reqwest::Method::POST;
     let host = Host::start(&url).await;
+    let other = match then {
+        Then::OtherHost => Some(Host::start(&url).await),
+        Then::Restart => None,
+    };
     for definition in [
         json!({"name": "complaint", "fields": [{"name": "title", "type": "text"}]}),
         json!({"name": "task", "fields": [
@@ -166,7 +180,10 @@ async fn a_run_survives_kill_9_and_resumes_without_redoing_a_finished_step(backe
     let acknowledged = writer.await.unwrap();
     assert!(acknowledged > 0);
 
-    let host = Host::start(&url).await;
+    let host = match other {
+        Some(other) => other,
+        None => Host::start(&url).await,
+    };
     // Every complaint in the database (acknowledged or not) has its run, and each run ends.
     let mut complaints = Vec::new();
     let mut cursor: Option<String> = None;
@@ -191,6 +208,10 @@ async fn a_run_survives_kill_9_and_resumes_without_redoing_a_finished_step(backe
     assert!(
         complaints.len() >= acknowledged,
         "{} stored, {acknowledged} acknowledged",
+        complaints.len()
+    );
+    eprintln!(
+        "{} complaints stored ({acknowledged} acknowledged) when the server was killed",
         complaints.len()
     );
     let mut runs = Vec::new();
@@ -283,10 +304,17 @@ async fn a_run_survives_kill_9_and_resumes_without_redoing_a_finished_step(backe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_survives_kill_9_on_sqlite() {
-    a_run_survives_kill_9_and_resumes_without_redoing_a_finished_step(Backend::Sqlite).await;
+    runs_survive_kill_9_with_each_step_done_once(Backend::Sqlite, Then::Restart).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_survives_kill_9_on_postgres() {
-    a_run_survives_kill_9_and_resumes_without_redoing_a_finished_step(Backend::Postgres).await;
+    runs_survive_kill_9_with_each_step_done_once(Backend::Postgres, Then::Restart).await;
+}
+
+/// Two servers on one PostgreSQL share the runs (`FOR UPDATE SKIP LOCKED`, fenced leases); when
+/// one is killed mid-run the other finishes its runs, and no step runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_the_runs_and_one_finishes_what_the_killed_one_started() {
+    runs_survive_kill_9_with_each_step_done_once(Backend::Postgres, Then::OtherHost).await;
 }
