@@ -20,11 +20,11 @@ use crate::records::filter;
 use crate::records::hooks::WriteContext;
 use crate::records::{RecordError, Records};
 use crate::store::outbox::NewMessage;
-use crate::store::workflows::{Notification, RunUpdate, StepState, StoredRun};
+use crate::store::workflows::{Notification, RunUpdate, StepState, StoredRun, StoredStep};
 use crate::store::{Dialect, Scoped, StoreError, Tx};
 
 /// How many runs one host works on at a time.
-const CONCURRENT_RUNS: usize = 8;
+const CONCURRENT_RUNS: usize = 32;
 /// How many steps one claim of a run may take before the run goes back to the queue (so that
 /// a long run does not starve the others).
 const STEPS_PER_CLAIM: usize = 50;
@@ -308,12 +308,8 @@ impl Engine {
                         return Ok(());
                     };
                     let node = compiled.plan.position(step_id).map(|i| &compiled.plan.nodes[i]);
-                    let seq = next_seq(&mut scoped, &run, step_id).await?;
-                    let started = scoped
-                        .last_step(&run.id)
-                        .await?
-                        .filter(|last| last.seq == seq)
-                        .map_or(now, |last| last.started_at);
+                    let (seq, last) = step_row(&mut scoped, &run, step_id).await?;
+                    let started = last.map_or(now, |last| last.started_at);
                     scoped
                         .put_step(
                             &run.id,
@@ -373,17 +369,19 @@ impl Workflows {
     }
 }
 
-/// The sequence number of the step row for `step_id`: the last row's again when the run goes
-/// on with that step (a wait ending, a retry), otherwise one more.
-async fn next_seq(
+/// The sequence number of the step row for `step_id`, and that row if it exists: the last row
+/// again when the run goes on with that step (a wait ending, a retry), otherwise a new one.
+async fn step_row(
     scoped: &mut Scoped<'_>,
     run: &StoredRun,
     step_id: &str,
-) -> Result<i64, StoreError> {
+) -> Result<(i64, Option<StoredStep>), StoreError> {
     Ok(match scoped.last_step(&run.id).await? {
-        Some(last) if last.step_id == step_id && last.status != "succeeded" => last.seq,
-        Some(last) => last.seq + 1,
-        None => 1,
+        Some(last) if last.step_id == step_id && last.status != "succeeded" => {
+            (last.seq, Some(last))
+        }
+        Some(last) => (last.seq + 1, None),
+        None => (1, None),
     })
 }
 
@@ -435,11 +433,7 @@ impl StepRun<'_> {
             input: trigger.get("input").and_then(Value::as_object),
             steps: Some(&outputs),
         };
-        let seq = next_seq(scoped, run, &step_id).await?;
-        let last = scoped
-            .last_step(&run.id)
-            .await?
-            .filter(|last| last.seq == seq);
+        let (seq, last) = step_row(scoped, run, &step_id).await?;
         let started_at = last.as_ref().map_or(now, |last| last.started_at);
         let record_needed = || {
             StepError::Failed(match (&run.entity, &run.record_id) {
