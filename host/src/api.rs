@@ -114,6 +114,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/workflows/{name}/runs/{id}", get(workflows::run))
         .route("/workflows/{name}/runs/{id}/retry", post(workflows::retry))
+        .route("/approvals", get(workflows::approvals))
+        .route("/approvals/{id}/approve", post(workflows::approve))
+        .route("/approvals/{id}/reject", post(workflows::reject))
         .route(
             "/records/{entity}",
             get(records::list).post(records::create),

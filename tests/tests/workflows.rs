@@ -17,6 +17,7 @@ on_both_backends!(
     a_wait_step_parks_the_run_until_its_time,
     manual_runs_check_their_input_and_who_starts_them,
     runs_in_flight_finish_on_their_version,
+    an_approval_waits_for_a_decision_and_the_run_follows_it,
 );
 
 async fn define_complaints(app: &TestApp) {
@@ -686,5 +687,158 @@ async fn runs_in_flight_finish_on_their_version(app: &TestApp) {
     assert_eq!(
         app.get("/api/v1/workflows/versions").await.status,
         StatusCode::NOT_FOUND
+    );
+}
+
+async fn an_approval_waits_for_a_decision_and_the_run_follows_it(app: &TestApp) {
+    define_complaints(app).await;
+    save(app, json!({
+        "name": "refund",
+        "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
+        "steps": [
+            {"id": "ok", "type": "approval", "approvers": ["{{record._owner}}"],
+             "message": "Refund {{record.title}}?", "timeout": "{{TIMEOUT}}",
+             "then": [{"id": "refunded", "type": "set_fields", "values": {"status": "resolved"}}],
+             "else": [{"id": "refused", "type": "set_fields", "values": {"status": "closed"}}]},
+            {"id": "tell", "type": "notify", "user": "{{record._owner}}",
+             "message": "{{record.title}}: {{steps.ok.decision}}"}
+        ]
+    }).to_string().replace("{{TIMEOUT}}", "1h").parse::<Value>().unwrap())
+    .await;
+    let first = app
+        .create("complaint", json!({"title": "A", "priority": "ordinary"}))
+        .await;
+    let second = app
+        .create("complaint", json!({"title": "B", "priority": "ordinary"}))
+        .await;
+    // Both runs wait on a pending approval, which their approver sees.
+    let mut pending = Vec::new();
+    for _ in 0..200 {
+        pending = app.get("/api/v1/approvals?status=pending").await.body["data"]
+            .as_array()
+            .unwrap()
+            .clone();
+        if pending.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    let approval_of = |record: &str| {
+        pending.iter().find(|a| a["record_id"] == record).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (yes, no) = (approval_of(&first), approval_of(&second));
+    assert!(
+        pending
+            .iter()
+            .all(|a| a["message"].as_str().unwrap().starts_with("Refund "))
+    );
+    assert!(
+        runs(app, "refund")
+            .await
+            .iter()
+            .all(|run| run["status"] == "waiting")
+    );
+    // Someone who is not an approver neither sees nor decides them.
+    let member = app.member("sam").await;
+    let theirs = app
+        .send(Method::GET, "/api/v1/approvals", &member, None, &[])
+        .await;
+    assert_eq!(theirs.body["data"], json!([]));
+    let refused = app
+        .send(
+            Method::POST,
+            &format!("/api/v1/approvals/{yes}/approve"),
+            &member,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
+    let bad = app
+        .post(
+            &format!("/api/v1/approvals/{yes}/approve"),
+            json!({"note": "x"}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{:?}", bad.body);
+    // Approve one, reject the other: each run takes its list of steps.
+    let approved = app
+        .post(
+            &format!("/api/v1/approvals/{yes}/approve"),
+            json!({"comment": "fine"}),
+        )
+        .await;
+    assert_eq!(approved.status, StatusCode::OK, "{:?}", approved.body);
+    assert_eq!(approved.body["status"], "approved");
+    let rejected = app
+        .post(&format!("/api/v1/approvals/{no}/reject"), json!({}))
+        .await;
+    assert_eq!(rejected.status, StatusCode::OK, "{:?}", rejected.body);
+    let again = app
+        .post(&format!("/api/v1/approvals/{yes}/reject"), json!({}))
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.body);
+    let runs = settled(app, "refund", 2).await;
+    assert!(
+        runs.iter().all(|run| run["status"] == "succeeded"),
+        "{runs:#?}"
+    );
+    assert_eq!(
+        record(app, "complaint", &first).await["data"]["status"],
+        "resolved"
+    );
+    assert_eq!(
+        record(app, "complaint", &second).await["data"]["status"],
+        "closed"
+    );
+    let run = runs
+        .iter()
+        .find(|run| run["record_id"] == first.as_str())
+        .unwrap();
+    let steps: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["ok", "refunded", "tell"]);
+    assert_eq!(run["steps"][0]["output"]["decision"], "approved");
+    assert_eq!(run["steps"][0]["output"]["comment"], "fine");
+    let notes = app.get("/api/v1/notifications").await.body["data"].clone();
+    let messages: Vec<&str> = notes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages.contains(&"A: approved") && messages.contains(&"B: rejected"),
+        "{messages:?}"
+    );
+    // Nobody decides within the timeout: the approval expires and `else` runs.
+    let mut quick = app.get("/api/v1/workflows/refund").await.body;
+    quick["steps"][0]["timeout"] = json!("1s");
+    quick["version"] = json!(1);
+    for key in ["enabled", "created_at", "updated_at"] {
+        quick.as_object_mut().unwrap().remove(key);
+    }
+    let reply = app.put("/api/v1/workflows/refund", quick).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let third = app
+        .create("complaint", json!({"title": "C", "priority": "ordinary"}))
+        .await;
+    let runs = settled(app, "refund", 3).await;
+    let run = runs
+        .iter()
+        .find(|run| run["record_id"] == third.as_str())
+        .unwrap();
+    assert_eq!(run["steps"][0]["output"]["decision"], "expired", "{run:#?}");
+    assert_eq!(
+        record(app, "complaint", &third).await["data"]["status"],
+        "closed"
     );
 }

@@ -289,6 +289,29 @@ fn workflow_paths(paths: &mut Map<String, Value>, error: &Value) {
         "post": {"tags": ["workflows"], "summary": "Retry a failed run from its failed step (admin)",
                  "responses": {"202": {"description": "The queued run"}, "404": error, "409": error}}
     }));
+    paths.insert("/api/v1/approvals".into(), json!({
+        "get": {"tags": ["workflows"], "summary": "Approvals the caller may decide (an administrator: all), newest first",
+                "parameters": [{"name": "status", "in": "query", "schema": {"enum": ["pending", "approved", "rejected", "expired", "cancelled"]}}, cursor, limit],
+                "responses": {"200": {"description": "A page of approvals"}, "400": error}}
+    }));
+    for (action, summary) in [
+        (
+            "approve",
+            "Approve (an approver or an administrator): the run goes on with the approval's `then` steps",
+        ),
+        (
+            "reject",
+            "Reject (an approver or an administrator): the run goes on with the approval's `else` steps",
+        ),
+    ] {
+        paths.insert(format!("/api/v1/approvals/{{id}}/{action}"), json!({
+            "parameters": [run],
+            "post": {"tags": ["workflows"], "summary": summary,
+                     "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                         "properties": {"comment": {"type": "string", "maxLength": 2000}}}}}},
+                     "responses": {"200": {"description": "The decided approval"}, "400": error, "403": error, "404": error, "409": error}}
+        }));
+    }
     paths.insert("/api/v1/notifications".into(), json!({
         "get": {"tags": ["workflows"], "summary": "The caller's in-app notifications, newest first",
                 "parameters": [{"name": "unread", "in": "query", "schema": {"type": "boolean"}}, cursor, limit],

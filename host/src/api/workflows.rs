@@ -284,3 +284,170 @@ pub async fn read_notification(
     }
     Ok(Json(json!({ "id": id, "read": true })))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalParams {
+    status: Option<String>,
+    cursor: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+const APPROVAL_STATUSES: [&str; 5] = ["pending", "approved", "rejected", "expired", "cancelled"];
+
+fn approval_view(approval: crate::store::workflows::Approval) -> Value {
+    let rfc3339 = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    };
+    json!({
+        "id": approval.id, "workflow": approval.workflow, "run_id": approval.run_id,
+        "step": approval.step_id, "entity": approval.entity, "record_id": approval.record_id,
+        "approvers": serde_json::from_str::<Value>(&approval.approvers).unwrap_or(Value::Null),
+        "message": approval.message, "status": approval.status,
+        "decided_by": approval.decided_by, "comment": approval.comment,
+        "created_at": rfc3339(approval.created_at),
+        "decided_at": approval.decided_at.and_then(rfc3339),
+    })
+}
+
+/// Approvals the caller may decide (an administrator: all of the tenant's), newest first.
+pub async fn approvals(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(params): Params<ApprovalParams>,
+) -> Result<Json<Value>, ApiError> {
+    if !(1..=1000).contains(&params.limit) {
+        return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
+    }
+    if let Some(status) = &params.status
+        && !APPROVAL_STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "`status` must be one of {}, not `{status}`",
+            APPROVAL_STATUSES.join(", ")
+        )));
+    }
+    let approver = (!principal.is_admin()).then(|| principal.user.to_string());
+    let mut conn = state.store.reader().await?;
+    let mut found = conn
+        .scoped(&principal.tenant)
+        .approvals(
+            approver.as_deref(),
+            params.status.as_deref(),
+            params.cursor.as_deref(),
+            params.limit + 1,
+        )
+        .await?;
+    let next = if found.len() as i64 > params.limit {
+        found.truncate(params.limit as usize);
+        found.last().map(|a| a.id.clone())
+    } else {
+        None
+    };
+    let data: Vec<Value> = found.into_iter().map(approval_view).collect();
+    Ok(Json(json!({ "data": data, "next_cursor": next })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    comment: Option<String>,
+}
+
+pub async fn approve(
+    state: State<AppState>,
+    principal: Principal,
+    id: Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    decide(state, principal, id, body, "approved").await
+}
+
+pub async fn reject(
+    state: State<AppState>,
+    principal: Principal,
+    id: Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    decide(state, principal, id, body, "rejected").await
+}
+
+/// Decides an approval as one of its approvers (or an administrator); the run goes on.
+async fn decide(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+    decision: &'static str,
+) -> Result<Json<Value>, ApiError> {
+    // The body is optional: `{"comment": "…"}`.
+    let decision_body: Decision = if body.iter().all(u8::is_ascii_whitespace) {
+        Decision::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|error| ApiError::bad_request(format!("the decision body: {error}")))?
+    };
+    if decision_body
+        .comment
+        .as_ref()
+        .is_some_and(|comment| comment.len() > 2000)
+    {
+        return Err(ApiError::bad_request(
+            "`comment` is longer than 2,000 bytes",
+        ));
+    }
+    let tenant = principal.tenant.clone();
+    let user = principal.user.to_string();
+    let admin = principal.is_admin();
+    let approval_id = id.clone();
+    let decided = state
+        .store
+        .write(move |tx: &mut crate::store::Tx| {
+            Box::pin(async move {
+                let mut scoped = tx.scoped(&tenant);
+                let Some(approval) = scoped.approval(&approval_id).await? else {
+                    return Err(ApiError::not_found(format!(
+                        "there is no approval `{approval_id}`"
+                    )));
+                };
+                let approvers: Vec<String> =
+                    serde_json::from_str(&approval.approvers).unwrap_or_default();
+                if !admin && !approvers.contains(&user) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "you are not an approver of this approval",
+                    ));
+                }
+                let now = crate::store::now();
+                if !scoped
+                    .decide_approval(
+                        &approval_id,
+                        decision,
+                        Some(&user),
+                        decision_body.comment.as_deref(),
+                        now,
+                    )
+                    .await?
+                {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "refused",
+                        format!("the approval is {}, not pending", approval.status),
+                    ));
+                }
+                scoped
+                    .wake_run(&approval.run_id, &approval.step_id, now)
+                    .await?;
+                let decided = scoped.approval(&approval_id).await?.ok_or_else(|| {
+                    crate::store::StoreError::Corrupt("a decided approval vanished".into())
+                })?;
+                Ok(decided)
+            })
+        })
+        .await?;
+    state.workflows.wake_now();
+    Ok(Json(approval_view(decided)))
+}

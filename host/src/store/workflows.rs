@@ -394,7 +394,7 @@ impl Scoped<'_> {
         .execute(&mut **c)
         .await
         .map(drop)?);
-        Ok(on!(&mut self.exec, c => sqlx::query(
+        let cancelled = on!(&mut self.exec, c => sqlx::query(
             "UPDATE workflow_runs SET status = 'cancelled', next_step = NULL, finished_at = $1, \
              updated_at = $1, error = 'the workflow was deleted', lease_owner = NULL, lease_until = NULL \
              WHERE tenant_id = $2 AND workflow_id = $3 AND status IN ('pending', 'running', 'waiting')",
@@ -404,7 +404,19 @@ impl Scoped<'_> {
         .bind(id)
         .execute(&mut **c)
         .await?
-        .rows_affected()))
+        .rows_affected());
+        on!(&mut self.exec, c => sqlx::query(
+            "UPDATE approvals SET status = 'cancelled', decided_at = $1 \
+             WHERE tenant_id = $2 AND status = 'pending' AND run_id IN \
+             (SELECT id FROM workflow_runs WHERE tenant_id = $2 AND workflow_id = $3 AND status = 'cancelled')",
+        )
+        .bind(Timestamp(now))
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut **c)
+        .await
+        .map(drop)?);
+        Ok(cancelled)
     }
 
     /// Inserts runs, in the current transaction.
@@ -707,6 +719,150 @@ impl Scoped<'_> {
         .bind(tenant)
         .bind(user)
         .bind(id)
+        .execute(&mut **c)
+        .await?
+        .rows_affected());
+        Ok(changed == 1)
+    }
+}
+
+/// An approval asked by an `approval` step.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Approval {
+    pub id: String,
+    pub run_id: String,
+    pub step_id: String,
+    pub workflow: String,
+    pub entity: Option<String>,
+    pub record_id: Option<String>,
+    /// JSON array of user ids.
+    pub approvers: String,
+    pub message: String,
+    pub status: String,
+    pub decided_by: Option<String>,
+    pub comment: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub decided_at: Option<OffsetDateTime>,
+}
+
+const APPROVAL_COLUMNS: &str = "id, run_id, step_id, workflow, entity, record_id, approvers, \
+     message, status, decided_by, comment, created_at, decided_at";
+
+impl Scoped<'_> {
+    pub async fn insert_approval(&mut self, approval: &Approval) -> Result<(), StoreError> {
+        let binds = [
+            SqlValue::Text(approval.id.clone()),
+            SqlValue::Text(self.tenant.as_str().to_owned()),
+            SqlValue::Text(approval.run_id.clone()),
+            SqlValue::Text(approval.step_id.clone()),
+            SqlValue::Text(approval.workflow.clone()),
+            approval
+                .entity
+                .clone()
+                .map_or(SqlValue::Null, SqlValue::Text),
+            approval
+                .record_id
+                .clone()
+                .map_or(SqlValue::Null, SqlValue::Text),
+            SqlValue::Text(approval.approvers.clone()),
+            SqlValue::Text(approval.message.clone()),
+            SqlValue::Timestamp(approval.created_at),
+        ];
+        on!(&mut self.exec, c => bind_all(sqlx::query(
+            "INSERT INTO approvals (id, tenant_id, run_id, step_id, workflow, entity, record_id, \
+             approvers, message, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10)",
+        ), &binds)
+        .execute(&mut **c)
+        .await
+        .map(drop)?);
+        Ok(())
+    }
+
+    pub async fn approval(&mut self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let sql =
+            format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 AND id = $2");
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut **c)
+            .await?))
+    }
+
+    /// Approvals, newest first; `status` filters, and `approver` keeps those a user may decide.
+    pub async fn approvals(
+        &mut self,
+        approver: Option<&str>,
+        status: Option<&str>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Approval>, StoreError> {
+        let mut sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1");
+        let mut binds = vec![SqlValue::Text(self.tenant.as_str().to_owned())];
+        if let Some(user) = approver {
+            // User ids are UUIDs: no `%` or `_` to escape.
+            binds.push(SqlValue::Text(format!("%\"{user}\"%")));
+            sql.push_str(&format!(" AND approvers LIKE ${}", binds.len()));
+        }
+        for (column, value) in [("status = ", status), ("id < ", before)] {
+            if let Some(value) = value {
+                binds.push(SqlValue::Text(value.to_owned()));
+                sql.push_str(&format!(" AND {column}${}", binds.len()));
+            }
+        }
+        binds.push(SqlValue::Int(limit));
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", binds.len()));
+        Ok(
+            on!(&mut self.exec, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
+            .fetch_all(&mut **c)
+            .await?),
+        )
+    }
+
+    /// Decides a pending approval; `false` if it is no longer pending (nothing changes then).
+    pub async fn decide_approval(
+        &mut self,
+        id: &str,
+        status: &str,
+        user: Option<&str>,
+        comment: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let binds = [
+            SqlValue::Text(status.to_owned()),
+            user.map_or(SqlValue::Null, |u| SqlValue::Text(u.to_owned())),
+            comment.map_or(SqlValue::Null, |c| SqlValue::Text(c.to_owned())),
+            SqlValue::Timestamp(now),
+            SqlValue::Text(self.tenant.as_str().to_owned()),
+            SqlValue::Text(id.to_owned()),
+        ];
+        let changed = on!(&mut self.exec, c => bind_all(sqlx::query(
+            "UPDATE approvals SET status = $1, decided_by = $2, comment = $3, decided_at = $4 \
+             WHERE tenant_id = $5 AND id = $6 AND status = 'pending'",
+        ), &binds)
+        .execute(&mut **c)
+        .await?
+        .rows_affected());
+        Ok(changed == 1)
+    }
+
+    /// Makes a run waiting at `step_id` due now (an approval was decided).
+    pub async fn wake_run(
+        &mut self,
+        run_id: &str,
+        step_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let tenant = self.tenant.as_str();
+        let changed = on!(&mut self.exec, c => sqlx::query(
+            "UPDATE workflow_runs SET next_at = $1, updated_at = $1 \
+             WHERE tenant_id = $2 AND id = $3 AND next_step = $4 AND status = 'waiting'",
+        )
+        .bind(Timestamp(now))
+        .bind(tenant)
+        .bind(run_id)
+        .bind(step_id)
         .execute(&mut **c)
         .await?
         .rows_affected());

@@ -196,6 +196,16 @@ pub enum Action {
         #[serde(default, rename = "else", skip_serializing_if = "Vec::is_empty")]
         otherwise: Vec<Step>,
     },
+    Approval {
+        approvers: Vec<String>,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        then: Vec<Step>,
+        #[serde(default, rename = "else", skip_serializing_if = "Vec::is_empty")]
+        otherwise: Vec<Step>,
+    },
 }
 
 impl Action {
@@ -208,6 +218,20 @@ impl Action {
             Action::SendEmail { .. } => "send_email",
             Action::Wait { .. } => "wait",
             Action::Branch { .. } => "branch",
+            Action::Approval { .. } => "approval",
+        }
+    }
+
+    /// The two lists of steps of a branch or an approval.
+    pub fn children(&self) -> Option<(&[Step], &[Step])> {
+        match self {
+            Action::Branch {
+                then, otherwise, ..
+            }
+            | Action::Approval {
+                then, otherwise, ..
+            } => Some((then, otherwise)),
+            _ => None,
         }
     }
 }
@@ -429,6 +453,23 @@ impl<'a> Checker<'a> {
                 self.steps(then, &format!("{path}/then"));
                 self.steps(otherwise, &format!("{path}/else"));
             }
+            Action::Approval {
+                approvers,
+                message,
+                then,
+                otherwise,
+                ..
+            } => {
+                for (index, approver) in approvers.iter().enumerate() {
+                    self.template(approver, &format!("{path}/approvers/{index}"));
+                }
+                self.template(message, &format!("{path}/message"));
+                // The approval's own output is known to the steps of its lists.
+                self.seen.push(step.id.clone());
+                self.steps(then, &format!("{path}/then"));
+                self.steps(otherwise, &format!("{path}/else"));
+                self.seen.pop();
+            }
         }
     }
 
@@ -600,10 +641,7 @@ fn assign(steps: &[Step], nodes: &mut Vec<Node>, children: &mut Children) -> Vec
             then_first: None,
             else_first: None,
         });
-        if let Action::Branch {
-            then, otherwise, ..
-        } = &step.action
-        {
+        if let Some((then, otherwise)) = step.action.children() {
             let then = assign(then, nodes, children);
             let otherwise = assign(otherwise, nodes, children);
             nodes[index].then_first = then.first().copied();

@@ -20,7 +20,9 @@ use crate::records::filter;
 use crate::records::hooks::WriteContext;
 use crate::records::{RecordError, Records};
 use crate::store::outbox::NewMessage;
-use crate::store::workflows::{Notification, RunUpdate, StepState, StoredRun, StoredStep};
+use crate::store::workflows::{
+    Approval, Notification, RunUpdate, StepState, StoredRun, StoredStep,
+};
 use crate::store::{Dialect, Scoped, StoreError, Tx};
 
 /// How many runs one host works on at a time.
@@ -364,7 +366,7 @@ impl Engine {
 
 impl Workflows {
     /// Wakes the engine whether or not a trigger fired.
-    fn wake_now(&self) {
+    pub(crate) fn wake_now(&self) {
         self.inner.wake.notify_one();
     }
 }
@@ -577,6 +579,104 @@ impl StepRun<'_> {
                         .await;
                 }
                 (input.clone(), input)
+            }
+            Action::Approval {
+                approvers,
+                message,
+                timeout,
+                ..
+            } => {
+                let asked = last
+                    .as_ref()
+                    .filter(|last| last.status == "waiting")
+                    .and_then(|last| last.output.as_deref())
+                    .and_then(|output| serde_json::from_str::<Value>(output).ok());
+                let Some(asked) = asked else {
+                    // First time here: ask, and wait for a decision (or the timeout).
+                    let mut users = Vec::with_capacity(approvers.len());
+                    for approver in approvers {
+                        let user = render(approver)?;
+                        if scoped.user_principal(&user).await?.is_none() {
+                            return Err(StepError::Failed(format!(
+                                "approver `{user}` is not a user of this tenant"
+                            )));
+                        }
+                        if !users.contains(&user) {
+                            users.push(user);
+                        }
+                    }
+                    let message = render(message)?;
+                    let until = match timeout {
+                        Some(timeout) => {
+                            now + parse_duration(timeout).ok_or_else(|| {
+                                StepError::Failed(format!("`{timeout}` is not a duration"))
+                            })?
+                        }
+                        // No timeout: the run waits until someone decides.
+                        None => now + time::Duration::days(36_500),
+                    };
+                    let id = uuid::Uuid::now_v7().to_string();
+                    scoped
+                        .insert_approval(&Approval {
+                            id: id.clone(),
+                            run_id: run.id.clone(),
+                            step_id: step_id.clone(),
+                            workflow: self.compiled.name.clone(),
+                            entity: run.entity.clone(),
+                            record_id: run.record_id.clone(),
+                            approvers: json!(users).to_string(),
+                            message: message.clone(),
+                            status: "pending".to_owned(),
+                            decided_by: None,
+                            comment: None,
+                            created_at: now,
+                            decided_at: None,
+                        })
+                        .await?;
+                    let state = json!({
+                        "approval": id, "approvers": users, "message": message,
+                        "until": template::format_time(until),
+                    });
+                    return self
+                        .wait(scoped, node, seq, started_at, &state, until, now)
+                        .await;
+                };
+                let id = asked["approval"].as_str().unwrap_or_default().to_owned();
+                let until = asked["until"]
+                    .as_str()
+                    .and_then(template::parse_moment)
+                    .unwrap_or(now);
+                let approval = scoped.approval(&id).await?.ok_or_else(|| {
+                    StepError::Store(StoreError::Corrupt(format!("approval {id} is missing")))
+                })?;
+                let decision = match approval.status.as_str() {
+                    "pending" if now < until => {
+                        // Woken before anyone decided: wait on.
+                        return self
+                            .wait(scoped, node, seq, started_at, &asked, until, now)
+                            .await;
+                    }
+                    "pending" => {
+                        scoped
+                            .decide_approval(&id, "expired", None, None, now)
+                            .await?;
+                        "expired".to_owned()
+                    }
+                    other => other.to_owned(),
+                };
+                let approved = decision == "approved";
+                next = if approved {
+                    node.then_first.or(node.next)
+                } else {
+                    node.else_first.or(node.next)
+                };
+                (
+                    asked.clone(),
+                    json!({
+                        "approval": id, "decision": decision,
+                        "by": approval.decided_by, "comment": approval.comment,
+                    }),
+                )
             }
             Action::Branch { condition, .. } => {
                 let Some(record) = &record else {
