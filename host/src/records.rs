@@ -1434,7 +1434,11 @@ impl Records {
             .into_iter()
             .map(|row| {
                 let mut changes: Map<String, Value> = serde_json::from_str(&row.changes).unwrap_or_default();
-                changes.retain(|key, _| compiled.definition.field(key).is_some_and(|field| field.active));
+                // Deactivated fields stay hidden; `_owner` is the one system field with history.
+                changes.retain(|key, _| {
+                    key == "_owner"
+                        || compiled.definition.field(key).is_some_and(|field| field.active)
+                });
                 json!({
                     "version": row.version,
                     "operation": row.operation,

@@ -275,6 +275,17 @@ impl TestApp {
             .token
     }
 
+    /// Creates a member of the test tenant and returns their token and user id.
+    pub async fn member_with_id(&self, name: &str) -> (String, String) {
+        let user = self
+            .store
+            .create_user("acme", name, rapport::auth::Role::Member)
+            .await
+            .expect("create user")
+            .expect("a new user");
+        (user.token, user.user_id)
+    }
+
     /// Creates another tenant and returns its admin token.
     pub async fn other_tenant(&self, name: &str) -> String {
         self.store

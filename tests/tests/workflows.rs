@@ -18,6 +18,7 @@ on_both_backends!(
     manual_runs_check_their_input_and_who_starts_them,
     runs_in_flight_finish_on_their_version,
     an_approval_waits_for_a_decision_and_the_run_follows_it,
+    new_leads_are_assigned_round_robin_and_their_owner_gets_a_task_for_tomorrow,
 );
 
 async fn define_complaints(app: &TestApp) {
@@ -840,5 +841,125 @@ async fn an_approval_waits_for_a_decision_and_the_run_follows_it(app: &TestApp) 
     assert_eq!(
         record(app, "complaint", &third).await["data"]["status"],
         "closed"
+    );
+}
+
+async fn new_leads_are_assigned_round_robin_and_their_owner_gets_a_task_for_tomorrow(
+    app: &TestApp,
+) {
+    app.define(json!({"name": "lead", "fields": [
+        {"name": "name", "type": "text", "required": true},
+        {"name": "source", "type": "picklist", "options": ["web", "fair", "referral"]}
+    ]}))
+    .await;
+    app.define(json!({"name": "task", "fields": [
+        {"name": "subject", "type": "text", "required": true},
+        {"name": "due", "type": "date"},
+        {"name": "lead", "type": "reference", "entity": "lead"},
+        {"name": "assignee", "type": "text"}
+    ]}))
+    .await;
+    let mut reps = Vec::new();
+    for name in ["ann", "bob", "cem"] {
+        reps.push(app.member_with_id(name).await);
+    }
+    let ids: Vec<&str> = reps.iter().map(|(_, id)| id.as_str()).collect();
+    save(app, json!({
+        "name": "assign_leads",
+        "trigger": {"type": "record", "entity": "lead", "events": ["created"]},
+        "steps": [
+            {"id": "assign", "type": "assign_owner", "round_robin": ids},
+            {"id": "follow_up", "type": "create_record", "entity": "task",
+             "values": {"subject": "Follow up {{record.name}}", "due": "{{today + 1d}}",
+                        "lead": "{{record._id}}", "assignee": "{{record._owner}}"}},
+            {"id": "tell", "type": "notify", "user": "{{record._owner}}", "message": "New lead {{record.name}}"}
+        ]
+    }))
+    .await;
+    // Someone who is not a user of the tenant cannot be assigned: the run fails, saying who.
+    save(app, json!({
+        "name": "assign_stranger",
+        "retry": {"max_attempts": 1},
+        "trigger": {"type": "record", "entity": "lead", "events": ["created"], "condition": "source eq 'fair'"},
+        "steps": [{"id": "assign", "type": "assign_owner", "user": "0190a5b2-0000-7000-8000-000000000000"}]
+    }))
+    .await;
+    let mut leads = Vec::new();
+    for i in 0..6 {
+        leads.push(
+            app.create(
+                "lead",
+                json!({"name": format!("Lead {i}"), "source": "web"}),
+            )
+            .await,
+        );
+    }
+    let runs = settled(app, "assign_leads", 6).await;
+    assert!(
+        runs.iter().all(|run| run["status"] == "succeeded"),
+        "{runs:#?}"
+    );
+    let mut owned: std::collections::HashMap<String, usize> = Default::default();
+    let tomorrow = (time::OffsetDateTime::now_utc().date() + time::Duration::days(1)).to_string();
+    for run in &runs {
+        let lead = record(app, "lead", run["record_id"].as_str().unwrap()).await;
+        let owner = lead["owner"].as_str().unwrap().to_owned();
+        assert!(ids.contains(&owner.as_str()), "{lead:?}");
+        assert_eq!(run["steps"][0]["output"]["owner"], owner.as_str());
+        let task = record(
+            app,
+            "task",
+            run["steps"][1]["output"]["id"].as_str().unwrap(),
+        )
+        .await;
+        assert_eq!(
+            task["data"]["assignee"],
+            owner.as_str(),
+            "the task goes to the new owner"
+        );
+        assert_eq!(task["data"]["due"], tomorrow.as_str());
+        *owned.entry(owner).or_default() += 1;
+    }
+    assert_eq!(owned.len(), 3, "{owned:?}");
+    assert!(
+        owned.values().all(|&n| n == 2),
+        "each rep gets two of six: {owned:?}"
+    );
+    // The change of owner is in the record's history.
+    let history = app
+        .get(&format!("/api/v1/records/lead/{}/history", leads[0]))
+        .await;
+    let changes: Vec<&Value> = history.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| &h["changes"])
+        .collect();
+    assert!(
+        changes.iter().any(|c| c.get("_owner").is_some()),
+        "{changes:?}"
+    );
+    // Each rep is told about their own leads.
+    let (token, _) = &reps[0];
+    let notes = app
+        .send(Method::GET, "/api/v1/notifications", token, None, &[])
+        .await;
+    assert_eq!(
+        notes.body["data"].as_array().unwrap().len(),
+        2,
+        "{:?}",
+        notes.body
+    );
+    app.create("lead", json!({"name": "Stranger", "source": "fair"}))
+        .await;
+    let failed = settled(app, "assign_stranger", 1).await;
+    assert_eq!(failed[0]["status"], "failed");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not a user of this tenant"),
+        "{:?}",
+        failed[0]
     );
 }

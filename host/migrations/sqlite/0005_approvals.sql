@@ -17,3 +17,12 @@ CREATE TABLE approvals (
     decided_at  TEXT
 );
 CREATE INDEX approvals_by_tenant ON approvals (tenant_id, status, id);
+
+-- Round-robin positions of `assign_owner` steps.
+CREATE TABLE workflow_counters (
+    tenant_id   TEXT NOT NULL REFERENCES tenants (id),
+    workflow_id TEXT NOT NULL REFERENCES workflows (id),
+    step_id     TEXT NOT NULL,
+    value       BIGINT NOT NULL,
+    PRIMARY KEY (workflow_id, step_id)
+);

@@ -106,6 +106,73 @@ impl Records {
             .await
     }
 
+    /// Gives a live record another owner (a user of the tenant, checked by the caller), with
+    /// history; triggers see an update whose `_owner` changed. The same owner changes nothing.
+    pub(crate) async fn step_assign(
+        &self,
+        scoped: &mut Scoped<'_>,
+        context: &WriteContext,
+        entity: &str,
+        id: &str,
+        owner: &str,
+    ) -> Result<StoredRecord, RecordError> {
+        let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
+        let stored = scoped
+            .get_record(compiled.id, id)
+            .await?
+            .filter(|record| record.deleted_at.is_none())
+            .ok_or_else(|| RecordError::NotFound {
+                entity: entity.to_owned(),
+                id: id.to_owned(),
+            })?;
+        if stored.owner_id == owner {
+            return Ok(stored);
+        }
+        let now = crate::store::now();
+        let user = &context.principal.user;
+        let changes = serde_json::json!({"_owner": {"from": stored.owner_id, "to": owner}});
+        if !scoped
+            .set_owner(
+                compiled.id,
+                id,
+                stored.version,
+                owner,
+                user,
+                now,
+                &changes.to_string(),
+            )
+            .await?
+        {
+            return Err(RecordError::VersionMismatch {
+                expected: stored.version,
+                current: stored.version + 1,
+            });
+        }
+        let body = parse_body(&stored)?;
+        let mut before = with_system_fields(&stored, &body);
+        before.retain(|key, _| !key.starts_with('_') || key == "_owner");
+        let updated = StoredRecord {
+            version: stored.version + 1,
+            owner_id: owner.to_owned(),
+            updated_at: now,
+            updated_by: user.to_string(),
+            ..stored
+        };
+        let mut after = body.clone();
+        after.insert("_owner".into(), Value::String(owner.to_owned()));
+        self.fire(
+            scoped,
+            context,
+            &compiled,
+            Event::Updated,
+            &updated,
+            &after,
+            Some(&before),
+        )
+        .await?;
+        Ok(updated)
+    }
+
     /// Creates one record as a step does.
     pub(crate) async fn step_create(
         &self,

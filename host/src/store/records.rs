@@ -214,6 +214,41 @@ impl Scoped<'_> {
         }
     }
 
+    /// Gives a live record at `version` another owner, bumping its version, with a history row
+    /// (`{"_owner": {"from", "to"}}`); false if the record is not at `version` any more.
+    #[expect(clippy::too_many_arguments, reason = "one column each")]
+    pub async fn set_owner(
+        &mut self,
+        entity_id: i64,
+        id: &str,
+        version: i64,
+        owner: &str,
+        user: &UserId,
+        now: OffsetDateTime,
+        changes: &str,
+    ) -> Result<bool, StoreError> {
+        let tenant = self.tenant.as_str();
+        let affected = on!(&mut self.exec, c => sqlx::query(
+            "UPDATE records SET owner_id = $4, version = version + 1, updated_at = $5, updated_by = $6 \
+             WHERE tenant_id = $1 AND entity_id = $2 AND id = $3 AND version = $7 AND deleted_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(entity_id)
+        .bind(id)
+        .bind(owner)
+        .bind(super::Timestamp(now))
+        .bind(user.as_str())
+        .bind(version)
+        .execute(&mut **c)
+        .await?
+        .rows_affected());
+        if affected == 1 {
+            self.insert_history(entity_id, id, version + 1, "update", user, now, changes)
+                .await?;
+        }
+        Ok(affected == 1)
+    }
+
     /// Soft-deletes (`deleted_at` set) or restores (`None`) a record at `version`, bumping it.
     pub async fn set_deleted(
         &mut self,

@@ -869,3 +869,20 @@ impl Scoped<'_> {
         Ok(changed == 1)
     }
 }
+
+impl Scoped<'_> {
+    /// Counts one more turn of a workflow step's round robin and answers the count (1, 2, …).
+    pub async fn next_turn(&mut self, workflow_id: &str, step_id: &str) -> Result<i64, StoreError> {
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c => sqlx::query_scalar(
+            "INSERT INTO workflow_counters (tenant_id, workflow_id, step_id, value) VALUES ($1, $2, $3, 1) \
+             ON CONFLICT (workflow_id, step_id) DO UPDATE SET value = workflow_counters.value + 1 \
+             RETURNING value",
+        )
+        .bind(tenant)
+        .bind(workflow_id)
+        .bind(step_id)
+        .fetch_one(&mut **c)
+        .await?))
+    }
+}

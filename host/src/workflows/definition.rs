@@ -196,6 +196,12 @@ pub enum Action {
         #[serde(default, rename = "else", skip_serializing_if = "Vec::is_empty")]
         otherwise: Vec<Step>,
     },
+    AssignOwner {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        round_robin: Vec<String>,
+    },
     Approval {
         approvers: Vec<String>,
         message: String,
@@ -219,6 +225,7 @@ impl Action {
             Action::Wait { .. } => "wait",
             Action::Branch { .. } => "branch",
             Action::Approval { .. } => "approval",
+            Action::AssignOwner { .. } => "assign_owner",
         }
     }
 
@@ -349,7 +356,7 @@ impl<'a> Checker<'a> {
                 }
                 if let Some(subject) = self.subject {
                     for (index, change) in changes.iter().enumerate() {
-                        if subject.field(&change.field).is_none() {
+                        if change.field != "_owner" && subject.field(&change.field).is_none() {
                             self.problem(
                                 format!("/trigger/changes/{index}/field"),
                                 format!(
@@ -452,6 +459,15 @@ impl<'a> Checker<'a> {
                 }
                 self.steps(then, &format!("{path}/then"));
                 self.steps(otherwise, &format!("{path}/else"));
+            }
+            Action::AssignOwner { user, round_robin } => {
+                self.needs_subject(&format!("{path}/type"), "assign_owner");
+                if let Some(user) = user {
+                    self.template(user, &format!("{path}/user"));
+                }
+                for (index, user) in round_robin.iter().enumerate() {
+                    self.template(user, &format!("{path}/round_robin/{index}"));
+                }
             }
             Action::Approval {
                 approvers,

@@ -580,6 +580,36 @@ impl StepRun<'_> {
                 }
                 (input.clone(), input)
             }
+            Action::AssignOwner { user, round_robin } => {
+                let (entity, id) = match (&run.entity, &run.record_id, &record) {
+                    (Some(entity), Some(id), Some(_)) => (entity, id),
+                    _ => return Err(record_needed()),
+                };
+                let owner = match user {
+                    Some(user) => render(user)?,
+                    None => {
+                        let turn = scoped.next_turn(&run.workflow_id, &step_id).await?;
+                        let index = (turn - 1).rem_euclid(round_robin.len() as i64) as usize;
+                        render(&round_robin[index])?
+                    }
+                };
+                if scoped.user_principal(&owner).await?.is_none() {
+                    return Err(StepError::Failed(format!(
+                        "`{owner}` is not a user of this tenant"
+                    )));
+                }
+                let previous = record
+                    .as_ref()
+                    .and_then(|r| r.get("_owner").cloned())
+                    .unwrap_or(Value::Null);
+                self.records
+                    .step_assign(scoped, &context, entity, id, &owner)
+                    .await?;
+                (
+                    json!({ "owner": owner }),
+                    json!({ "owner": owner, "previous": previous }),
+                )
+            }
             Action::Approval {
                 approvers,
                 message,
