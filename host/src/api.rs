@@ -49,7 +49,7 @@ impl AppState {
     pub fn new(store: Store, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Self> {
         let metadata = Arc::new(Metadata::new(store.clone()));
         let plugins = Plugins::new(store.clone(), cache_dir)?;
-        let workflows = Workflows::new(store.clone(), metadata.clone());
+        let workflows = Workflows::new(store.clone(), metadata.clone(), plugins.clone());
         let records = Records::new(
             store.clone(),
             metadata.clone(),

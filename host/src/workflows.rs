@@ -21,6 +21,7 @@ use crate::auth::Principal;
 use crate::domain::TenantId;
 use crate::metadata::Metadata;
 use crate::metadata::validation::Problem;
+use crate::plugins::Plugins;
 use crate::records::filter::{self, Filter};
 use crate::store::workflows::{NewRun, RunFilter, StoredRun, StoredStep, StoredWorkflow};
 use crate::store::{Scoped, Store, StoreError, Tx};
@@ -161,6 +162,7 @@ pub struct Workflows {
 struct Inner {
     store: Store,
     metadata: Arc<Metadata>,
+    plugins: Plugins,
     enabled: Mutex<HashMap<TenantId, (Instant, Enabled)>>,
     versions: Mutex<HashMap<(String, i64), Arc<Compiled>>>,
     wake: Notify,
@@ -168,11 +170,12 @@ struct Inner {
 }
 
 impl Workflows {
-    pub fn new(store: Store, metadata: Arc<Metadata>) -> Self {
+    pub fn new(store: Store, metadata: Arc<Metadata>, plugins: Plugins) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 metadata,
+                plugins,
                 enabled: Mutex::default(),
                 versions: Mutex::default(),
                 wake: Notify::new(),
@@ -355,6 +358,32 @@ impl Workflows {
             .collect())
     }
 
+    /// The workflow steps of the tenant's enabled plugins.
+    async fn plugin_steps(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<definition::PluginSteps, WorkflowError> {
+        let active = self
+            .inner
+            .plugins
+            .active(tenant)
+            .await
+            .map_err(|error| WorkflowError::Refused(error.to_string()))?;
+        Ok(active
+            .iter()
+            .map(|plugin| {
+                let steps = plugin
+                    .manifest
+                    .provides
+                    .workflow_steps
+                    .iter()
+                    .map(|step| step.step.clone())
+                    .collect();
+                (plugin.id.clone(), steps)
+            })
+            .collect())
+    }
+
     /// Parses and checks a definition against the tenant's entities.
     async fn checked(
         &self,
@@ -363,7 +392,8 @@ impl Workflows {
     ) -> Result<WorkflowDefinition, WorkflowError> {
         let definition = definition::parse(json).map_err(WorkflowError::Invalid)?;
         let entities = self.entities(scoped).await?;
-        let problems = definition::check(&definition, &entities);
+        let steps = self.plugin_steps(scoped.tenant()).await?;
+        let problems = definition::check(&definition, &entities, &steps);
         if problems.is_empty() {
             Ok(definition)
         } else {
@@ -514,9 +544,10 @@ impl Workflows {
         let mut definitions = Vec::new();
         let mut problems = Vec::new();
         let entities = self.entities(&mut scoped).await?;
+        let steps = self.plugin_steps(tenant).await?;
         for (source, json) in jsons {
             let checked = definition::parse(json).and_then(|definition| {
-                let found = definition::check(&definition, &entities);
+                let found = definition::check(&definition, &entities, &steps);
                 if found.is_empty() {
                     Ok(definition)
                 } else {

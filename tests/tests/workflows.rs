@@ -19,6 +19,7 @@ on_both_backends!(
     runs_in_flight_finish_on_their_version,
     an_approval_waits_for_a_decision_and_the_run_follows_it,
     new_leads_are_assigned_round_robin_and_their_owner_gets_a_task_for_tomorrow,
+    a_plugin_step_runs_in_the_sandbox_and_its_output_feeds_the_next_step,
 );
 
 async fn define_complaints(app: &TestApp) {
@@ -962,4 +963,116 @@ async fn new_leads_are_assigned_round_robin_and_their_owner_gets_a_task_for_tomo
         "{:?}",
         failed[0]
     );
+}
+
+async fn a_plugin_step_runs_in_the_sandbox_and_its_output_feeds_the_next_step(app: &TestApp) {
+    app.define(json!({"name": "prospect", "fields": [
+        {"name": "name", "type": "text", "required": true},
+        {"name": "size", "type": "picklist", "options": ["small", "large"]},
+        {"name": "payment_record", "type": "picklist", "options": ["good", "poor"]},
+        {"name": "proposed_terms", "type": "text"},
+        {"name": "proposed_status", "type": "text"}
+    ]}))
+    .await;
+    let workflow = |plugin: &str, step: &str| {
+        json!({
+            "name": "propose_terms",
+            "retry": {"max_attempts": 1},
+            "trigger": {"type": "record", "entity": "prospect", "events": ["created"]},
+            "steps": [
+                {"id": "review", "type": "plugin", "plugin": plugin, "step": step,
+                 "input": {"size": "{{record.size}}", "payment_record": "{{record.payment_record}}"}},
+                {"id": "apply", "type": "set_fields",
+                 "values": {"proposed_terms": "{{steps.review.payment_terms}}",
+                            "proposed_status": "{{steps.review.credit_status}}"}}
+            ]
+        })
+    };
+    // The plugin and its step must exist when the workflow is saved.
+    let reply = app
+        .post("/api/v1/workflows", workflow("credit-terms", "terms"))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        reply.body
+    );
+    assert!(
+        reply.fields()["/steps/0/plugin"].is_array(),
+        "{:?}",
+        reply.body
+    );
+    app.install_plugin("credit-terms", None).await;
+    let reply = app
+        .post("/api/v1/workflows", workflow("credit-terms", "terms_v2"))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        reply.body
+    );
+    let problems = reply.fields()["/steps/0/step"].to_string();
+    assert!(problems.contains("it provides: terms"), "{problems}");
+    save(app, workflow("credit-terms", "terms")).await;
+
+    let small_poor = app
+        .create(
+            "prospect",
+            json!({"name": "Corner Shop", "size": "small", "payment_record": "poor"}),
+        )
+        .await;
+    let large_good = app
+        .create(
+            "prospect",
+            json!({"name": "Big Co", "size": "large", "payment_record": "good"}),
+        )
+        .await;
+    // Without a size the step's input does not match its schema: the step fails, saying why.
+    let unknown = app.create("prospect", json!({"name": "Nobody"})).await;
+    let runs = settled(app, "propose_terms", 3).await;
+    let of = |id: &str| {
+        runs.iter()
+            .find(|run| run["record_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        of(&small_poor)["status"],
+        "succeeded",
+        "{:#?}",
+        of(&small_poor)
+    );
+    let shop = record(app, "prospect", &small_poor).await;
+    assert_eq!(shop["data"]["proposed_status"], "stop");
+    assert_eq!(shop["data"]["proposed_terms"], "prepayment");
+    let big = record(app, "prospect", &large_good).await;
+    assert_eq!(big["data"]["proposed_status"], "ok");
+    assert_eq!(big["data"]["proposed_terms"], "net 60");
+    assert_eq!(of(&large_good)["steps"][0]["output"]["discount_pct"], 10.0);
+    let failed = of(&unknown);
+    assert_eq!(failed["status"], "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("step `review`") && error.contains("input/size"),
+        "{error}"
+    );
+    // Each invocation is in the plugin's runs, as a workflow step.
+    let mut recorded = Vec::new();
+    for _ in 0..100 {
+        recorded = app.get("/api/v1/plugins/credit-terms/runs").await.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|run| run["stage"] == "workflow_step")
+            .cloned()
+            .collect();
+        if recorded.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert!(recorded.iter().all(|run| run["outcome"] == "ok"));
 }

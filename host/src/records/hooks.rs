@@ -510,7 +510,7 @@ impl Records {
     }
 
     /// The messages a plugin enqueued in one invocation, as the outbox stores them.
-    fn outbox_messages(
+    pub(super) fn outbox_messages(
         &self,
         context: &WriteContext,
         plugin: &Active,

@@ -173,6 +173,111 @@ impl Records {
         Ok(updated)
     }
 
+    /// Runs a plugin's workflow step in the step's transaction: the tenant's enabled plugin
+    /// `plugin_id` must provide `step`; `input` is checked against the step's input schema; the
+    /// plugin's record access is served from the transaction as the run's user, within its
+    /// capabilities, and the messages it enqueues are stored with the step. `Err(text)` fails
+    /// the step.
+    #[expect(clippy::too_many_arguments, reason = "the parts of one step")]
+    pub(crate) async fn step_plugin(
+        &self,
+        scoped: &mut Scoped<'_>,
+        context: &WriteContext,
+        plugin_id: &str,
+        step: &str,
+        input: &Value,
+        record: (Option<&str>, Option<&str>),
+        run_id: &str,
+    ) -> Result<Result<Value, String>, RecordError> {
+        let active = self
+            .plugins
+            .active(scoped.tenant())
+            .await
+            .map_err(|error| bad(error.to_string()))?;
+        let Some(plugin) = active.iter().find(|plugin| plugin.id == plugin_id) else {
+            return Ok(Err(format!(
+                "plugin `{plugin_id}` is not installed and enabled in this tenant"
+            )));
+        };
+        let Some(declared) = plugin
+            .manifest
+            .provides
+            .workflow_steps
+            .iter()
+            .find(|declared| declared.step == step)
+        else {
+            return Ok(Err(format!(
+                "plugin `{plugin_id}` {} provides no workflow step `{step}`",
+                plugin.version
+            )));
+        };
+        if let Some(schema) = &declared.input_schema
+            && let Ok(validator) = jsonschema::validator_for(schema)
+        {
+            let problems: Vec<String> = validator
+                .iter_errors(input)
+                .map(|error| format!("input{}: {error}", error.instance_path().as_str()))
+                .collect();
+            if !problems.is_empty() {
+                return Ok(Err(problems.join("; ")));
+            }
+        }
+        let (state, requests) = super::hooks::host_state(plugin, None);
+        let runtime = self.plugins.runtime().clone();
+        let text = input.to_string();
+        let started_at = crate::store::now();
+        let invocation = async {
+            let (result, usage, state) = runtime
+                .run_step(&plugin.component, state, &plugin.limits, step, &text)
+                .await;
+            (result.map(|output| (output, state.outbox)), usage)
+        };
+        let (result, usage) = self
+            .serving(&mut *scoped, context, None, invocation, requests)
+            .await;
+        let (entity, record_id) = record;
+        let result = result.and_then(|(output, messages)| {
+            serde_json::from_str::<Value>(&output)
+                .map(|output| (output, messages))
+                .map_err(|error| {
+                    crate::plugins::runtime::Fault::InvalidResult(format!(
+                        "a step output that is not JSON: {error}"
+                    ))
+                })
+        });
+        let run = super::hooks::Run {
+            plugin,
+            stage: "workflow_step",
+            entity: entity.unwrap_or(""),
+            record_id: record_id.map(str::to_owned),
+            started_at,
+        };
+        self.record_run(context, run, usage, result.as_ref().map(|_| "ok"));
+        match result {
+            Ok((output, messages)) => {
+                let mut stored = self.outbox_messages(
+                    context,
+                    plugin,
+                    entity.unwrap_or(""),
+                    &record_id.map(str::to_owned),
+                    messages,
+                );
+                for message in &mut stored {
+                    message.run_id = Some(run_id.to_owned());
+                    if entity.is_none() {
+                        message.entity = None;
+                    }
+                }
+                scoped.enqueue(&stored).await?;
+                Ok(Ok(output))
+            }
+            Err(fault) => Ok(Err(format!(
+                "plugin `{plugin_id}` {} failed in step `{step}`: {fault}",
+                plugin.version
+            ))),
+        }
+    }
+
     /// Creates one record as a step does.
     pub(crate) async fn step_create(
         &self,

@@ -196,6 +196,12 @@ pub enum Action {
         #[serde(default, rename = "else", skip_serializing_if = "Vec::is_empty")]
         otherwise: Vec<Step>,
     },
+    Plugin {
+        plugin: String,
+        step: String,
+        #[serde(default)]
+        input: Map<String, Value>,
+    },
     AssignOwner {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
@@ -226,6 +232,7 @@ impl Action {
             Action::Branch { .. } => "branch",
             Action::Approval { .. } => "approval",
             Action::AssignOwner { .. } => "assign_owner",
+            Action::Plugin { .. } => "plugin",
         }
     }
 
@@ -302,9 +309,14 @@ pub type Entities = HashMap<String, EntityDefinition>;
 
 /// Checks a parsed definition against the tenant's entities: every entity, field, template path
 /// and condition must make sense. Every problem names the JSON path it is about.
-pub fn check(definition: &WorkflowDefinition, entities: &Entities) -> Vec<Problem> {
+pub fn check(
+    definition: &WorkflowDefinition,
+    entities: &Entities,
+    plugin_steps: &PluginSteps,
+) -> Vec<Problem> {
     let mut checker = Checker {
         entities,
+        steps_of: plugin_steps,
         problems: Vec::new(),
         seen: Vec::new(),
         subject: None,
@@ -314,8 +326,12 @@ pub fn check(definition: &WorkflowDefinition, entities: &Entities) -> Vec<Proble
     checker.problems
 }
 
+/// The workflow steps of each plugin enabled in the tenant, by plugin id.
+pub type PluginSteps = HashMap<String, Vec<String>>;
+
 struct Checker<'a> {
     entities: &'a Entities,
+    steps_of: &'a PluginSteps,
     problems: Vec<Problem>,
     /// Step ids in document order so far.
     seen: Vec<String>,
@@ -459,6 +475,29 @@ impl<'a> Checker<'a> {
                 }
                 self.steps(then, &format!("{path}/then"));
                 self.steps(otherwise, &format!("{path}/else"));
+            }
+            Action::Plugin {
+                plugin,
+                step: name,
+                input,
+            } => {
+                match self.steps_of.get(plugin.as_str()) {
+                    None => self.problem(
+                        format!("{path}/plugin"),
+                        format!("plugin `{plugin}` is not installed and enabled in this tenant"),
+                    ),
+                    Some(steps) if !steps.iter().any(|s| s == name) => self.problem(
+                        format!("{path}/step"),
+                        format!("plugin `{plugin}` provides no workflow step `{name}` (it provides: {})",
+                            if steps.is_empty() { "none".to_owned() } else { steps.join(", ") }),
+                    ),
+                    Some(_) => {}
+                }
+                for (key, value) in input {
+                    if let Value::String(text) = value {
+                        self.template(text, &format!("{path}/input/{key}"));
+                    }
+                }
             }
             Action::AssignOwner { user, round_robin } => {
                 self.needs_subject(&format!("{path}/type"), "assign_owner");

@@ -580,6 +580,29 @@ impl StepRun<'_> {
                 }
                 (input.clone(), input)
             }
+            Action::Plugin {
+                plugin,
+                step,
+                input,
+            } => {
+                let input = Value::Object(
+                    template::render_values(input, &scope).map_err(StepError::Failed)?,
+                );
+                let output = self
+                    .records
+                    .step_plugin(
+                        scoped,
+                        &context,
+                        plugin,
+                        step,
+                        &input,
+                        (run.entity.as_deref(), run.record_id.as_deref()),
+                        &run.id,
+                    )
+                    .await?
+                    .map_err(StepError::Failed)?;
+                (input, output)
+            }
             Action::AssignOwner { user, round_robin } => {
                 let (entity, id) = match (&run.entity, &run.record_id, &record) {
                     (Some(entity), Some(id), Some(_)) => (entity, id),

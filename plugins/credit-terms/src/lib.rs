@@ -9,7 +9,8 @@
 //! | small | poor | none | prepayment | `stop`: orders refused |
 //!
 //! A `before` hook on accounts writes `discount_pct`, `payment_terms` and `credit_status`; a
-//! validator on orders refuses a new order whose account is stopped.
+//! validator on orders refuses a new order whose account is stopped; the workflow step `terms`
+//! answers the table for any size and payment record.
 
 use rapport_sdk::{Event, FieldError, Outcome, Plugin, json, records};
 use serde_json::{Map, Value};
@@ -116,6 +117,41 @@ impl Plugin for CreditTerms {
             "payment_terms": terms.payment_terms,
             "credit_status": terms.credit_status,
         })))
+    }
+
+    /// The workflow step `terms`: the decision table for `{size, payment_record}`, with the
+    /// tenant's configuration, for workflows that set terms on other records.
+    fn run_step(step: &str, input: Value) -> Result<Value, String> {
+        if step != "terms" {
+            return Err(format!("credit-terms has no workflow step `{step}`"));
+        }
+        let settings = Settings::load();
+        let text = |key: &str| {
+            input
+                .get(key)
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("`{key}` must be a string"))
+        };
+        let (size, payment) = (text("size")?, text("payment_record")?);
+        let big = settings
+            .list("big_sizes", &["large", "enterprise"])
+            .iter()
+            .any(|value| value == size);
+        let good = settings
+            .list("good_payment", &["good", "excellent"])
+            .iter()
+            .any(|value| value == payment);
+        let terms = terms(
+            big,
+            good,
+            settings.number("discount_big_good", 10.0),
+            settings.number("discount_small_good", 5.0),
+        );
+        Ok(json!({
+            "discount_pct": terms.discount_pct,
+            "payment_terms": terms.payment_terms,
+            "credit_status": terms.credit_status,
+        }))
     }
 
     fn validate(event: Event) -> Vec<FieldError> {
