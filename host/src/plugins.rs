@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::auth::Principal;
 use crate::domain::TenantId;
 use crate::store::plugins::{NewRun, PluginRun, StoredPlugin};
-use crate::store::{Store, StoreError};
+use crate::store::{Scoped, Store, StoreError};
 use manifest::{Capabilities, Limits, Manifest, ManifestProblem};
 use runtime::{LoadError, LoadedComponent, Runtime};
 
@@ -225,11 +225,15 @@ impl Plugins {
         Ok(loaded)
     }
 
-    async fn component(&self, sha256: &str) -> Result<Arc<LoadedComponent>, PluginError> {
+    async fn component(
+        &self,
+        scoped: &mut Scoped<'_>,
+        sha256: &str,
+    ) -> Result<Arc<LoadedComponent>, PluginError> {
         if let Some(loaded) = self.loaded.read().expect("plugin cache lock").get(sha256) {
             return Ok(loaded.clone());
         }
-        let bytes = self.store.component_bytes(sha256).await?.ok_or_else(|| {
+        let bytes = scoped.component_bytes(sha256).await?.ok_or_else(|| {
             PluginError::Store(StoreError::Corrupt(format!(
                 "component {sha256} is missing"
             )))
@@ -245,18 +249,28 @@ impl Plugins {
             .remove(tenant);
     }
 
-    /// The plugins enabled in a tenant, loaded and ready to run.
+    /// The plugins enabled in a tenant, loaded and ready to run (read with a connection of its
+    /// own when not cached: not for use inside a transaction, see [`Plugins::active_in`]).
     pub async fn active(&self, tenant: &TenantId) -> Result<Arc<Vec<Active>>, PluginError> {
-        if let Some((read_at, active)) =
-            self.active.read().expect("active plugins lock").get(tenant)
-            && read_at.elapsed() < ACTIVE_TTL
-        {
-            return Ok(active.clone());
+        if let Some(active) = self.cached_active(tenant) {
+            return Ok(active);
         }
-        let stored = {
-            let mut conn = self.store.reader().await?;
-            conn.scoped(tenant).plugins().await?
-        };
+        let mut conn = self.store.reader().await?;
+        self.active_in(&mut conn.scoped(tenant)).await
+    }
+
+    /// [`Plugins::active`] through the caller's connection or transaction: a write that holds a
+    /// connection never waits for a second one (with every connection of the pool held by
+    /// writes waiting for another, none would finish).
+    pub async fn active_in(
+        &self,
+        scoped: &mut Scoped<'_>,
+    ) -> Result<Arc<Vec<Active>>, PluginError> {
+        let tenant = scoped.tenant().clone();
+        if let Some(active) = self.cached_active(&tenant) {
+            return Ok(active);
+        }
+        let stored = scoped.plugins().await?;
         let mut active = Vec::new();
         for plugin in stored.into_iter().filter(|plugin| plugin.enabled) {
             let manifest = parse_stored(&plugin.manifest)?;
@@ -267,15 +281,24 @@ impl Plugins {
                 limits: manifest.limits(),
                 manifest,
                 config,
-                component: self.component(&plugin.component).await?,
+                component: self.component(scoped, &plugin.component).await?,
             });
         }
         let active = Arc::new(active);
         self.active
             .write()
             .expect("active plugins lock")
-            .insert(tenant.clone(), (Instant::now(), active.clone()));
+            .insert(tenant, (Instant::now(), active.clone()));
         Ok(active)
+    }
+
+    fn cached_active(&self, tenant: &TenantId) -> Option<Arc<Vec<Active>>> {
+        self.active
+            .read()
+            .expect("active plugins lock")
+            .get(tenant)
+            .filter(|(read_at, _)| read_at.elapsed() < ACTIVE_TTL)
+            .map(|(_, active)| active.clone())
     }
 
     pub async fn list(&self, principal: &Principal) -> Result<Vec<PluginView>, PluginError> {

@@ -361,12 +361,12 @@ impl Workflows {
     /// The workflow steps of the tenant's enabled plugins.
     async fn plugin_steps(
         &self,
-        tenant: &TenantId,
+        scoped: &mut Scoped<'_>,
     ) -> Result<definition::PluginSteps, WorkflowError> {
         let active = self
             .inner
             .plugins
-            .active(tenant)
+            .active_in(scoped)
             .await
             .map_err(|error| WorkflowError::Refused(error.to_string()))?;
         Ok(active
@@ -392,7 +392,7 @@ impl Workflows {
     ) -> Result<WorkflowDefinition, WorkflowError> {
         let definition = definition::parse(json).map_err(WorkflowError::Invalid)?;
         let entities = self.entities(scoped).await?;
-        let steps = self.plugin_steps(scoped.tenant()).await?;
+        let steps = self.plugin_steps(scoped).await?;
         let problems = definition::check(&definition, &entities, &steps);
         if problems.is_empty() {
             Ok(definition)
@@ -544,7 +544,7 @@ impl Workflows {
         let mut definitions = Vec::new();
         let mut problems = Vec::new();
         let entities = self.entities(&mut scoped).await?;
-        let steps = self.plugin_steps(tenant).await?;
+        let steps = self.plugin_steps(&mut scoped).await?;
         for (source, json) in jsons {
             let checked = definition::parse(json).and_then(|definition| {
                 let found = definition::check(&definition, &entities, &steps);

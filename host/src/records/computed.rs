@@ -55,7 +55,7 @@ impl Records {
             Some(previous) => changes(previous, &body).keys().cloned().collect(),
             None => body.keys().cloned().collect(),
         };
-        let active = self.plugins.active(&context.principal.tenant).await?;
+        let active = self.plugins.active_in(scoped).await?;
         for field in fields {
             let name = field.name.as_str();
             let due = previous.is_none()

@@ -228,7 +228,7 @@ impl Records {
             {
                 (pre_run.active.clone(), pre_run.steps)
             }
-            _ => (self.plugins.active(&context.principal.tenant).await?, 0),
+            _ => (self.plugins.active_in(scoped).await?, 0),
         };
         let steps = Steps {
             active: &active,

@@ -191,7 +191,7 @@ impl Records {
     ) -> Result<Result<Value, String>, RecordError> {
         let active = self
             .plugins
-            .active(scoped.tenant())
+            .active_in(scoped)
             .await
             .map_err(|error| bad(error.to_string()))?;
         let Some(plugin) = active.iter().find(|plugin| plugin.id == plugin_id) else {

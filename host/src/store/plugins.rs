@@ -132,6 +132,17 @@ impl Store {
 }
 
 impl Scoped<'_> {
+    /// The bytes of a stored component, through this connection. Components are stored by
+    /// content hash and shared by every tenant that installed the same bytes.
+    pub async fn component_bytes(&mut self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(on!(&mut self.exec, c => sqlx::query_scalar(
+            "SELECT bytes FROM plugin_components WHERE sha256 = $1",
+        )
+        .bind(sha256)
+        .fetch_optional(&mut **c)
+        .await?))
+    }
+
     pub async fn plugins(&mut self) -> Result<Vec<StoredPlugin>, StoreError> {
         let sql =
             format!("SELECT {PLUGIN_COLUMNS} FROM plugins WHERE tenant_id = $1 ORDER BY plugin_id");

@@ -25,8 +25,15 @@ use crate::store::workflows::{
 };
 use crate::store::{Dialect, Scoped, StoreError, Tx};
 
-/// How many runs one host works on at a time.
-const CONCURRENT_RUNS: usize = 32;
+/// How many runs one host works on at a time. On SQLite steps queue for the one writer and
+/// share its group commits, so more at once means fuller groups; on PostgreSQL each step holds
+/// a connection of the pool (16) for its transaction, and the API needs the rest.
+fn concurrent_runs(dialect: Dialect) -> usize {
+    match dialect {
+        Dialect::Sqlite => 32,
+        Dialect::Postgres => 6,
+    }
+}
 /// How many steps one claim of a run may take before the run goes back to the queue (so that
 /// a long run does not starve the others).
 const STEPS_PER_CLAIM: usize = 50;
@@ -69,21 +76,46 @@ pub async fn run(
             Err(error) => tracing::error!(%error, "cannot release old workflow leases"),
         }
     }
+    let limit = concurrent_runs(engine.workflows.store().dialect());
+    let mut working: JoinSet<()> = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let claimed = tokio::select! {
-            claimed = engine.claim_and_work() => claimed,
-            () = &mut shutdown => break,
-        };
-        if claimed {
-            continue;
+        while let Some(done) = working.try_join_next() {
+            reap(done);
         }
-        let wait = engine.until_next_due().await;
+        // Claim as many runs as there are free places; each is driven on its own task, and a
+        // place is refilled as soon as its run is done (no batch waits for its slowest run).
+        let free = limit - working.len();
+        let mut more_due = false;
+        if free > 0 {
+            let claimed = engine.claim(free).await;
+            more_due = claimed.len() == free;
+            for run in claimed {
+                let engine = engine.clone();
+                working.spawn(async move { engine.drive(run).await });
+            }
+        }
+        let wait = if more_due || working.len() == limit {
+            POLL
+        } else {
+            engine.until_next_due().await
+        };
         tokio::select! {
             () = engine.workflows.woken() => {}
             () = tokio::time::sleep(wait) => {}
+            Some(done) = working.join_next(), if !working.is_empty() => reap(done),
             () = &mut shutdown => break,
         }
+    }
+    // The steps in flight finish (each is one transaction); then the engine stops.
+    while let Some(done) = working.join_next().await {
+        reap(done);
+    }
+}
+
+fn reap(done: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = done {
+        tracing::error!(%error, "a workflow run panicked; its lease will run out");
     }
 }
 
@@ -149,35 +181,22 @@ enum Outcome {
 }
 
 impl Engine {
-    /// Claims due runs and works on them; `true` if there may be more due at once.
-    async fn claim_and_work(self: &Arc<Self>) -> bool {
+    /// Leases up to `limit` due runs for this host.
+    async fn claim(&self, limit: usize) -> Vec<StoredRun> {
         let now = crate::store::now();
         let until = now + self.config.lease;
-        let claimed = match self
+        match self
             .workflows
             .store()
-            .claim_runs(&self.owner, now, until, CONCURRENT_RUNS as i64)
+            .claim_runs(&self.owner, now, until, limit as i64)
             .await
         {
             Ok(claimed) => claimed,
             Err(error) => {
                 tracing::error!(%error, "cannot claim workflow runs");
-                tokio::time::sleep(POLL).await;
-                return false;
-            }
-        };
-        let full = claimed.len() == CONCURRENT_RUNS;
-        let mut work = JoinSet::new();
-        for run in claimed {
-            let engine = self.clone();
-            work.spawn(async move { engine.drive(run).await });
-        }
-        while let Some(done) = work.join_next().await {
-            if let Err(error) = done {
-                tracing::error!(%error, "a workflow run panicked; its lease will run out");
+                Vec::new()
             }
         }
-        full
     }
 
     async fn until_next_due(&self) -> Duration {
@@ -764,7 +783,7 @@ impl StepRun<'_> {
                     output: Some(output.to_string()),
                     error: None,
                     started_at,
-                    finished_at: Some(now),
+                    finished_at: Some(crate::store::now()),
                 },
             )
             .await?;
