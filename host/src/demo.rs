@@ -45,6 +45,18 @@ const PLUGINS: [(&str, &str); 4] = [
     ),
 ];
 
+/// The example workflows of the source documents that the demo tenant runs.
+pub const WORKFLOWS: [(&str, &str); 2] = [
+    (
+        "poor_payment_alert.json",
+        include_str!("../../schemas/demo/workflows/poor_payment_alert.json"),
+    ),
+    (
+        "complaint_sla.json",
+        include_str!("../../schemas/demo/workflows/complaint_sla.json"),
+    ),
+];
+
 pub const TENANT: &str = "demo";
 
 /// Creates the demo tenant with its entities and records unless it exists; returns a new admin
@@ -79,6 +91,15 @@ pub async fn ensure(state: &AppState) -> anyhow::Result<String> {
         .await?;
     install_plugins(state, &principal).await?;
     seed_records(state, &principal).await?;
+    // After the sample records, so that they start no runs.
+    for (file, text) in WORKFLOWS {
+        let definition: Value = serde_json::from_str(text)?;
+        state
+            .workflows
+            .create(&principal, &definition)
+            .await
+            .map_err(|error| anyhow::anyhow!("demo workflow {file}: {error}"))?;
+    }
     Ok(created.token)
 }
 

@@ -20,6 +20,7 @@ on_both_backends!(
     an_approval_waits_for_a_decision_and_the_run_follows_it,
     new_leads_are_assigned_round_robin_and_their_owner_gets_a_task_for_tomorrow,
     a_plugin_step_runs_in_the_sandbox_and_its_output_feeds_the_next_step,
+    the_demo_workflows_of_the_documents_run_on_the_demo_entities,
 );
 
 async fn define_complaints(app: &TestApp) {
@@ -1075,4 +1076,94 @@ async fn a_plugin_step_runs_in_the_sandbox_and_its_output_feeds_the_next_step(ap
     }
     assert_eq!(recorded.len(), 2, "{recorded:?}");
     assert!(recorded.iter().all(|run| run["outcome"] == "ok"));
+}
+
+async fn the_demo_workflows_of_the_documents_run_on_the_demo_entities(app: &TestApp) {
+    for plugin in [
+        "credit-terms",
+        "complaint-sla",
+        "rfm-score",
+        "lifecycle-stage",
+    ] {
+        app.install_plugin(plugin, None).await;
+    }
+    // The demo's entities refer to each other: applied together, as `schema apply` does.
+    let definitions: Vec<(String, Value)> = rapport::demo::DEFINITIONS
+        .iter()
+        .map(|(file, text)| ((*file).to_owned(), serde_json::from_str(text).unwrap()))
+        .collect();
+    let tenant = app.store.tenant_id("acme").await.unwrap().unwrap();
+    rapport::metadata::Metadata::new(app.store.clone())
+        .apply_all(&tenant, None, &definitions, false)
+        .await
+        .unwrap();
+    for (file, text) in rapport::demo::WORKFLOWS {
+        let reply = app
+            .post("/api/v1/workflows", serde_json::from_str(text).unwrap())
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "{file}: {:?}",
+            reply.body
+        );
+    }
+    // A customer's payment record turns poor: credit-terms tightens the terms in that write,
+    // and the owner is told what they are now.
+    let shop = app
+        .create(
+            "account",
+            json!({"name": "Corner Shop", "size": "small", "payment_record": "good"}),
+        )
+        .await;
+    let reply = app
+        .patch(
+            &format!("/api/v1/records/account/{shop}"),
+            json!({"data": {"payment_record": "poor"}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let alerts = settled(app, "poor_payment_alert", 1).await;
+    assert_eq!(alerts[0]["status"], "succeeded", "{:#?}", alerts[0]);
+    let notes = app.get("/api/v1/notifications").await.body["data"].clone();
+    assert_eq!(
+        notes[0]["message"],
+        "Corner Shop: the payment record is now poor; credit status stop, payment terms prepayment"
+    );
+    // An urgent complaint waits for its SLA due time (set by complaint-sla: two days), then is
+    // escalated if still open.
+    let case = app
+        .create(
+            "case",
+            json!({"subject": "Pump broken", "type": "complaint", "priority": "urgent"}),
+        )
+        .await;
+    let due = record(app, "case", &case).await["data"]["sla_due_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut waiting = Value::Null;
+    for _ in 0..200 {
+        if let Some(run) = runs(app, "complaint_sla").await.first()
+            && run["status"] == "waiting"
+        {
+            waiting = run.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(waiting["next_step"], "until_due", "{waiting:#?}");
+    let next_at = time::OffsetDateTime::parse(
+        waiting["next_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let due_at =
+        time::OffsetDateTime::parse(&due, &time::format_description::well_known::Rfc3339).unwrap();
+    assert_eq!(next_at, due_at, "the run wakes at the SLA due time");
+    let in_two_days = time::OffsetDateTime::now_utc() + time::Duration::days(2);
+    assert!(
+        (due_at - in_two_days).abs() < time::Duration::minutes(1),
+        "{due}"
+    );
 }
