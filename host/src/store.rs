@@ -549,6 +549,36 @@ macro_rules! on {
 }
 pub(crate) use on;
 
+/// Finishes a newest-first list query: ` AND <column op> $n` for each filter that is set (e.g.
+/// `("status = ", Some("failed"))`, or `("id < ", cursor)` for the page after a cursor), then
+/// `ORDER BY id DESC LIMIT $n`.
+pub fn newest_first(
+    sql: &mut String,
+    binds: &mut Vec<SqlValue>,
+    filters: &[(&str, Option<&str>)],
+    limit: i64,
+) {
+    for (column, value) in filters {
+        if let Some(value) = value {
+            binds.push(SqlValue::Text((*value).to_owned()));
+            sql.push_str(&format!(" AND {column}${}", binds.len()));
+        }
+    }
+    binds.push(SqlValue::Int(limit));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", binds.len()));
+}
+
+/// Cuts a page fetched with one row more than `limit` (see [`newest_first`]) back to `limit`;
+/// the cursor of the next page is the last kept row's id, `None` on the last page.
+pub fn next_page<T>(rows: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> &str) -> Option<String> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    rows.last().map(|row| id(row).to_owned())
+}
+
 /// Binds dynamic values in order.
 pub fn bind_all<'q, DB>(
     mut query: sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>,
@@ -563,6 +593,7 @@ where
     bool: Encode<'q, DB> + Type<DB>,
     Timestamp: Encode<'q, DB> + Type<DB>,
     Option<String>: Encode<'q, DB> + Type<DB>,
+    Option<Timestamp>: Encode<'q, DB> + Type<DB>,
 {
     for value in values {
         query = match value {
@@ -572,6 +603,7 @@ where
             SqlValue::Bool(boolean) => query.bind(*boolean),
             SqlValue::Timestamp(timestamp) => query.bind(Timestamp(*timestamp)),
             SqlValue::Null => query.bind(None::<String>),
+            SqlValue::NullTimestamp => query.bind(None::<Timestamp>),
         };
     }
     query
@@ -590,6 +622,7 @@ where
     bool: Encode<'q, DB> + Type<DB>,
     Timestamp: Encode<'q, DB> + Type<DB>,
     Option<String>: Encode<'q, DB> + Type<DB>,
+    Option<Timestamp>: Encode<'q, DB> + Type<DB>,
 {
     for value in values {
         query = match value {
@@ -599,6 +632,7 @@ where
             SqlValue::Bool(boolean) => query.bind(*boolean),
             SqlValue::Timestamp(timestamp) => query.bind(Timestamp(*timestamp)),
             SqlValue::Null => query.bind(None::<String>),
+            SqlValue::NullTimestamp => query.bind(None::<Timestamp>),
         };
     }
     query

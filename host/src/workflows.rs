@@ -142,9 +142,11 @@ type Enabled = Arc<Vec<Arc<Compiled>>>;
 pub struct RecordEvent<'a> {
     pub event: Event,
     pub entity: &'a str,
-    pub record_id: &'a str,
-    /// The record after the change (for `deleted`: as it was), with system fields.
-    pub record: &'a Map<String, Value>,
+    /// The record after the change (for `deleted`: as it was): its row and its field values.
+    /// Conditions see the values with the system fields (`_id`, `_owner`, …), built only when a
+    /// workflow triggers on this entity and event.
+    pub stored: &'a crate::store::records::StoredRecord,
+    pub body: &'a Map<String, Value>,
     /// Before an update.
     pub before: Option<&'a Map<String, Value>>,
     pub user: &'a str,
@@ -287,6 +289,7 @@ impl Workflows {
         }
         let now = crate::store::now();
         let mut runs = Vec::new();
+        let mut record = None;
         for workflow in enabled.iter() {
             let Trigger::Record {
                 entity,
@@ -300,8 +303,11 @@ impl Workflows {
             if entity != event.entity || !events.contains(&event.event) {
                 continue;
             }
+            let record = record.get_or_insert_with(|| {
+                crate::records::steps::with_system_fields(event.stored, event.body)
+            });
             if let Some(condition) = &workflow.condition
-                && !condition::holds(condition, event.record)
+                && !condition::holds(condition, record)
             {
                 continue;
             }
@@ -309,7 +315,7 @@ impl Workflows {
                 let Some(before) = event.before else {
                     continue;
                 };
-                if !condition::changed(changes, before, event.record) {
+                if !condition::changed(changes, before, record) {
                     continue;
                 }
             }
@@ -322,7 +328,7 @@ impl Workflows {
                 depth: event.depth,
                 event: event.event.as_str(),
                 entity: Some(event.entity.to_owned()),
-                record_id: Some(event.record_id.to_owned()),
+                record_id: Some(event.stored.id.clone()),
                 run_as: event.user.to_owned(),
                 trigger_data: json!({ "old": event.before }).to_string(),
                 next_step: workflow.plan.first().map(|i| workflow.plan.nodes[i].step.id.clone()),
@@ -612,9 +618,6 @@ impl Workflows {
             .workflow(name)
             .await?
             .ok_or_else(|| WorkflowError::Unknown(name.to_owned()))?;
-        let mut definition: Value = serde_json::from_str(&stored.definition)
-            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
-        definition["enabled"] = Value::Bool(enabled);
         let now = crate::store::now();
         scoped
             .set_workflow_enabled(&stored.id, enabled, principal.user.as_str(), now)
@@ -794,12 +797,7 @@ impl Workflows {
             .scoped(&principal.tenant)
             .runs(&stored.id, &filter)
             .await?;
-        let next = if runs.len() as i64 > limit {
-            runs.truncate(limit as usize);
-            runs.last().map(|run| run.id.clone())
-        } else {
-            None
-        };
+        let next = crate::store::next_page(&mut runs, limit, |run| &run.id);
         Ok((
             runs.iter().map(|run| run_view(name, run, None)).collect(),
             next,

@@ -72,6 +72,21 @@ impl Client {
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
+
+    /// Every item of a paged list (`data`, `next_cursor`), following the cursors.
+    async fn all_pages(&self, host: &Host, path: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut page = path.to_owned();
+        loop {
+            let (status, body) = self.send(host, reqwest::Method::GET, &page, None).await;
+            assert_eq!(status, 200, "{page}: {body:?}");
+            items.extend(body["data"].as_array().unwrap().iter().cloned());
+            match body["next_cursor"].as_str() {
+                Some(next) => page = format!("{path}&cursor={next}"),
+                None => return items,
+            }
+        }
+    }
 }
 
 /// What happens after the first server is killed.
@@ -185,26 +200,12 @@ async fn runs_survive_kill_9_with_each_step_done_once(backend: Backend, then: Th
         None => Host::start(&url).await,
     };
     // Every complaint in the database (acknowledged or not) has its run, and each run ends.
-    let mut complaints = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(cursor) => format!("/api/v1/records/complaint?limit=500&cursor={cursor}"),
-            None => "/api/v1/records/complaint?limit=500".to_owned(),
-        };
-        let (_, body) = client.send(&host, reqwest::Method::GET, &path, None).await;
-        complaints.extend(
-            body["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c["id"].as_str().unwrap().to_owned()),
-        );
-        match body["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let complaints: Vec<String> = client
+        .all_pages(&host, "/api/v1/records/complaint?limit=500")
+        .await
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
     assert!(
         complaints.len() >= acknowledged,
         "{} stored, {acknowledged} acknowledged",
@@ -214,24 +215,11 @@ async fn runs_survive_kill_9_with_each_step_done_once(backend: Backend, then: Th
         "{} complaints stored ({acknowledged} acknowledged) when the server was killed",
         complaints.len()
     );
-    let mut runs = Vec::new();
+    let mut runs: Vec<Value> = Vec::new();
     for _ in 0..600 {
-        runs.clear();
-        let mut cursor: Option<String> = None;
-        loop {
-            let path = match &cursor {
-                Some(cursor) => {
-                    format!("/api/v1/workflows/follow_up/runs?limit=1000&cursor={cursor}")
-                }
-                None => "/api/v1/workflows/follow_up/runs?limit=1000".to_owned(),
-            };
-            let (_, body) = client.send(&host, reqwest::Method::GET, &path, None).await;
-            runs.extend(body["data"].as_array().unwrap().iter().cloned());
-            match body["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => break,
-            }
-        }
+        runs = client
+            .all_pages(&host, "/api/v1/workflows/follow_up/runs?limit=1000")
+            .await;
         if runs.len() == complaints.len() && runs.iter().all(|run| run["status"] == "succeeded") {
             break;
         }
@@ -249,24 +237,15 @@ async fn runs_survive_kill_9_with_each_step_done_once(backend: Backend, then: Th
 
     // Each step's record exists exactly once per complaint: nothing done twice, nothing lost.
     let mut tasks: HashMap<(String, String), usize> = HashMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(cursor) => format!("/api/v1/records/task?limit=500&cursor={cursor}"),
-            None => "/api/v1/records/task?limit=500".to_owned(),
-        };
-        let (_, body) = client.send(&host, reqwest::Method::GET, &path, None).await;
-        for task in body["data"].as_array().unwrap() {
-            let key = (
-                task["data"]["complaint"].as_str().unwrap().to_owned(),
-                task["data"]["subject"].as_str().unwrap().to_owned(),
-            );
-            *tasks.entry(key).or_default() += 1;
-        }
-        match body["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
+    for task in client
+        .all_pages(&host, "/api/v1/records/task?limit=500")
+        .await
+    {
+        let key = (
+            task["data"]["complaint"].as_str().unwrap().to_owned(),
+            task["data"]["subject"].as_str().unwrap().to_owned(),
+        );
+        *tasks.entry(key).or_default() += 1;
     }
     for complaint in &complaints {
         for subject in ["a", "b", "c", "d"] {

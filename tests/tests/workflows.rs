@@ -87,6 +87,22 @@ async fn settled(app: &TestApp, workflow: &str, count: usize) -> Vec<Value> {
     );
 }
 
+/// Waits until the newest run of `workflow` waits (a `wait` or `approval` step) and returns it.
+async fn waiting_run(app: &TestApp, workflow: &str) -> Value {
+    for _ in 0..200 {
+        if let Some(run) = runs(app, workflow).await.first()
+            && run["status"] == "waiting"
+        {
+            return run.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "no run of `{workflow}` waits: {:#?}",
+        runs(app, workflow).await
+    );
+}
+
 async fn record(app: &TestApp, entity: &str, id: &str) -> Value {
     let reply = app.get(&format!("/api/v1/records/{entity}/{id}")).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
@@ -530,17 +546,7 @@ async fn a_wait_step_parks_the_run_until_its_time(app: &TestApp) {
     let id = app
         .create("complaint", json!({"title": "A", "priority": "ordinary"}))
         .await;
-    let mut waiting = None;
-    for _ in 0..100 {
-        if let Some(run) = runs(app, "later").await.first()
-            && run["status"] == "waiting"
-        {
-            waiting = Some(run.clone());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let waiting = waiting.expect("the run waits");
+    let waiting = waiting_run(app, "later").await;
     assert_eq!(waiting["next_step"], "pause");
     assert!(
         record(app, "complaint", &id).await["data"]
@@ -1142,16 +1148,7 @@ async fn the_demo_workflows_of_the_documents_run_on_the_demo_entities(app: &Test
         .as_str()
         .unwrap()
         .to_owned();
-    let mut waiting = Value::Null;
-    for _ in 0..200 {
-        if let Some(run) = runs(app, "complaint_sla").await.first()
-            && run["status"] == "waiting"
-        {
-            waiting = run.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let waiting = waiting_run(app, "complaint_sla").await;
     assert_eq!(waiting["next_step"], "until_due", "{waiting:#?}");
     let next_at = time::OffsetDateTime::parse(
         waiting["next_at"].as_str().unwrap(),

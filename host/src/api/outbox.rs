@@ -67,12 +67,8 @@ pub async fn list(
     };
     let mut conn = state.store.reader().await?;
     let mut messages = conn.scoped(&principal.tenant).outbox(&filter).await?;
-    let next_cursor = if messages.len() as i64 > params.limit {
-        messages.truncate(params.limit as usize);
-        messages.last().map(|stored| stored.message.id.clone())
-    } else {
-        None
-    };
+    let next_cursor =
+        crate::store::next_page(&mut messages, params.limit, |stored| &stored.message.id);
     let data: Vec<Value> = messages
         .into_iter()
         .map(|stored| {

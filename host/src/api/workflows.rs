@@ -236,12 +236,7 @@ pub async fn notifications(
             params.limit + 1,
         )
         .await?;
-    let next = if found.len() as i64 > params.limit {
-        found.truncate(params.limit as usize);
-        found.last().map(|n| n.id.clone())
-    } else {
-        None
-    };
+    let next = crate::store::next_page(&mut found, params.limit, |n| &n.id);
     let rfc3339 = |t: time::OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)
             .ok()
@@ -340,12 +335,7 @@ pub async fn approvals(
             params.limit + 1,
         )
         .await?;
-    let next = if found.len() as i64 > params.limit {
-        found.truncate(params.limit as usize);
-        found.last().map(|a| a.id.clone())
-    } else {
-        None
-    };
+    let next = crate::store::next_page(&mut found, params.limit, |a| &a.id);
     let data: Vec<Value> = found.into_iter().map(approval_view).collect();
     Ok(Json(json!({ "data": data, "next_cursor": next })))
 }

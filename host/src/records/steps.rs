@@ -49,15 +49,14 @@ impl Records {
         body: &Map<String, Value>,
         before: Option<&Map<String, Value>>,
     ) -> Result<(), RecordError> {
-        let all = with_system_fields(record, body);
         self.workflows
             .fire(
                 scoped,
                 &RecordEvent {
                     event,
                     entity: entity.name(),
-                    record_id: &record.id,
-                    record: &all,
+                    stored: record,
+                    body,
                     before,
                     user: context.principal.user.as_str(),
                     depth: context.workflow_depth,

@@ -47,7 +47,7 @@ impl Scoped<'_> {
         if messages.is_empty() {
             return Ok(());
         }
-        let text = |value: &Option<String>| value.clone().map_or(SqlValue::Null, SqlValue::Text);
+        let text = |value: &Option<String>| SqlValue::text_or_null(value.as_deref());
         let tenant = self.tenant.as_str().to_owned();
         let rows = messages.iter().map(|message| {
             [
@@ -90,18 +90,16 @@ impl Scoped<'_> {
              created_by, created_at, status FROM outbox WHERE tenant_id = $1",
         );
         let mut binds = vec![SqlValue::Text(self.tenant.as_str().to_owned())];
-        for (column, value) in [
-            ("kind = ", &filter.kind),
-            ("status = ", &filter.status),
-            ("id < ", &filter.before),
-        ] {
-            if let Some(value) = value {
-                binds.push(SqlValue::Text(value.clone()));
-                sql.push_str(&format!(" AND {column}${}", binds.len()));
-            }
-        }
-        binds.push(SqlValue::Int(filter.limit));
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", binds.len()));
+        super::newest_first(
+            &mut sql,
+            &mut binds,
+            &[
+                ("kind = ", filter.kind.as_deref()),
+                ("status = ", filter.status.as_deref()),
+                ("id < ", filter.before.as_deref()),
+            ],
+            filter.limit,
+        );
         Ok(
             on!(&mut self.exec, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
             .fetch_all(&mut **c)

@@ -19,7 +19,22 @@ pub enum SqlValue {
     Float(f64),
     Bool(bool),
     Timestamp(time::OffsetDateTime),
+    /// NULL bound as text (what most columns take).
     Null,
+    /// NULL bound as a timestamp: PostgreSQL does not assign a text NULL to `timestamptz`.
+    NullTimestamp,
+}
+
+impl SqlValue {
+    /// Text, or NULL.
+    pub fn text_or_null(value: Option<&str>) -> Self {
+        value.map_or(SqlValue::Null, |text| SqlValue::Text(text.to_owned()))
+    }
+
+    /// A point in time, or a timestamp NULL.
+    pub fn timestamp_or_null(value: Option<time::OffsetDateTime>) -> Self {
+        value.map_or(SqlValue::NullTimestamp, SqlValue::Timestamp)
+    }
 }
 
 /// How a field's value is compared in SQL.

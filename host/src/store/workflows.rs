@@ -6,6 +6,7 @@
 
 use time::OffsetDateTime;
 
+use super::records::{Param, build_inserts};
 use super::{Dialect, Scoped, SqlValue, Store, StoreError, Timestamp, Tx, bind_all, on};
 
 /// A workflow as stored: its current definition (JSON) and state.
@@ -422,9 +423,9 @@ impl Scoped<'_> {
     /// Inserts runs, in the current transaction.
     pub async fn insert_runs(&mut self, runs: &[NewRun]) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str().to_owned();
-        for run in runs {
+        let rows = runs.iter().map(|run| {
             let finished = (run.status == "failed").then_some(run.now);
-            let binds = [
+            [
                 SqlValue::Text(run.id.clone()),
                 SqlValue::Text(tenant.clone()),
                 SqlValue::Text(run.workflow_id.clone()),
@@ -432,27 +433,32 @@ impl Scoped<'_> {
                 SqlValue::Text(run.status.to_owned()),
                 SqlValue::Int(run.depth),
                 SqlValue::Text(run.event.to_owned()),
-                run.entity.clone().map_or(SqlValue::Null, SqlValue::Text),
-                run.record_id.clone().map_or(SqlValue::Null, SqlValue::Text),
+                SqlValue::text_or_null(run.entity.as_deref()),
+                SqlValue::text_or_null(run.record_id.as_deref()),
                 SqlValue::Text(run.run_as.clone()),
                 SqlValue::Text(run.trigger_data.clone()),
-                run.next_step.clone().map_or(SqlValue::Null, SqlValue::Text),
+                SqlValue::text_or_null(run.next_step.as_deref()),
                 SqlValue::Timestamp(run.now),
-                run.error.clone().map_or(SqlValue::Null, SqlValue::Text),
-            ];
-            // A NULL timestamp is written as a literal: a NULL parameter is typed text, which
-            // PostgreSQL does not assign to a `timestamptz` column.
-            let finished_at = if finished.is_some() { "$13" } else { "NULL" };
-            let sql = format!(
-                "INSERT INTO workflow_runs (id, tenant_id, workflow_id, version, status, depth, event, \
-                 entity, record_id, run_as, trigger_data, context, next_step, attempt, next_at, \
-                 error, created_at, updated_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-                 $9, $10, $11, '{{}}', $12, 0, $13, $14, $13, $13, {finished_at})"
-            );
-            on!(&mut self.exec, c => bind_all(sqlx::query(&sql), &binds)
-            .execute(&mut **c)
-            .await
-            .map(drop)?);
+                SqlValue::text_or_null(run.error.as_deref()),
+                SqlValue::Timestamp(run.now),
+                SqlValue::Timestamp(run.now),
+                SqlValue::timestamp_or_null(finished),
+            ]
+            .map(Param::Value)
+        });
+        let statements = build_inserts(
+            self.dialect(),
+            "INSERT INTO workflow_runs (id, tenant_id, workflow_id, version, status, depth, event, \
+             entity, record_id, run_as, trigger_data, next_step, next_at, error, created_at, \
+             updated_at, finished_at, context, attempt) VALUES ",
+            "'{}', 0",
+            rows,
+        );
+        for (sql, binds) in &statements {
+            on!(&mut self.exec, c => bind_all(sqlx::query(sql), binds)
+                .execute(&mut **c)
+                .await
+                .map(drop)?);
         }
         Ok(())
     }
@@ -481,14 +487,15 @@ impl Scoped<'_> {
             SqlValue::Text(self.tenant.as_str().to_owned()),
             SqlValue::Text(workflow_id.to_owned()),
         ];
-        for (column, value) in [("status = ", &filter.status), ("id < ", &filter.before)] {
-            if let Some(value) = value {
-                binds.push(SqlValue::Text(value.clone()));
-                sql.push_str(&format!(" AND {column}${}", binds.len()));
-            }
-        }
-        binds.push(SqlValue::Int(filter.limit));
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", binds.len()));
+        super::newest_first(
+            &mut sql,
+            &mut binds,
+            &[
+                ("status = ", filter.status.as_deref()),
+                ("id < ", filter.before.as_deref()),
+            ],
+            filter.limit,
+        );
         Ok(
             on!(&mut self.exec, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
             .fetch_all(&mut **c)
@@ -522,21 +529,20 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let lease = |value: Option<String>| value.map_or(SqlValue::Null, SqlValue::Text);
         let binds = [
             SqlValue::Text(update.status.to_owned()),
             SqlValue::Text(update.context.to_owned()),
-            lease(update.next_step.map(str::to_owned)),
+            SqlValue::text_or_null(update.next_step),
             SqlValue::Int(update.attempt),
             SqlValue::Timestamp(update.next_at),
-            lease(update.error.map(str::to_owned)),
+            SqlValue::text_or_null(update.error),
             SqlValue::Timestamp(now),
+            SqlValue::timestamp_or_null(update.finished.then_some(now)),
             SqlValue::Text(tenant.to_owned()),
             SqlValue::Text(run_id.to_owned()),
             SqlValue::Text(owner.to_owned()),
-            lease(at_step.map(str::to_owned)),
+            SqlValue::text_or_null(at_step),
         ];
-        let finished_at = if update.finished { "$7" } else { "NULL" };
         let release = if update.keep_lease {
             ""
         } else {
@@ -544,9 +550,9 @@ impl Scoped<'_> {
         };
         let sql = format!(
             "UPDATE workflow_runs SET status = $1, context = $2, next_step = $3, attempt = $4, \
-             next_at = $5, error = $6, updated_at = $7, finished_at = {finished_at}{release} \
-             WHERE tenant_id = $8 AND id = $9 AND lease_owner = $10 \
-             AND ((next_step IS NULL AND $11 IS NULL) OR next_step = $11)"
+             next_at = $5, error = $6, updated_at = $7, finished_at = $8{release} \
+             WHERE tenant_id = $9 AND id = $10 AND lease_owner = $11 \
+             AND ((next_step IS NULL AND $12 IS NULL) OR next_step = $12)"
         );
         let changed = on!(&mut self.exec, c => bind_all(sqlx::query(&sql), &binds)
             .execute(&mut **c)
@@ -578,34 +584,26 @@ impl Scoped<'_> {
 
     /// Stores a step's state: a new row, or the row of the same `seq` replaced.
     pub async fn put_step(&mut self, run_id: &str, step: &StepState<'_>) -> Result<(), StoreError> {
-        let mut binds = vec![
+        let binds = [
             SqlValue::Text(run_id.to_owned()),
             SqlValue::Int(step.seq),
             SqlValue::Text(step.step_id.to_owned()),
             SqlValue::Text(step.step_type.to_owned()),
             SqlValue::Text(step.status.to_owned()),
             SqlValue::Int(step.attempts),
-            step.input.clone().map_or(SqlValue::Null, SqlValue::Text),
-            step.output.clone().map_or(SqlValue::Null, SqlValue::Text),
-            step.error.clone().map_or(SqlValue::Null, SqlValue::Text),
+            SqlValue::text_or_null(step.input.as_deref()),
+            SqlValue::text_or_null(step.output.as_deref()),
+            SqlValue::text_or_null(step.error.as_deref()),
             SqlValue::Timestamp(step.started_at),
+            SqlValue::timestamp_or_null(step.finished_at),
         ];
-        // A NULL timestamp is written as a literal (see `insert_runs`).
-        let finished_at = match step.finished_at {
-            Some(at) => {
-                binds.push(SqlValue::Timestamp(at));
-                "$11"
-            }
-            None => "NULL",
-        };
-        let sql = format!(
+        on!(&mut self.exec, c => bind_all(sqlx::query(
             "INSERT INTO workflow_steps (run_id, seq, step_id, type, status, attempts, input, output, \
-             error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, {finished_at}) \
+             error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, \
              attempts = excluded.attempts, input = excluded.input, output = excluded.output, \
-             error = excluded.error, finished_at = excluded.finished_at"
-        );
-        on!(&mut self.exec, c => bind_all(sqlx::query(&sql), &binds)
+             error = excluded.error, finished_at = excluded.finished_at",
+        ), &binds)
         .execute(&mut **c)
         .await
         .map(drop)?);
@@ -653,12 +651,10 @@ impl Scoped<'_> {
             SqlValue::Text(self.tenant.as_str().to_owned()),
             SqlValue::Text(note.user_id.clone()),
             SqlValue::Text(note.message.clone()),
-            note.entity.clone().map_or(SqlValue::Null, SqlValue::Text),
-            note.record_id
-                .clone()
-                .map_or(SqlValue::Null, SqlValue::Text),
-            note.workflow.clone().map_or(SqlValue::Null, SqlValue::Text),
-            note.run_id.clone().map_or(SqlValue::Null, SqlValue::Text),
+            SqlValue::text_or_null(note.entity.as_deref()),
+            SqlValue::text_or_null(note.record_id.as_deref()),
+            SqlValue::text_or_null(note.workflow.as_deref()),
+            SqlValue::text_or_null(note.run_id.as_deref()),
             SqlValue::Timestamp(note.created_at),
         ];
         on!(&mut self.exec, c => bind_all(sqlx::query(
@@ -690,12 +686,7 @@ impl Scoped<'_> {
         if unread {
             sql.push_str(" AND read_at IS NULL");
         }
-        if let Some(before) = before {
-            binds.push(SqlValue::Text(before.to_owned()));
-            sql.push_str(&format!(" AND id < ${}", binds.len()));
-        }
-        binds.push(SqlValue::Int(limit));
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", binds.len()));
+        super::newest_first(&mut sql, &mut binds, &[("id < ", before)], limit);
         Ok(
             on!(&mut self.exec, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
             .fetch_all(&mut **c)
@@ -756,14 +747,8 @@ impl Scoped<'_> {
             SqlValue::Text(approval.run_id.clone()),
             SqlValue::Text(approval.step_id.clone()),
             SqlValue::Text(approval.workflow.clone()),
-            approval
-                .entity
-                .clone()
-                .map_or(SqlValue::Null, SqlValue::Text),
-            approval
-                .record_id
-                .clone()
-                .map_or(SqlValue::Null, SqlValue::Text),
+            SqlValue::text_or_null(approval.entity.as_deref()),
+            SqlValue::text_or_null(approval.record_id.as_deref()),
             SqlValue::Text(approval.approvers.clone()),
             SqlValue::Text(approval.message.clone()),
             SqlValue::Timestamp(approval.created_at),
@@ -805,14 +790,12 @@ impl Scoped<'_> {
             binds.push(SqlValue::Text(format!("%\"{user}\"%")));
             sql.push_str(&format!(" AND approvers LIKE ${}", binds.len()));
         }
-        for (column, value) in [("status = ", status), ("id < ", before)] {
-            if let Some(value) = value {
-                binds.push(SqlValue::Text(value.to_owned()));
-                sql.push_str(&format!(" AND {column}${}", binds.len()));
-            }
-        }
-        binds.push(SqlValue::Int(limit));
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", binds.len()));
+        super::newest_first(
+            &mut sql,
+            &mut binds,
+            &[("status = ", status), ("id < ", before)],
+            limit,
+        );
         Ok(
             on!(&mut self.exec, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
             .fetch_all(&mut **c)
@@ -831,8 +814,8 @@ impl Scoped<'_> {
     ) -> Result<bool, StoreError> {
         let binds = [
             SqlValue::Text(status.to_owned()),
-            user.map_or(SqlValue::Null, |u| SqlValue::Text(u.to_owned())),
-            comment.map_or(SqlValue::Null, |c| SqlValue::Text(c.to_owned())),
+            SqlValue::text_or_null(user),
+            SqlValue::text_or_null(comment),
             SqlValue::Timestamp(now),
             SqlValue::Text(self.tenant.as_str().to_owned()),
             SqlValue::Text(id.to_owned()),

@@ -302,7 +302,8 @@ impl Engine {
             })
             .await;
         if result.is_ok() {
-            self.workflows.wake_now();
+            // Only when the step's writes started runs (the engine goes on with this one).
+            self.workflows.wake();
         }
         result
     }

@@ -153,10 +153,6 @@ impl Template {
         })
     }
 
-    pub fn is_plain(&self) -> bool {
-        self.paths().next().is_none()
-    }
-
     /// The filter with each template replaced by a placeholder literal: for checking that it
     /// parses and which fields it names.
     pub fn placeholder_filter(&self) -> String {
