@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod plugins;
 pub mod records;
+pub mod tenant;
 pub mod workflows;
 
 use error::ApiError;
@@ -93,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/plugins/{id}/disable", post(plugins::disable))
         .route("/plugins/{id}/config", put(plugins::configure))
         .route("/plugins/{id}/runs", get(plugins::runs))
+        .route("/tenant", get(tenant::show).patch(tenant::update))
         .route("/outbox", get(outbox::list))
         .route("/notifications", get(workflows::notifications))
         .route(

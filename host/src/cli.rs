@@ -127,10 +127,18 @@ pub enum TenantCommand {
     /// Creates a tenant and its `admin` user; prints the admin's API token.
     Create {
         name: String,
+        /// The IANA time zone schedules and date triggers read the wall clock in
+        /// (`Europe/Istanbul`); changeable later through `PATCH /api/v1/tenant`.
+        #[arg(long, default_value = "UTC", value_parser = time_zone)]
+        time_zone: String,
         /// Prints `{"tenant": ..., "token": ...}`.
         #[arg(long)]
         json: bool,
     },
+}
+
+fn time_zone(name: &str) -> Result<String, String> {
+    crate::workflows::timers::parse_time_zone(name).map(|_| name.to_owned())
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,8 +216,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("database is up to date");
             Ok(())
         }
-        Command::Tenant(TenantCommand::Create { name, json }) => {
-            let Some(created) = store.create_tenant(&name).await? else {
+        Command::Tenant(TenantCommand::Create {
+            name,
+            time_zone,
+            json,
+        }) => {
+            let Some(created) = store.create_tenant(&name, &time_zone).await? else {
                 bail!("tenant `{name}` already exists");
             };
             if json {

@@ -46,7 +46,7 @@ const PLUGINS: [(&str, &str); 4] = [
 ];
 
 /// The example workflows of the source documents that the demo tenant runs.
-pub const WORKFLOWS: [(&str, &str); 2] = [
+pub const WORKFLOWS: [(&str, &str); 3] = [
     (
         "poor_payment_alert.json",
         include_str!("../../schemas/demo/workflows/poor_payment_alert.json"),
@@ -54,6 +54,10 @@ pub const WORKFLOWS: [(&str, &str); 2] = [
     (
         "complaint_sla.json",
         include_str!("../../schemas/demo/workflows/complaint_sla.json"),
+    ),
+    (
+        "birthday_greeting.json",
+        include_str!("../../schemas/demo/workflows/birthday_greeting.json"),
     ),
 ];
 
@@ -68,7 +72,7 @@ pub async fn ensure(state: &AppState) -> anyhow::Result<String> {
     }
     let created = state
         .store
-        .create_tenant(TENANT)
+        .create_tenant(TENANT, "UTC")
         .await?
         .expect("the tenant did not exist");
     let principal = state

@@ -29,7 +29,9 @@ use crate::store::{Scoped, Store, StoreError, Tx};
 pub mod condition;
 pub mod definition;
 pub mod engine;
+mod schedule;
 pub mod template;
+pub mod timers;
 
 use definition::{Event, Plan, Trigger, WorkflowDefinition};
 
@@ -117,6 +119,52 @@ pub struct WorkflowView {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// A schedule or date trigger: when it fires next.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_run_at: Option<OffsetDateTime>,
+}
+
+/// Keeps a workflow's timer in step with its definition: a timed, enabled workflow has one, due
+/// at the schedule's next time (a date trigger looks at once, and then at the next moment).
+async fn sync_timer(
+    scoped: &mut Scoped<'_>,
+    workflow_id: &str,
+    enabled: bool,
+    trigger: &Trigger,
+    now: OffsetDateTime,
+) -> Result<(), WorkflowError> {
+    let next = match trigger {
+        _ if !enabled => None,
+        Trigger::Schedule {
+            cron, time_zone, ..
+        } => {
+            let zone = zone(scoped, time_zone.as_deref()).await?;
+            let cron = timers::parse_cron(cron).map_err(WorkflowError::Refused)?;
+            timers::next_cron(&cron, zone, now)
+        }
+        Trigger::Date { .. } => Some(now),
+        Trigger::Record { .. } | Trigger::Manual { .. } => None,
+    };
+    match next {
+        Some(next) => scoped.set_timer(workflow_id, next, now).await?,
+        None => scoped.drop_timer(workflow_id).await?,
+    }
+    Ok(())
+}
+
+/// The time zone a timed trigger reads the clock in: its own, else the tenant's.
+pub(crate) async fn zone(
+    scoped: &mut Scoped<'_>,
+    explicit: Option<&str>,
+) -> Result<chrono_tz::Tz, StoreError> {
+    let name = match explicit {
+        Some(name) => name.to_owned(),
+        None => scoped.tenant_settings().await?.1,
+    };
+    timers::parse_time_zone(&name).map_err(StoreError::Corrupt)
 }
 
 fn view(stored: &StoredWorkflow) -> Result<WorkflowView, WorkflowError> {
@@ -132,6 +180,7 @@ fn view(stored: &StoredWorkflow) -> Result<WorkflowView, WorkflowError> {
         enabled: stored.enabled,
         created_at: stored.created_at,
         updated_at: stored.updated_at,
+        next_run_at: stored.next_run_at,
     })
 }
 
@@ -195,6 +244,11 @@ impl Workflows {
         if self.inner.started.swap(false, Ordering::AcqRel) {
             self.inner.wake.notify_one();
         }
+    }
+
+    /// Notes that runs were inserted outside a record write (timers), for [`Workflows::wake`].
+    fn mark_started(&self) {
+        self.inner.started.store(true, Ordering::Release);
     }
 
     pub(crate) async fn woken(&self) {
@@ -529,6 +583,12 @@ impl Workflows {
                 "update"
             }
         };
+        let id = scoped
+            .workflow(&definition.name)
+            .await?
+            .ok_or_else(|| WorkflowError::Unknown(definition.name.clone()))?
+            .id;
+        sync_timer(scoped, &id, definition.enabled, &definition.trigger, now).await?;
         let stored = scoped
             .workflow(&definition.name)
             .await?
@@ -580,6 +640,26 @@ impl Workflows {
         Ok(saved)
     }
 
+    /// Brings the timers of every timed workflow in step with the tenant's settings (after a
+    /// change of its time zone), in the caller's transaction.
+    pub async fn resync_timers(&self, scoped: &mut Scoped<'_>) -> Result<(), WorkflowError> {
+        let now = crate::store::now();
+        for stored in scoped.workflows().await? {
+            let compiled = Compiled::from_stored(&stored.id, stored.version, &stored.definition)?;
+            if compiled.definition.trigger.is_timed() {
+                sync_timer(
+                    scoped,
+                    &stored.id,
+                    stored.enabled,
+                    &compiled.definition.trigger,
+                    now,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops what is cached about a tenant's workflows after a commit of `apply_in`.
     pub fn applied(&self, tenant: &TenantId) {
         self.forget(tenant);
@@ -622,6 +702,15 @@ impl Workflows {
         scoped
             .set_workflow_enabled(&stored.id, enabled, principal.user.as_str(), now)
             .await?;
+        let compiled = Compiled::from_stored(&stored.id, stored.version, &stored.definition)?;
+        sync_timer(
+            &mut scoped,
+            &stored.id,
+            enabled,
+            &compiled.definition.trigger,
+            now,
+        )
+        .await?;
         let stored = scoped
             .workflow(name)
             .await?
@@ -645,6 +734,7 @@ impl Workflows {
         let cancelled = scoped
             .delete_workflow(&stored.id, crate::store::now())
             .await?;
+        scoped.drop_timer(&stored.id).await?;
         tx.commit().await?;
         self.forget(&principal.tenant);
         Ok(cancelled)
@@ -670,7 +760,8 @@ impl Workflows {
         } = &compiled.definition.trigger
         else {
             return Err(WorkflowError::Refused(format!(
-                "workflow `{name}` starts on record events, not by hand"
+                "workflow `{name}` starts on its {} trigger, not by hand",
+                compiled.definition.trigger.kind()
             )));
         };
         if !stored.enabled {

@@ -142,7 +142,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         .await
         .expect("open the test database");
     let token = store
-        .create_tenant("acme")
+        .create_tenant("acme", "UTC")
         .await
         .expect("create tenant")
         .expect("new tenant")
@@ -289,7 +289,7 @@ impl TestApp {
     /// Creates another tenant and returns its admin token.
     pub async fn other_tenant(&self, name: &str) -> String {
         self.store
-            .create_tenant(name)
+            .create_tenant(name, "UTC")
             .await
             .expect("create tenant")
             .expect("new tenant")

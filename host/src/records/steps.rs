@@ -9,8 +9,8 @@ use super::hooks::WriteContext;
 use super::{RecordError, Records, bad, parse_body};
 use crate::metadata::CompiledEntity;
 use crate::records::query;
-use crate::store::Scoped;
 use crate::store::records::{ListQuery, StoredRecord};
+use crate::store::{Scoped, SqlValue};
 use crate::workflows::RecordEvent;
 use crate::workflows::definition::Event;
 
@@ -296,18 +296,24 @@ impl Records {
             .ok_or_else(|| bad("the record was not created"))
     }
 
-    /// The ids of live records of `entity` matching `filter`, at most `limit`, oldest first.
+    /// The ids of live records of `entity` matching `filter`, at most `limit`, oldest first;
+    /// with `after`, those after that id (the next page).
     pub(crate) async fn step_matching(
         &self,
         scoped: &mut Scoped<'_>,
         entity: &str,
         filter: &str,
+        after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<String>, RecordError> {
         let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
         let mut builder = ListQuery::builder(scoped.dialect());
-        let condition =
+        let mut condition =
             query::filter_condition(&compiled.definition, filter, &mut builder).map_err(bad)?;
+        if let Some(after) = after {
+            let placeholder = builder.bind(SqlValue::Text(after.to_owned()));
+            condition = format!("{condition} AND id > {placeholder}");
+        }
         let rows = scoped
             .list_records(
                 compiled.id,
@@ -320,6 +326,41 @@ impl Records {
             )
             .await?;
         Ok(rows.into_iter().map(|record| record.id).collect())
+    }
+
+    /// The smallest value of `field` among live records of `entity` matching `filter`, as the
+    /// record holds it (for a datetime field, its canonical RFC 3339 text).
+    pub(crate) async fn step_earliest(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &str,
+        field: &str,
+        filter: &str,
+    ) -> Result<Option<String>, RecordError> {
+        let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
+        let definition = compiled
+            .definition
+            .field(field)
+            .ok_or_else(|| bad(format!("entity `{entity}` has no field `{field}`")))?;
+        let dialect = scoped.dialect();
+        let mut builder = ListQuery::builder(dialect);
+        let condition =
+            query::filter_condition(&compiled.definition, filter, &mut builder).map_err(bad)?;
+        let rows = scoped
+            .list_records(
+                compiled.id,
+                ListQuery {
+                    condition: format!("deleted_at IS NULL AND {condition}"),
+                    order: format!("{}, id", dialect.field_expr(definition)),
+                    binds: builder.binds,
+                    limit: 1,
+                },
+            )
+            .await?;
+        Ok(rows.first().and_then(|record| {
+            let data: Value = serde_json::from_str(&record.data).ok()?;
+            data.get(field)?.as_str().map(str::to_owned)
+        }))
     }
 }
 

@@ -28,15 +28,21 @@ pub struct NewUser {
 
 impl Store {
     /// Creates a tenant, its `admin` user and an API token for that user, in one transaction.
-    pub async fn create_tenant(&self, name: &str) -> Result<Option<NewTenant>, StoreError> {
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        time_zone: &str,
+    ) -> Result<Option<NewTenant>, StoreError> {
         let tenant = TenantId::generate();
         let now = super::now();
         let mut tx = self.begin().await?;
         let inserted = on!(tx.exec(), c => sqlx::query(
-            "INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO tenants (id, name, time_zone, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING",
         )
         .bind(tenant.as_str())
         .bind(name)
+        .bind(time_zone)
         .bind(super::Timestamp(now))
         .execute(&mut *c)
         .await?
@@ -212,5 +218,42 @@ impl super::Scoped<'_> {
         .fetch_optional(&mut **c)
         .await?);
         found.map(principal).transpose()
+    }
+
+    /// The tenant's first administrator: whom work that no user started acts as.
+    pub async fn first_admin(&mut self) -> Result<Option<Principal>, StoreError> {
+        let tenant = self.tenant.as_str();
+        let found: Option<(String, String, String)> = on!(&mut self.exec, c => sqlx::query_as(
+            "SELECT tenant_id, id, role FROM users WHERE tenant_id = $1 AND role = 'admin' \
+             ORDER BY created_at, id LIMIT 1",
+        )
+        .bind(tenant)
+        .fetch_optional(&mut **c)
+        .await?);
+        found.map(principal).transpose()
+    }
+
+    /// The tenant's name and IANA time zone.
+    pub async fn tenant_settings(&mut self) -> Result<(String, String), StoreError> {
+        let tenant = self.tenant.as_str();
+        let found: Option<(String, String)> = on!(&mut self.exec, c => sqlx::query_as(
+            "SELECT name, time_zone FROM tenants WHERE id = $1",
+        )
+        .bind(tenant)
+        .fetch_optional(&mut **c)
+        .await?);
+        found.ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant} has no row")))
+    }
+
+    /// Sets the tenant's time zone (checked by the caller).
+    pub async fn set_time_zone(&mut self, time_zone: &str) -> Result<(), StoreError> {
+        let tenant = self.tenant.as_str();
+        on!(&mut self.exec, c => sqlx::query("UPDATE tenants SET time_zone = $1 WHERE id = $2")
+            .bind(time_zone)
+            .bind(tenant)
+            .execute(&mut **c)
+            .await
+            .map(drop)?);
+        Ok(())
     }
 }

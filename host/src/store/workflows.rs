@@ -21,10 +21,24 @@ pub struct StoredWorkflow {
     pub created_by: String,
     pub updated_at: OffsetDateTime,
     pub updated_by: String,
+    /// When a timed workflow fires next (its timer).
+    pub next_run_at: Option<OffsetDateTime>,
 }
 
-const WORKFLOW_COLUMNS: &str =
-    "id, name, version, enabled, definition, created_at, created_by, updated_at, updated_by";
+const WORKFLOW_COLUMNS: &str = "id, name, version, enabled, definition, created_at, created_by, updated_at, updated_by, \
+     (SELECT next_at FROM workflow_timers t WHERE t.workflow_id = workflows.id) AS next_run_at";
+
+/// A timer that has fallen due, with the workflow it fires.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueTimer {
+    pub workflow_id: String,
+    pub tenant_id: String,
+    pub next_at: OffsetDateTime,
+    pub watermark: OffsetDateTime,
+    pub version: i64,
+    pub definition: String,
+    pub updated_by: String,
+}
 
 /// A run as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -191,6 +205,36 @@ impl Store {
         .fetch_optional(&mut *c)
         .await?);
         Ok(next.flatten())
+    }
+
+    /// Timers due at `now`, soonest first, with their workflow's current definition. Only reads:
+    /// a timer is claimed by [`Scoped::advance_timer`] in the transaction that starts its runs.
+    pub async fn due_timers(
+        &self,
+        now: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<DueTimer>, StoreError> {
+        let mut conn = self.reader().await?;
+        Ok(on!(conn.exec(), c => sqlx::query_as(
+            "SELECT t.workflow_id, t.tenant_id, t.next_at, t.watermark, w.version, w.definition, \
+             w.updated_by FROM workflow_timers t JOIN workflows w ON w.id = t.workflow_id \
+             WHERE t.next_at <= $1 AND w.enabled AND w.deleted_at IS NULL \
+             ORDER BY t.next_at LIMIT $2",
+        )
+        .bind(Timestamp(now))
+        .bind(limit)
+        .fetch_all(&mut *c)
+        .await?))
+    }
+
+    /// When the next timer falls due, if any.
+    pub async fn next_timer(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let mut conn = self.reader().await?;
+        Ok(on!(conn.exec(), c => sqlx::query_scalar(
+            "SELECT next_at FROM workflow_timers ORDER BY next_at LIMIT 1",
+        )
+        .fetch_optional(&mut *c)
+        .await?))
     }
 
     /// Gives up every lease: at the start of a server on SQLite, which is the only host of its
@@ -418,6 +462,70 @@ impl Scoped<'_> {
         .await
         .map(drop)?);
         Ok(cancelled)
+    }
+
+    /// Sets the timer of a timed workflow to fire at `next_at`; a new timer's watermark (date
+    /// triggers: the moments handled so far) is `now`, an existing one keeps its own.
+    pub async fn set_timer(
+        &mut self,
+        workflow_id: &str,
+        next_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let tenant = self.tenant.as_str();
+        on!(&mut self.exec, c => sqlx::query(
+            "INSERT INTO workflow_timers (workflow_id, tenant_id, next_at, watermark) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (workflow_id) DO UPDATE SET next_at = excluded.next_at \
+             WHERE workflow_timers.tenant_id = excluded.tenant_id",
+        )
+        .bind(workflow_id)
+        .bind(tenant)
+        .bind(Timestamp(next_at))
+        .bind(Timestamp(now))
+        .execute(&mut **c)
+        .await
+        .map(drop)?);
+        Ok(())
+    }
+
+    /// Removes a workflow's timer (it is disabled, deleted or no longer timed).
+    pub async fn drop_timer(&mut self, workflow_id: &str) -> Result<(), StoreError> {
+        let tenant = self.tenant.as_str();
+        on!(&mut self.exec, c => sqlx::query(
+            "DELETE FROM workflow_timers WHERE tenant_id = $1 AND workflow_id = $2",
+        )
+        .bind(tenant)
+        .bind(workflow_id)
+        .execute(&mut **c)
+        .await
+        .map(drop)?);
+        Ok(())
+    }
+
+    /// Claims a due timer: moves it from `due` to `next_at` with a new watermark, only if it is
+    /// still at `due` (another host, or a change of the workflow, did not move it first). Its
+    /// runs are inserted in the same transaction, so a firing happens exactly once.
+    pub async fn advance_timer(
+        &mut self,
+        workflow_id: &str,
+        due: OffsetDateTime,
+        next_at: OffsetDateTime,
+        watermark: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let tenant = self.tenant.as_str();
+        let moved = on!(&mut self.exec, c => sqlx::query(
+            "UPDATE workflow_timers SET next_at = $1, watermark = $2 \
+             WHERE tenant_id = $3 AND workflow_id = $4 AND next_at = $5",
+        )
+        .bind(Timestamp(next_at))
+        .bind(Timestamp(watermark))
+        .bind(tenant)
+        .bind(workflow_id)
+        .bind(Timestamp(due))
+        .execute(&mut **c)
+        .await?
+        .rows_affected());
+        Ok(moved == 1)
     }
 
     /// Inserts runs, in the current transaction.

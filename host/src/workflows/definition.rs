@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::template::{Path, Template};
+use super::timers;
 use crate::metadata::definition::{EntityDefinition, FieldType};
 use crate::metadata::validation::Problem;
 use crate::records::filter::{self, Filter};
@@ -79,6 +80,31 @@ pub enum Trigger {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         input: Option<Value>,
     },
+    /// At the times of a cron expression: one run, or one per matching record of `entity`.
+    Schedule {
+        cron: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time_zone: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entity: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        condition: Option<String>,
+    },
+    /// When a date or datetime field of a record, shifted by `offset`, comes round.
+    Date {
+        entity: String,
+        field: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        yearly: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        condition: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time_zone: Option<String>,
+    },
 }
 
 impl Trigger {
@@ -86,8 +112,23 @@ impl Trigger {
     pub fn entity(&self) -> Option<&str> {
         match self {
             Trigger::Record { entity, .. } => Some(entity),
-            Trigger::Manual { entity, .. } => entity.as_deref(),
+            Trigger::Manual { entity, .. } | Trigger::Schedule { entity, .. } => entity.as_deref(),
+            Trigger::Date { entity, .. } => Some(entity),
         }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Record { .. } => "record",
+            Trigger::Manual { .. } => "manual",
+            Trigger::Schedule { .. } => "schedule",
+            Trigger::Date { .. } => "date",
+        }
+    }
+
+    /// Whether the trigger fires on time (a schedule or a date) rather than on an event.
+    pub fn is_timed(&self) -> bool {
+        matches!(self, Trigger::Schedule { .. } | Trigger::Date { .. })
     }
 }
 
@@ -397,6 +438,129 @@ impl<'a> Checker<'a> {
                     );
                 }
             }
+            Trigger::Schedule {
+                cron,
+                time_zone,
+                entity,
+                condition,
+            } => {
+                match timers::parse_cron(cron) {
+                    Err(message) => self.problem("/trigger/cron", message),
+                    Ok(parsed) => {
+                        let now = time::OffsetDateTime::now_utc();
+                        if timers::next_cron(&parsed, chrono_tz::Tz::UTC, now).is_none() {
+                            self.problem(
+                                "/trigger/cron",
+                                format!("`{cron}` never comes round (no date matches it)"),
+                            );
+                        }
+                    }
+                }
+                self.time_zone(time_zone.as_deref());
+                if let Some(entity) = entity {
+                    self.subject = self.entity(entity, "/trigger/entity");
+                }
+                match (condition, self.subject) {
+                    (Some(condition), Some(subject)) => {
+                        self.condition(condition, subject, "/trigger/condition", false)
+                    }
+                    (Some(_), None) if entity.is_none() => self.problem(
+                        "/trigger/condition",
+                        "a condition picks records: name the `entity` they are of",
+                    ),
+                    _ => {}
+                }
+            }
+            Trigger::Date {
+                entity,
+                field,
+                offset,
+                at,
+                yearly,
+                condition,
+                time_zone,
+            } => {
+                self.time_zone(time_zone.as_deref());
+                self.subject = self.entity(entity, "/trigger/entity");
+                let Some(subject) = self.subject else {
+                    return;
+                };
+                if let Some(condition) = condition {
+                    self.condition(condition, subject, "/trigger/condition", false);
+                }
+                let offset = offset.as_deref().map(|text| (text, parse_duration(text)));
+                if let Some((text, None)) = offset {
+                    self.problem("/trigger/offset", format!("`{text}` is not a duration"));
+                }
+                let is_date = match subject.field(field).map(|f| (f.active, f.value_type())) {
+                    None => {
+                        self.problem(
+                            "/trigger/field",
+                            format!("entity `{}` has no field `{field}`", subject.name),
+                        );
+                        return;
+                    }
+                    Some((false, _)) => {
+                        self.problem(
+                            "/trigger/field",
+                            format!("field `{field}` of `{}` is deactivated", subject.name),
+                        );
+                        return;
+                    }
+                    Some((true, FieldType::Date)) => true,
+                    Some((true, FieldType::Datetime)) => false,
+                    Some((true, other)) => {
+                        self.problem(
+                            "/trigger/field",
+                            format!(
+                                "field `{field}` of `{}` is a {} field: a date trigger needs a date or datetime field",
+                                subject.name,
+                                other.as_str()
+                            ),
+                        );
+                        return;
+                    }
+                };
+                if is_date {
+                    if let Some((text, Some(duration))) = offset
+                        && duration.whole_seconds() % 86_400 != 0
+                    {
+                        self.problem(
+                            "/trigger/offset",
+                            format!("`{field}` is a date: the offset `{text}` must be whole days or weeks"),
+                        );
+                    }
+                    if let Some(at) = at
+                        && timers::parse_at(at).is_none()
+                    {
+                        self.problem(
+                            "/trigger/at",
+                            format!("`{at}` is not a time of day (HH:MM or HH:MM:SS)"),
+                        );
+                    }
+                } else {
+                    if at.is_some() {
+                        self.problem(
+                            "/trigger/at",
+                            format!("`{field}` is a datetime, which has its own time: `at` applies to date fields"),
+                        );
+                    }
+                    if *yearly {
+                        self.problem(
+                            "/trigger/yearly",
+                            format!("`yearly` applies to date fields (birthdays, anniversaries), and `{field}` is a datetime"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn time_zone(&mut self, time_zone: Option<&str>) {
+        if let Some(name) = time_zone
+            && let Err(message) = timers::parse_time_zone(name)
+        {
+            self.problem("/trigger/time_zone", message);
         }
     }
 

@@ -40,6 +40,9 @@ const STEPS_PER_CLAIM: usize = 50;
 /// How often the engine looks for due runs when nothing woke it (runs started by another host).
 const POLL: Duration = Duration::from_millis(500);
 
+/// How often the engine looks for due timers (schedules and date triggers).
+const TIMER_TICK: Duration = Duration::from_secs(1);
+
 /// The engine's settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -79,9 +82,15 @@ pub async fn run(
     let limit = concurrent_runs(engine.workflows.store().dialect());
     let mut working: JoinSet<()> = JoinSet::new();
     tokio::pin!(shutdown);
+    let mut timers_at = tokio::time::Instant::now();
     loop {
         while let Some(done) = working.try_join_next() {
             reap(done);
+        }
+        // Timed workflows (schedules, dates) start their runs here, at most once a second.
+        if tokio::time::Instant::now() >= timers_at {
+            super::schedule::fire_due(&engine.workflows, &engine.records).await;
+            timers_at = tokio::time::Instant::now() + TIMER_TICK;
         }
         // Claim as many runs as there are free places; each is driven on its own task, and a
         // place is refilled as soon as its run is done (no batch waits for its slowest run).
@@ -503,7 +512,13 @@ impl StepRun<'_> {
                 let values = template::render_values(values, &scope).map_err(StepError::Failed)?;
                 let ids = self
                     .records
-                    .step_matching(scoped, entity, &filter, i64::from(limit.unwrap_or(1000)))
+                    .step_matching(
+                        scoped,
+                        entity,
+                        &filter,
+                        None,
+                        i64::from(limit.unwrap_or(1000)),
+                    )
                     .await?;
                 for id in &ids {
                     self.records
