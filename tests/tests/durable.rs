@@ -297,3 +297,106 @@ async fn a_run_survives_kill_9_on_postgres() {
 async fn two_servers_share_the_runs_and_one_finishes_what_the_killed_one_started() {
     runs_survive_kill_9_with_each_step_done_once(Backend::Postgres, Then::OtherHost).await;
 }
+
+/// Two servers on one PostgreSQL look at the same schedule every second: each of its times
+/// fires once (one run per record, never two), and when one server is killed the other goes on
+/// firing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_fire_each_time_of_a_schedule_once() {
+    let Some(database) = TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
+    let url = database.url.clone();
+    let output = Command::new(rapport_binary())
+        .args(["tenant", "create", "acme", "--json"])
+        .env("RAPPORT_DATABASE_URL", &url)
+        .env("RAPPORT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let token: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let client = Client {
+        http: reqwest::Client::new(),
+        token: token["token"].as_str().unwrap().to_owned(),
+    };
+    let post = reqwest::Method::POST;
+    let first = Host::start(&url).await;
+    let second = Host::start(&url).await;
+    let (status, body) = client
+        .send(
+            &first,
+            post.clone(),
+            "/api/v1/entities",
+            Some(json!({"name": "account", "fields": [{"name": "name", "type": "text"}]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body:?}");
+    let mut accounts = Vec::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        let (status, body) = client
+            .send(
+                &first,
+                post.clone(),
+                "/api/v1/records/account",
+                Some(json!({"data": {"name": name}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body:?}");
+        accounts.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let (status, body) = client
+        .send(
+            &second,
+            post.clone(),
+            "/api/v1/workflows",
+            Some(json!({
+                "name": "review",
+                "trigger": {"type": "schedule", "cron": "*/2 * * * * *", "entity": "account"},
+                "steps": [{"id": "tell", "type": "notify", "user": "{{user}}", "message": "review {{record.name}}"}]
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body:?}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    first.kill9().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (status, body) = client
+        .send(&second, post.clone(), "/api/v1/workflows/review/disable", None)
+        .await;
+    assert_eq!(status, 200, "{body:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let runs = client
+        .all_pages(&second, "/api/v1/workflows/review/runs?limit=100")
+        .await;
+    let mut per_record: HashMap<String, Vec<time::OffsetDateTime>> = HashMap::new();
+    for run in &runs {
+        let created = time::OffsetDateTime::parse(
+            run["created_at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        per_record
+            .entry(run["record_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(created);
+    }
+    assert_eq!(per_record.len(), accounts.len(), "{per_record:?}");
+    let counts: Vec<usize> = per_record.values().map(Vec::len).collect();
+    assert!(
+        counts.iter().all(|count| *count == counts[0]),
+        "every firing covers every account: {counts:?}"
+    );
+    // Ten seconds of a two-second schedule, five of them with one server left.
+    assert!(counts[0] >= 4, "{counts:?}");
+    for times in per_record.values_mut() {
+        times.sort();
+        for pair in times.windows(2) {
+            assert!(
+                pair[1] - pair[0] > time::Duration::milliseconds(500),
+                "one time fired twice: {times:?}"
+            );
+        }
+    }
+    second.kill9().await;
+    database.remove().await;
+}

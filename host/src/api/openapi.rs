@@ -187,6 +187,14 @@ fn fixed_paths() -> Map<String, Value> {
         "get": {"tags": ["records"], "summary": "Records of `source` that reference this record (both sides of a link entity)",
                 "responses": {"200": {"description": "A page"}, "400": error, "404": error}}
     }));
+    paths.insert("/api/v1/tenant".into(), json!({
+        "get": {"tags": ["tenant"], "summary": "The caller's tenant: its name and IANA time zone (schedules and date triggers read the wall clock in it)",
+                "responses": {"200": {"description": "`{\"name\": …, \"time_zone\": …}`"}}},
+        "patch": {"tags": ["tenant"], "summary": "Change the tenant's settings (admin): `{\"time_zone\": \"Europe/Istanbul\"}`; schedules that follow the tenant's zone move to their next time on the new clock",
+                  "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                      "properties": {"time_zone": {"type": "string", "description": "An IANA time zone name"}}}}}},
+                  "responses": {"200": {"description": "The tenant"}, "400": error, "403": error}}
+    }));
     let plugin_param =
         json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
     paths.insert("/api/v1/plugins".into(), json!({
