@@ -23,6 +23,7 @@ pub mod outbox;
 pub mod plugins;
 pub mod records;
 pub mod tenant;
+pub mod webhooks;
 pub mod workflows;
 
 use error::ApiError;
@@ -41,6 +42,9 @@ pub struct AppState {
     pub principals: Arc<PrincipalCache>,
     pub plugins: Plugins,
     pub workflows: Workflows,
+    /// Webhook endpoints and the guard their deliveries pass (set the operator's allow-list
+    /// with [`Webhooks::new`]).
+    pub webhooks: crate::webhooks::Webhooks,
     /// How the workflow engine of [`serve`] runs.
     pub engine: crate::workflows::engine::EngineConfig,
 }
@@ -58,6 +62,7 @@ impl AppState {
             workflows.clone(),
         );
         Ok(Self {
+            webhooks: crate::webhooks::Webhooks::new(store.clone(), Default::default()),
             store,
             metadata,
             records,
@@ -96,6 +101,19 @@ pub fn router(state: AppState) -> Router {
         .route("/plugins/{id}/runs", get(plugins::runs))
         .route("/tenant", get(tenant::show).patch(tenant::update))
         .route("/outbox", get(outbox::list))
+        .route("/outbox/{id}/redeliver", post(webhooks::redeliver))
+        .route("/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/webhooks/{name}",
+            get(webhooks::get)
+                .put(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/webhooks/{name}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/webhooks/{name}/deliveries", get(webhooks::deliveries))
         .route("/notifications", get(workflows::notifications))
         .route(
             "/notifications/{id}/read",
@@ -175,13 +193,25 @@ pub async fn serve(
             let _ = stopped.await;
         },
     ));
+    let (stop_delivery, delivery_stopped) = tokio::sync::oneshot::channel::<()>();
+    let delivery = tokio::spawn(crate::webhooks::delivery::run(
+        state.webhooks.clone(),
+        async {
+            let _ = delivery_stopped.await;
+        },
+    ));
     let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await;
-    // The engine finishes the step it is on; then the database closes.
+    // The engine finishes the step it is on and deliveries in flight are settled; then the
+    // database closes.
     let _ = stop.send(());
+    let _ = stop_delivery.send(());
     if let Err(error) = engine.await {
         tracing::error!(%error, "the workflow engine panicked");
+    }
+    if let Err(error) = delivery.await {
+        tracing::error!(%error, "the webhook delivery worker panicked");
     }
     store.close().await;
     served

@@ -107,6 +107,15 @@ pub struct ServeArgs {
     /// another (or this one, restarted) takes its runs over after this time.
     #[arg(long, env = "RAPPORT_WORKFLOW_LEASE", default_value_t = 30.0, value_parser = lease_seconds)]
     pub workflow_lease: f64,
+    /// A host webhooks may reach although it is (or resolves to) a loopback, private or
+    /// link-local address, e.g. an ERP on the same network; repeat it, or separate hosts with
+    /// commas in the variable.
+    #[arg(
+        long = "webhook-allow-host",
+        env = "RAPPORT_WEBHOOK_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
+    pub webhook_allow_hosts: Vec<String>,
 }
 
 fn lease_seconds(text: &str) -> Result<f64, String> {
@@ -339,6 +348,10 @@ fn redact(url: &str) -> String {
 async fn serve(store: Store, cache_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     let mut state = AppState::new(store, Some(cache_dir.join("plugins")))?;
     state.engine.lease = std::time::Duration::from_secs_f64(args.workflow_lease);
+    state.webhooks = crate::webhooks::Webhooks::new(
+        state.store.clone(),
+        crate::webhooks::Guard::new(args.webhook_allow_hosts.clone()),
+    );
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -14,4 +14,5 @@ pub mod metadata;
 pub mod plugins;
 pub mod records;
 pub mod store;
+pub mod webhooks;
 pub mod workflows;

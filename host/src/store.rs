@@ -21,6 +21,7 @@ pub mod plugins;
 pub mod records;
 pub mod sql;
 pub mod tenants;
+pub mod webhooks;
 pub mod workflows;
 
 pub use sql::{Dialect, SqlValue};

@@ -453,7 +453,8 @@ impl Workflows {
         let definition = definition::parse(json).map_err(WorkflowError::Invalid)?;
         let entities = self.entities(scoped).await?;
         let steps = self.plugin_steps(scoped).await?;
-        let problems = definition::check(&definition, &entities, &steps);
+        let webhooks = crate::webhooks::names(scoped).await?;
+        let problems = definition::check(&definition, &entities, &steps, &webhooks);
         if problems.is_empty() {
             Ok(definition)
         } else {
@@ -611,9 +612,10 @@ impl Workflows {
         let mut problems = Vec::new();
         let entities = self.entities(&mut scoped).await?;
         let steps = self.plugin_steps(&mut scoped).await?;
+        let webhooks = crate::webhooks::names(&mut scoped).await?;
         for (source, json) in jsons {
             let checked = definition::parse(json).and_then(|definition| {
-                let found = definition::check(&definition, &entities, &steps);
+                let found = definition::check(&definition, &entities, &steps, &webhooks);
                 if found.is_empty() {
                     Ok(definition)
                 } else {

@@ -152,7 +152,12 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         .expect("bind port 0");
     let base = format!("http://{}", listener.local_addr().expect("address"));
     let (shutdown, signal) = oneshot::channel::<()>();
-    let state = AppState::new(store.clone(), None).expect("the server state");
+    let mut state = AppState::new(store.clone(), None).expect("the server state");
+    // Tests receive webhooks on loopback: the operator's allow-list lets that one address in.
+    state.webhooks = rapport::webhooks::Webhooks::new(
+        store.clone(),
+        rapport::webhooks::Guard::new(["127.0.0.1".to_owned()]),
+    );
     let server = tokio::spawn(async move {
         api::serve(listener, state, async {
             let _ = signal.await;

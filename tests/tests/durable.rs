@@ -361,7 +361,12 @@ async fn two_servers_fire_each_time_of_a_schedule_once() {
     first.kill9().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (status, body) = client
-        .send(&second, post.clone(), "/api/v1/workflows/review/disable", None)
+        .send(
+            &second,
+            post.clone(),
+            "/api/v1/workflows/review/disable",
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{body:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;

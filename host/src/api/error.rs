@@ -256,6 +256,36 @@ impl From<WorkflowError> for ApiError {
     }
 }
 
+impl From<crate::webhooks::WebhookError> for ApiError {
+    fn from(error: crate::webhooks::WebhookError) -> Self {
+        use crate::webhooks::WebhookError;
+        let message = error.to_string();
+        match error {
+            WebhookError::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            WebhookError::Invalid(problems) => {
+                let listed: Vec<String> = problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.path, p.message))
+                    .collect();
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_webhook",
+                    format!("{message}: {}", listed.join("; ")),
+                )
+                .with_fields(by_path(problems.into_iter().map(|p| (p.path, p.message))))
+            }
+            WebhookError::Unknown(_) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_webhook", message)
+            }
+            WebhookError::AlreadyExists(_) => {
+                Self::new(StatusCode::CONFLICT, "already_exists", message)
+            }
+            WebhookError::Refused(_) => Self::new(StatusCode::CONFLICT, "refused", message),
+            WebhookError::Store(error) => error.into(),
+        }
+    }
+}
+
 /// Problems grouped by their JSON path: `{"/fields/0/type": ["…", "…"]}`.
 fn by_path(problems: impl Iterator<Item = (String, String)>) -> Value {
     let mut fields = serde_json::Map::new();

@@ -85,6 +85,12 @@ pub async fn list(
                 "created_by": message.created_by,
                 "created_at": message.created_at.format(&time::format_description::well_known::Rfc3339).ok(),
                 "status": stored.status,
+                "attempts": stored.attempts,
+                "last_error": stored.last_error,
+                "next_attempt_at": stored.next_at.filter(|_| stored.status == "pending")
+                    .and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok()),
+                "delivered_at": stored.delivered_at
+                    .and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok()),
             })
         })
         .collect();

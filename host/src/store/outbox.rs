@@ -28,7 +28,12 @@ pub struct NewMessage {
 pub struct StoredMessage {
     #[sqlx(flatten)]
     pub message: NewMessage,
+    /// `pending`, `delivered` or `failed` (dead-lettered after its last attempt).
     pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub next_at: Option<OffsetDateTime>,
+    pub delivered_at: Option<OffsetDateTime>,
 }
 
 /// Which messages to list, newest first.
@@ -87,7 +92,8 @@ impl Scoped<'_> {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let mut sql = String::from(
             "SELECT id, kind, payload, plugin_id, plugin_version, entity, record_id, run_id, \
-             created_by, created_at, status FROM outbox WHERE tenant_id = $1",
+             created_by, created_at, status, attempts, last_error, next_at, delivered_at \
+             FROM outbox WHERE tenant_id = $1",
         );
         let mut binds = vec![SqlValue::Text(self.tenant.as_str().to_owned())];
         super::newest_first(

@@ -222,6 +222,11 @@ pub enum Action {
         subject: String,
         body: String,
     },
+    Webhook {
+        webhook: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<Map<String, Value>>,
+    },
     Wait {
         #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
         duration: Option<String>,
@@ -269,6 +274,7 @@ impl Action {
             Action::UpdateRecords { .. } => "update_records",
             Action::Notify { .. } => "notify",
             Action::SendEmail { .. } => "send_email",
+            Action::Webhook { .. } => "webhook",
             Action::Wait { .. } => "wait",
             Action::Branch { .. } => "branch",
             Action::Approval { .. } => "approval",
@@ -354,10 +360,12 @@ pub fn check(
     definition: &WorkflowDefinition,
     entities: &Entities,
     plugin_steps: &PluginSteps,
+    webhooks: &[String],
 ) -> Vec<Problem> {
     let mut checker = Checker {
         entities,
         steps_of: plugin_steps,
+        webhooks,
         problems: Vec::new(),
         seen: Vec::new(),
         subject: None,
@@ -373,6 +381,8 @@ pub type PluginSteps = HashMap<String, Vec<String>>;
 struct Checker<'a> {
     entities: &'a Entities,
     steps_of: &'a PluginSteps,
+    /// The names of the tenant's webhooks.
+    webhooks: &'a [String],
     problems: Vec<Problem>,
     /// Step ids in document order so far.
     seen: Vec<String>,
@@ -619,6 +629,26 @@ impl<'a> Checker<'a> {
                 self.template(to, &format!("{path}/to"));
                 self.template(subject, &format!("{path}/subject"));
                 self.template(body, &format!("{path}/body"));
+            }
+            Action::Webhook { webhook, body } => {
+                if !self.webhooks.contains(webhook) {
+                    self.problem(
+                        format!("{path}/webhook"),
+                        format!(
+                            "webhook `{webhook}` does not exist: register it at /api/v1/webhooks (there are: {})",
+                            if self.webhooks.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                self.webhooks.join(", ")
+                            }
+                        ),
+                    );
+                }
+                for (key, value) in body.iter().flatten() {
+                    if let Value::String(text) = value {
+                        self.template(text, &format!("{path}/body/{key}"));
+                    }
+                }
             }
             Action::Wait {
                 duration: _,

@@ -586,6 +586,43 @@ impl StepRun<'_> {
                     .await?;
                 (payload, json!({ "message_id": id }))
             }
+            Action::Webhook { webhook, body } => {
+                let target = scoped.webhook(webhook, false).await?.ok_or_else(|| {
+                    StepError::Failed(format!("webhook `{webhook}` no longer exists"))
+                })?;
+                let body = match body {
+                    Some(values) => Value::Object(
+                        template::render_values(values, &scope).map_err(StepError::Failed)?,
+                    ),
+                    None => json!({
+                        "workflow": self.compiled.name,
+                        "run": run.id,
+                        "event": run.event,
+                        "entity": run.entity,
+                        "record": record,
+                    }),
+                };
+                let id = uuid::Uuid::now_v7().to_string();
+                let payload = json!({ "webhook": target.id, "name": target.name, "body": body });
+                scoped
+                    .enqueue(&[NewMessage {
+                        id: id.clone(),
+                        kind: crate::webhooks::delivery::KIND.to_owned(),
+                        payload: payload.to_string(),
+                        plugin_id: None,
+                        plugin_version: None,
+                        entity: run.entity.clone(),
+                        record_id: run.record_id.clone(),
+                        run_id: Some(run.id.clone()),
+                        created_by: run.run_as.clone(),
+                        created_at: now,
+                    }])
+                    .await?;
+                (
+                    json!({ "webhook": target.name, "body": body }),
+                    json!({ "message_id": id }),
+                )
+            }
             Action::Wait {
                 duration,
                 until,

@@ -1,0 +1,38 @@
+-- Webhooks: endpoints an administrator registers (a URL and a secret that signs each delivery),
+-- called by `webhook` workflow steps through the outbox. Delivery state lives on the outbox
+-- message (attempts, when to try next, the last error); every attempt is logged.
+CREATE TABLE webhooks (
+    id              TEXT PRIMARY KEY,
+    tenant_id       TEXT NOT NULL REFERENCES tenants (id),
+    name            TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    secret          TEXT NOT NULL,
+    description     TEXT,
+    max_attempts    INTEGER NOT NULL,
+    backoff_seconds REAL NOT NULL,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    deleted_at      TEXT
+);
+CREATE UNIQUE INDEX webhooks_by_name ON webhooks (tenant_id, name) WHERE deleted_at IS NULL;
+
+ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN next_at TEXT;       -- pending: not tried again before this
+ALTER TABLE outbox ADD COLUMN lease_until TEXT;   -- a server is delivering it until then
+ALTER TABLE outbox ADD COLUMN last_error TEXT;
+ALTER TABLE outbox ADD COLUMN delivered_at TEXT;
+
+CREATE TABLE deliveries (
+    id          INTEGER PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants (id),
+    message_id  TEXT NOT NULL REFERENCES outbox (id),
+    webhook_id  TEXT,
+    attempt     INTEGER NOT NULL,
+    url         TEXT NOT NULL,
+    status_code INTEGER,            -- the HTTP status, when there was an answer
+    error       TEXT,               -- why the attempt failed, when it did
+    duration_ms INTEGER NOT NULL,
+    started_at  TEXT NOT NULL
+);
+CREATE INDEX deliveries_by_webhook ON deliveries (tenant_id, webhook_id, id);
+CREATE INDEX deliveries_by_message ON deliveries (message_id, id);

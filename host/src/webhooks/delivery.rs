@@ -1,0 +1,299 @@
+//! The delivery worker: claims due webhook messages from the outbox (a lease, `SKIP LOCKED` on
+//! PostgreSQL so servers share the work), signs and sends each, logs the attempt and settles the
+//! message in one transaction: delivered, retried after a backoff, or dead-lettered (`failed`)
+//! after its last attempt or when its target is refused.
+//!
+//! Delivery is at least once: a server that dies after sending and before settling sends again
+//! when the lease runs out. Receivers deduplicate by the `Rapport-Webhook-Id` header.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::Sha256;
+use time::OffsetDateTime;
+use tokio::task::JoinSet;
+
+use super::Webhooks;
+use super::guard::{GuardedResolver, Refused};
+use crate::domain::TenantId;
+use crate::store::Tx;
+use crate::store::webhooks::{ClaimedMessage, Delivery, Settled};
+
+/// The outbox kind of webhook calls.
+pub const KIND: &str = "webhook";
+/// How many deliveries one server makes at a time.
+const CONCURRENT: usize = 8;
+/// How long a claim holds a message: longer than a request may take.
+const LEASE: Duration = Duration::from_secs(60);
+/// How long one request may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the worker looks for due messages.
+const POLL: Duration = Duration::from_millis(250);
+
+/// What a `webhook` step enqueues.
+#[derive(Debug, Deserialize)]
+struct Payload {
+    /// The webhook's id (its name may be reused after a delete).
+    webhook: String,
+    body: Value,
+}
+
+/// The signature headers of a delivery: `t` is the Unix time in seconds and `v1` the hex
+/// HMAC-SHA256, keyed by the webhook's secret, of `"{t}.{body}"`.
+pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("t={timestamp},v1={hex}")
+}
+
+/// Delivers webhook messages until `shutdown` resolves; deliveries in flight finish first.
+pub async fn run(webhooks: Webhooks, shutdown: impl std::future::Future<Output = ()>) {
+    let client = match reqwest::Client::builder()
+        .dns_resolver(Arc::new(GuardedResolver(webhooks.guard().clone())))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(TIMEOUT)
+        .user_agent(concat!("Rapport-Webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cannot build the webhook client: webhooks are not delivered");
+            return;
+        }
+    };
+    let worker = Arc::new(Worker { webhooks, client });
+    let mut working: JoinSet<()> = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while working.try_join_next().is_some() {}
+        let free = CONCURRENT - working.len();
+        if free > 0 {
+            let now = crate::store::now();
+            match worker
+                .webhooks
+                .store()
+                .claim_messages(&[KIND], now, now + LEASE, free as i64)
+                .await
+            {
+                Ok(claimed) => {
+                    for message in claimed {
+                        let worker = worker.clone();
+                        working.spawn(async move { worker.deliver(message).await });
+                    }
+                }
+                Err(error) => tracing::error!(%error, "cannot claim webhook messages"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            () = &mut shutdown => break,
+        }
+    }
+    while working.join_next().await.is_some() {}
+}
+
+struct Worker {
+    webhooks: Webhooks,
+    client: reqwest::Client,
+}
+
+/// How an attempt ended.
+enum Outcome {
+    Delivered(u16),
+    /// Worth trying again: an error status, a timeout, a connection failure.
+    Failed(Option<u16>, String),
+    /// Not worth trying again: the target is refused, or the webhook is gone.
+    Dead(String),
+}
+
+impl Worker {
+    async fn deliver(&self, message: ClaimedMessage) {
+        let tenant = TenantId::from_stored(message.tenant_id.clone());
+        let started_at = crate::store::now();
+        let clock = Instant::now();
+        let payload: Result<Payload, _> = serde_json::from_str(&message.payload);
+        let webhook = match &payload {
+            Ok(payload) => self.webhook(&tenant, &payload.webhook).await,
+            Err(_) => None,
+        };
+        let (outcome, url, webhook_id, policy) = match (&payload, &webhook) {
+            (Err(error), _) => (
+                Outcome::Dead(format!("the message is not a webhook call: {error}")),
+                String::new(),
+                None,
+                (1, 1.0),
+            ),
+            (Ok(payload), None) => (
+                Outcome::Dead("the webhook was deleted".to_owned()),
+                String::new(),
+                Some(payload.webhook.clone()),
+                (1, 1.0),
+            ),
+            (Ok(payload), Some(webhook)) => (
+                self.send(&message.id, &webhook.url, &webhook.secret, &payload.body)
+                    .await,
+                webhook.url.clone(),
+                Some(webhook.id.clone()),
+                (webhook.max_attempts, webhook.backoff_seconds),
+            ),
+        };
+        let attempt = message.attempts + 1;
+        let now = crate::store::now();
+        let (status, status_code, error, next_at) = match &outcome {
+            Outcome::Delivered(code) => ("delivered", Some(*code), None, None),
+            Outcome::Failed(code, error) if attempt < policy.0 => {
+                let factor = 2f64.powi((attempt - 1).min(20) as i32);
+                let wait = (policy.1 * factor).min(3600.0);
+                (
+                    "pending",
+                    *code,
+                    Some(error.clone()),
+                    Some(now + time::Duration::seconds_f64(wait)),
+                )
+            }
+            Outcome::Failed(code, error) => ("failed", *code, Some(error.clone()), None),
+            Outcome::Dead(error) => ("failed", None, Some(error.clone()), None),
+        };
+        if status == "failed" {
+            tracing::warn!(message = %message.id, error = ?error, "a webhook delivery was dead-lettered");
+        }
+        let delivery = Delivery {
+            id: 0,
+            message_id: message.id.clone(),
+            webhook_id,
+            attempt,
+            url,
+            status_code: status_code.map(i64::from),
+            error,
+            duration_ms: clock.elapsed().as_millis() as i64,
+            started_at,
+        };
+        let result = self
+            .webhooks
+            .store()
+            .write(move |tx: &mut Tx| {
+                Box::pin(async move {
+                    let settled = Settled {
+                        status,
+                        attempts: attempt,
+                        next_at,
+                        error: delivery.error.as_deref(),
+                        now,
+                    };
+                    tx.scoped(&tenant)
+                        .settle_delivery(&delivery, &settled)
+                        .await
+                })
+            })
+            .await;
+        if let Err(error) = result {
+            // The lease runs out and the message is sent again: at least once.
+            tracing::error!(message = %message.id, %error, "cannot record a webhook delivery");
+        }
+    }
+
+    async fn webhook(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Option<crate::store::webhooks::StoredWebhook> {
+        let mut conn = self.webhooks.store().reader().await.ok()?;
+        conn.scoped(tenant).webhook(id, true).await.ok().flatten()
+    }
+
+    async fn send(&self, message_id: &str, url: &str, secret: &str, body: &Value) -> Outcome {
+        let url = match reqwest::Url::parse(url) {
+            Ok(url) => url,
+            Err(error) => return Outcome::Dead(format!("`{url}` is not a URL: {error}")),
+        };
+        if let Err(refused) = self.webhooks.guard().check_url(&url) {
+            return Outcome::Dead(format!("refused: {refused}"));
+        }
+        let body = serde_json::to_vec(body).unwrap_or_default();
+        let timestamp = OffsetDateTime::now_utc().unix_timestamp();
+        let request = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Rapport-Webhook-Id", message_id)
+            .header("Rapport-Timestamp", timestamp.to_string())
+            .header("Rapport-Signature", signature(secret, timestamp, &body))
+            .body(body);
+        match request.send().await {
+            Ok(response) if response.status().is_success() => {
+                Outcome::Delivered(response.status().as_u16())
+            }
+            Ok(response) => {
+                let status = response.status();
+                Outcome::Failed(
+                    Some(status.as_u16()),
+                    format!("the target answered {status}"),
+                )
+            }
+            Err(error) => match refusal(&error) {
+                Some(refused) => Outcome::Dead(format!("refused: {refused}")),
+                None if error.is_timeout() => {
+                    Outcome::Failed(None, format!("no answer within {} s", TIMEOUT.as_secs()))
+                }
+                None => Outcome::Failed(None, describe(&error)),
+            },
+        }
+    }
+}
+
+/// The guard's refusal inside a client error, if that is what it is.
+fn refusal(error: &(dyn std::error::Error + 'static)) -> Option<Refused> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(refused) = current.downcast_ref::<Refused>() {
+            return Some(refused.clone());
+        }
+        source = current.source();
+    }
+    None
+}
+
+/// An error with its causes, on one line.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_the_hmac_of_the_timestamp_and_the_body() {
+        // The digest computed independently, with Python's hmac module:
+        // hmac.new(b"whsec_test", b'1700000000.{"a":1}', "sha256").hexdigest()
+        let signed = signature("whsec_test", 1_700_000_000, br#"{"a":1}"#);
+        assert_eq!(
+            signed,
+            "t=1700000000,v1=38877139021993b830af32feea6e18a8da83eb2f6e49ee50bd9e4cf4ca4d3789"
+        );
+        assert_ne!(
+            signed,
+            signature("whsec_other", 1_700_000_000, br#"{"a":1}"#),
+            "the secret keys it"
+        );
+        assert_ne!(
+            signed,
+            signature("whsec_test", 1_700_000_001, br#"{"a":1}"#),
+            "the timestamp is signed"
+        );
+    }
+}
