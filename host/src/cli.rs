@@ -116,6 +116,18 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub webhook_allow_hosts: Vec<String>,
+    /// The SMTP relay emails in the outbox are sent through: `smtps://user:pass@host:465`,
+    /// `smtp://user:pass@host:587?tls=required` (STARTTLS) or `smtp://host:25`. Without it,
+    /// emails stay in the outbox, readable at /api/v1/outbox.
+    #[arg(long, env = "RAPPORT_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// The sender of those emails.
+    #[arg(
+        long,
+        env = "RAPPORT_SMTP_FROM",
+        default_value = "Rapport <rapport@localhost>"
+    )]
+    pub smtp_from: String,
 }
 
 fn lease_seconds(text: &str) -> Result<f64, String> {
@@ -352,6 +364,12 @@ async fn serve(store: Store, cache_dir: PathBuf, args: ServeArgs) -> anyhow::Res
         state.store.clone(),
         crate::webhooks::Guard::new(args.webhook_allow_hosts.clone()),
     );
+    if let Some(url) = &args.smtp_url {
+        let mailer = crate::webhooks::delivery::Mailer::new(url, &args.smtp_from)
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(relay = ?mailer, "emails in the outbox are delivered by SMTP");
+        state.webhooks = state.webhooks.with_mailer(mailer);
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -1,7 +1,8 @@
 //! Webhooks: endpoints an administrator registers (a name, a URL, a secret), called by `webhook`
 //! workflow steps. A step enqueues its call in the outbox, in the step's transaction; the
 //! delivery worker ([`delivery`]) signs and sends it, retries with backoff, and dead-letters it
-//! after its last attempt. Targets on the server's own network are refused ([`guard`]).
+//! after its last attempt. Targets on the server's own network are refused ([`guard`]). The same
+//! worker hands the outbox's emails to an SMTP relay when the server has one (`--smtp-url`).
 
 use std::sync::Arc;
 
@@ -138,11 +139,13 @@ fn new_secret() -> String {
     )
 }
 
-/// The webhook service: definitions, and the guard deliveries go through.
+/// The webhook service: definitions, the guard deliveries go through, and the SMTP relay the
+/// same worker hands emails to when one is configured.
 #[derive(Debug, Clone)]
 pub struct Webhooks {
     store: Store,
     guard: Arc<Guard>,
+    mailer: Option<Arc<delivery::Mailer>>,
 }
 
 impl Webhooks {
@@ -150,7 +153,14 @@ impl Webhooks {
         Self {
             store,
             guard: Arc::new(guard),
+            mailer: None,
         }
+    }
+
+    /// Delivers the outbox's emails through `mailer` too.
+    pub fn with_mailer(mut self, mailer: delivery::Mailer) -> Self {
+        self.mailer = Some(Arc::new(mailer));
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -159,6 +169,10 @@ impl Webhooks {
 
     pub fn guard(&self) -> &Arc<Guard> {
         &self.guard
+    }
+
+    pub fn mailer(&self) -> Option<&Arc<delivery::Mailer>> {
+        self.mailer.as_ref()
     }
 
     /// Parses and checks an administrator's definition.

@@ -137,6 +137,15 @@ async fn fresh_database(backend: Backend) -> Option<(String, Cleanup)> {
 /// Starts a server on a fresh database, with one tenant `acme`. `None` when the backend is not
 /// available here (PostgreSQL outside CI without its URL).
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// [`spawn_app`], with the server's state adjusted by `configure` before it starts (an SMTP
+/// relay, say).
+pub async fn spawn_app_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut AppState),
+) -> Option<TestApp> {
     let (database_url, cleanup) = fresh_database(backend).await?;
     let store = Store::connect(&database_url, Durability::Normal)
         .await
@@ -158,6 +167,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         store.clone(),
         rapport::webhooks::Guard::new(["127.0.0.1".to_owned()]),
     );
+    configure(&mut state);
     let server = tokio::spawn(async move {
         api::serve(listener, state, async {
             let _ = signal.await;

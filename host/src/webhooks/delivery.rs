@@ -1,4 +1,4 @@
-//! The delivery worker: claims due webhook messages from the outbox (a lease, `SKIP LOCKED` on
+//! The delivery worker: claims due webhook messages (and, with an SMTP relay, emails) from the outbox (a lease, `SKIP LOCKED` on
 //! PostgreSQL so servers share the work), signs and sends each, logs the attempt and settles the
 //! message in one transaction: delivered, retried after a backoff, or dead-lettered (`failed`)
 //! after its last attempt or when its target is refused.
@@ -32,6 +32,95 @@ const LEASE: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the worker looks for due messages.
 const POLL: Duration = Duration::from_millis(250);
+
+/// The outbox kind of emails (`send_email` steps, plugins).
+pub const EMAIL: &str = "email";
+/// How emails are retried: attempts, and the first wait (doubling).
+const EMAIL_POLICY: (i64, f64) = (10, 30.0);
+
+/// An SMTP relay the outbox's emails go through.
+pub struct Mailer {
+    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    from: lettre::message::Mailbox,
+    /// The relay without credentials, for the delivery log.
+    label: String,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("relay", &self.label)
+            .finish()
+    }
+}
+
+impl Mailer {
+    /// A relay from a URL: `smtps://user:pass@host:465` (TLS), `smtp://user:pass@host:587?tls=required`
+    /// (STARTTLS), or `smtp://host:25` (plain, for a relay on the same host); `from` is the
+    /// sender (`Rapport <crm@example.com>`).
+    pub fn new(url: &str, from: &str) -> Result<Self, String> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|error| format!("the SMTP URL is invalid: {error}"))?;
+        let label = format!(
+            "{}://{}:{}",
+            parsed.scheme(),
+            parsed.host_str().unwrap_or_default(),
+            parsed
+                .port()
+                .map_or("default".to_owned(), |port| port.to_string())
+        );
+        let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)
+            .map_err(|error| format!("the SMTP URL is invalid: {error}"))?
+            .timeout(Some(TIMEOUT))
+            .build();
+        let from = from
+            .parse()
+            .map_err(|error| format!("`{from}` is not a sender address: {error}"))?;
+        Ok(Self {
+            transport,
+            from,
+            label,
+        })
+    }
+
+    async fn send(&self, message_id: &str, payload: &str) -> Outcome {
+        use lettre::AsyncTransport as _;
+        #[derive(Deserialize)]
+        struct Email {
+            to: String,
+            subject: String,
+            body: String,
+        }
+        let email: Email = match serde_json::from_str(payload) {
+            Ok(email) => email,
+            Err(error) => return Outcome::Dead(format!("the message is not an email: {error}")),
+        };
+        let to: lettre::message::Mailbox = match email.to.parse() {
+            Ok(to) => to,
+            Err(error) => {
+                return Outcome::Dead(format!("`{}` is not an address: {error}", email.to));
+            }
+        };
+        let message = lettre::Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(email.subject)
+            .message_id(Some(format!("<{message_id}@rapport>")))
+            .header(lettre::message::header::ContentType::TEXT_PLAIN)
+            .body(email.body);
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => return Outcome::Dead(format!("the email cannot be built: {error}")),
+        };
+        match self.transport.send(message).await {
+            Ok(response) => Outcome::Delivered(u16::from(response.code())),
+            Err(error) if error.is_permanent() => {
+                Outcome::Dead(format!("the relay refused it: {}", describe(&error)))
+            }
+            Err(error) => Outcome::Failed(None, format!("the relay failed: {}", describe(&error))),
+        }
+    }
+}
 
 /// What a `webhook` step enqueues.
 #[derive(Debug, Deserialize)]
@@ -68,7 +157,16 @@ pub async fn run(webhooks: Webhooks, shutdown: impl std::future::Future<Output =
             return;
         }
     };
-    let worker = Arc::new(Worker { webhooks, client });
+    let kinds = if webhooks.mailer().is_some() {
+        vec![KIND, EMAIL]
+    } else {
+        vec![KIND]
+    };
+    let worker = Arc::new(Worker {
+        webhooks,
+        client,
+        kinds,
+    });
     let mut working: JoinSet<()> = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -79,7 +177,7 @@ pub async fn run(webhooks: Webhooks, shutdown: impl std::future::Future<Output =
             match worker
                 .webhooks
                 .store()
-                .claim_messages(&[KIND], now, now + LEASE, free as i64)
+                .claim_messages(&worker.kinds, now, now + LEASE, free as i64)
                 .await
             {
                 Ok(claimed) => {
@@ -102,6 +200,8 @@ pub async fn run(webhooks: Webhooks, shutdown: impl std::future::Future<Output =
 struct Worker {
     webhooks: Webhooks,
     client: reqwest::Client,
+    /// The outbox kinds this worker delivers.
+    kinds: Vec<&'static str>,
 }
 
 /// How an attempt ended.
@@ -118,12 +218,33 @@ impl Worker {
         let tenant = TenantId::from_stored(message.tenant_id.clone());
         let started_at = crate::store::now();
         let clock = Instant::now();
+        let (outcome, url, webhook_id, policy) = match self.webhooks.mailer() {
+            Some(mailer) if message.kind == EMAIL => (
+                mailer.send(&message.id, &message.payload).await,
+                mailer.label.clone(),
+                None,
+                EMAIL_POLICY,
+            ),
+            _ => self.call(&tenant, &message).await,
+        };
+        self.settle(
+            tenant, &message, outcome, url, webhook_id, policy, started_at, clock,
+        )
+        .await;
+    }
+
+    /// Calls the webhook a message is for.
+    async fn call(
+        &self,
+        tenant: &TenantId,
+        message: &ClaimedMessage,
+    ) -> (Outcome, String, Option<String>, (i64, f64)) {
         let payload: Result<Payload, _> = serde_json::from_str(&message.payload);
         let webhook = match &payload {
-            Ok(payload) => self.webhook(&tenant, &payload.webhook).await,
+            Ok(payload) => self.webhook(tenant, &payload.webhook).await,
             Err(_) => None,
         };
-        let (outcome, url, webhook_id, policy) = match (&payload, &webhook) {
+        match (&payload, &webhook) {
             (Err(error), _) => (
                 Outcome::Dead(format!("the message is not a webhook call: {error}")),
                 String::new(),
@@ -143,7 +264,23 @@ impl Worker {
                 Some(webhook.id.clone()),
                 (webhook.max_attempts, webhook.backoff_seconds),
             ),
-        };
+        }
+    }
+
+    /// Logs the attempt and settles the message: delivered, retried after a backoff, or
+    /// dead-lettered.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        tenant: TenantId,
+        message: &ClaimedMessage,
+        outcome: Outcome,
+        url: String,
+        webhook_id: Option<String>,
+        policy: (i64, f64),
+        started_at: OffsetDateTime,
+        clock: Instant,
+    ) {
         let attempt = message.attempts + 1;
         let now = crate::store::now();
         let (status, status_code, error, next_at) = match &outcome {
