@@ -232,16 +232,60 @@ fn fixed_paths() -> Map<String, Value> {
                 "responses": {"200": {"description": "Runs"}, "400": error, "404": error}}
     }));
     paths.insert("/api/v1/outbox".into(), json!({
-        "get": {"tags": ["plugins"], "summary": "Messages enqueued by plugins in committed writes, newest first (admin)",
+        "get": {"tags": ["outbox"], "summary": "Messages enqueued by plugins and workflow steps in committed writes (emails, webhook calls), newest first, with their delivery state (admin); `status=failed` lists the dead letters",
                 "parameters": [{"name": "kind", "in": "query", "schema": {"type": "string"}},
                                {"name": "status", "in": "query", "schema": {"enum": ["pending", "delivered", "failed"]}},
                                {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "`next_cursor` of the previous page"},
                                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
-                "responses": {"200": {"description": "A page of messages: id, kind, payload, plugin, plugin_version, entity, record_id, created_by, created_at, status"},
+                "responses": {"200": {"description": "A page of messages: id, kind, payload, plugin, plugin_version, entity, record_id, run_id, created_by, created_at, status, attempts, last_error, next_attempt_at, delivered_at"},
                               "400": error, "403": error}}
     }));
+    paths.insert("/api/v1/outbox/{id}/redeliver".into(), json!({
+        "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "post": {"tags": ["outbox"], "summary": "Put a dead-lettered (`failed`) message back in the queue with fresh attempts (admin)",
+                 "responses": {"200": {"description": "Pending again"}, "403": error, "409": error}}
+    }));
+    webhook_paths(&mut paths, &error);
     workflow_paths(&mut paths, &error);
     paths
+}
+
+fn webhook_paths(paths: &mut Map<String, Value>, error: &Value) {
+    let webhook = json!({"type": "object", "additionalProperties": false, "required": ["name", "url"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$"},
+            "url": {"type": "string", "format": "uri", "description": "http or https; refused when it is (or, at delivery, resolves to) a loopback, private, link-local or other special address, unless the operator allow-lists the host"},
+            "description": {"type": "string", "maxLength": 2000},
+            "retry": {"type": "object", "additionalProperties": false, "properties": {
+                "max_attempts": {"type": "integer", "minimum": 1, "maximum": 20, "default": 10},
+                "backoff_seconds": {"type": "number", "minimum": 0.1, "maximum": 3600, "default": 30, "description": "The wait before the first retry; it doubles after each, up to an hour"}}}}});
+    let name =
+        json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    paths.insert("/api/v1/webhooks".into(), json!({
+        "get": {"tags": ["webhooks"], "summary": "The tenant's webhooks, without their secrets (admin)", "responses": {"200": {"description": "Webhooks"}, "403": error}},
+        "post": {"tags": ["webhooks"], "summary": "Register a webhook (admin); the answer holds its signing secret, shown again only when rotated",
+                 "requestBody": {"required": true, "content": {"application/json": {"schema": webhook}}},
+                 "responses": {"201": {"description": "The webhook, with `secret`"}, "403": error, "409": error, "422": error}}
+    }));
+    paths.insert("/api/v1/webhooks/{name}".into(), json!({
+        "parameters": [name],
+        "get": {"tags": ["webhooks"], "summary": "A webhook (admin)", "responses": {"200": {"description": "The webhook"}, "404": error}},
+        "put": {"tags": ["webhooks"], "summary": "Change the URL, description or retry policy (admin)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": webhook}}},
+                "responses": {"200": {"description": "The webhook"}, "404": error, "422": error}},
+        "delete": {"tags": ["webhooks"], "summary": "Delete a webhook (admin); its pending calls dead-letter", "responses": {"200": {"description": "Deleted"}, "404": error}}
+    }));
+    paths.insert("/api/v1/webhooks/{name}/rotate-secret".into(), json!({
+        "parameters": [name],
+        "post": {"tags": ["webhooks"], "summary": "Give the webhook a new signing secret, returned once (admin)", "responses": {"200": {"description": "The webhook, with `secret`"}, "404": error}}
+    }));
+    paths.insert("/api/v1/webhooks/{name}/deliveries".into(), json!({
+        "parameters": [name,
+                       {"name": "cursor", "in": "query", "schema": {"type": "integer"}, "description": "`next_cursor` of the previous page"},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+        "get": {"tags": ["webhooks"], "summary": "Every delivery attempt, newest first: message, attempt, URL, HTTP status, error, duration (admin)",
+                "responses": {"200": {"description": "A page of attempts"}, "404": error}}
+    }));
 }
 
 fn workflow_paths(paths: &mut Map<String, Value>, error: &Value) {
