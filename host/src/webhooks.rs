@@ -249,11 +249,11 @@ impl Webhooks {
         let (input, attempts, backoff) = self.checked(json)?;
         let mut tx = self.store.begin().await?;
         let mut scoped = tx.scoped(&principal.tenant);
-        if scoped.webhook(&input.name, false).await?.is_some() {
+        if scoped.webhook(&input.name).await?.is_some() {
             return Err(WebhookError::AlreadyExists(input.name));
         }
         let id = uuid::Uuid::now_v7().to_string();
-        scoped
+        let inserted = scoped
             .insert_webhook(
                 &id,
                 &input.name,
@@ -264,8 +264,15 @@ impl Webhooks {
                 backoff,
                 crate::store::now(),
             )
-            .await?;
-        let stored = found(scoped.webhook(&id, true).await?, &input.name)?;
+            .await;
+        match inserted {
+            // Another request registered the name since the check.
+            Err(error) if error.violated_unique_index().is_some() => {
+                return Err(WebhookError::AlreadyExists(input.name));
+            }
+            other => other?,
+        }
+        let stored = found(scoped.webhook_by_id(&id).await?, &input.name)?;
         tx.commit().await?;
         Ok(view(&stored, true))
     }
@@ -284,10 +291,7 @@ impl Webhooks {
     ) -> Result<WebhookView, WebhookError> {
         admin(principal)?;
         let mut conn = self.store.reader().await?;
-        let stored = found(
-            conn.scoped(&principal.tenant).webhook(name, false).await?,
-            name,
-        )?;
+        let stored = found(conn.scoped(&principal.tenant).webhook(name).await?, name)?;
         Ok(view(&stored, false))
     }
 
@@ -311,7 +315,7 @@ impl Webhooks {
         }
         let mut tx = self.store.begin().await?;
         let mut scoped = tx.scoped(&principal.tenant);
-        let stored = found(scoped.webhook(name, false).await?, name)?;
+        let stored = found(scoped.webhook(name).await?, name)?;
         scoped
             .update_webhook(
                 &stored.id,
@@ -322,7 +326,7 @@ impl Webhooks {
                 crate::store::now(),
             )
             .await?;
-        let stored = found(scoped.webhook(name, false).await?, name)?;
+        let stored = found(scoped.webhook(name).await?, name)?;
         tx.commit().await?;
         Ok(view(&stored, false))
     }
@@ -337,11 +341,11 @@ impl Webhooks {
         admin(principal)?;
         let mut tx = self.store.begin().await?;
         let mut scoped = tx.scoped(&principal.tenant);
-        let stored = found(scoped.webhook(name, false).await?, name)?;
+        let stored = found(scoped.webhook(name).await?, name)?;
         scoped
             .set_webhook_secret(&stored.id, &new_secret(), crate::store::now())
             .await?;
-        let stored = found(scoped.webhook(name, false).await?, name)?;
+        let stored = found(scoped.webhook(name).await?, name)?;
         tx.commit().await?;
         Ok(view(&stored, true))
     }
@@ -351,7 +355,7 @@ impl Webhooks {
         admin(principal)?;
         let mut tx = self.store.begin().await?;
         let mut scoped = tx.scoped(&principal.tenant);
-        let stored = found(scoped.webhook(name, false).await?, name)?;
+        let stored = found(scoped.webhook(name).await?, name)?;
         scoped
             .delete_webhook(&stored.id, crate::store::now())
             .await?;
@@ -370,10 +374,8 @@ impl Webhooks {
         admin(principal)?;
         let mut conn = self.store.reader().await?;
         let mut scoped = conn.scoped(&principal.tenant);
-        let stored = found(scoped.webhook(name, false).await?, name)?;
-        let mut rows = scoped
-            .deliveries(Some(&stored.id), None, before, limit + 1)
-            .await?;
+        let stored = found(scoped.webhook(name).await?, name)?;
+        let mut rows = scoped.deliveries(&stored.id, before, limit + 1).await?;
         let next = (rows.len() as i64 > limit).then(|| {
             rows.truncate(limit as usize);
             rows.last().map(|row| row.id)
@@ -387,12 +389,7 @@ impl Webhooks {
 
 /// The names of a tenant's webhooks, for checking workflow definitions.
 pub async fn names(scoped: &mut Scoped<'_>) -> Result<Vec<String>, StoreError> {
-    Ok(scoped
-        .webhooks()
-        .await?
-        .into_iter()
-        .map(|webhook| webhook.name)
-        .collect())
+    scoped.webhook_names().await
 }
 
 fn admin(principal: &Principal) -> Result<(), WebhookError> {

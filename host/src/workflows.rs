@@ -127,6 +127,45 @@ pub struct WorkflowView {
     pub next_run_at: Option<OffsetDateTime>,
 }
 
+/// A write gave a record of a datetime trigger's entity a moment (the field plus the offset)
+/// sooner than the trigger's next look: the timer is brought forward to it, so the moment fires
+/// on time. (Date fields need nothing: their timer is due at each day's `at` already.)
+async fn pull_date_timer(
+    scoped: &mut Scoped<'_>,
+    workflow: &Compiled,
+    event: &RecordEvent<'_>,
+    field: &str,
+    offset: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    if event.event == Event::Deleted {
+        return Ok(());
+    }
+    let value = event.body.get(field).and_then(Value::as_str);
+    if value.is_none()
+        || value
+            == event
+                .before
+                .and_then(|b| b.get(field))
+                .and_then(Value::as_str)
+    {
+        return Ok(());
+    }
+    let Some(moment) = value.and_then(|text| {
+        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+    }) else {
+        return Ok(());
+    };
+    let moment = moment
+        + offset
+            .and_then(definition::parse_duration)
+            .unwrap_or_default();
+    if moment > now {
+        scoped.pull_timer(&workflow.id, moment).await?;
+    }
+    Ok(())
+}
+
 /// Keeps a workflow's timer in step with its definition: a timed, enabled workflow has one, due
 /// at the schedule's next time (a date trigger looks at once, and then at the next moment).
 async fn sync_timer(
@@ -345,6 +384,17 @@ impl Workflows {
         let mut runs = Vec::new();
         let mut record = None;
         for workflow in enabled.iter() {
+            if let Trigger::Date {
+                entity,
+                field,
+                offset,
+                ..
+            } = &workflow.definition.trigger
+                && entity == event.entity
+            {
+                pull_date_timer(scoped, workflow, event, field, offset.as_deref(), now).await?;
+                continue;
+            }
             let Trigger::Record {
                 entity,
                 events,
@@ -988,6 +1038,9 @@ pub struct RunView {
     pub record_id: Option<String>,
     pub run_as: String,
     pub depth: i64,
+    /// What started it: the record before an update (`old`), a manual run's `input`, the time a
+    /// schedule fired for (`scheduled_for`), a date trigger's `window`.
+    pub trigger: Value,
     pub next_step: Option<String>,
     pub attempt: i64,
     #[serde(with = "time::serde::rfc3339")]
@@ -1039,6 +1092,7 @@ fn run_view(workflow: &str, run: &StoredRun, steps: Option<&[StoredStep]>) -> Ru
         record_id: run.record_id.clone(),
         run_as: run.run_as.clone(),
         depth: run.depth,
+        trigger: parse_json(Some(&run.trigger_data)),
         next_step: run.next_step.clone(),
         attempt: run.attempt,
         next_at: run.next_at,

@@ -390,3 +390,58 @@ async fn targets_on_the_servers_own_network_are_refused(app: &TestApp) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.count(), 0, "nothing reached the receiver");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_listed_name_is_resolved_and_delivered_to_on_sqlite() {
+    an_allow_listed_name_is_resolved_and_delivered_to(rapport_tests::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_listed_name_is_resolved_and_delivered_to_on_postgres() {
+    an_allow_listed_name_is_resolved_and_delivered_to(rapport_tests::Backend::Postgres).await;
+}
+
+/// A name goes through the guard's resolver, which hands the client the addresses it checked:
+/// with `localhost` allow-listed by the operator, the delivery reaches the receiver.
+async fn an_allow_listed_name_is_resolved_and_delivered_to(backend: rapport_tests::Backend) {
+    let Some(app) = rapport_tests::spawn_app_with(backend, |state| {
+        state.webhooks = rapport::webhooks::Webhooks::new(
+            state.store.clone(),
+            rapport::webhooks::Guard::new(["localhost".to_owned()]),
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    let receiver = Receiver::start(200).await;
+    define_complaints(&app).await;
+    register(
+        &app,
+        json!({"name": "erp", "url": format!("http://localhost:{}/in", receiver.port)}),
+    )
+    .await;
+    on_new_complaints(
+        &app,
+        json!({"id": "tell", "type": "webhook", "webhook": "erp"}),
+    )
+    .await;
+    app.create("complaint", json!({"title": "By name"})).await;
+    let delivered = message_with_status(&app, "delivered").await;
+    assert_eq!(delivered["attempts"], 1, "{delivered}");
+    assert_eq!(receiver.count(), 1);
+    // The allow-list names hosts: the address literal of the same host is still refused.
+    let reply = app
+        .post(
+            "/api/v1/webhooks",
+            json!({"name": "literal", "url": format!("http://127.0.0.1:{}/in", receiver.port)}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        reply.body
+    );
+    app.stop().await;
+}

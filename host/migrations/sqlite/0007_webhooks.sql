@@ -22,6 +22,18 @@ ALTER TABLE outbox ADD COLUMN lease_until TEXT;   -- a server is delivering it u
 ALTER TABLE outbox ADD COLUMN last_error TEXT;
 ALTER TABLE outbox ADD COLUMN delivered_at TEXT;
 
+UPDATE outbox SET next_at = created_at;
+
+-- What the delivery worker looks for: due messages of the kinds it delivers.
+CREATE INDEX outbox_due ON outbox (kind, next_at) WHERE status = 'pending';
+
+-- Emails enqueued before the server could deliver any would all go out the first time an SMTP
+-- relay is configured, however old: they are set aside as dead letters, which an administrator
+-- can redeliver (POST /api/v1/outbox/{id}/redeliver).
+UPDATE outbox SET status = 'failed',
+    last_error = 'enqueued before this server delivered emails; redeliver it to send it'
+    WHERE kind = 'email' AND status = 'pending';
+
 CREATE TABLE deliveries (
     id          INTEGER PRIMARY KEY,
     tenant_id   TEXT NOT NULL REFERENCES tenants (id),

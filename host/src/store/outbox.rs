@@ -67,12 +67,13 @@ impl Scoped<'_> {
                 Param::Value(text(&message.run_id)),
                 Param::Value(SqlValue::Text(message.created_by.clone())),
                 Param::Value(SqlValue::Timestamp(message.created_at)),
+                Param::Value(SqlValue::Timestamp(message.created_at)),
             ]
         });
         let statements = build_inserts(
             self.dialect(),
             "INSERT INTO outbox (id, tenant_id, kind, payload, plugin_id, plugin_version, entity, \
-             record_id, run_id, created_by, created_at, status) VALUES ",
+             record_id, run_id, created_by, created_at, next_at, status) VALUES ",
             "'pending'",
             rows,
         );

@@ -6,8 +6,8 @@ use time::OffsetDateTime;
 
 use super::{Dialect, Scoped, Store, StoreError, Timestamp, Tx, on};
 
-/// A webhook as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A webhook as stored. Its `Debug` leaves the secret out.
+#[derive(Clone, sqlx::FromRow)]
 pub struct StoredWebhook {
     pub id: String,
     pub name: String,
@@ -18,6 +18,17 @@ pub struct StoredWebhook {
     pub backoff_seconds: f64,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for StoredWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredWebhook")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 const WEBHOOK_COLUMNS: &str = "id, name, url, secret, description, max_attempts, backoff_seconds, \
@@ -77,9 +88,9 @@ impl Store {
         let kinds_list: Vec<String> = (0..kinds.len()).map(|i| format!("${}", i + 4)).collect();
         let sql = format!(
             "UPDATE outbox SET lease_until = $1 WHERE id IN (SELECT id FROM outbox \
-               WHERE status = 'pending' AND (next_at IS NULL OR next_at <= $2) \
-               AND (lease_until IS NULL OR lease_until < $2) AND kind IN ({}) \
-               ORDER BY id LIMIT $3{skip_locked}) \
+               WHERE status = 'pending' AND kind IN ({}) AND next_at <= $2 \
+               AND (lease_until IS NULL OR lease_until < $2) \
+               ORDER BY next_at LIMIT $3{skip_locked}) \
              RETURNING id, tenant_id, kind, payload, attempts",
             kinds_list.join(", ")
         );
@@ -147,13 +158,32 @@ impl Scoped<'_> {
             .await?))
     }
 
-    /// A live webhook by name, or (with `by_id`) by id.
-    pub async fn webhook(
+    /// A live webhook by name.
+    pub async fn webhook(&mut self, name: &str) -> Result<Option<StoredWebhook>, StoreError> {
+        self.webhook_where("name", name).await
+    }
+
+    /// A live webhook by id.
+    pub async fn webhook_by_id(&mut self, id: &str) -> Result<Option<StoredWebhook>, StoreError> {
+        self.webhook_where("id", id).await
+    }
+
+    /// The names of the live webhooks.
+    pub async fn webhook_names(&mut self) -> Result<Vec<String>, StoreError> {
+        let tenant = self.tenant.as_str();
+        Ok(on!(&mut self.exec, c => sqlx::query_scalar(
+            "SELECT name FROM webhooks WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY name",
+        )
+        .bind(tenant)
+        .fetch_all(&mut **c)
+        .await?))
+    }
+
+    async fn webhook_where(
         &mut self,
+        column: &str,
         key: &str,
-        by_id: bool,
     ) -> Result<Option<StoredWebhook>, StoreError> {
-        let column = if by_id { "id" } else { "name" };
         let sql = format!(
             "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE tenant_id = $1 AND {column} = $2 \
              AND deleted_at IS NULL"
@@ -231,13 +261,36 @@ impl Scoped<'_> {
         Ok(())
     }
 
-    /// Logs one delivery attempt and settles the message accordingly, in one transaction.
+    /// Settles a message after an attempt and logs the attempt, in one transaction, if this
+    /// server still holds the message's lease (`leased_until`, as claimed); answers whether it
+    /// did. A server whose lease ran out (another took the message over) changes nothing.
     pub async fn settle_delivery(
         &mut self,
         delivery: &Delivery,
         settled: &Settled<'_>,
-    ) -> Result<(), StoreError> {
+        leased_until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
+        let delivered = (settled.status == "delivered").then_some(settled.now);
+        let held = on!(&mut self.exec, c => sqlx::query(
+            "UPDATE outbox SET status = $1, attempts = $2, next_at = $3, last_error = $4, \
+             delivered_at = $5, lease_until = NULL \
+             WHERE tenant_id = $6 AND id = $7 AND lease_until = $8",
+        )
+        .bind(settled.status)
+        .bind(settled.attempts)
+        .bind(settled.next_at.map(Timestamp))
+        .bind(settled.error)
+        .bind(delivered.map(Timestamp))
+        .bind(tenant)
+        .bind(&delivery.message_id)
+        .bind(Timestamp(leased_until))
+        .execute(&mut **c)
+        .await?
+        .rows_affected());
+        if held == 0 {
+            return Ok(false);
+        }
         on!(&mut self.exec, c => sqlx::query(
             "INSERT INTO deliveries (tenant_id, message_id, webhook_id, attempt, url, status_code, \
              error, duration_ms, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -254,22 +307,7 @@ impl Scoped<'_> {
         .execute(&mut **c)
         .await
         .map(drop)?);
-        let delivered = (settled.status == "delivered").then_some(settled.now);
-        on!(&mut self.exec, c => sqlx::query(
-            "UPDATE outbox SET status = $1, attempts = $2, next_at = $3, last_error = $4, \
-             delivered_at = $5, lease_until = NULL WHERE tenant_id = $6 AND id = $7",
-        )
-        .bind(settled.status)
-        .bind(settled.attempts)
-        .bind(settled.next_at.map(Timestamp))
-        .bind(settled.error)
-        .bind(delivered.map(Timestamp))
-        .bind(tenant)
-        .bind(&delivery.message_id)
-        .execute(&mut **c)
-        .await
-        .map(drop)?);
-        Ok(())
+        Ok(true)
     }
 
     /// Puts a dead-lettered message back in the queue, with its attempts reset; answers whether
@@ -289,24 +327,21 @@ impl Scoped<'_> {
         Ok(moved == 1)
     }
 
-    /// Delivery attempts, newest first: of one webhook, or of one message.
+    /// A webhook's delivery attempts, newest first, before the attempt `before` if given.
     pub async fn deliveries(
         &mut self,
-        webhook_id: Option<&str>,
-        message_id: Option<&str>,
+        webhook_id: &str,
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<Delivery>, StoreError> {
         let tenant = self.tenant.as_str();
         Ok(on!(&mut self.exec, c => sqlx::query_as(
             "SELECT id, message_id, webhook_id, attempt, url, status_code, error, duration_ms, \
-             started_at FROM deliveries WHERE tenant_id = $1 \
-             AND ($2 IS NULL OR webhook_id = $2) AND ($3 IS NULL OR message_id = $3) \
-             AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5",
+             started_at FROM deliveries WHERE tenant_id = $1 AND webhook_id = $2 \
+             AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
         )
         .bind(tenant)
         .bind(webhook_id)
-        .bind(message_id)
         .bind(before)
         .bind(limit)
         .fetch_all(&mut **c)

@@ -36,7 +36,6 @@ pub struct DueTimer {
     pub next_at: OffsetDateTime,
     pub watermark: OffsetDateTime,
     pub version: i64,
-    pub definition: String,
     pub updated_by: String,
 }
 
@@ -216,24 +215,13 @@ impl Store {
     ) -> Result<Vec<DueTimer>, StoreError> {
         let mut conn = self.reader().await?;
         Ok(on!(conn.exec(), c => sqlx::query_as(
-            "SELECT t.workflow_id, t.tenant_id, t.next_at, t.watermark, w.version, w.definition, \
-             w.updated_by FROM workflow_timers t JOIN workflows w ON w.id = t.workflow_id \
+            "SELECT t.workflow_id, t.tenant_id, t.next_at, t.watermark, w.version, w.updated_by FROM workflow_timers t JOIN workflows w ON w.id = t.workflow_id \
              WHERE t.next_at <= $1 AND w.enabled AND w.deleted_at IS NULL \
              ORDER BY t.next_at LIMIT $2",
         )
         .bind(Timestamp(now))
         .bind(limit)
         .fetch_all(&mut *c)
-        .await?))
-    }
-
-    /// When the next timer falls due, if any.
-    pub async fn next_timer(&self) -> Result<Option<OffsetDateTime>, StoreError> {
-        let mut conn = self.reader().await?;
-        Ok(on!(conn.exec(), c => sqlx::query_scalar(
-            "SELECT next_at FROM workflow_timers ORDER BY next_at LIMIT 1",
-        )
-        .fetch_optional(&mut *c)
         .await?))
     }
 
@@ -464,8 +452,12 @@ impl Scoped<'_> {
         Ok(cancelled)
     }
 
-    /// Sets the timer of a timed workflow to fire at `next_at`; a new timer's watermark (date
-    /// triggers: the moments handled so far) is `now`, an existing one keeps its own.
+    /// Sets the timer of a timed workflow to fire at `next_at`, its watermark (date triggers:
+    /// the moments handled so far) at `now`. A timer that is already due is left as it is: its
+    /// firing (with the workflow's new definition) is not lost, and the moments it has to handle
+    /// stay those after its own watermark. One that is not due has no moment left to handle
+    /// before `now`, so moving its watermark there cannot skip one, and it keeps a change of
+    /// time zone or time of day from handling a date twice.
     pub async fn set_timer(
         &mut self,
         workflow_id: &str,
@@ -475,13 +467,38 @@ impl Scoped<'_> {
         let tenant = self.tenant.as_str();
         on!(&mut self.exec, c => sqlx::query(
             "INSERT INTO workflow_timers (workflow_id, tenant_id, next_at, watermark) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (workflow_id) DO UPDATE SET next_at = excluded.next_at \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (workflow_id) DO UPDATE SET \
+               next_at = CASE WHEN workflow_timers.next_at <= $4 THEN workflow_timers.next_at \
+                 ELSE excluded.next_at END, \
+               watermark = CASE WHEN workflow_timers.next_at <= $4 THEN workflow_timers.watermark \
+                 ELSE excluded.watermark END \
              WHERE workflow_timers.tenant_id = excluded.tenant_id",
         )
         .bind(workflow_id)
         .bind(tenant)
         .bind(Timestamp(next_at))
         .bind(Timestamp(now))
+        .execute(&mut **c)
+        .await
+        .map(drop)?);
+        Ok(())
+    }
+
+    /// Brings a timer forward to `at` if it is due later: a record was written whose moment
+    /// comes before the timer's next look.
+    pub async fn pull_timer(
+        &mut self,
+        workflow_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let tenant = self.tenant.as_str();
+        on!(&mut self.exec, c => sqlx::query(
+            "UPDATE workflow_timers SET next_at = $1 \
+             WHERE tenant_id = $2 AND workflow_id = $3 AND next_at > $1",
+        )
+        .bind(Timestamp(at))
+        .bind(tenant)
+        .bind(workflow_id)
         .execute(&mut **c)
         .await
         .map(drop)?);

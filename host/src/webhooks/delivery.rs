@@ -69,6 +69,19 @@ impl Mailer {
                 .port()
                 .map_or("default".to_owned(), |port| port.to_string())
         );
+        let encrypted = parsed.scheme() == "smtps"
+            || parsed
+                .query_pairs()
+                .any(|(key, value)| key == "tls" && value == "required");
+        let local = parsed
+            .host_str()
+            .is_some_and(|host| matches!(host, "localhost" | "127.0.0.1" | "[::1]"));
+        if (!parsed.username().is_empty() || parsed.password().is_some()) && !encrypted && !local {
+            return Err(
+                "the SMTP URL sends credentials without TLS: use `smtps://` or `?tls=required`"
+                    .to_owned(),
+            );
+        }
         let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)
             .map_err(|error| format!("the SMTP URL is invalid: {error}"))?
             .timeout(Some(TIMEOUT))
@@ -147,6 +160,8 @@ pub async fn run(webhooks: Webhooks, shutdown: impl std::future::Future<Output =
     let client = match reqwest::Client::builder()
         .dns_resolver(Arc::new(GuardedResolver(webhooks.guard().clone())))
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy would resolve and connect on its own, past the guard.
+        .no_proxy()
         .timeout(TIMEOUT)
         .user_agent(concat!("Rapport-Webhooks/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -183,7 +198,8 @@ pub async fn run(webhooks: Webhooks, shutdown: impl std::future::Future<Output =
                 Ok(claimed) => {
                     for message in claimed {
                         let worker = worker.clone();
-                        working.spawn(async move { worker.deliver(message).await });
+                        let leased_until = now + LEASE;
+                        working.spawn(async move { worker.deliver(message, leased_until).await });
                     }
                 }
                 Err(error) => tracing::error!(%error, "cannot claim webhook messages"),
@@ -204,6 +220,17 @@ struct Worker {
     kinds: Vec<&'static str>,
 }
 
+/// One attempt, for the log.
+struct Attempt {
+    outcome: Outcome,
+    url: String,
+    webhook_id: Option<String>,
+    /// Attempts in all, and the first wait.
+    policy: (i64, f64),
+    started_at: OffsetDateTime,
+    clock: Instant,
+}
+
 /// How an attempt ended.
 enum Outcome {
     Delivered(u16),
@@ -214,7 +241,7 @@ enum Outcome {
 }
 
 impl Worker {
-    async fn deliver(&self, message: ClaimedMessage) {
+    async fn deliver(&self, message: ClaimedMessage, leased_until: OffsetDateTime) {
         let tenant = TenantId::from_stored(message.tenant_id.clone());
         let started_at = crate::store::now();
         let clock = Instant::now();
@@ -227,10 +254,15 @@ impl Worker {
             ),
             _ => self.call(&tenant, &message).await,
         };
-        self.settle(
-            tenant, &message, outcome, url, webhook_id, policy, started_at, clock,
-        )
-        .await;
+        let attempt = Attempt {
+            outcome,
+            url,
+            webhook_id,
+            policy,
+            started_at,
+            clock,
+        };
+        self.settle(tenant, &message, attempt, leased_until).await;
     }
 
     /// Calls the webhook a message is for.
@@ -241,7 +273,20 @@ impl Worker {
     ) -> (Outcome, String, Option<String>, (i64, f64)) {
         let payload: Result<Payload, _> = serde_json::from_str(&message.payload);
         let webhook = match &payload {
-            Ok(payload) => self.webhook(tenant, &payload.webhook).await,
+            Ok(payload) => match self.webhook(tenant, &payload.webhook).await {
+                Ok(found) => found,
+                Err(error) => {
+                    // Not the message's fault: tried again like a failed call.
+                    let outcome =
+                        Outcome::Failed(None, format!("cannot read the webhook: {error}"));
+                    return (
+                        outcome,
+                        String::new(),
+                        Some(payload.webhook.clone()),
+                        (i64::MAX, 30.0),
+                    );
+                }
+            },
             Err(_) => None,
         };
         match (&payload, &webhook) {
@@ -269,18 +314,21 @@ impl Worker {
 
     /// Logs the attempt and settles the message: delivered, retried after a backoff, or
     /// dead-lettered.
-    #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
         tenant: TenantId,
         message: &ClaimedMessage,
-        outcome: Outcome,
-        url: String,
-        webhook_id: Option<String>,
-        policy: (i64, f64),
-        started_at: OffsetDateTime,
-        clock: Instant,
+        done: Attempt,
+        leased_until: OffsetDateTime,
     ) {
+        let Attempt {
+            outcome,
+            url,
+            webhook_id,
+            policy,
+            started_at,
+            clock,
+        } = done;
         let attempt = message.attempts + 1;
         let now = crate::store::now();
         let (status, status_code, error, next_at) = match &outcome {
@@ -325,24 +373,37 @@ impl Worker {
                         now,
                     };
                     tx.scoped(&tenant)
-                        .settle_delivery(&delivery, &settled)
+                        .settle_delivery(&delivery, &settled, leased_until)
                         .await
                 })
             })
             .await;
-        if let Err(error) = result {
+        match result {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                message = %message.id,
+                "a delivery outlasted its lease and another server took the message over"
+            ),
             // The lease runs out and the message is sent again: at least once.
-            tracing::error!(message = %message.id, %error, "cannot record a webhook delivery");
+            Err(error) => {
+                tracing::error!(message = %message.id, %error, "cannot record a delivery")
+            }
         }
     }
 
+    /// The webhook a message names: by id (workflow steps), or by name (plugins with the
+    /// `outbox webhook` capability).
     async fn webhook(
         &self,
         tenant: &TenantId,
-        id: &str,
-    ) -> Option<crate::store::webhooks::StoredWebhook> {
-        let mut conn = self.webhooks.store().reader().await.ok()?;
-        conn.scoped(tenant).webhook(id, true).await.ok().flatten()
+        key: &str,
+    ) -> Result<Option<crate::store::webhooks::StoredWebhook>, crate::store::StoreError> {
+        let mut conn = self.webhooks.store().reader().await?;
+        let mut scoped = conn.scoped(tenant);
+        match scoped.webhook_by_id(key).await? {
+            Some(found) => Ok(Some(found)),
+            None => scoped.webhook(key).await,
+        }
     }
 
     async fn send(&self, message_id: &str, url: &str, secret: &str, body: &Value) -> Outcome {

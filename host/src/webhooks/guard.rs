@@ -128,10 +128,24 @@ pub fn refused_range(ip: IpAddr) -> Option<&'static str> {
                 Some("a private (unique local) address")
             } else if segments[0] & 0xffc0 == 0xfe80 {
                 Some("a link-local address")
+            } else if segments[0] & 0xffc0 == 0xfec0 {
+                Some("a site-local address")
+            } else if segments[..6] == [0, 0, 0, 0, 0, 0] {
+                // IPv4-compatible (`::a.b.c.d`, deprecated): the IPv4 address decides.
+                let [a, b] = segments[6].to_be_bytes();
+                let [c, d] = segments[7].to_be_bytes();
+                refused_v4(Ipv4Addr::new(a, b, c, d)).or(Some("a reserved address"))
+            } else if segments[0] == 0x2002 {
+                // 6to4 embeds an IPv4 address in the next 32 bits.
+                let [a, b] = segments[1].to_be_bytes();
+                let [c, d] = segments[2].to_be_bytes();
+                refused_v4(Ipv4Addr::new(a, b, c, d))
             } else if v6.is_multicast() {
                 Some("a multicast address")
             } else if segments[0] == 0x2001 && segments[1] == 0x0db8 {
                 Some("a documentation address")
+            } else if segments[0] == 0x64 && segments[1] == 0xff9b && segments[2] == 1 {
+                Some("a local-use NAT64 address")
             } else if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
                 // NAT64: the IPv4 address it stands for decides.
                 let [a, b] = segments[6].to_be_bytes();
@@ -162,6 +176,7 @@ fn refused_v4(v4: Ipv4Addr) -> Option<&'static str> {
         Some("a multicast address")
     } else if (a, b, c) == (192, 0, 0)
         || (a, b, c) == (192, 0, 2)
+        || (a, b, c) == (192, 88, 99)
         || (a, b, c) == (198, 51, 100)
         || (a, b, c) == (203, 0, 113)
         || (a == 198 && (b == 18 || b == 19))
@@ -172,8 +187,9 @@ fn refused_v4(v4: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
-/// Whether `ip` is one webhooks may reach (for tests and the guide).
-pub fn is_public(ip: IpAddr) -> bool {
+/// Whether `ip` is one webhooks may reach.
+#[cfg(test)]
+fn is_public(ip: IpAddr) -> bool {
     refused_range(ip).is_none()
 }
 
@@ -207,6 +223,13 @@ mod tests {
             "::ffff:10.0.0.1",
             "64:ff9b::a9fe:a9fe",
             "2001:db8::1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "fec0::1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "64:ff9b:1::a00:1",
+            "192.88.99.1",
         ] {
             let ip: IpAddr = refused.parse().unwrap();
             assert!(!is_public(ip), "{refused} should be refused");
@@ -219,6 +242,7 @@ mod tests {
             "2606:4700:4700::1111",
             "::ffff:1.1.1.1",
             "64:ff9b::808:808",
+            "2002:0808:0808::1",
         ] {
             let ip: IpAddr = public.parse().unwrap();
             assert!(is_public(ip), "{public} should be allowed");
@@ -241,6 +265,17 @@ mod tests {
         assert!(error.0.contains("loopback"), "{error}");
         let error = check("http://169.254.169.254/latest/meta-data").unwrap_err();
         assert!(error.0.contains("link-local"), "{error}");
+        // The URL parser writes the other spellings of an IPv4 address in dotted form first.
+        for other in [
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://127.1/",
+            "http://0177.0.0.2/",
+        ] {
+            let guard = Guard::default();
+            let error = guard.check_url(&Url::parse(other).unwrap()).unwrap_err();
+            assert!(error.0.contains("loopback"), "{other}: {error}");
+        }
         assert!(check("ftp://example.com/").unwrap_err().0.contains("http"));
         assert!(
             check("https://user:pw@example.com/")

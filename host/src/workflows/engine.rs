@@ -82,15 +82,26 @@ pub async fn run(
     let limit = concurrent_runs(engine.workflows.store().dialect());
     let mut working: JoinSet<()> = JoinSet::new();
     tokio::pin!(shutdown);
-    let mut timers_at = tokio::time::Instant::now();
+    // Timed workflows (schedules, dates) start their runs on a task of their own, once a
+    // second, so a large firing does not hold up the runs.
+    let (stop_timers, mut timers_stopped) = tokio::sync::watch::channel(false);
+    let timers = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            loop {
+                if super::schedule::fire_due(&engine.workflows, &engine.records).await > 0 {
+                    engine.workflows.wake();
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(TIMER_TICK) => {}
+                    _ = timers_stopped.changed() => break,
+                }
+            }
+        })
+    };
     loop {
         while let Some(done) = working.try_join_next() {
             reap(done);
-        }
-        // Timed workflows (schedules, dates) start their runs here, at most once a second.
-        if tokio::time::Instant::now() >= timers_at {
-            super::schedule::fire_due(&engine.workflows, &engine.records).await;
-            timers_at = tokio::time::Instant::now() + TIMER_TICK;
         }
         // Claim as many runs as there are free places; each is driven on its own task, and a
         // place is refilled as soon as its run is done (no batch waits for its slowest run).
@@ -116,7 +127,11 @@ pub async fn run(
             () = &mut shutdown => break,
         }
     }
-    // The steps in flight finish (each is one transaction); then the engine stops.
+    // The firing and the steps in flight finish (each is one transaction); then the engine stops.
+    let _ = stop_timers.send(true);
+    if let Err(error) = timers.await {
+        tracing::error!(%error, "the workflow timers panicked");
+    }
     while let Some(done) = working.join_next().await {
         reap(done);
     }
@@ -587,7 +602,7 @@ impl StepRun<'_> {
                 (payload, json!({ "message_id": id }))
             }
             Action::Webhook { webhook, body } => {
-                let target = scoped.webhook(webhook, false).await?.ok_or_else(|| {
+                let target = scoped.webhook(webhook).await?.ok_or_else(|| {
                     StepError::Failed(format!("webhook `{webhook}` no longer exists"))
                 })?;
                 let body = match body {

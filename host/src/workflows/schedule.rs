@@ -27,6 +27,9 @@ use crate::store::{Scoped, StoreError, Tx};
 const TIMERS_PER_PASS: i64 = 20;
 /// Records of a fan-out read per query.
 const PAGE: i64 = 500;
+/// The most runs one firing starts (one transaction): a schedule over a whole large entity is
+/// stopped there, with a warning, rather than holding the database for minutes.
+const MAX_RUNS_PER_FIRING: usize = 100_000;
 /// How often a datetime trigger looks for moments at the latest (records written since the last
 /// look may bring nearer ones).
 const DATETIME_RESCAN: Duration = Duration::seconds(60);
@@ -111,8 +114,10 @@ async fn fire(
         } => {
             let zone = super::zone(&mut scoped, time_zone.as_deref()).await?;
             let cron = timers::parse_cron(cron).map_err(StoreError::Corrupt)?;
-            // Times missed while no server ran collapse into this one firing.
+            // Times missed while no server ran collapse into this one firing, which is for the
+            // latest of them.
             let next = timers::next_cron(&cron, zone, now).unwrap_or(now + Duration::days(3650));
+            let scheduled_for = timers::previous_cron(&cron, zone, now).unwrap_or(timer.next_at);
             let filters = entity.as_ref().map(|_| {
                 vec![
                     condition
@@ -124,7 +129,7 @@ async fn fire(
                 next,
                 entity: entity.as_deref(),
                 filters,
-                data: json!({ "scheduled_for": rfc3339(timer.next_at) }),
+                data: json!({ "scheduled_for": rfc3339(scheduled_for) }),
             }
         }
         Trigger::Date {
@@ -147,10 +152,20 @@ async fn fire(
                 .compiled(&mut scoped, entity)
                 .await
                 .map_err(|error| StoreError::Corrupt(error.to_string()))?;
-            let is_date = entity_definition
-                .definition
-                .field(field)
-                .is_some_and(|f| f.value_type() == FieldType::Date);
+            let is_date = match entity_definition.definition.field(field) {
+                Some(f) if f.active && f.value_type() == FieldType::Date => true,
+                Some(f) if f.active && f.value_type() == FieldType::Datetime => false,
+                _ => {
+                    // The field was deactivated or changed type after the workflow was saved:
+                    // nothing can come round until the workflow is saved again.
+                    tracing::error!(
+                        workflow = %compiled.name,
+                        "field `{field}` of `{entity}` is no longer an active date or datetime field: the date trigger stops until the workflow is saved again"
+                    );
+                    scoped.drop_timer(&timer.workflow_id).await?;
+                    return Ok(0);
+                }
+            };
             let window = (timer.watermark, now);
             let (filters, next) = if is_date {
                 let at = at.as_deref().and_then(timers::parse_at).unwrap_or_default();
@@ -231,6 +246,13 @@ async fn fire(
             started += runs.len();
             if (runs.len() as i64) < PAGE {
                 break;
+            }
+            if started >= MAX_RUNS_PER_FIRING {
+                tracing::warn!(
+                    workflow = %compiled.name,
+                    "a firing stopped at {MAX_RUNS_PER_FIRING} runs: narrow the trigger's condition"
+                );
+                return Ok(started);
             }
             after = Some(last);
         }
@@ -313,11 +335,11 @@ async fn run_as(scoped: &mut Scoped<'_>, saved_by: &str) -> Result<String, Store
     if let Some(principal) = scoped.user_principal(saved_by).await? {
         return Ok(principal.user.to_string());
     }
-    Ok(scoped
+    scoped
         .first_admin()
         .await?
         .map(|principal| principal.user.to_string())
-        .unwrap_or_else(|| saved_by.to_owned()))
+        .ok_or_else(|| StoreError::Corrupt("the tenant has no administrator to run as".into()))
 }
 
 fn rfc3339(moment: OffsetDateTime) -> String {

@@ -56,6 +56,13 @@ pub fn next_cron(cron: &Cron, tz: Tz, after: OffsetDateTime) -> Option<OffsetDat
         .map(|next| from_chrono(&next))
 }
 
+/// The last time at or before `at` that the schedule fired, in `tz`.
+pub fn previous_cron(cron: &Cron, tz: Tz, at: OffsetDateTime) -> Option<OffsetDateTime> {
+    cron.find_previous_occurrence(&to_chrono(at, tz), true)
+        .ok()
+        .map(|previous| from_chrono(&previous))
+}
+
 fn to_naive(date: Date) -> NaiveDate {
     NaiveDate::from_ymd_opt(
         date.year(),
@@ -163,6 +170,20 @@ mod tests {
             let next = next_cron(&cron, tz("UTC"), datetime!(2026-12-02 00:00 UTC));
             assert_eq!(next, Some(datetime!(2026-12-06 12:00 UTC)), "{sunday}");
         }
+    }
+
+    #[test]
+    fn the_previous_time_is_the_last_one_at_or_before() {
+        let cron = parse_cron("0 9 * * *").unwrap();
+        let utc = tz("UTC");
+        assert_eq!(
+            previous_cron(&cron, utc, datetime!(2026-12-02 09:00:30 UTC)),
+            Some(datetime!(2026-12-02 09:00 UTC))
+        );
+        assert_eq!(
+            previous_cron(&cron, utc, datetime!(2026-12-02 08:00 UTC)),
+            Some(datetime!(2026-12-01 09:00 UTC))
+        );
     }
 
     #[test]
