@@ -377,7 +377,10 @@ async fn a_datetime_comes_round_once_shifted_by_its_offset(app: &TestApp) {
         .await;
     // (Or the first look, right after the save, is still to come.)
     let next = parse(&app.get("/api/v1/workflows/day_before").await.body["next_run_at"]);
-    assert!(next <= moment, "the timer looks by the moment: {next} vs {moment}");
+    assert!(
+        next <= moment,
+        "the timer looks by the moment: {next} vs {moment}"
+    );
     let later = app
         .create(
             "complaint",
