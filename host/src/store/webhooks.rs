@@ -70,6 +70,30 @@ pub struct Settled<'a> {
 }
 
 impl Store {
+    /// Whether a pending message of `kinds` is due and not leased: a read, so that an idle
+    /// worker does not take the writer to find nothing.
+    pub async fn messages_due(
+        &self,
+        kinds: &[&str],
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let kinds_list: Vec<String> = (0..kinds.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT 1 FROM outbox WHERE status = 'pending' AND kind IN ({}) AND next_at <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) LIMIT 1",
+            kinds_list.join(", ")
+        );
+        let mut conn = self.reader().await?;
+        let found: Option<i32> = on!(conn.exec(), c => {
+            let mut query = sqlx::query_scalar(&sql).bind(Timestamp(now));
+            for kind in kinds {
+                query = query.bind(*kind);
+            }
+            query.fetch_optional(&mut *c).await?
+        });
+        Ok(found.is_some())
+    }
+
     /// Leases up to `limit` pending messages of `kinds` that are due, until `until`.
     pub async fn claim_messages(
         &self,

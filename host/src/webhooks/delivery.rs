@@ -187,8 +187,15 @@ pub async fn run(webhooks: Webhooks, shutdown: impl std::future::Future<Output =
     loop {
         while working.try_join_next().is_some() {}
         let free = CONCURRENT - working.len();
-        if free > 0 {
-            let now = crate::store::now();
+        let now = crate::store::now();
+        let due = free > 0
+            && worker
+                .webhooks
+                .store()
+                .messages_due(&worker.kinds, now)
+                .await
+                .unwrap_or(true);
+        if due {
             match worker
                 .webhooks
                 .store()

@@ -107,7 +107,7 @@ pub async fn run(
         // place is refilled as soon as its run is done (no batch waits for its slowest run).
         let free = limit - working.len();
         let mut more_due = false;
-        if free > 0 {
+        if free > 0 && engine.any_due().await {
             let claimed = engine.claim(free).await;
             more_due = claimed.len() == free;
             for run in claimed {
@@ -220,6 +220,16 @@ impl Engine {
                 tracing::error!(%error, "cannot claim workflow runs");
                 Vec::new()
             }
+        }
+    }
+
+    /// Whether a run is due now: a read, so that an idle engine does not take the writer (on
+    /// SQLite) to claim nothing. A failed read says yes, and the claim reports the error.
+    async fn any_due(&self) -> bool {
+        match self.workflows.store().next_due_run().await {
+            Ok(Some(at)) => at <= crate::store::now(),
+            Ok(None) => false,
+            Err(_) => true,
         }
     }
 
