@@ -580,7 +580,7 @@ impl Workflows {
         }
         let now = crate::store::now();
         let text = stored_text(&definition);
-        let verb = match scoped.workflow(&definition.name).await? {
+        let (verb, id) = match scoped.workflow(&definition.name).await? {
             None if name_in_path.is_some() => {
                 return Err(WorkflowError::Unknown(definition.name.clone()));
             }
@@ -589,7 +589,7 @@ impl Workflows {
                 scoped
                     .insert_workflow(&id, &definition.name, definition.enabled, &text, user, now)
                     .await?;
-                "create"
+                ("create", id)
             }
             Some(_) if !replace => {
                 return Err(WorkflowError::AlreadyExists(definition.name.clone()));
@@ -631,14 +631,9 @@ impl Workflows {
                         current: existing.version + 1,
                     });
                 }
-                "update"
+                ("update", existing.id)
             }
         };
-        let id = scoped
-            .workflow(&definition.name)
-            .await?
-            .ok_or_else(|| WorkflowError::Unknown(definition.name.clone()))?
-            .id;
         sync_timer(scoped, &id, definition.enabled, &definition.trigger, now).await?;
         let stored = scoped
             .workflow(&definition.name)
