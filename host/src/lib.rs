@@ -11,6 +11,7 @@ pub mod cli;
 pub mod demo;
 pub mod domain;
 pub mod metadata;
+pub mod packs;
 pub mod plugins;
 pub mod records;
 pub mod store;
