@@ -35,6 +35,19 @@ impl ApiError {
         self
     }
 
+    /// 403 unless `principal` is an administrator; `needs` says for what ("reading the outbox").
+    pub fn unless_admin(principal: &crate::auth::Principal, needs: &str) -> Result<(), Self> {
+        if principal.is_admin() {
+            Ok(())
+        } else {
+            Err(Self::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("{needs} needs the admin role"),
+            ))
+        }
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }

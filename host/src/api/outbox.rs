@@ -3,7 +3,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -34,13 +33,7 @@ pub async fn list(
     principal: Principal,
     Params(params): Params<OutboxParams>,
 ) -> Result<Json<Value>, ApiError> {
-    if !principal.is_admin() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "reading the outbox needs the admin role",
-        ));
-    }
+    ApiError::unless_admin(&principal, "reading the outbox")?;
     if !(1..=1000).contains(&params.limit) {
         return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
     }

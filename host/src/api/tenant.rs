@@ -3,7 +3,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -35,13 +34,7 @@ pub async fn update(
     principal: Principal,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    if !principal.is_admin() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "changing the tenant's settings needs the admin role",
-        ));
-    }
+    ApiError::unless_admin(&principal, "changing the tenant's settings")?;
     let settings: Settings = serde_json::from_value(body.value)
         .map_err(|error| ApiError::bad_request(format!("invalid settings: {error}")))?;
     let mut tx = state.store.begin().await?;

@@ -105,13 +105,7 @@ pub async fn redeliver(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if !principal.is_admin() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "redelivering needs the admin role",
-        ));
-    }
+    ApiError::unless_admin(&principal, "redelivering a message")?;
     let mut tx = state.store.begin().await?;
     let moved = tx
         .scoped(&principal.tenant)

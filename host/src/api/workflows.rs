@@ -23,15 +23,7 @@ pub async fn list(
 }
 
 fn admin(principal: &Principal) -> Result<(), ApiError> {
-    if principal.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only administrators may read and change workflows",
-        ))
-    }
+    ApiError::unless_admin(principal, "reading and changing workflows")
 }
 
 pub async fn create(

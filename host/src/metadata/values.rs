@@ -33,11 +33,15 @@ pub fn canonical_datetime(text: &str) -> Result<String, String> {
     if parsed.nanosecond() % 1_000_000 != 0 {
         return Err(format!("`{text}` is more precise than milliseconds"));
     }
-    let utc = parsed.to_offset(time::UtcOffset::UTC);
+    datetime_text(parsed).map_err(|error| format!("`{text}` cannot be stored: {error}"))
+}
+
+/// A moment in the form datetime fields are stored in: UTC, to the millisecond (finer digits
+/// are cut, not rounded).
+pub fn datetime_text(moment: OffsetDateTime) -> Result<String, time::error::Format> {
     let format =
         format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    utc.format(&format)
-        .map_err(|error| format!("`{text}` cannot be stored: {error}"))
+    moment.to_offset(time::UtcOffset::UTC).format(&format)
 }
 
 /// Converts a stored value to a field's new type, or `None` when it has no faithful equivalent.

@@ -346,16 +346,10 @@ fn rfc3339(moment: OffsetDateTime) -> String {
     moment.format(&Rfc3339).expect("timestamps format")
 }
 
-/// A moment as datetime fields hold it: to the millisecond (cut, not rounded: consecutive
+/// A moment as datetime fields hold it, to the millisecond (cut, not rounded: consecutive
 /// windows cut at the same place, so none falls between two of them).
 fn millis(moment: OffsetDateTime) -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    moment
-        .to_offset(time::UtcOffset::UTC)
-        .format(&format)
-        .expect("timestamps format")
+    crate::metadata::values::datetime_text(moment).expect("timestamps format")
 }
 
 fn store_error(error: RecordError) -> StoreError {
