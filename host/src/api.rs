@@ -20,6 +20,7 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod outbox;
+pub mod packs;
 pub mod plugins;
 pub mod records;
 pub mod tenant;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub webhooks: crate::webhooks::Webhooks,
     /// How the workflow engine of [`serve`] runs.
     pub engine: crate::workflows::engine::EngineConfig,
+    pub packs: crate::packs::Packs,
+    pub views: crate::views::Views,
 }
 
 impl AppState {
@@ -61,8 +64,18 @@ impl AppState {
             plugins.clone(),
             workflows.clone(),
         );
+        let packs = crate::packs::Packs::new(
+            store.clone(),
+            metadata.clone(),
+            records.clone(),
+            plugins.clone(),
+            workflows.clone(),
+        );
+        let views = crate::views::Views::new(store.clone(), records.clone());
         Ok(Self {
             webhooks: crate::webhooks::Webhooks::new(store.clone(), Default::default()),
+            packs,
+            views,
             store,
             metadata,
             records,
@@ -99,6 +112,13 @@ pub fn router(state: AppState) -> Router {
         .route("/plugins/{id}/disable", post(plugins::disable))
         .route("/plugins/{id}/config", put(plugins::configure))
         .route("/plugins/{id}/runs", get(plugins::runs))
+        .route("/packs", get(packs::list))
+        .route("/packs/{id}", get(packs::show).delete(packs::remove))
+        .route("/packs/{id}/install", post(packs::install))
+        .route("/packs/{id}/upgrade", post(packs::upgrade))
+        .route("/views", get(packs::views))
+        .route("/views/{name}", get(packs::view))
+        .route("/views/{name}/records", get(packs::view_records))
         .route("/tenant", get(tenant::show).patch(tenant::update))
         .route("/outbox", get(outbox::list))
         .route("/outbox/{id}/redeliver", post(webhooks::redeliver))

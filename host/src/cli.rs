@@ -58,6 +58,15 @@ pub struct Global {
         default_value = "data/cache"
     )]
     pub cache_dir: PathBuf,
+    /// Where the bundled plugins' components are (built by `scripts/plugins`): packs install
+    /// their plugins from here.
+    #[arg(
+        long,
+        global = true,
+        env = "RAPPORT_PLUGINS_DIR",
+        default_value = "target/wasm32-wasip2/release"
+    )]
+    pub plugins_dir: PathBuf,
     /// Log lines as `text` or `json`.
     #[arg(
         long,
@@ -92,6 +101,71 @@ pub enum Command {
     /// Plugins: scaffold, build, test against a fixture without a server, install.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Packs: list, show, install, upgrade and remove bundled packs or pack directories.
+    #[command(subcommand)]
+    Pack(PackCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PackCommand {
+    /// The packs this binary bundles and those the tenant has.
+    List {
+        #[arg(long, env = "RAPPORT_TENANT")]
+        tenant: String,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One pack: what it brings, the capabilities its plugins request, what the tenant has.
+    Show {
+        /// A bundled pack's id.
+        pack: String,
+        #[arg(long, env = "RAPPORT_TENANT")]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Installs a pack (a bundled pack's id, or a pack directory) and the packs it depends on,
+    /// in one transaction.
+    Install {
+        /// A bundled pack's id, or a directory holding a `pack.json`.
+        pack: String,
+        #[arg(long, env = "RAPPORT_TENANT")]
+        tenant: String,
+        /// Also installs the packs' sample records.
+        #[arg(long)]
+        sample: bool,
+        /// Shows what would change without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upgrades an installed pack to the bundled version (or a pack directory's): shows the
+    /// diff, then applies it in one transaction.
+    Upgrade {
+        /// A bundled pack's id, or a directory holding a `pack.json`.
+        pack: String,
+        #[arg(long, env = "RAPPORT_TENANT")]
+        tenant: String,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes an installed pack; its entities and records stay unless `--purge`.
+    Remove {
+        pack: String,
+        #[arg(long, env = "RAPPORT_TENANT")]
+        tenant: String,
+        /// Deletes the pack's entities, their records, and the fields it added elsewhere.
+        #[arg(long)]
+        purge: bool,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -232,7 +306,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
         })?;
     match cli.command {
-        Command::Serve(args) => serve(store, cli.global.cache_dir.clone(), args).await,
+        Command::Serve(args) => {
+            serve(
+                store,
+                cli.global.cache_dir.clone(),
+                cli.global.plugins_dir.clone(),
+                args,
+            )
+            .await
+        }
         Command::Migrate => {
             println!("database is up to date");
             Ok(())
@@ -281,6 +363,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schema(command) => schema(store, command).await,
+        Command::Pack(command) => pack(store, cli.global.plugins_dir.clone(), command).await,
         Command::Plugin(PluginCommand::Install {
             manifest,
             component,
@@ -357,8 +440,14 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn serve(store: Store, cache_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(
+    store: Store,
+    cache_dir: PathBuf,
+    plugins_dir: PathBuf,
+    args: ServeArgs,
+) -> anyhow::Result<()> {
     let mut state = AppState::new(store, Some(cache_dir.join("plugins")))?;
+    state.packs.plugins_dir = plugins_dir;
     state.engine.lease = std::time::Duration::from_secs_f64(args.workflow_lease);
     state.webhooks = crate::webhooks::Webhooks::new(
         state.store.clone(),
@@ -485,7 +574,7 @@ async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
                 Ok(applied) => {
                     let workflows = state
                         .workflows
-                        .apply_in(&mut tx, &tenant_id, &workflow_files)
+                        .apply_in(&mut tx, &tenant_id, "schema-apply", &workflow_files)
                         .await;
                     match workflows {
                         Ok(workflows) => Ok((applied, workflows)),
@@ -593,4 +682,238 @@ fn read_definitions(dir: &Path) -> anyhow::Result<Vec<(String, Value)>> {
             ))
         })
         .collect()
+}
+
+async fn pack(store: Store, plugins_dir: PathBuf, command: PackCommand) -> anyhow::Result<()> {
+    use crate::packs::{PackError, Report, Source};
+    let tenant = match &command {
+        PackCommand::List { tenant, .. }
+        | PackCommand::Show { tenant, .. }
+        | PackCommand::Install { tenant, .. }
+        | PackCommand::Upgrade { tenant, .. }
+        | PackCommand::Remove { tenant, .. } => tenant.clone(),
+    };
+    let principal = store
+        .principal_of(&tenant, "admin")
+        .await?
+        .with_context(|| format!("tenant `{tenant}` (or its `admin` user) does not exist"))?;
+    let mut state = AppState::new(store, None)?;
+    state.packs.plugins_dir = plugins_dir;
+    let source = |pack: &str| {
+        let path = Path::new(pack);
+        if pack.contains('/') || path.join("pack.json").is_file() {
+            Source::Directory(path.to_path_buf())
+        } else {
+            Source::Bundled(pack.to_owned())
+        }
+    };
+    let report = |result: Result<Report, PackError>, json: bool| -> anyhow::Result<()> {
+        match result {
+            Ok(report) if json => {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(())
+            }
+            Ok(report) => {
+                print_report(&report);
+                Ok(())
+            }
+            Err(PackError::Refused(problems)) => {
+                for problem in &problems {
+                    eprintln!("  {}: {}", problem.path, problem.message);
+                }
+                bail!(
+                    "the pack was refused ({} problem{}); nothing was changed",
+                    problems.len(),
+                    if problems.len() == 1 { "" } else { "s" }
+                )
+            }
+            Err(error) => bail!("{error}; nothing was changed"),
+        }
+    };
+    match command {
+        PackCommand::List { json, .. } => {
+            let packs = state.packs.list(&principal).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&packs)?);
+            } else {
+                for pack in packs {
+                    println!(
+                        "{:<14} {:<10} {:<10} {}",
+                        pack.id,
+                        pack.available_version.as_deref().unwrap_or("-"),
+                        match (pack.status, &pack.installed_version) {
+                            ("available", _) => "-".to_owned(),
+                            (status, Some(version)) => format!("{status} {version}"),
+                            (status, None) => status.to_owned(),
+                        },
+                        pack.label.as_deref().unwrap_or(&pack.description)
+                    );
+                }
+            }
+            Ok(())
+        }
+        PackCommand::Show { pack, json, .. } => {
+            let detail = state.packs.show(&principal, &pack).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&detail)?);
+            } else {
+                let summary = &detail.summary;
+                println!(
+                    "{} {} — {}",
+                    summary.id,
+                    summary.available_version.as_deref().unwrap_or("-"),
+                    summary.label.as_deref().unwrap_or_default()
+                );
+                println!("{}", summary.description);
+                for (id, range) in &summary.depends {
+                    println!("depends on {id} {range}");
+                }
+                println!("entities: {}", detail.entities.join(", "));
+                for (entity, fields) in &detail.extends {
+                    println!("adds to {entity}: {}", fields.join(", "));
+                }
+                println!("workflows: {}", detail.workflows.join(", "));
+                for plugin in &detail.plugins {
+                    println!(
+                        "plugin {} {} requests: {}",
+                        plugin.crate_name,
+                        plugin.version,
+                        if plugin.capabilities.is_empty() {
+                            "nothing".to_owned()
+                        } else {
+                            plugin.capabilities.join(", ")
+                        }
+                    );
+                }
+                if !detail.views.is_empty() {
+                    println!("views: {}", detail.views.join(", "));
+                }
+                if !detail.roles.is_empty() {
+                    println!("roles: {}", detail.roles.join(", "));
+                }
+                println!(
+                    "in `{tenant}`: {}",
+                    match (&summary.installed_version, summary.status) {
+                        (Some(version), status) => format!("{status} ({version})"),
+                        (None, _) => "not installed".to_owned(),
+                    }
+                );
+            }
+            Ok(())
+        }
+        PackCommand::Install {
+            pack,
+            sample,
+            dry_run,
+            json,
+            ..
+        } => report(
+            state
+                .packs
+                .install(&principal, &source(&pack), sample, dry_run)
+                .await,
+            json,
+        ),
+        PackCommand::Upgrade {
+            pack,
+            dry_run,
+            json,
+            ..
+        } => {
+            let source = source(&pack);
+            let id = match &source {
+                Source::Bundled(id) => id.clone(),
+                Source::Directory(dir) => crate::packs::catalog::load_dir(dir)
+                    .map(|pack| pack.manifest.id)
+                    .unwrap_or_default(),
+            };
+            report(
+                state.packs.upgrade(&principal, &id, &source, dry_run).await,
+                json,
+            )
+        }
+        PackCommand::Remove {
+            pack,
+            purge,
+            dry_run,
+            json,
+            ..
+        } => report(
+            state.packs.remove(&principal, &pack, purge, dry_run).await,
+            json,
+        ),
+    }
+}
+
+/// A pack operation's report as lines a person reads.
+fn print_report(report: &crate::packs::Report) {
+    for pack in &report.packs {
+        let versions = match (&pack.from_version, &pack.to_version) {
+            (Some(from), Some(to)) => format!("{from} → {to}"),
+            (None, Some(to)) => to.clone(),
+            (Some(from), None) => from.clone(),
+            (None, None) => String::new(),
+        };
+        println!("{} {} {versions}", report.action, pack.id);
+        for entity in &pack.entities {
+            println!("  entity {}: {}", entity.entity, entity.change);
+            if !entity.fields_added.is_empty() {
+                println!("    + fields {}", entity.fields_added.join(", "));
+            }
+            if !entity.fields_removed.is_empty() {
+                println!(
+                    "    - fields {} (deactivated, data kept)",
+                    entity.fields_removed.join(", ")
+                );
+            }
+            for change in &entity.changes {
+                if let Ok(text) = serde_json::to_string(change) {
+                    println!("    {text}");
+                }
+            }
+            for conversion in &entity.conversions {
+                println!(
+                    "    converts {} values of `{}`",
+                    conversion.records_with_value, conversion.field
+                );
+            }
+        }
+        for plugin in &pack.plugins {
+            println!(
+                "  plugin {}: {} {}",
+                plugin.id,
+                plugin.change,
+                plugin.to_version.as_deref().unwrap_or_default()
+            );
+            for added in &plugin.capabilities_added {
+                println!("    + may {added}");
+            }
+            for removed in &plugin.capabilities_removed {
+                println!("    - may no longer {removed}");
+            }
+        }
+        for workflow in &pack.workflows {
+            println!("  workflow {}: {}", workflow.name, workflow.change);
+        }
+        for view in &pack.views {
+            println!("  view {}: {}", view.name, view.change);
+        }
+        for role in &pack.roles {
+            println!("  role {}: {}", role.name, role.change);
+        }
+        if pack.sample_records > 0 {
+            println!("  {} sample records", pack.sample_records);
+        }
+        if pack.migrated_records > 0 {
+            println!("  {} records migrated", pack.migrated_records);
+        }
+    }
+    println!(
+        "{}",
+        if report.dry_run {
+            "dry run: nothing was changed"
+        } else {
+            "done, in one transaction"
+        }
+    );
 }

@@ -15,5 +15,6 @@ pub mod packs;
 pub mod plugins;
 pub mod records;
 pub mod store;
+pub mod views;
 pub mod webhooks;
 pub mod workflows;

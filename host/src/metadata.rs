@@ -294,6 +294,16 @@ impl Metadata {
         self.roll_ups.write().expect("roll-ups lock").remove(tenant);
     }
 
+    /// Forgets everything cached about a tenant's definitions: after a transaction that changed
+    /// several of them, committed or rolled back (a rolled-back entity's id may be used again).
+    pub fn forget_tenant(&self, tenant: &TenantId) {
+        self.forget_roll_ups(tenant);
+        self.cache
+            .write()
+            .expect("metadata cache lock")
+            .retain(|(cached, _), _| cached != tenant);
+    }
+
     /// The compiled definition of an entity, current as of this connection's view.
     pub async fn compiled(
         &self,
@@ -558,7 +568,28 @@ impl Metadata {
     ) -> Result<Vec<String>, MetadataError> {
         require_admin(principal)?;
         let mut tx = self.store.begin().await?;
-        let mut scoped = tx.scoped(&principal.tenant);
+        let referrers = self
+            .delete_in(
+                &mut tx.scoped(&principal.tenant),
+                &principal.user,
+                name,
+                force,
+            )
+            .await?;
+        tx.commit().await?;
+        self.deleted(&principal.tenant, name);
+        Ok(referrers)
+    }
+
+    /// [`Metadata::delete`] in the caller's transaction; the caller commits, then calls
+    /// [`Metadata::deleted`].
+    pub async fn delete_in(
+        &self,
+        scoped: &mut Scoped<'_>,
+        user: &UserId,
+        name: &str,
+        force: bool,
+    ) -> Result<Vec<String>, MetadataError> {
         let target = scoped
             .get_entity(name)
             .await?
@@ -623,18 +654,21 @@ impl Metadata {
                     other.id,
                     other.version + 1,
                     &definition::to_json(&definition),
-                    Some(&principal.user),
+                    Some(user),
                 )
                 .await?;
         }
         scoped.delete_entity(target.id, &target_definition).await?;
-        tx.commit().await?;
-        self.forget_roll_ups(&principal.tenant);
+        Ok(referrers)
+    }
+
+    /// Drops what is cached about a deleted entity after the commit of `delete_in`.
+    pub fn deleted(&self, tenant: &TenantId, name: &str) {
+        self.forget_roll_ups(tenant);
         self.cache
             .write()
             .expect("metadata cache lock")
-            .remove(&(principal.tenant.clone(), name.to_owned()));
-        Ok(referrers)
+            .remove(&(tenant.clone(), name.to_owned()));
     }
 
     /// Second phase of removing a field: deletes its values from every record and the field from
@@ -647,7 +681,27 @@ impl Metadata {
     ) -> Result<EntityView, MetadataError> {
         require_admin(principal)?;
         let mut tx = self.store.begin().await?;
-        let mut scoped = tx.scoped(&principal.tenant);
+        self.purge_field_in(
+            &mut tx.scoped(&principal.tenant),
+            &principal.user,
+            name,
+            field,
+        )
+        .await?;
+        tx.commit().await?;
+        self.forget_roll_ups(&principal.tenant);
+        self.get(&principal.tenant, name).await
+    }
+
+    /// [`Metadata::purge_field`] in the caller's transaction; the caller commits, then calls
+    /// [`Metadata::applied`].
+    pub async fn purge_field_in(
+        &self,
+        scoped: &mut Scoped<'_>,
+        user: &UserId,
+        name: &str,
+        field: &str,
+    ) -> Result<(), MetadataError> {
         let stored = scoped
             .get_entity(name)
             .await?
@@ -675,12 +729,10 @@ impl Metadata {
                 stored.id,
                 stored.version + 1,
                 &definition::to_json(&definition),
-                Some(&principal.user),
+                Some(user),
             )
             .await?;
-        tx.commit().await?;
-        self.forget_roll_ups(&principal.tenant);
-        self.get(&principal.tenant, name).await
+        Ok(())
     }
 }
 

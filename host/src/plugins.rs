@@ -109,7 +109,37 @@ pub struct Plugins {
     runtime: Runtime,
     loaded: Arc<RwLock<HashMap<String, Arc<LoadedComponent>>>>,
     active: Arc<RwLock<HashMap<TenantId, ActiveEntry>>>,
+    /// Tenants whose plugin list is not cached now (see [`Plugins::uncached`]), with a count.
+    uncached: Arc<std::sync::Mutex<HashMap<TenantId, usize>>>,
     runs: mpsc::Sender<NewRun>,
+}
+
+/// A plugin checked and compiled for an install (see [`Plugins::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub manifest: Manifest,
+    pub sha256: String,
+}
+
+/// Keeps a tenant's plugin list uncached until dropped (see [`Plugins::uncached`]).
+#[derive(Debug)]
+pub struct UncachedGuard {
+    plugins: Plugins,
+    tenant: TenantId,
+}
+
+impl Drop for UncachedGuard {
+    fn drop(&mut self) {
+        let mut uncached = self.plugins.uncached.lock().expect("uncached lock");
+        if let Some(count) = uncached.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                uncached.remove(&self.tenant);
+            }
+        }
+        drop(uncached);
+        self.plugins.forget(&self.tenant);
+    }
 }
 
 impl Plugins {
@@ -135,6 +165,7 @@ impl Plugins {
             runtime,
             loaded: Arc::default(),
             active: Arc::default(),
+            uncached: Arc::default(),
             runs,
         })
     }
@@ -167,6 +198,28 @@ impl Plugins {
         component: &[u8],
     ) -> Result<Installed, PluginError> {
         Self::admin(principal)?;
+        let prepared = self.prepare(manifest, component).await?;
+        let mut tx = self.store.begin().await?;
+        let installed = self
+            .install_in(
+                &mut tx.scoped(&principal.tenant),
+                &prepared,
+                &principal.user,
+            )
+            .await?;
+        tx.commit().await?;
+        self.forget(&principal.tenant);
+        Ok(installed)
+    }
+
+    /// The checks of an install that need no transaction: the manifest, the component's size,
+    /// imports and exports, and its compilation; the component's bytes are stored (by content
+    /// hash: storing them again changes nothing).
+    pub async fn prepare(
+        &self,
+        manifest: &Value,
+        component: &[u8],
+    ) -> Result<Prepared, PluginError> {
         let manifest = Manifest::parse(manifest).map_err(PluginError::InvalidManifest)?;
         if component.len() > MAX_COMPONENT {
             return Err(PluginError::BadRequest(format!(
@@ -176,8 +229,21 @@ impl Plugins {
         }
         let loaded = self.load(component.to_vec()).await?;
         self.store.put_component(&loaded.sha256, component).await?;
-        let mut tx = self.store.begin().await?;
-        let mut scoped = tx.scoped(&principal.tenant);
+        Ok(Prepared {
+            manifest,
+            sha256: loaded.sha256.clone(),
+        })
+    }
+
+    /// Installs (or upgrades) a prepared plugin in the caller's transaction, keeping whether it
+    /// is enabled and its configuration. The caller commits, then calls [`Plugins::changed`].
+    pub async fn install_in(
+        &self,
+        scoped: &mut Scoped<'_>,
+        prepared: &Prepared,
+        user: &crate::domain::UserId,
+    ) -> Result<Installed, PluginError> {
+        let manifest = &prepared.manifest;
         let previous = scoped.plugin(&manifest.id).await?;
         let previous_manifest = previous
             .as_ref()
@@ -187,17 +253,15 @@ impl Plugins {
             .put_plugin(
                 &manifest.id,
                 &manifest.version,
-                &serde_json::to_string(&manifest).expect("manifests serialize"),
-                &loaded.sha256,
-                &principal.user,
+                &serde_json::to_string(manifest).expect("manifests serialize"),
+                &prepared.sha256,
+                user,
             )
             .await?;
         let stored = scoped
             .plugin(&manifest.id)
             .await?
             .ok_or_else(|| PluginError::NotFound(manifest.id.clone()))?;
-        tx.commit().await?;
-        self.forget(&principal.tenant);
         let empty = Capabilities::default();
         let before = previous_manifest
             .as_ref()
@@ -208,6 +272,66 @@ impl Plugins {
             previous_version: previous.map(|stored| stored.version),
             plugin: view(&stored)?,
         })
+    }
+
+    /// Enables or disables a plugin and sets its configuration (checked against its schema;
+    /// `None` keeps it), in the caller's transaction.
+    pub async fn configure_in(
+        &self,
+        scoped: &mut Scoped<'_>,
+        id: &str,
+        enabled: bool,
+        config: Option<&Value>,
+    ) -> Result<(), PluginError> {
+        let stored = scoped
+            .plugin(id)
+            .await?
+            .ok_or_else(|| PluginError::NotFound(id.to_owned()))?;
+        if let Some(config) = config {
+            let manifest = parse_stored(&stored.manifest)?;
+            manifest
+                .check_config(config)
+                .map_err(PluginError::InvalidConfig)?;
+            scoped.set_plugin_config(id, &config.to_string()).await?;
+        }
+        scoped.set_plugin_enabled(id, enabled).await?;
+        Ok(())
+    }
+
+    /// Removes a plugin in the caller's transaction; `false` if it was not installed.
+    pub async fn remove_in(&self, scoped: &mut Scoped<'_>, id: &str) -> Result<bool, PluginError> {
+        Ok(scoped.remove_plugin(id).await?)
+    }
+
+    /// After a commit of `install_in`, `configure_in` or `remove_in`: the tenant's plugins are
+    /// read again.
+    pub fn changed(&self, tenant: &TenantId) {
+        self.forget(tenant);
+    }
+
+    /// While the guard lives, the tenant's enabled plugins are read through each caller's
+    /// transaction and never cached: a pack's install writes sample records with the plugins it
+    /// installs in the same, uncommitted transaction, and nobody else may see them before it
+    /// commits (or ever, if it rolls back).
+    pub fn uncached(&self, tenant: &TenantId) -> UncachedGuard {
+        *self
+            .uncached
+            .lock()
+            .expect("uncached lock")
+            .entry(tenant.clone())
+            .or_default() += 1;
+        self.forget(tenant);
+        UncachedGuard {
+            plugins: self.clone(),
+            tenant: tenant.clone(),
+        }
+    }
+
+    fn is_uncached(&self, tenant: &TenantId) -> bool {
+        self.uncached
+            .lock()
+            .expect("uncached lock")
+            .contains_key(tenant)
     }
 
     /// Compiles a component (on a blocking thread: compilation takes a while), or takes it from
@@ -252,7 +376,9 @@ impl Plugins {
     /// The plugins enabled in a tenant, loaded and ready to run (read with a connection of its
     /// own when not cached: not for use inside a transaction, see [`Plugins::active_in`]).
     pub async fn active(&self, tenant: &TenantId) -> Result<Arc<Vec<Active>>, PluginError> {
-        if let Some(active) = self.cached_active(tenant) {
+        if !self.is_uncached(tenant)
+            && let Some(active) = self.cached_active(tenant)
+        {
             return Ok(active);
         }
         let mut conn = self.store.reader().await?;
@@ -267,7 +393,8 @@ impl Plugins {
         scoped: &mut Scoped<'_>,
     ) -> Result<Arc<Vec<Active>>, PluginError> {
         let tenant = scoped.tenant().clone();
-        if let Some(active) = self.cached_active(&tenant) {
+        let uncached = self.is_uncached(&tenant);
+        if !uncached && let Some(active) = self.cached_active(&tenant) {
             return Ok(active);
         }
         let stored = scoped.plugins().await?;
@@ -285,10 +412,12 @@ impl Plugins {
             });
         }
         let active = Arc::new(active);
-        self.active
-            .write()
-            .expect("active plugins lock")
-            .insert(tenant, (Instant::now(), active.clone()));
+        if !uncached {
+            self.active
+                .write()
+                .expect("active plugins lock")
+                .insert(tenant, (Instant::now(), active.clone()));
+        }
         Ok(active)
     }
 

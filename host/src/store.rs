@@ -17,6 +17,7 @@ use crate::domain::TenantId;
 
 pub mod entities;
 pub mod outbox;
+pub mod packs;
 pub mod plugins;
 pub mod records;
 pub mod sql;

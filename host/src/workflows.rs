@@ -650,6 +650,7 @@ impl Workflows {
         &self,
         tx: &mut Tx,
         tenant: &TenantId,
+        user: &str,
         jsons: &[(String, Value)],
     ) -> Result<Vec<(WorkflowView, &'static str)>, WorkflowError> {
         let mut scoped = tx.scoped(tenant);
@@ -680,7 +681,7 @@ impl Workflows {
         let mut saved = Vec::new();
         for definition in definitions {
             saved.push(
-                self.save_in(&mut scoped, "schema-apply", definition, None, true)
+                self.save_in(&mut scoped, user, definition, None, true)
                     .await?,
             );
         }
@@ -773,7 +774,21 @@ impl Workflows {
             return Err(WorkflowError::Forbidden);
         }
         let mut tx = self.inner.store.begin().await?;
-        let mut scoped = tx.scoped(&principal.tenant);
+        let cancelled = self
+            .delete_in(&mut tx.scoped(&principal.tenant), name)
+            .await?;
+        tx.commit().await?;
+        self.forget(&principal.tenant);
+        Ok(cancelled)
+    }
+
+    /// [`Workflows::delete`] in the caller's transaction; the caller commits, then calls
+    /// [`Workflows::applied`].
+    pub async fn delete_in(
+        &self,
+        scoped: &mut Scoped<'_>,
+        name: &str,
+    ) -> Result<u64, WorkflowError> {
         let stored = scoped
             .workflow(name)
             .await?
@@ -782,8 +797,6 @@ impl Workflows {
             .delete_workflow(&stored.id, crate::store::now())
             .await?;
         scoped.drop_timer(&stored.id).await?;
-        tx.commit().await?;
-        self.forget(&principal.tenant);
         Ok(cancelled)
     }
 

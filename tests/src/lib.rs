@@ -26,6 +26,8 @@ pub struct TestApp {
     pub token: String,
     pub store: Store,
     pub database_url: String,
+    /// The server's pack service (for installing pack directories, which the API does not).
+    pub packs: rapport::packs::Packs,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     cleanup: Cleanup,
@@ -167,7 +169,9 @@ pub async fn spawn_app_with(
         store.clone(),
         rapport::webhooks::Guard::new(["127.0.0.1".to_owned()]),
     );
+    state.packs.plugins_dir = plugins_dir();
     configure(&mut state);
+    let packs = state.packs.clone();
     let server = tokio::spawn(async move {
         api::serve(listener, state, async {
             let _ = signal.await;
@@ -181,6 +185,7 @@ pub async fn spawn_app_with(
         token,
         store,
         database_url,
+        packs,
         shutdown: Some(shutdown),
         server: Some(server),
         cleanup,
@@ -278,6 +283,15 @@ impl TestApp {
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
         reply.body["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// The test tenant's administrator, as the services see them.
+    pub async fn admin(&self) -> rapport::auth::Principal {
+        self.store
+            .principal_for_token_hash(&rapport::auth::hash_token(&self.token))
+            .await
+            .expect("read the principal")
+            .expect("the admin token resolves")
     }
 
     /// Creates a member (not an administrator) of the test tenant and returns their token.

@@ -12,6 +12,7 @@ fn rapport(database_url: &str, args: &[&str]) -> Output {
         .args(args)
         .env("RAPPORT_DATABASE_URL", database_url)
         .env("RAPPORT_LOG", "warn")
+        .env("RAPPORT_PLUGINS_DIR", rapport_tests::plugins_dir())
         .output()
         .expect("rapport runs")
 }
@@ -34,6 +35,10 @@ fn every_command_has_help() {
         vec!["schema", "apply", "--help"],
         vec!["plugin", "test", "--help"],
         vec!["plugin", "install", "--help"],
+        vec!["pack", "--help"],
+        vec!["pack", "install", "--help"],
+        vec!["pack", "upgrade", "--help"],
+        vec!["pack", "remove", "--help"],
     ] {
         let output = Command::new(rapport_binary()).args(&args).output().unwrap();
         let text = stdout(&output);
@@ -69,15 +74,23 @@ async fn metadata_as_code(backend: Backend) {
 
     let source = std::env::temp_dir().join(format!("rapport-schema-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&source).unwrap();
-    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/demo");
-    for file in [
-        "account.json",
-        "contact.json",
-        "opportunity.json",
-        "order.json",
-    ] {
-        std::fs::copy(format!("{demo}/{file}"), source.join(file)).unwrap();
-    }
+    std::fs::write(
+        source.join("account.json"),
+        json!({"name": "account", "label": "Account", "fields": [
+            {"name": "name", "type": "text", "required": true, "indexed": true},
+            {"name": "size", "type": "picklist", "options": ["small", "medium", "large"]}]})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        source.join("contact.json"),
+        json!({"name": "contact", "label": "Contact", "fields": [
+            {"name": "first_name", "type": "text", "required": true, "max_length": 100},
+            {"name": "email", "type": "email", "unique": true},
+            {"name": "account", "type": "reference", "entity": "account"}]})
+        .to_string(),
+    )
+    .unwrap();
     let dir = source.to_str().unwrap();
     let dry = stdout(&rapport(
         &url,
@@ -187,6 +200,84 @@ async fn metadata_as_code(backend: Backend) {
     let _ = std::fs::remove_dir_all(&source);
     let _ = std::fs::remove_dir_all(&exported);
     database.remove().await;
+}
+
+/// `rapport pack`: the bundled `core` and the test pack's directories, with a dry run, an
+/// upgrade's diff and a removal that waits for the packs depending on it.
+async fn packs_from_the_command_line(backend: Backend) {
+    let Some(database) = TestDatabase::create(backend).await else {
+        return;
+    };
+    let url = database.url.clone();
+    stdout(&rapport(&url, &["tenant", "create", "acme"]));
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/packs");
+    let listed = stdout(&rapport(&url, &["pack", "list", "--tenant", "acme"]));
+    assert!(
+        listed.lines().any(|line| line.starts_with("core ")),
+        "{listed}"
+    );
+    let dry = stdout(&rapport(
+        &url,
+        &["pack", "install", "core", "--tenant", "acme", "--dry-run"],
+    ));
+    assert!(
+        dry.contains("install core 1.0.0")
+            && dry.contains("plugin rfm-score: added")
+            && dry.contains("dry run: nothing was changed"),
+        "{dry}"
+    );
+    let installed = stdout(&rapport(
+        &url,
+        &["pack", "install", "core", "--tenant", "acme"],
+    ));
+    assert!(installed.contains("entity account: added"), "{installed}");
+    let v1 = format!("{fixtures}/fleet-v1");
+    let v2 = format!("{fixtures}/fleet-v2");
+    stdout(&rapport(
+        &url,
+        &["pack", "install", &v1, "--tenant", "acme", "--sample"],
+    ));
+    let diff = stdout(&rapport(
+        &url,
+        &["pack", "upgrade", &v2, "--tenant", "acme", "--dry-run"],
+    ));
+    for expected in [
+        "upgrade fleet 1.0.0 → 2.0.0",
+        "+ fields vin",
+        "- fields colour (deactivated, data kept)",
+        "+ may read rental",
+        "workflow vehicle_returned: removed",
+        "2 records migrated",
+        "dry run",
+    ] {
+        assert!(diff.contains(expected), "{expected}: {diff}");
+    }
+    let blocked = rapport(&url, &["pack", "remove", "core", "--tenant", "acme"]);
+    assert!(!blocked.status.success());
+    let message = String::from_utf8_lossy(&blocked.stderr);
+    assert!(message.contains("`fleet` depends on `core`"), "{message}");
+    let shown = stdout(&rapport(
+        &url,
+        &["pack", "show", "fleet", "--tenant", "acme"],
+    ));
+    assert!(shown.contains("installed (1.0.0)"), "{shown}");
+    let report: Value = serde_json::from_str(&stdout(&rapport(
+        &url,
+        &["pack", "upgrade", &v2, "--tenant", "acme", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(report["packs"][0]["to_version"], "2.0.0");
+    database.remove().await;
+}
+
+#[tokio::test]
+async fn packs_from_the_command_line_on_sqlite() {
+    packs_from_the_command_line(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn packs_from_the_command_line_on_postgres() {
+    packs_from_the_command_line(Backend::Postgres).await;
 }
 
 #[tokio::test]

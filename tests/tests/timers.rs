@@ -472,7 +472,8 @@ async fn a_date_field_comes_round_at_its_time_of_day(app: &TestApp) {
 
 async fn birthdays_come_round_every_year_for_contacts_who_opted_in(app: &TestApp) {
     let contact = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/demo/contact.json"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../schemas/packs/core/entities/contact.json"),
     )
     .unwrap();
     let mut contact: Value = serde_json::from_str(&contact).unwrap();
@@ -485,7 +486,7 @@ async fn birthdays_come_round_every_year_for_contacts_who_opted_in(app: &TestApp
     // The demo's birthday greeting, at a time of day a few seconds from now.
     let text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../schemas/demo/workflows/birthday_greeting.json"),
+            .join("../schemas/packs/core/workflows/birthday_greeting.json"),
     )
     .unwrap();
     let mut greeting: Value = serde_json::from_str(&text).unwrap();

@@ -1085,35 +1085,9 @@ async fn a_plugin_step_runs_in_the_sandbox_and_its_output_feeds_the_next_step(ap
 }
 
 async fn the_demo_workflows_of_the_documents_run_on_the_demo_entities(app: &TestApp) {
-    for plugin in [
-        "credit-terms",
-        "complaint-sla",
-        "rfm-score",
-        "lifecycle-stage",
-    ] {
-        app.install_plugin(plugin, None).await;
-    }
-    // The demo's entities refer to each other: applied together, as `schema apply` does.
-    let definitions: Vec<(String, Value)> = rapport::demo::DEFINITIONS
-        .iter()
-        .map(|(file, text)| ((*file).to_owned(), serde_json::from_str(text).unwrap()))
-        .collect();
-    let tenant = app.store.tenant_id("acme").await.unwrap().unwrap();
-    rapport::metadata::Metadata::new(app.store.clone())
-        .apply_all(&tenant, None, &definitions, false)
-        .await
-        .unwrap();
-    for (file, text) in rapport::demo::WORKFLOWS {
-        let reply = app
-            .post("/api/v1/workflows", serde_json::from_str(text).unwrap())
-            .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::CREATED,
-            "{file}: {:?}",
-            reply.body
-        );
-    }
+    // The `core` pack brings the entities, the plugins and the workflows of the documents.
+    let reply = app.post("/api/v1/packs/core/install", Value::Null).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     // A customer's payment record turns poor: credit-terms tightens the terms in that write,
     // and the owner is told what they are now.
     let shop = app

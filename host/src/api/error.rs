@@ -323,3 +323,51 @@ fn summarize(fields: &crate::metadata::record_schema::FieldErrors) -> String {
         .collect();
     parts.join(", ")
 }
+
+impl From<crate::packs::PackError> for ApiError {
+    fn from(error: crate::packs::PackError) -> Self {
+        use crate::packs::PackError;
+        let message = error.to_string();
+        match error {
+            PackError::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            PackError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "unknown_pack", message),
+            PackError::NotInstalled(_) => {
+                Self::new(StatusCode::NOT_FOUND, "pack_not_installed", message)
+            }
+            PackError::Refused(problems) => {
+                let first = problems
+                    .first()
+                    .map(|p| {
+                        format!(
+                            " ({} problem{}; first: {}: {})",
+                            problems.len(),
+                            if problems.len() == 1 { "" } else { "s" },
+                            p.path,
+                            p.message
+                        )
+                    })
+                    .unwrap_or_default();
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "pack_refused",
+                    format!("{message}{first}"),
+                )
+                .with_fields(by_path(problems.into_iter().map(|p| (p.path, p.message))))
+            }
+            PackError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<crate::views::ViewError> for ApiError {
+    fn from(error: crate::views::ViewError) -> Self {
+        use crate::views::ViewError;
+        let message = error.to_string();
+        match error {
+            ViewError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "unknown_view", message),
+            ViewError::BadRequest(_) => Self::bad_request(message),
+            ViewError::Records(error) => error.into(),
+            ViewError::Store(error) => error.into(),
+        }
+    }
+}

@@ -296,6 +296,24 @@ impl Records {
             .ok_or_else(|| bad("the record was not created"))
     }
 
+    /// Creates records in the caller's transaction as a client's batch would (validation,
+    /// plugins, computed fields, history, workflow triggers), on behalf of `principal`: a pack's
+    /// sample data.
+    pub(crate) async fn import_in(
+        &self,
+        scoped: &mut Scoped<'_>,
+        principal: &crate::auth::Principal,
+        entity: &str,
+        bodies: &[Value],
+    ) -> Result<Vec<StoredRecord>, RecordError> {
+        let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
+        let now = crate::store::now();
+        let context = WriteContext::new(principal, now);
+        let prepared = Self::prepare_new(&compiled, bodies, true)?;
+        self.insert_many(scoped, &context, &compiled, prepared, true, now)
+            .await
+    }
+
     /// The ids of live records of `entity` matching `filter`, at most `limit`, oldest first;
     /// with `after`, those after that id (the next page).
     pub(crate) async fn step_matching(
