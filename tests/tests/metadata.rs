@@ -463,6 +463,11 @@ async fn the_openapi_document_describes_the_tenants_entities(app: &TestApp) {
         ("/api/v1/workflows", "post"),
         ("/api/v1/workflows/{name}/runs/{id}/retry", "post"),
         ("/api/v1/notifications", "get"),
+        ("/api/v1/packs", "get"),
+        ("/api/v1/packs/{id}/install", "post"),
+        ("/api/v1/packs/{id}/upgrade", "post"),
+        ("/api/v1/packs/{id}", "delete"),
+        ("/api/v1/views/{name}/records", "get"),
     ] {
         assert!(
             document.body["paths"][path][method].is_object(),

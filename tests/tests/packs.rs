@@ -205,6 +205,48 @@ async fn core_installs_with_its_plugins_workflows_and_sample_data(app: &TestApp)
             .all(|case| case["data"]["sla_due_at"].is_string()),
         "complaint-sla ran on every sample case"
     );
+    // The weighted forecast: each opportunity's amount × its win probability (sales-metrics).
+    let opportunities = records(app, "opportunity", "").await;
+    assert!(!opportunities.is_empty());
+    for opportunity in &opportunities {
+        let data = &opportunity["data"];
+        let (Some(amount), Some(probability)) = (
+            data["amount"]["amount"].as_f64(),
+            data["probability"].as_f64(),
+        ) else {
+            continue;
+        };
+        let weighted = data["weighted_amount"]["amount"].as_f64().unwrap();
+        assert!(
+            (weighted - amount * probability / 100.0).abs() < 0.01,
+            "{data:#}"
+        );
+    }
+    // A campaign's cost per response follows its members' responses (a roll-up).
+    let campaign = records(app, "campaign", "&filter=budget%20is%20not%20null").await[0].clone();
+    let campaign_id = campaign["id"].as_str().unwrap();
+    let responses = campaign["data"]["responses"].as_u64().unwrap();
+    let contact = records(app, "contact", "").await[0]["id"].clone();
+    app.create(
+        "campaign_member",
+        json!({"campaign": campaign_id, "contact": contact, "status": "responded"}),
+    )
+    .await;
+    let campaign = app
+        .get(&format!("/api/v1/records/campaign/{campaign_id}"))
+        .await
+        .body;
+    let data = &campaign["data"];
+    assert_eq!(data["responses"].as_u64(), Some(responses + 1), "{data:#}");
+    let cost = data["actual_cost"]["amount"]
+        .as_f64()
+        .or(data["budget"]["amount"].as_f64())
+        .unwrap();
+    let per_response = data["cost_per_response"]["amount"].as_f64().unwrap();
+    assert!(
+        (per_response - cost / (responses + 1) as f64).abs() < 0.01,
+        "{data:#}"
+    );
     // Sample records start no runs of the pack's own workflows.
     for name in ["complaint_sla", "lead_assignment"] {
         let runs = app.get(&format!("/api/v1/workflows/{name}/runs")).await;

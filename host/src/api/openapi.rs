@@ -103,6 +103,8 @@ fn fixed_schemas() -> Map<String, Value> {
     let mut schemas = Map::new();
     embed(&mut schemas, "entity", ENTITY_SCHEMA);
     embed(&mut schemas, "workflow", WORKFLOW_SCHEMA);
+    embed(&mut schemas, "pack", crate::packs::manifest::PACK_SCHEMA);
+    embed(&mut schemas, "view", crate::views::VIEW_SCHEMA);
     schemas.insert("record_system".into(), json!({
         "type": "object",
         "required": ["id", "version", "owner", "created_at", "created_by", "updated_at", "updated_by", "data"],
@@ -247,7 +249,64 @@ fn fixed_paths() -> Map<String, Value> {
     }));
     webhook_paths(&mut paths, &error);
     workflow_paths(&mut paths, &error);
+    pack_paths(&mut paths, &error);
     paths
+}
+
+fn pack_paths(paths: &mut Map<String, Value>, error: &Value) {
+    let id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let dry_run = json!({"name": "dry_run", "in": "query", "schema": {"type": "boolean", "default": false},
+                         "description": "Answer what would change, change nothing"});
+    let report = json!({"description": "What changed (or would): for each pack, its entities (added, extended, changed, adopted, dropped, kept, deleted; fields added and deactivated; evolution changes and conversions), workflows, plugins (with the capabilities added and removed), views, roles, sample records and migrated records"});
+    let refused = json!({"description": "Refused before anything changed: `error.fields` lists every problem by `<pack>/<file>#<JSON path>`",
+                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/error"}}}});
+    paths.insert("/api/v1/packs".into(), json!({
+        "get": {"tags": ["packs"], "summary": "The packs this server bundles and those the tenant has: id, label, description, available and installed version, status (available, installed, removed with its data kept), dependencies",
+                "responses": {"200": {"description": "Packs"}}}
+    }));
+    paths.insert("/api/v1/packs/{id}".into(), json!({
+        "parameters": [id],
+        "get": {"tags": ["packs"], "summary": "A pack: its entities, the fields it adds to others, workflows, plugins with the capabilities they request, roles, views; what the tenant installed of it",
+                "responses": {"200": {"description": "The pack"}, "404": error}},
+        "delete": {"tags": ["packs"], "summary": "Remove an installed pack (admin): its workflows, views and plugins go; its entities and records stay unless `purge=true`; refused while another installed pack depends on it",
+                   "parameters": [{"name": "purge", "in": "query", "schema": {"type": "boolean", "default": false},
+                                   "description": "Also delete its entities, their records and the fields it added to other entities"}, dry_run],
+                   "responses": {"200": report, "403": error, "404": error, "422": refused}}
+    }));
+    paths.insert("/api/v1/packs/{id}/install".into(), json!({
+        "parameters": [id],
+        "post": {"tags": ["packs"], "summary": "Install a bundled pack and the packs it depends on (admin), dependencies first, in one transaction",
+                 "parameters": [{"name": "sample", "in": "query", "schema": {"type": "boolean", "default": false},
+                                 "description": "Also install the packs' sample records"}, dry_run],
+                 "responses": {"200": report, "201": report, "403": error, "404": error, "422": refused}}
+    }));
+    paths.insert("/api/v1/packs/{id}/upgrade".into(), json!({
+        "parameters": [id],
+        "post": {"tags": ["packs"], "summary": "Upgrade an installed pack to the bundled version (admin), in one transaction: a field the pack did not change keeps the tenant's edits, fields it drops are deactivated with their data kept, values convert, the pack's data migrations run; `dry_run=true` shows the diff",
+                 "parameters": [dry_run],
+                 "responses": {"200": report, "403": error, "404": error, "422": refused}}
+    }));
+    let name =
+        json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    paths.insert("/api/v1/views".into(), json!({
+        "get": {"tags": ["views"], "summary": "Saved views (lists over one entity, with parameters) and the pack that installed each",
+                "responses": {"200": {"description": "Views", "content": {"application/json": {"schema": {"type": "object",
+                    "properties": {"data": {"type": "array", "items": {"$ref": "#/components/schemas/view"}}}}}}}}}
+    }));
+    paths.insert("/api/v1/views/{name}".into(), json!({
+        "parameters": [name],
+        "get": {"tags": ["views"], "summary": "A saved view", "responses": {"200": {"description": "The view"}, "404": error}}
+    }));
+    paths.insert("/api/v1/views/{name}/records".into(), json!({
+        "parameters": [name,
+                       {"name": "params", "in": "query", "style": "form", "explode": true,
+                        "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "description": "The view's parameters, each as a query parameter (`?exhibition=<id>`); each is a quoted literal in the filter"},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                       {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+        "get": {"tags": ["views"], "summary": "Run a saved view: a page of records as the records API lists them",
+                "responses": {"200": {"description": "A page of records"}, "400": error, "404": error}}
+    }));
 }
 
 fn webhook_paths(paths: &mut Map<String, Value>, error: &Value) {
