@@ -163,3 +163,48 @@ mod tests {
         );
     }
 }
+
+/// Tenants whose caches must not be used now, with a count of who asks: while a pack
+/// operation's transaction is open, what a service reads through it is uncommitted and must not
+/// be cached for others (nor what others cached used inside it).
+#[derive(Debug, Clone, Default)]
+pub struct Uncached(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<TenantId, usize>>>);
+
+impl Uncached {
+    /// Marks the tenant uncached until the guard is dropped.
+    pub fn enter(&self, tenant: &TenantId) -> UncachedGuard {
+        *self
+            .0
+            .lock()
+            .expect("uncached lock")
+            .entry(tenant.clone())
+            .or_default() += 1;
+        UncachedGuard {
+            registry: self.clone(),
+            tenant: tenant.clone(),
+        }
+    }
+
+    pub fn contains(&self, tenant: &TenantId) -> bool {
+        self.0.lock().expect("uncached lock").contains_key(tenant)
+    }
+}
+
+/// Keeps a tenant uncached until dropped (see [`Uncached::enter`]).
+#[derive(Debug)]
+pub struct UncachedGuard {
+    registry: Uncached,
+    tenant: TenantId,
+}
+
+impl Drop for UncachedGuard {
+    fn drop(&mut self) {
+        let mut tenants = self.registry.0.lock().expect("uncached lock");
+        if let Some(count) = tenants.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                tenants.remove(&self.tenant);
+            }
+        }
+    }
+}

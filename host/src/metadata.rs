@@ -181,6 +181,8 @@ pub struct Metadata {
     store: Store,
     cache: RwLock<HashMap<(TenantId, String), Arc<CompiledEntity>>>,
     roll_ups: RwLock<HashMap<TenantId, (Instant, Arc<RollUps>)>>,
+    /// Tenants whose definitions are not cached now (see [`Metadata::uncached`]).
+    uncached: crate::domain::Uncached,
 }
 
 /// How long the roll-up dependencies of a tenant are cached. A change made on this host
@@ -255,6 +257,7 @@ impl Metadata {
             store,
             cache: RwLock::new(HashMap::new()),
             roll_ups: RwLock::new(HashMap::new()),
+            uncached: Default::default(),
         }
     }
 
@@ -265,12 +268,13 @@ impl Metadata {
         entity: &str,
     ) -> Result<Vec<RollUp>, MetadataError> {
         let tenant = scoped.tenant().clone();
+        let uncached = self.uncached.contains(&tenant);
         let cached = self
             .roll_ups
             .read()
             .expect("roll-ups lock")
             .get(&tenant)
-            .filter(|(at, _)| at.elapsed() < ROLL_UPS_TTL)
+            .filter(|(at, _)| !uncached && at.elapsed() < ROLL_UPS_TTL)
             .map(|(_, roll_ups)| roll_ups.clone());
         let roll_ups = match cached {
             Some(roll_ups) => roll_ups,
@@ -280,10 +284,12 @@ impl Metadata {
                     definitions.push(stored_definition(&stored.definition)?);
                 }
                 let roll_ups = Arc::new(roll_ups_of(&definitions));
-                self.roll_ups
-                    .write()
-                    .expect("roll-ups lock")
-                    .insert(tenant, (Instant::now(), roll_ups.clone()));
+                if !uncached {
+                    self.roll_ups
+                        .write()
+                        .expect("roll-ups lock")
+                        .insert(tenant, (Instant::now(), roll_ups.clone()));
+                }
                 roll_ups
             }
         };
@@ -292,6 +298,14 @@ impl Metadata {
 
     fn forget_roll_ups(&self, tenant: &TenantId) {
         self.roll_ups.write().expect("roll-ups lock").remove(tenant);
+    }
+
+    /// While the guard lives, the tenant's definitions and roll-ups are read through each
+    /// caller's connection and never cached: a pack's transaction changes several definitions
+    /// and writes records under them before it commits (or rolls back).
+    pub fn uncached(&self, tenant: &TenantId) -> crate::domain::UncachedGuard {
+        self.forget_tenant(tenant);
+        self.uncached.enter(tenant)
     }
 
     /// Forgets everything cached about a tenant's definitions: after a transaction that changed
@@ -343,7 +357,9 @@ impl Metadata {
             return Err(MetadataError::UnknownEntity(name.to_owned()));
         };
         let key = (scoped.tenant().clone(), name.to_owned());
-        if let Some(cached) = self.cache.read().expect("metadata cache lock").get(&key)
+        let uncached = self.uncached.contains(&key.0);
+        if !uncached
+            && let Some(cached) = self.cache.read().expect("metadata cache lock").get(&key)
             && cached.id == id
             && cached.version == version
         {
@@ -358,10 +374,12 @@ impl Metadata {
             stored.version,
             stored_definition(&stored.definition)?,
         )?);
-        self.cache
-            .write()
-            .expect("metadata cache lock")
-            .insert(key, compiled.clone());
+        if !uncached {
+            self.cache
+                .write()
+                .expect("metadata cache lock")
+                .insert(key, compiled.clone());
+        }
         Ok(compiled)
     }
 

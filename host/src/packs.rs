@@ -4,6 +4,9 @@
 //!
 //! - [`manifest`]: the manifest's typed form and the install order of dependencies;
 //! - [`catalog`]: the bundled packs and packs read from directories;
+//! - `check`: what is checked before a transaction (files, plugins, names the tenant uses);
+//! - [`merge`]: the three-way merge of definitions an upgrade applies;
+//! - `apply`: what each operation does in its transaction;
 //! - [`Packs`]: install (dependencies first, one transaction), upgrade (a diff first, a
 //!   three-way merge of definitions, data migrations), remove (data kept unless purged).
 //!
@@ -11,30 +14,33 @@
 //! installed is recorded with it (`installed_packs.contents`), so that an upgrade knows which
 //! fields are the pack's and which an administrator added, and a removal what to undo.
 
+mod apply;
 pub mod catalog;
+mod check;
 pub mod manifest;
+pub mod merge;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use semver::{Version, VersionReq};
+use semver::Version;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::auth::Principal;
 use crate::metadata::evolution::Change;
-use crate::metadata::validation::{self, Problem};
-use crate::metadata::{Applied, FieldCheck, Metadata, MetadataError};
-use crate::plugins::{PluginError, Plugins, Prepared};
-use crate::records::hooks::WriteContext;
-use crate::records::{RecordError, Records};
+use crate::metadata::validation::Problem;
+use crate::metadata::{FieldCheck, Metadata};
+use crate::plugins::Plugins;
+use crate::records::Records;
 use crate::store::packs::StoredPack;
 use crate::store::{Store, StoreError, Tx};
-use crate::workflows::template::{Scope, Template};
-use crate::workflows::{WorkflowError, Workflows};
+use crate::workflows::Workflows;
 use catalog::{Pack, PluginSource};
+use check::{TenantState, clashes, extension_targets};
 use manifest::{PackManifest, install_order};
+use merge::name_of;
 
 /// Sample records are written in batches of this many.
 const SAMPLE_BATCH: usize = 500;
@@ -67,12 +73,17 @@ pub enum Source {
     Directory(PathBuf),
 }
 
-/// What a pack installed in a tenant, recorded with it.
+/// What a pack owns in a tenant, recorded with it: what it installed (plugins an administrator or
+/// another pack installed first are not its), and entities it dropped.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Contents {
     /// The pack's entity definitions (normalized), by name.
     #[serde(default)]
     pub entities: BTreeMap<String, Value>,
+    /// Entities an earlier version had and a later one dropped: kept with their records, still
+    /// the pack's (a purge deletes them, a later version may bring them back).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped: BTreeMap<String, Value>,
     /// Fields added to other entities (normalized), by entity.
     #[serde(default)]
     pub extends: BTreeMap<String, Vec<Value>>,
@@ -86,7 +97,7 @@ pub struct Contents {
     pub views: BTreeMap<String, Value>,
 }
 
-/// A plugin a pack installed.
+/// A plugin a pack installed (or, in a pack's description, would install).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PluginEntry {
     #[serde(rename = "crate")]
@@ -139,6 +150,9 @@ pub struct EntityChange {
     /// Fields whose values are converted, with how many records hold one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conversions: Vec<FieldCheck>,
+    /// A purge: the reference fields of other entities that pointed at this one, deactivated.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub references_deactivated: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -196,71 +210,6 @@ pub struct PackDetail {
     pub installed: Option<Contents>,
 }
 
-/// Everything read and checked from a pack before its transaction.
-struct Checked<'p> {
-    pack: &'p Pack,
-    entities: Vec<(String, Value)>,
-    extends: BTreeMap<String, Vec<Value>>,
-    workflows: Vec<(String, Value)>,
-    plugins: Vec<(PluginSource, Prepared)>,
-    roles: BTreeMap<String, Value>,
-    views: Vec<(String, Value)>,
-    sample: Vec<(String, Value)>,
-    migrations: Vec<(String, Value)>,
-}
-
-impl Checked<'_> {
-    fn contents(&self) -> Contents {
-        Contents {
-            entities: self
-                .entities
-                .iter()
-                .map(|(_, json)| (entity_name(json), json.clone()))
-                .collect(),
-            extends: self.extends.clone(),
-            workflows: self
-                .workflows
-                .iter()
-                .map(|(_, json)| (name_of(json), json.clone()))
-                .collect(),
-            plugins: self
-                .plugins
-                .iter()
-                .map(|(source, prepared)| {
-                    (
-                        prepared.manifest.id.clone(),
-                        PluginEntry {
-                            crate_name: source.crate_name.clone(),
-                            version: prepared.manifest.version.clone(),
-                            capabilities: prepared
-                                .manifest
-                                .capabilities
-                                .missing_from(&Default::default()),
-                        },
-                    )
-                })
-                .collect(),
-            roles: self.roles.clone(),
-            views: self
-                .views
-                .iter()
-                .map(|(_, json)| (name_of(json), json.clone()))
-                .collect(),
-        }
-    }
-}
-
-fn name_of(json: &Value) -> String {
-    json.get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn entity_name(json: &Value) -> String {
-    name_of(json)
-}
-
 /// The packs of every tenant.
 #[derive(Debug, Clone)]
 pub struct Packs {
@@ -298,13 +247,9 @@ impl Packs {
         }
     }
 
-    fn bundled() -> Result<&'static HashMap<String, Pack>, PackError> {
-        Ok(catalog::bundled())
-    }
-
     fn load(&self, source: &Source) -> Result<Pack, PackError> {
         match source {
-            Source::Bundled(id) => Self::bundled()?
+            Source::Bundled(id) => catalog::bundled()
                 .get(id)
                 .cloned()
                 .ok_or_else(|| PackError::NotFound(id.clone())),
@@ -320,7 +265,7 @@ impl Packs {
     /// The bundled packs and the tenant's packs (installed, or removed with data kept).
     pub async fn list(&self, principal: &Principal) -> Result<Vec<PackSummary>, PackError> {
         let stored = self.stored(principal).await?;
-        let bundled = Self::bundled()?;
+        let bundled = catalog::bundled();
         let mut ids: BTreeSet<&str> = bundled.keys().map(String::as_str).collect();
         ids.extend(stored.iter().map(|pack| pack.pack_id.as_str()));
         ids.into_iter()
@@ -339,7 +284,7 @@ impl Packs {
         let stored = self.stored(principal).await?;
         let stored = stored.into_iter().find(|pack| pack.pack_id == id);
         let installed = stored.as_ref().map(contents_of).transpose()?;
-        if let Some(pack) = Self::bundled()?.get(id) {
+        if let Some(pack) = catalog::bundled().get(id) {
             let plugins = pack
                 .plugins(&self.plugins_dir)
                 .0
@@ -401,8 +346,9 @@ impl Packs {
     }
 
     /// Installs a pack and the packs it depends on that the tenant lacks, dependencies first,
-    /// in one transaction; with `sample`, their sample records too. Every problem found before
-    /// the transaction is reported at once, and nothing changes.
+    /// in one transaction; with `sample`, their sample records too. Every problem the checks
+    /// before the transaction find is reported at once; one found inside it (a workflow naming
+    /// a field that does not exist, say) is reported alone. Either way nothing changes.
     pub async fn install(
         &self,
         principal: &Principal,
@@ -412,11 +358,8 @@ impl Packs {
     ) -> Result<Report, PackError> {
         admin(principal)?;
         let target = self.load(source)?;
-        let stored = self.stored(principal).await?;
-        if let Some(existing) = stored
-            .iter()
-            .find(|pack| pack.pack_id == target.manifest.id && pack.status == "installed")
-        {
+        let state = self.state(principal).await?;
+        if let Some(existing) = state.pack(&target.manifest.id, "installed") {
             return Err(refused(
                 format!("{}/pack.json#/id", target.manifest.id),
                 format!(
@@ -425,13 +368,13 @@ impl Packs {
                 ),
             ));
         }
-        let mut packs: HashMap<String, Pack> = Self::bundled()?.clone();
+        let mut packs: HashMap<String, Pack> = catalog::bundled().clone();
         packs.insert(target.manifest.id.clone(), target.clone());
         let available: HashMap<String, PackManifest> = packs
             .iter()
             .map(|(id, pack)| (id.clone(), pack.manifest.clone()))
             .collect();
-        let installed = installed_versions(&stored)?;
+        let installed = installed_versions(&state.stored)?;
         // Everything that can be checked before the transaction, for every pack, at once; with
         // dependencies missing, the pack itself is still checked.
         let mut problems = Vec::new();
@@ -453,33 +396,34 @@ impl Packs {
             checked.push(found);
             problems.extend(found_problems);
         }
-        let existing = self.existing_entities(principal).await?;
-        problems.extend(clashes(&checked, &stored, &existing, None));
+        problems.extend(clashes(&checked, &state, None));
+        problems.extend(extension_targets(
+            &checked,
+            &state,
+            &self.manifests(&state, &available)?,
+        ));
         if !problems.is_empty() {
             return Err(PackError::Refused(problems));
         }
 
-        let _uncached = self.plugins.uncached(&principal.tenant);
+        let _uncached = self.uncached(principal);
         let mut tx = self.store.begin().await?;
-        let result = self
-            .install_in(&mut tx, principal, &checked, &stored, sample)
-            .await;
-        self.finish(
-            tx,
-            principal,
-            result,
-            dry_run,
-            "install",
-            &target.manifest.id,
-        )
-        .await
+        let result = match self.confirm(&mut tx, principal, &state).await {
+            Ok(()) => {
+                self.install_in(&mut tx, principal, &checked, &state, sample)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        self.finish(tx, principal, result, dry_run, "install", &target.manifest.id)
+            .await
     }
 
     /// Upgrades an installed pack to the version of `source`: shows (with `dry_run`) or applies
-    /// the difference in one transaction. Entity definitions are merged three ways: a field the
-    /// pack did not change keeps the administrator's edits, fields others added stay, fields the
-    /// new version drops are deactivated (their data kept). Records are converted where field
-    /// types change, and the pack's data migrations run.
+    /// the difference in one transaction. Definitions merge three ways (see [`merge`]): the
+    /// pack's changes win, what the administrator changed that the pack did not stays, fields
+    /// the new version drops are deactivated (their data kept), and so are entities. Records are
+    /// converted where field types change, and the pack's data migrations run.
     pub async fn upgrade(
         &self,
         principal: &Principal,
@@ -488,10 +432,9 @@ impl Packs {
         dry_run: bool,
     ) -> Result<Report, PackError> {
         admin(principal)?;
-        let stored = self.stored(principal).await?;
-        let current = stored
-            .iter()
-            .find(|pack| pack.pack_id == id && pack.status == "installed")
+        let state = self.state(principal).await?;
+        let current = state
+            .pack(id, "installed")
             .ok_or_else(|| PackError::NotInstalled(id.to_owned()))?;
         let pack = self.load(source)?;
         if pack.manifest.id != id {
@@ -511,29 +454,26 @@ impl Packs {
                 ),
             ));
         }
-        let installed = installed_versions(&stored)?;
+        let installed = installed_versions(&state.stored)?;
         for (dependency, range) in &pack.manifest.depends {
-            match installed.get(dependency) {
-                Some(version) if range.matches(version) => {}
-                Some(version) => problems.push(Problem::new(
-                    format!("{id}/pack.json#/depends/{dependency}"),
-                    format!(
-                        "`{id}` {} needs `{dependency}` {range}, and version {version} is installed: upgrade `{dependency}` first",
-                        pack.manifest.version
-                    ),
-                )),
-                None => problems.push(Problem::new(
-                    format!("{id}/pack.json#/depends/{dependency}"),
-                    format!(
-                        "`{id}` {} needs `{dependency}` {range}, which is not installed: install it first",
-                        pack.manifest.version
-                    ),
-                )),
-            }
+            let problem = match installed.get(dependency) {
+                Some(version) if range.matches(version) => continue,
+                Some(version) => format!(
+                    "`{id}` {} needs `{dependency}` {range}, and version {version} is installed: upgrade `{dependency}` first",
+                    pack.manifest.version
+                ),
+                None => format!(
+                    "`{id}` {} needs `{dependency}` {range}, which is not installed: install it first",
+                    pack.manifest.version
+                ),
+            };
+            problems.push(Problem::new(
+                format!("{id}/pack.json#/depends/{dependency}"),
+                problem,
+            ));
         }
-        for other in stored.iter().filter(|other| other.status == "installed") {
-            let manifest = manifest_of(other)?;
-            if let Some(range) = manifest.depends.get(id)
+        for other in state.stored.iter().filter(|other| other.status == "installed") {
+            if let Some(range) = manifest_of(other)?.depends.get(id)
                 && !range.matches(&pack.manifest.version)
             {
                 problems.push(Problem::new(
@@ -548,37 +488,35 @@ impl Packs {
         let (checked, found) = self.check(&pack).await;
         problems.extend(found);
         let old = contents_of(current)?;
-        let existing = self.existing_entities(principal).await?;
-        problems.extend(clashes(
-            std::slice::from_ref(&checked),
-            &stored,
-            &existing,
-            Some(&old),
+        let checked = [checked];
+        problems.extend(clashes(&checked, &state, Some(&old)));
+        let available = HashMap::from([(id.to_owned(), pack.manifest.clone())]);
+        problems.extend(extension_targets(
+            &checked,
+            &state,
+            &self.manifests(&state, &available)?,
         ));
         if !problems.is_empty() {
             return Err(PackError::Refused(problems));
         }
 
-        let _uncached = self.plugins.uncached(&principal.tenant);
+        let _uncached = self.uncached(principal);
         let mut tx = self.store.begin().await?;
-        let result = self
-            .upgrade_in(&mut tx, principal, &checked, &old, &from, &stored)
-            .await;
-        self.finish(
-            tx,
-            principal,
-            result.map(|changes| vec![changes]),
-            dry_run,
-            "upgrade",
-            id,
-        )
-        .await
+        let result = match self.confirm(&mut tx, principal, &state).await {
+            Ok(()) => self
+                .upgrade_in(&mut tx, principal, &checked[0], &old, &from, &state)
+                .await
+                .map(|changes| vec![changes]),
+            Err(error) => Err(error),
+        };
+        self.finish(tx, principal, result, dry_run, "upgrade", id)
+            .await
     }
 
-    /// Removes an installed pack: its workflows, views and plugins (those no other installed
-    /// pack uses) go; its entities, their records and the fields it added to other entities
-    /// stay (computed fields whose plugin goes are deactivated), unless `purge`, which deletes
-    /// them. Refused while another installed pack depends on it.
+    /// Removes an installed pack: its workflows, views and plugins (those it installed and no
+    /// other installed pack uses) go; its entities, their records and the fields it added to
+    /// other entities stay (computed fields whose plugin goes are deactivated), unless `purge`,
+    /// which deletes them. Refused while another installed pack depends on it.
     pub async fn remove(
         &self,
         principal: &Principal,
@@ -587,44 +525,91 @@ impl Packs {
         dry_run: bool,
     ) -> Result<Report, PackError> {
         admin(principal)?;
-        let stored = self.stored(principal).await?;
-        let current = stored
-            .iter()
-            .find(|pack| pack.pack_id == id && pack.status == "installed")
+        let state = self.state(principal).await?;
+        let current = state
+            .pack(id, "installed")
             .ok_or_else(|| PackError::NotInstalled(id.to_owned()))?;
         let mut dependents = Vec::new();
-        for other in stored.iter().filter(|other| other.status == "installed") {
+        for other in state.stored.iter().filter(|other| other.status == "installed") {
             if manifest_of(other)?.depends.contains_key(id) {
                 dependents.push(format!("`{}`", other.pack_id));
             }
         }
         if !dependents.is_empty() {
+            let many = dependents.len() > 1;
             return Err(refused(
                 format!("{id}/pack.json#/id"),
                 format!(
                     "installed pack{} {} depend{} on `{id}`: remove {} first",
-                    if dependents.len() > 1 { "s" } else { "" },
+                    if many { "s" } else { "" },
                     dependents.join(", "),
-                    if dependents.len() > 1 { "" } else { "s" },
-                    if dependents.len() > 1 { "them" } else { "it" }
+                    if many { "" } else { "s" },
+                    if many { "them" } else { "it" }
                 ),
             ));
         }
         let contents = contents_of(current)?;
-        let _uncached = self.plugins.uncached(&principal.tenant);
+        let _uncached = self.uncached(principal);
         let mut tx = self.store.begin().await?;
-        let result = self
-            .remove_in(&mut tx, principal, current, &contents, &stored, purge)
-            .await;
-        self.finish(
-            tx,
-            principal,
-            result.map(|changes| vec![changes]),
-            dry_run,
-            "remove",
-            id,
-        )
-        .await
+        let result = match self.confirm(&mut tx, principal, &state).await {
+            Ok(()) => self
+                .remove_in(&mut tx, principal, current, &contents, &state, purge)
+                .await
+                .map(|changes| vec![changes]),
+            Err(error) => Err(error),
+        };
+        self.finish(tx, principal, result, dry_run, "remove", id)
+            .await
+    }
+
+    /// What the tenant has, read before an operation's transaction.
+    async fn state(&self, principal: &Principal) -> Result<TenantState, PackError> {
+        let mut conn = self.store.reader().await?;
+        Ok(TenantState::read(&mut conn.scoped(&principal.tenant)).await?)
+    }
+
+    /// Inside the transaction: serializes pack operations of the tenant, and refuses when its
+    /// packs changed since the checks read them (another operation committed meanwhile).
+    async fn confirm(
+        &self,
+        tx: &mut Tx,
+        principal: &Principal,
+        state: &TenantState,
+    ) -> Result<(), PackError> {
+        let mut scoped = tx.scoped(&principal.tenant);
+        scoped.lock_packs().await?;
+        if state.same_packs(&scoped.packs().await?) {
+            Ok(())
+        } else {
+            Err(refused(
+                "/",
+                "the tenant's packs changed while this operation was checked: run it again",
+            ))
+        }
+    }
+
+    /// The manifests of the packs an operation may meet: the tenant's and `available`.
+    fn manifests(
+        &self,
+        state: &TenantState,
+        available: &HashMap<String, PackManifest>,
+    ) -> Result<HashMap<String, PackManifest>, PackError> {
+        let mut manifests = available.clone();
+        for pack in &state.stored {
+            if !manifests.contains_key(&pack.pack_id) {
+                manifests.insert(pack.pack_id.clone(), manifest_of(pack)?);
+            }
+        }
+        Ok(manifests)
+    }
+
+    /// Keeps the tenant's definitions and plugins uncached while an operation's transaction is
+    /// open (what it reads through it is uncommitted).
+    fn uncached(&self, principal: &Principal) -> [crate::domain::UncachedGuard; 2] {
+        [
+            self.metadata.uncached(&principal.tenant),
+            self.plugins.uncached(&principal.tenant),
+        ]
     }
 
     /// Commits (or, for a dry run or a failure, rolls back) and drops what is cached about the
@@ -658,903 +643,6 @@ impl Packs {
             packs: outcome?,
         })
     }
-
-    /// The names of the tenant's entities (committed).
-    async fn existing_entities(
-        &self,
-        principal: &Principal,
-    ) -> Result<BTreeSet<String>, PackError> {
-        let mut conn = self.store.reader().await?;
-        let entities = conn.scoped(&principal.tenant).list_entities().await?;
-        Ok(entities
-            .iter()
-            .map(|entity| entity_name(&entity.definition))
-            .collect())
-    }
-
-    /// Reads and checks everything of a pack that needs no transaction: every file parses and
-    /// has its shape, entity definitions validate, plugins resolve, validate and compile.
-    async fn check<'p>(&self, pack: &'p Pack) -> (Checked<'p>, Vec<Problem>) {
-        let manifest = &pack.manifest;
-        let mut problems = Vec::new();
-        let mut take = |result: Result<Vec<(String, Value)>, Vec<Problem>>| match result {
-            Ok(found) => found,
-            Err(found) => {
-                problems.extend(found);
-                Vec::new()
-            }
-        };
-        let mut entities = take(pack.all_json(&manifest.entities));
-        let extend_files = take(pack.all_json(&manifest.extends));
-        let workflows = take(pack.all_json(&manifest.workflows));
-        let role_files = take(pack.all_json(&manifest.roles));
-        let view_files = take(pack.all_json(&manifest.views));
-        let sample = take(pack.all_json(&manifest.sample));
-        let migrations = take(pack.all_json(&manifest.migrations));
-
-        let mut names = BTreeSet::new();
-        for (file, json) in &mut entities {
-            match validation::parse_definition(json) {
-                Ok(definition) => {
-                    if !names.insert(definition.name.to_string()) {
-                        problems.push(Problem::new(
-                            format!("{file}#/name"),
-                            format!("two files define entity `{}`", definition.name),
-                        ));
-                    }
-                    // Normalized, so that what an upgrade compares is what the store holds.
-                    *json = without_version(crate::metadata::definition::to_json(&definition));
-                }
-                Err(found) => problems.extend(prefixed(file, found)),
-            }
-        }
-        let mut extends: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for (file, json) in &extend_files {
-            let Some(entity) = json.get("entity").and_then(Value::as_str) else {
-                problems.push(Problem::new(
-                    format!("{file}#/entity"),
-                    "an extension names the `entity` it adds fields to",
-                ));
-                continue;
-            };
-            if names.contains(entity) {
-                problems.push(Problem::new(
-                    format!("{file}#/entity"),
-                    format!("`{entity}` is this pack's own entity: define its fields there"),
-                ));
-                continue;
-            }
-            let fields = json.get("fields").cloned().unwrap_or(Value::Null);
-            let extra: Vec<&str> = json
-                .as_object()
-                .into_iter()
-                .flat_map(|object| object.keys())
-                .map(String::as_str)
-                .filter(|key| !matches!(*key, "entity" | "fields"))
-                .collect();
-            if !extra.is_empty() {
-                problems.push(Problem::new(
-                    format!("{file}#/"),
-                    format!(
-                        "an extension has `entity` and `fields` only, not {}",
-                        extra.join(", ")
-                    ),
-                ));
-            }
-            // The fields are checked as an entity of their own would be.
-            match validation::parse_definition(&json!({"name": entity, "fields": fields})) {
-                Ok(definition) => {
-                    let target = extends.entry(entity.to_owned()).or_default();
-                    for field in &definition.fields {
-                        target.push(
-                            serde_json::to_value(field).expect("field definitions serialize"),
-                        );
-                    }
-                }
-                Err(found) => problems.extend(prefixed(file, found)),
-            }
-        }
-        let mut roles = BTreeMap::new();
-        for (file, json) in role_files {
-            match json.get("name").and_then(Value::as_str) {
-                Some(name) if json.is_object() => {
-                    roles.insert(name.to_owned(), json.clone());
-                }
-                _ => problems.push(Problem::new(
-                    format!("{file}#/name"),
-                    "a role is an object with a `name`",
-                )),
-            }
-        }
-        let mut views = Vec::new();
-        for (file, json) in view_files {
-            match crate::views::parse(&json) {
-                Ok(_) => views.push((file, json)),
-                Err(found) => problems.extend(prefixed(&file, found)),
-            }
-        }
-        for (file, json) in &sample {
-            let entity_ok = json.get("entity").and_then(Value::as_str).is_some();
-            let records_ok = json.get("records").and_then(Value::as_array).is_some();
-            if !entity_ok || !records_ok {
-                problems.push(Problem::new(
-                    format!("{file}#/"),
-                    "sample data is `{\"entity\": name, \"records\": [record bodies]}`",
-                ));
-            }
-        }
-        for (file, json) in &migrations {
-            problems.extend(check_migration(file, json));
-        }
-        let mut plugins = Vec::new();
-        let (sources, found) = pack.plugins(&self.plugins_dir);
-        problems.extend(found);
-        for source in sources {
-            let path = format!("{}/pack.json#/plugins/{}", manifest.id, source.index);
-            let bytes = match std::fs::read(&source.component) {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    problems.push(Problem::new(
-                        path,
-                        format!("cannot read {}: {error}", source.component.display()),
-                    ));
-                    continue;
-                }
-            };
-            match self.plugins.prepare(&source.manifest, &bytes).await {
-                Ok(prepared) => {
-                    if let Some(config) = &source.config
-                        && let Err(found) = prepared.manifest.check_config(config)
-                    {
-                        problems.extend(found.into_iter().map(|problem| {
-                            Problem::new(format!("{path}/config{}", problem.path), problem.message)
-                        }));
-                    }
-                    plugins.push((source, prepared));
-                }
-                Err(PluginError::InvalidManifest(found)) => {
-                    problems.extend(found.into_iter().map(|problem| {
-                        Problem::new(
-                            format!(
-                                "{path} (plugin `{}` manifest{})",
-                                source.crate_name, problem.path
-                            ),
-                            problem.message,
-                        )
-                    }));
-                }
-                Err(error) => problems.push(Problem::new(
-                    path,
-                    format!("plugin `{}`: {error}", source.crate_name),
-                )),
-            }
-        }
-        let checked = Checked {
-            pack,
-            entities,
-            extends,
-            workflows,
-            plugins,
-            roles,
-            views,
-            sample,
-            migrations,
-        };
-        (checked, problems)
-    }
-
-    async fn install_in(
-        &self,
-        tx: &mut Tx,
-        principal: &Principal,
-        checked: &[Checked<'_>],
-        stored: &[StoredPack],
-        sample: bool,
-    ) -> Result<Vec<PackChanges>, PackError> {
-        let tenant = &principal.tenant;
-        let mut reports = Vec::new();
-        // Definitions and plugins of every pack, dependencies first…
-        for pack in checked {
-            let id = &pack.pack.manifest.id;
-            let removed = stored
-                .iter()
-                .find(|stored| &stored.pack_id == id && stored.status == "removed")
-                .map(contents_of)
-                .transpose()?;
-            let mut report = PackChanges {
-                id: id.clone(),
-                from_version: None,
-                to_version: Some(pack.pack.manifest.version.to_string()),
-                ..PackChanges::default()
-            };
-            let mut batch = Vec::new();
-            for (file, json) in &pack.entities {
-                let name = entity_name(json);
-                let current = current_definition(tx, principal, &name).await?;
-                match current {
-                    // Kept when the pack was removed: taken back, with the pack's fields.
-                    Some(current) => {
-                        let (merged, added, removed_fields) = merge_entity(None, json, &current);
-                        batch.push((file.clone(), merged));
-                        report.entities.push(entity_change(
-                            &name,
-                            "adopted",
-                            added,
-                            removed_fields,
-                        ));
-                    }
-                    None => {
-                        batch.push((file.clone(), json.clone()));
-                        report
-                            .entities
-                            .push(entity_change(&name, "added", Vec::new(), Vec::new()));
-                    }
-                }
-            }
-            let previous_extends = removed.as_ref().map(|contents| &contents.extends);
-            for (entity, fields) in &pack.extends {
-                let Some(current) = current_definition(tx, principal, entity).await? else {
-                    return Err(refused(
-                        format!("{id}/pack.json#/extends"),
-                        format!("`{id}` adds fields to entity `{entity}`, which does not exist"),
-                    ));
-                };
-                let before = previous_extends
-                    .and_then(|extends| extends.get(entity))
-                    .cloned()
-                    .unwrap_or_default();
-                let own: BTreeSet<String> = before.iter().map(name_of).collect();
-                let clashing: Vec<String> = fields
-                    .iter()
-                    .map(name_of)
-                    .filter(|name| has_field(&current, name) && !own.contains(name))
-                    .collect();
-                if !clashing.is_empty() {
-                    return Err(refused(
-                        format!("{id}/pack.json#/extends"),
-                        format!(
-                            "entity `{entity}` already has field{} {}",
-                            if clashing.len() > 1 { "s" } else { "" },
-                            clashing
-                                .iter()
-                                .map(|f| format!("`{f}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ));
-                }
-                let (merged, added, _) = merge_extension(&[], fields, &current);
-                batch.push((format!("{id}/extends/{entity}"), merged));
-                report
-                    .entities
-                    .push(entity_change(entity, "extended", added, Vec::new()));
-            }
-            let applied = self
-                .metadata
-                .apply_all_in(tx, tenant, Some(&principal.user), &batch)
-                .await
-                .map_err(metadata_problems)?;
-            describe_applied(&mut report.entities, &applied);
-            self.install_plugins(tx, principal, pack, None, &mut report)
-                .await?;
-            reports.push(report);
-        }
-        // …then their sample records (before any workflow of theirs exists, so that sample
-        // records start no runs of the packs being installed)…
-        if sample {
-            let mut keys = HashMap::new();
-            for (pack, report) in checked.iter().zip(&mut reports) {
-                report.sample_records = self
-                    .import_sample(tx, principal, &pack.sample, &mut keys)
-                    .await?;
-            }
-        }
-        // …then views, workflows and the record of what each pack installed.
-        for (pack, report) in checked.iter().zip(&mut reports) {
-            self.put_views(tx, principal, pack, None, report).await?;
-            report.roles = pack
-                .roles
-                .keys()
-                .map(|name| ItemChange {
-                    name: name.clone(),
-                    change: "added",
-                })
-                .collect();
-            let applied = self
-                .workflows
-                .apply_in(tx, tenant, principal.user.as_str(), &pack.workflows)
-                .await
-                .map_err(workflow_problems)?;
-            report.workflows = applied
-                .iter()
-                .map(|(view, verb)| ItemChange {
-                    name: name_of(&view.definition),
-                    change: if *verb == "create" {
-                        "added"
-                    } else {
-                        "updated"
-                    },
-                })
-                .collect();
-            self.record_pack(tx, principal, pack).await?;
-        }
-        Ok(reports)
-    }
-
-    async fn upgrade_in(
-        &self,
-        tx: &mut Tx,
-        principal: &Principal,
-        checked: &Checked<'_>,
-        old: &Contents,
-        from: &Version,
-        stored: &[StoredPack],
-    ) -> Result<PackChanges, PackError> {
-        let tenant = &principal.tenant;
-        let id = &checked.pack.manifest.id;
-        let mut report = PackChanges {
-            id: id.clone(),
-            from_version: Some(from.to_string()),
-            to_version: Some(checked.pack.manifest.version.to_string()),
-            ..PackChanges::default()
-        };
-        let migrations: Vec<&Value> = checked
-            .migrations
-            .iter()
-            .filter(|(_, json)| {
-                json["from"]
-                    .as_str()
-                    .and_then(|range| VersionReq::parse(range).ok())
-                    .is_some_and(|range| range.matches(from))
-            })
-            .map(|(_, json)| json)
-            .collect();
-
-        // The new definitions, merged with the tenant's.
-        let mut batch = Vec::new();
-        for (file, json) in &checked.entities {
-            let name = entity_name(json);
-            let current = current_definition(tx, principal, &name).await?;
-            match current {
-                Some(current) => {
-                    let (merged, added, removed) =
-                        merge_entity(old.entities.get(&name), json, &current);
-                    batch.push((file.clone(), merged));
-                    report
-                        .entities
-                        .push(entity_change(&name, "changed", added, removed));
-                }
-                None => {
-                    batch.push((file.clone(), json.clone()));
-                    report
-                        .entities
-                        .push(entity_change(&name, "added", Vec::new(), Vec::new()));
-                }
-            }
-        }
-        let mut targets: BTreeSet<&String> = checked.extends.keys().collect();
-        targets.extend(old.extends.keys());
-        for entity in targets {
-            let Some(current) = current_definition(tx, principal, entity).await? else {
-                if checked.extends.contains_key(entity) {
-                    return Err(refused(
-                        format!("{id}/pack.json#/extends"),
-                        format!("`{id}` adds fields to entity `{entity}`, which does not exist"),
-                    ));
-                }
-                continue;
-            };
-            let before = old.extends.get(entity).cloned().unwrap_or_default();
-            let after = checked.extends.get(entity).cloned().unwrap_or_default();
-            let (merged, added, removed) = merge_extension(&before, &after, &current);
-            batch.push((format!("{id}/extends/{entity}"), merged));
-            report
-                .entities
-                .push(entity_change(entity, "extended", added, removed));
-        }
-        for name in old.entities.keys() {
-            if !checked
-                .entities
-                .iter()
-                .any(|(_, json)| &entity_name(json) == name)
-            {
-                report
-                    .entities
-                    .push(entity_change(name, "dropped", Vec::new(), Vec::new()));
-            }
-        }
-        // With data migrations to run, the records must still accept both the old values and
-        // the new ones meanwhile: first every picklist keeps its old options and dropped fields
-        // stay active, then the migrations run, then the final definitions apply (and check
-        // that every record converts).
-        if !migrations.is_empty() {
-            let mut between = Vec::new();
-            for (file, merged) in &batch {
-                let name = entity_name(merged);
-                let current = current_definition(tx, principal, &name).await?;
-                between.push((file.clone(), interim(merged, current.as_ref())));
-            }
-            let applied = self
-                .metadata
-                .apply_all_in(tx, tenant, Some(&principal.user), &between)
-                .await
-                .map_err(metadata_problems)?;
-            describe_applied(&mut report.entities, &applied);
-        }
-        self.install_plugins(tx, principal, checked, Some(old), &mut report)
-            .await?;
-        let still_used = plugins_used_by_others(stored, id)?;
-        for (plugin, _) in old.plugins.iter().filter(|(plugin, _)| {
-            !checked
-                .plugins
-                .iter()
-                .any(|(_, p)| &p.manifest.id == *plugin)
-        }) {
-            report.plugins.push(
-                self.drop_plugin(tx, principal, plugin, old, &still_used)
-                    .await?,
-            );
-        }
-        for migration in migrations {
-            report.migrated_records += self.migrate(tx, principal, migration).await?;
-        }
-        let applied = self
-            .metadata
-            .apply_all_in(tx, tenant, Some(&principal.user), &batch)
-            .await
-            .map_err(metadata_problems)?;
-        describe_applied(&mut report.entities, &applied);
-        self.put_views(tx, principal, checked, Some(old), &mut report)
-            .await?;
-        report.roles = role_changes(&old.roles, &checked.roles);
-        // Workflows: the new definitions (a workflow the administrator disabled stays
-        // disabled), and those the new version no longer has deleted.
-        let mut workflows = Vec::new();
-        {
-            let mut scoped = tx.scoped(tenant);
-            for (file, json) in &checked.workflows {
-                let mut json = json.clone();
-                if let Some(existing) = scoped.workflow(&name_of(&json)).await? {
-                    json["enabled"] = Value::Bool(existing.enabled);
-                }
-                workflows.push((file.clone(), json));
-            }
-        }
-        let applied = self
-            .workflows
-            .apply_in(tx, tenant, principal.user.as_str(), &workflows)
-            .await
-            .map_err(workflow_problems)?;
-        for (view, verb) in &applied {
-            report.workflows.push(ItemChange {
-                name: name_of(&view.definition),
-                change: match *verb {
-                    "create" => "added",
-                    "unchanged" => "unchanged",
-                    _ => "updated",
-                },
-            });
-        }
-        let mut scoped = tx.scoped(tenant);
-        for name in old.workflows.keys() {
-            if !checked
-                .workflows
-                .iter()
-                .any(|(_, json)| &name_of(json) == name)
-                && scoped.workflow(name).await?.is_some()
-            {
-                self.workflows
-                    .delete_in(&mut scoped, name)
-                    .await
-                    .map_err(workflow_problems)?;
-                report.workflows.push(ItemChange {
-                    name: name.clone(),
-                    change: "removed",
-                });
-            }
-        }
-        self.record_pack(tx, principal, checked).await?;
-        Ok(report)
-    }
-
-    async fn remove_in(
-        &self,
-        tx: &mut Tx,
-        principal: &Principal,
-        current: &StoredPack,
-        contents: &Contents,
-        stored: &[StoredPack],
-        purge: bool,
-    ) -> Result<PackChanges, PackError> {
-        let tenant = &principal.tenant;
-        let id = &current.pack_id;
-        let mut report = PackChanges {
-            id: id.clone(),
-            from_version: Some(current.version.clone()),
-            ..PackChanges::default()
-        };
-        {
-            let mut scoped = tx.scoped(tenant);
-            for name in contents.workflows.keys() {
-                if scoped.workflow(name).await?.is_some() {
-                    self.workflows
-                        .delete_in(&mut scoped, name)
-                        .await
-                        .map_err(workflow_problems)?;
-                    report.workflows.push(ItemChange {
-                        name: name.clone(),
-                        change: "removed",
-                    });
-                }
-            }
-            for name in contents.views.keys() {
-                if scoped.delete_view(name).await? {
-                    report.views.push(ItemChange {
-                        name: name.clone(),
-                        change: "removed",
-                    });
-                }
-            }
-        }
-        report.roles = role_changes(&contents.roles, &BTreeMap::new());
-        let still_used = plugins_used_by_others(stored, id)?;
-        let mut gone = BTreeSet::new();
-        for plugin in contents.plugins.keys() {
-            let change = self
-                .drop_plugin(tx, principal, plugin, contents, &still_used)
-                .await?;
-            if change.change == "removed" {
-                gone.insert(plugin.clone());
-            }
-            report.plugins.push(change);
-        }
-        if purge {
-            let mut scoped = tx.scoped(tenant);
-            for (entity, fields) in &contents.extends {
-                if contents.entities.contains_key(entity) {
-                    continue;
-                }
-                let Some(mut definition) = scoped.get_entity(entity).await?.map(|e| e.definition)
-                else {
-                    continue;
-                };
-                let names: Vec<String> = fields.iter().map(name_of).collect();
-                let present: Vec<String> = names
-                    .iter()
-                    .filter(|name| has_field(&definition, name))
-                    .cloned()
-                    .collect();
-                if present.is_empty() {
-                    continue;
-                }
-                set_active(&mut definition, &present, false);
-                self.metadata
-                    .apply_all_in(
-                        tx,
-                        tenant,
-                        Some(&principal.user),
-                        &[(
-                            format!("{id}/extends/{entity}"),
-                            without_version(definition),
-                        )],
-                    )
-                    .await
-                    .map_err(metadata_problems)?;
-                scoped = tx.scoped(tenant);
-                for field in &present {
-                    self.metadata
-                        .purge_field_in(&mut scoped, &principal.user, entity, field)
-                        .await
-                        .map_err(metadata_problems)?;
-                }
-                report.entities.push(EntityChange {
-                    fields_removed: present,
-                    ..entity_change(entity, "extended", Vec::new(), Vec::new())
-                });
-            }
-            for entity in contents.entities.keys() {
-                if scoped.get_entity(entity).await?.is_some() {
-                    self.metadata
-                        .delete_in(&mut scoped, &principal.user, entity, true)
-                        .await
-                        .map_err(metadata_problems)?;
-                    report
-                        .entities
-                        .push(entity_change(entity, "deleted", Vec::new(), Vec::new()));
-                }
-            }
-            scoped.remove_pack(id, true).await?;
-        } else {
-            // The data stays; computed fields whose plugin is gone would refuse every write
-            // of their records, so they are deactivated (their values kept).
-            let mut batch = Vec::new();
-            let entities = tx.scoped(tenant).list_entities().await?;
-            for entity in entities {
-                let mut definition = entity.definition;
-                let name = entity_name(&definition);
-                let stale: Vec<String> = definition["fields"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|field| {
-                        field["active"].as_bool() != Some(false)
-                            && field["plugin"].as_str().is_some_and(|p| gone.contains(p))
-                    })
-                    .map(name_of)
-                    .collect();
-                if contents.entities.contains_key(&name) {
-                    report.entities.push(EntityChange {
-                        fields_removed: stale.clone(),
-                        ..entity_change(&name, "kept", Vec::new(), Vec::new())
-                    });
-                } else if !stale.is_empty() {
-                    report.entities.push(EntityChange {
-                        fields_removed: stale.clone(),
-                        ..entity_change(&name, "changed", Vec::new(), Vec::new())
-                    });
-                }
-                if !stale.is_empty() {
-                    set_active(&mut definition, &stale, false);
-                    batch.push((format!("{name}.json"), without_version(definition)));
-                }
-            }
-            if !batch.is_empty() {
-                self.metadata
-                    .apply_all_in(tx, tenant, Some(&principal.user), &batch)
-                    .await
-                    .map_err(metadata_problems)?;
-            }
-            tx.scoped(tenant).remove_pack(id, false).await?;
-        }
-        Ok(report)
-    }
-
-    /// Installs (or upgrades) a pack's plugins and enables them; a plugin new to the tenant
-    /// gets the pack's configuration, one it had keeps its state and configuration.
-    async fn install_plugins(
-        &self,
-        tx: &mut Tx,
-        principal: &Principal,
-        pack: &Checked<'_>,
-        old: Option<&Contents>,
-        report: &mut PackChanges,
-    ) -> Result<(), PackError> {
-        let mut scoped = tx.scoped(&principal.tenant);
-        for (source, prepared) in &pack.plugins {
-            let id = prepared.manifest.id.clone();
-            let existing = scoped.plugin(&id).await?;
-            // A newer version another pack (or an administrator) installed is kept.
-            if let Some(existing) = &existing
-                && let (Ok(have), Ok(offered)) = (
-                    Version::parse(&existing.version),
-                    Version::parse(&prepared.manifest.version),
-                )
-                && have > offered
-            {
-                report.plugins.push(PluginChange {
-                    id,
-                    change: "kept",
-                    from_version: Some(existing.version.clone()),
-                    to_version: Some(existing.version.clone()),
-                    capabilities_added: Vec::new(),
-                    capabilities_removed: Vec::new(),
-                });
-                continue;
-            }
-            let installed = self
-                .plugins
-                .install_in(&mut scoped, prepared, &principal.user)
-                .await
-                .map_err(|error| plugin_problem(&pack.pack.manifest.id, source, error))?;
-            let (enabled, config) = match &existing {
-                Some(existing) => (existing.enabled || old.is_none(), None),
-                None => (true, source.config.as_ref()),
-            };
-            self.plugins
-                .configure_in(&mut scoped, &id, enabled, config)
-                .await
-                .map_err(|error| plugin_problem(&pack.pack.manifest.id, source, error))?;
-            let change = match &installed.previous_version {
-                None => "added",
-                Some(previous) if previous == &prepared.manifest.version => "unchanged",
-                Some(_) => "upgraded",
-            };
-            report.plugins.push(PluginChange {
-                id,
-                change,
-                from_version: installed.previous_version.clone(),
-                to_version: Some(prepared.manifest.version.clone()),
-                capabilities_added: installed.capabilities_added,
-                capabilities_removed: installed.capabilities_removed,
-            });
-        }
-        Ok(())
-    }
-
-    /// Removes a plugin a pack installed, unless another installed pack uses it.
-    async fn drop_plugin(
-        &self,
-        tx: &mut Tx,
-        principal: &Principal,
-        plugin: &str,
-        contents: &Contents,
-        still_used: &BTreeSet<String>,
-    ) -> Result<PluginChange, PackError> {
-        let entry = &contents.plugins[plugin];
-        if still_used.contains(plugin) {
-            return Ok(PluginChange {
-                id: plugin.to_owned(),
-                change: "kept",
-                from_version: Some(entry.version.clone()),
-                to_version: Some(entry.version.clone()),
-                capabilities_added: Vec::new(),
-                capabilities_removed: Vec::new(),
-            });
-        }
-        self.plugins
-            .remove_in(&mut tx.scoped(&principal.tenant), plugin)
-            .await
-            .map_err(|error| refused("/plugins", format!("plugin `{plugin}`: {error}")))?;
-        Ok(PluginChange {
-            id: plugin.to_owned(),
-            change: "removed",
-            from_version: Some(entry.version.clone()),
-            to_version: None,
-            capabilities_added: Vec::new(),
-            capabilities_removed: entry.capabilities.clone(),
-        })
-    }
-
-    async fn put_views(
-        &self,
-        tx: &mut Tx,
-        principal: &Principal,
-        pack: &Checked<'_>,
-        old: Option<&Contents>,
-        report: &mut PackChanges,
-    ) -> Result<(), PackError> {
-        let id = &pack.pack.manifest.id;
-        let mut scoped = tx.scoped(&principal.tenant);
-        for (file, json) in &pack.views {
-            let view = crate::views::parse(json)
-                .map_err(|found| PackError::Refused(prefixed(file, found)))?;
-            crate::views::check_in(&self.metadata, &mut scoped, &view)
-                .await
-                .map_err(|found| PackError::Refused(prefixed(file, found)))?;
-            let change = match old.and_then(|old| old.views.get(&view.name)) {
-                None => "added",
-                Some(before) if before == json => "unchanged",
-                Some(_) => "updated",
-            };
-            scoped
-                .put_view(&view.name, &json.to_string(), Some(id))
-                .await?;
-            report.views.push(ItemChange {
-                name: view.name,
-                change,
-            });
-        }
-        for name in old.map(|old| old.views.keys()).into_iter().flatten() {
-            if !pack.views.iter().any(|(_, json)| &name_of(json) == name)
-                && scoped.delete_view(name).await?
-            {
-                report.views.push(ItemChange {
-                    name: name.clone(),
-                    change: "removed",
-                });
-            }
-        }
-        Ok(())
-    }
-
-    async fn record_pack(
-        &self,
-        tx: &mut Tx,
-        principal: &Principal,
-        pack: &Checked<'_>,
-    ) -> Result<(), PackError> {
-        let manifest = &pack.pack.manifest;
-        tx.scoped(&principal.tenant)
-            .put_pack(
-                &manifest.id,
-                &manifest.version.to_string(),
-                &serde_json::to_string(manifest).expect("manifests serialize"),
-                &serde_json::to_string(&pack.contents()).expect("contents serialize"),
-                &principal.user,
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Writes sample records file by file: `$key` names a record for later references,
-    /// `{"$key": k}` refers to one, `{{today - 30d}}` is rendered. Returns how many.
-    async fn import_sample(
-        &self,
-        tx: &mut Tx,
-        principal: &Principal,
-        files: &[(String, Value)],
-        keys: &mut HashMap<String, String>,
-    ) -> Result<usize, PackError> {
-        let now = crate::store::now();
-        let mut count = 0;
-        let mut scoped = tx.scoped(&principal.tenant);
-        for (file, json) in files {
-            let entity = json["entity"].as_str().unwrap_or_default();
-            let records = json["records"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            for (start, chunk) in records.chunks(SAMPLE_BATCH).enumerate() {
-                let mut bodies = Vec::with_capacity(chunk.len());
-                let mut chunk_keys = Vec::with_capacity(chunk.len());
-                for (offset, record) in chunk.iter().enumerate() {
-                    let index = start * SAMPLE_BATCH + offset;
-                    let path = format!("{file}#/records/{index}");
-                    let mut record = record.clone();
-                    let key = record
-                        .as_object_mut()
-                        .and_then(|object| object.remove("$key"))
-                        .and_then(|key| key.as_str().map(str::to_owned));
-                    let body = resolve_sample(&record, keys, now)
-                        .map_err(|message| refused(path.clone(), message))?;
-                    bodies.push(body);
-                    chunk_keys.push(key);
-                }
-                let created = self
-                    .records
-                    .import_in(&mut scoped, principal, entity, &bodies)
-                    .await
-                    .map_err(|error| record_problem(&format!("{file}#/records"), error))?;
-                for (record, key) in created.iter().zip(chunk_keys) {
-                    if let Some(key) = key {
-                        keys.insert(key, record.id.clone());
-                    }
-                }
-                count += created.len();
-            }
-        }
-        Ok(count)
-    }
-
-    /// Runs one data migration: each update sets its values on every live record its filter
-    /// matches (through the records layer: validation, plugins, history). Returns how many.
-    async fn migrate(
-        &self,
-        tx: &mut Tx,
-        principal: &Principal,
-        migration: &Value,
-    ) -> Result<usize, PackError> {
-        let mut scoped = tx.scoped(&principal.tenant);
-        let context = WriteContext::new(principal, crate::store::now());
-        let mut count = 0;
-        for update in migration["updates"].as_array().into_iter().flatten() {
-            let entity = update["entity"].as_str().unwrap_or_default();
-            let filter = update["filter"].as_str().unwrap_or("_id is not null");
-            let values: Map<String, Value> = update["set"].as_object().cloned().unwrap_or_default();
-            let mut after: Option<String> = None;
-            loop {
-                let ids = self
-                    .records
-                    .step_matching(&mut scoped, entity, filter, after.as_deref(), 500)
-                    .await
-                    .map_err(|error| record_problem(&format!("migration of `{entity}`"), error))?;
-                for id in &ids {
-                    self.records
-                        .step_update(&mut scoped, &context, entity, id, values.clone())
-                        .await
-                        .map_err(|error| {
-                            record_problem(&format!("migration of `{entity}` record {id}"), error)
-                        })?;
-                }
-                count += ids.len();
-                match ids.last() {
-                    Some(last) if ids.len() == 500 => after = Some(last.clone()),
-                    _ => break,
-                }
-            }
-        }
-        Ok(count)
-    }
 }
 
 fn admin(principal: &Principal) -> Result<(), PackError> {
@@ -1563,187 +651,6 @@ fn admin(principal: &Principal) -> Result<(), PackError> {
     } else {
         Err(PackError::Forbidden)
     }
-}
-
-fn prefixed(file: &str, problems: Vec<Problem>) -> Vec<Problem> {
-    problems
-        .into_iter()
-        .map(|problem| Problem::new(format!("{file}#{}", problem.path), problem.message))
-        .collect()
-}
-
-fn without_version(mut json: Value) -> Value {
-    if let Some(object) = json.as_object_mut() {
-        object.remove("version");
-    }
-    json
-}
-
-fn has_field(definition: &Value, name: &str) -> bool {
-    definition["fields"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|field| field["name"] == name)
-}
-
-fn set_active(definition: &mut Value, names: &[String], active: bool) {
-    for field in definition["fields"].as_array_mut().into_iter().flatten() {
-        if field["name"]
-            .as_str()
-            .is_some_and(|name| names.iter().any(|n| n == name))
-        {
-            field["active"] = Value::Bool(active);
-        }
-    }
-}
-
-fn fields_by_name(definition: Option<&Value>) -> BTreeMap<String, Value> {
-    definition
-        .and_then(|definition| definition["fields"].as_array())
-        .into_iter()
-        .flatten()
-        .map(|field| (name_of(field), field.clone()))
-        .collect()
-}
-
-/// The definition an upgrade applies to a pack's entity, merged three ways from the pack's
-/// previous definition (`old`; `None` when taking back an entity kept by a removal: then the
-/// pack's fields win), its new one and the tenant's current one: a field the pack did not
-/// change keeps the tenant's edits; fields the tenant (or another pack) added stay; fields the
-/// new version drops are deactivated. Returns the definition, the fields added and those
-/// deactivated.
-fn merge_entity(
-    old: Option<&Value>,
-    new: &Value,
-    current: &Value,
-) -> (Value, Vec<String>, Vec<String>) {
-    let before = fields_by_name(old);
-    let now = fields_by_name(Some(current));
-    let mut fields = Vec::new();
-    let mut added = Vec::new();
-    let mut removed = Vec::new();
-    for field in new["fields"].as_array().into_iter().flatten() {
-        let name = name_of(field);
-        let chosen = match (before.get(&name), now.get(&name)) {
-            (Some(previous), Some(tenant)) if previous == field => tenant.clone(),
-            _ => field.clone(),
-        };
-        if !now.contains_key(&name) {
-            added.push(name);
-        }
-        fields.push(chosen);
-    }
-    for field in current["fields"].as_array().into_iter().flatten() {
-        let name = name_of(field);
-        if new["fields"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|f| f["name"] == name.as_str())
-        {
-            continue;
-        }
-        let mut field = field.clone();
-        if before.contains_key(&name) && field["active"].as_bool() != Some(false) {
-            field["active"] = Value::Bool(false);
-            removed.push(name);
-        }
-        fields.push(field);
-    }
-    let mut merged = new.clone();
-    merged["fields"] = Value::Array(fields);
-    let old_indexes: Vec<Value> = old
-        .and_then(|old| old["indexes"].as_array().cloned())
-        .unwrap_or_default();
-    let mut indexes: Vec<Value> = new["indexes"].as_array().cloned().unwrap_or_default();
-    for index in current["indexes"].as_array().into_iter().flatten() {
-        if !old_indexes.contains(index) && !indexes.contains(index) {
-            indexes.push(index.clone());
-        }
-    }
-    if let Some(object) = merged.as_object_mut() {
-        object.remove("indexes");
-        if !indexes.is_empty() {
-            object.insert("indexes".to_owned(), Value::Array(indexes));
-        }
-    }
-    (without_version(merged), added, removed)
-}
-
-/// The definition of another pack's entity with a pack's fields merged in the same way: `old`
-/// the fields the installed version added, `new` those of the version being applied.
-fn merge_extension(
-    old: &[Value],
-    new: &[Value],
-    current: &Value,
-) -> (Value, Vec<String>, Vec<String>) {
-    let before: BTreeMap<String, &Value> = old.iter().map(|f| (name_of(f), f)).collect();
-    let offered: BTreeMap<String, &Value> = new.iter().map(|f| (name_of(f), f)).collect();
-    let mut merged = current.clone();
-    let mut added = Vec::new();
-    let mut removed = Vec::new();
-    let mut fields = Vec::new();
-    for field in current["fields"].as_array().into_iter().flatten() {
-        let name = name_of(field);
-        match (before.get(&name), offered.get(&name)) {
-            (Some(previous), Some(next)) if *previous == *next => fields.push(field.clone()),
-            (_, Some(next)) => fields.push((*next).clone()),
-            (Some(_), None) => {
-                let mut field = field.clone();
-                if field["active"].as_bool() != Some(false) {
-                    field["active"] = Value::Bool(false);
-                    removed.push(name);
-                }
-                fields.push(field);
-            }
-            (None, None) => fields.push(field.clone()),
-        }
-    }
-    for field in new {
-        let name = name_of(field);
-        if !has_field(current, &name) {
-            added.push(name);
-            fields.push(field.clone());
-        }
-    }
-    merged["fields"] = Value::Array(fields);
-    (without_version(merged), added, removed)
-}
-
-/// A definition an upgrade with data migrations applies first: the merged one, but each
-/// picklist keeps the options it has now and fields about to be deactivated stay active, so
-/// that records hold old and new values alike while the migrations run.
-fn interim(merged: &Value, current: Option<&Value>) -> Value {
-    let now = fields_by_name(current);
-    let mut interim = merged.clone();
-    for field in interim["fields"].as_array_mut().into_iter().flatten() {
-        let Some(existing) = now.get(&name_of(field)) else {
-            continue;
-        };
-        if existing["active"].as_bool() != Some(false) {
-            field["active"] = Value::Bool(true);
-        }
-        if let (Some(options), Some(old_options)) = (
-            field.get("options").and_then(Value::as_array).cloned(),
-            existing.get("options").and_then(Value::as_array),
-        ) {
-            let value_of = |option: &Value| {
-                option
-                    .get("value")
-                    .cloned()
-                    .unwrap_or_else(|| option.clone())
-            };
-            let mut all = options.clone();
-            for option in old_options {
-                if !options.iter().any(|o| value_of(o) == value_of(option)) {
-                    all.push(option.clone());
-                }
-            }
-            field["options"] = Value::Array(all);
-        }
-    }
-    interim
 }
 
 fn entity_change(
@@ -1759,211 +666,8 @@ fn entity_change(
         fields_removed,
         changes: Vec::new(),
         conversions: Vec::new(),
+        references_deactivated: Vec::new(),
     }
-}
-
-/// Adds the evolution changes and conversions of what was applied (an upgrade with data
-/// migrations applies twice: the changes of both, each once).
-fn describe_applied(entities: &mut [EntityChange], applied: &[Applied]) {
-    for applied in applied {
-        if let Some(entry) = entities.iter_mut().find(|e| e.entity == applied.entity) {
-            for change in &applied.changes {
-                if !entry.changes.contains(change) {
-                    entry.changes.push(change.clone());
-                }
-            }
-            for conversion in &applied.conversions {
-                entry.conversions.retain(|c| c.field != conversion.field);
-                entry.conversions.push(conversion.clone());
-            }
-            entry.change = match entry.change {
-                "changed" | "unchanged"
-                    if entry.changes.is_empty()
-                        && entry.fields_added.is_empty()
-                        && entry.fields_removed.is_empty() =>
-                {
-                    "unchanged"
-                }
-                "unchanged" => "changed",
-                other => other,
-            };
-        }
-    }
-}
-
-fn role_changes(old: &BTreeMap<String, Value>, new: &BTreeMap<String, Value>) -> Vec<ItemChange> {
-    let mut changes = Vec::new();
-    for (name, role) in new {
-        changes.push(ItemChange {
-            name: name.clone(),
-            change: match old.get(name) {
-                None => "added",
-                Some(before) if before == role => "unchanged",
-                Some(_) => "updated",
-            },
-        });
-    }
-    for name in old.keys().filter(|name| !new.contains_key(*name)) {
-        changes.push(ItemChange {
-            name: name.clone(),
-            change: "removed",
-        });
-    }
-    changes
-}
-
-/// The plugin ids other installed packs installed.
-fn plugins_used_by_others(stored: &[StoredPack], id: &str) -> Result<BTreeSet<String>, PackError> {
-    let mut used = BTreeSet::new();
-    for other in stored
-        .iter()
-        .filter(|other| other.pack_id != id && other.status == "installed")
-    {
-        used.extend(contents_of(other)?.plugins.into_keys());
-    }
-    Ok(used)
-}
-
-/// Entities a pack would define that the tenant already has from elsewhere, and two packs of
-/// one install defining the same entity. An entity kept by the removal of the same pack is
-/// taken back; in an upgrade, the pack's own entities (`own`) are its to change.
-fn clashes(
-    checked: &[Checked<'_>],
-    stored: &[StoredPack],
-    existing: &BTreeSet<String>,
-    own: Option<&Contents>,
-) -> Vec<Problem> {
-    let mut owners: BTreeMap<String, (&str, &str)> = BTreeMap::new();
-    for pack in stored {
-        if let Ok(contents) = contents_of(pack) {
-            for entity in contents.entities.keys() {
-                owners.insert(
-                    entity.clone(),
-                    (pack.pack_id.as_str(), pack.status.as_str()),
-                );
-            }
-        }
-    }
-    let mut problems = Vec::new();
-    let mut defined: BTreeMap<String, &str> = BTreeMap::new();
-    for pack in checked {
-        let id = pack.pack.manifest.id.as_str();
-        for (file, json) in &pack.entities {
-            let name = entity_name(json);
-            if let Some(first) = defined.insert(name.clone(), id) {
-                problems.push(Problem::new(
-                    format!("{file}#/name"),
-                    format!("packs `{first}` and `{id}` both define entity `{name}`"),
-                ));
-                continue;
-            }
-            if own.is_some_and(|own| own.entities.contains_key(&name)) || !existing.contains(&name)
-            {
-                continue;
-            }
-            match owners.get(&name) {
-                Some((owner, "removed")) if *owner == id => {}
-                Some((owner, "removed")) => problems.push(Problem::new(
-                    format!("{file}#/name"),
-                    format!(
-                        "entity `{name}` exists in the tenant, kept from pack `{owner}` when it was removed: purge it or rename it first"
-                    ),
-                )),
-                Some((owner, _)) => problems.push(Problem::new(
-                    format!("{file}#/name"),
-                    format!("entity `{name}` clashes with installed pack `{owner}`, which defines it"),
-                )),
-                None => problems.push(Problem::new(
-                    format!("{file}#/name"),
-                    format!(
-                        "entity `{name}` already exists in the tenant (not from a pack): rename or delete it first"
-                    ),
-                )),
-            }
-        }
-    }
-    problems
-}
-
-fn check_migration(file: &str, json: &Value) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    match json.get("from").and_then(Value::as_str) {
-        Some(range) if VersionReq::parse(range).is_ok() => {}
-        _ => problems.push(Problem::new(
-            format!("{file}#/from"),
-            "`from` is the version range of installed versions the migration applies to (`<2.0.0`)",
-        )),
-    }
-    match json.get("updates").and_then(Value::as_array) {
-        Some(updates) => {
-            for (index, update) in updates.iter().enumerate() {
-                let ok = update.get("entity").and_then(Value::as_str).is_some()
-                    && update.get("filter").is_none_or(Value::is_string)
-                    && update.get("set").and_then(Value::as_object).is_some();
-                if !ok {
-                    problems.push(Problem::new(
-                        format!("{file}#/updates/{index}"),
-                        "an update is `{\"entity\": name, \"filter\": filter, \"set\": {field: value}}`",
-                    ));
-                }
-            }
-        }
-        None => problems.push(Problem::new(
-            format!("{file}#/updates"),
-            "`updates` lists the record updates to run",
-        )),
-    }
-    problems
-}
-
-/// A sample value with references and date templates resolved.
-fn resolve_sample(
-    value: &Value,
-    keys: &HashMap<String, String>,
-    now: time::OffsetDateTime,
-) -> Result<Value, String> {
-    Ok(match value {
-        Value::Object(object) if object.len() == 1 && object.contains_key("$key") => {
-            let key = object["$key"].as_str().unwrap_or_default();
-            Value::String(
-                keys.get(key)
-                    .cloned()
-                    .ok_or_else(|| format!("no earlier sample record has `$key` `{key}`"))?,
-            )
-        }
-        Value::Object(object) => Value::Object(
-            object
-                .iter()
-                .map(|(name, value)| Ok((name.clone(), resolve_sample(value, keys, now)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|item| resolve_sample(item, keys, now))
-                .collect::<Result<_, String>>()?,
-        ),
-        Value::String(text) if text.contains("{{") => {
-            let template = Template::parse(text)?;
-            template.render(&Scope {
-                now: Some(now),
-                ..Scope::default()
-            })?
-        }
-        other => other.clone(),
-    })
-}
-
-async fn current_definition(
-    tx: &mut Tx,
-    principal: &Principal,
-    name: &str,
-) -> Result<Option<Value>, PackError> {
-    Ok(tx
-        .scoped(&principal.tenant)
-        .get_entity(name)
-        .await?
-        .map(|entity| without_version(entity.definition)))
 }
 
 fn installed_versions(stored: &[StoredPack]) -> Result<HashMap<String, Version>, PackError> {
@@ -2028,61 +732,6 @@ fn plugin_entry(source: &PluginSource) -> Option<PluginEntry> {
     })
 }
 
-fn metadata_problems(error: MetadataError) -> PackError {
-    match error {
-        MetadataError::Store(error) => PackError::Store(error),
-        MetadataError::Invalid(problems) => PackError::Refused(problems),
-        MetadataError::Unconvertible(checks) => PackError::Refused(
-            checks
-                .into_iter()
-                .map(|check| {
-                    Problem::new(
-                        format!("/fields/{}", check.field),
-                        format!(
-                            "{} of {} values of `{}` would not convert: add a migration, or change the records first",
-                            check.failures, check.records_with_value, check.field
-                        ),
-                    )
-                })
-                .collect(),
-        ),
-        other => refused("/entities", other.to_string()),
-    }
-}
-
-fn workflow_problems(error: WorkflowError) -> PackError {
-    match error {
-        WorkflowError::Store(error) => PackError::Store(error),
-        WorkflowError::Invalid(problems) => PackError::Refused(problems),
-        other => refused("/workflows", other.to_string()),
-    }
-}
-
-fn plugin_problem(pack: &str, source: &PluginSource, error: PluginError) -> PackError {
-    match error {
-        PluginError::Store(error) => PackError::Store(error),
-        other => refused(
-            format!("{pack}/pack.json#/plugins"),
-            format!("plugin `{}`: {other}", source.crate_name),
-        ),
-    }
-}
-
-fn record_problem(path: &str, error: RecordError) -> PackError {
-    match error {
-        RecordError::Store(error) => PackError::Store(error),
-        RecordError::Invalid(fields) | RecordError::Conflict(fields) => PackError::Refused(
-            fields
-                .into_iter()
-                .map(|(field, messages)| {
-                    Problem::new(format!("{path}/{field}"), messages.join("; "))
-                })
-                .collect(),
-        ),
-        other => refused(path, other.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2092,64 +741,5 @@ mod tests {
         assert_eq!(catalog::bundled_problems(), &[] as &[Problem]);
         let packs = catalog::bundled();
         assert!(packs.contains_key("core"), "{:?}", packs.keys());
-    }
-
-    #[test]
-    fn an_upgrade_keeps_the_tenants_edits_of_fields_the_pack_did_not_change() {
-        let old = json!({"name": "booth", "fields": [
-            {"name": "number", "type": "text"},
-            {"name": "status", "type": "picklist", "options": ["free", "sold"]},
-            {"name": "colour", "type": "text"}]});
-        let new = json!({"name": "booth", "fields": [
-            {"name": "number", "type": "text"},
-            {"name": "status", "type": "picklist", "options": ["free", "reserved", "sold"]},
-            {"name": "area", "type": "decimal"}]});
-        let current = json!({"name": "booth", "fields": [
-            {"name": "number", "type": "text", "label": "Booth no."},
-            {"name": "status", "type": "picklist", "options": ["free", "sold"]},
-            {"name": "colour", "type": "text"},
-            {"name": "notes", "type": "long_text"}]});
-        let (merged, added, removed) = merge_entity(Some(&old), &new, &current);
-        let fields = merged["fields"].as_array().unwrap();
-        assert_eq!(fields[0]["label"], "Booth no.", "the admin's label stays");
-        assert_eq!(fields[1]["options"], json!(["free", "reserved", "sold"]));
-        assert_eq!(fields[2]["name"], "area");
-        let colour = fields.iter().find(|f| f["name"] == "colour").unwrap();
-        assert_eq!(colour["active"], false, "dropped by the pack: deactivated");
-        let notes = fields.iter().find(|f| f["name"] == "notes").unwrap();
-        assert!(
-            notes.get("active").is_none(),
-            "the admin's field stays as it is"
-        );
-        assert_eq!(added, ["area"]);
-        assert_eq!(removed, ["colour"]);
-        let between = interim(&merged, Some(&current));
-        let status = &between["fields"][1];
-        assert_eq!(status["options"], json!(["free", "reserved", "sold"]));
-        let colour = between["fields"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["name"] == "colour")
-            .unwrap();
-        assert_eq!(colour["active"], true, "active while migrations run");
-    }
-
-    #[test]
-    fn sample_values_resolve_keys_and_dates() {
-        let keys = HashMap::from([("acme".to_owned(), "0190-id".to_owned())]);
-        let now = time::macros::datetime!(2026-12-02 10:00 UTC);
-        let resolved = resolve_sample(
-            &json!({"account": {"$key": "acme"}, "ordered_on": "{{today - 30d}}", "n": 3}),
-            &keys,
-            now,
-        )
-        .unwrap();
-        assert_eq!(
-            resolved,
-            json!({"account": "0190-id", "ordered_on": "2026-11-02", "n": 3})
-        );
-        let error = resolve_sample(&json!({"account": {"$key": "nope"}}), &keys, now).unwrap_err();
-        assert!(error.contains("nope"), "{error}");
     }
 }

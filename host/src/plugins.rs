@@ -109,8 +109,8 @@ pub struct Plugins {
     runtime: Runtime,
     loaded: Arc<RwLock<HashMap<String, Arc<LoadedComponent>>>>,
     active: Arc<RwLock<HashMap<TenantId, ActiveEntry>>>,
-    /// Tenants whose plugin list is not cached now (see [`Plugins::uncached`]), with a count.
-    uncached: Arc<std::sync::Mutex<HashMap<TenantId, usize>>>,
+    /// Tenants whose plugin list is not cached now (see [`Plugins::uncached`]).
+    uncached: crate::domain::Uncached,
     runs: mpsc::Sender<NewRun>,
 }
 
@@ -121,26 +121,6 @@ pub struct Prepared {
     pub sha256: String,
 }
 
-/// Keeps a tenant's plugin list uncached until dropped (see [`Plugins::uncached`]).
-#[derive(Debug)]
-pub struct UncachedGuard {
-    plugins: Plugins,
-    tenant: TenantId,
-}
-
-impl Drop for UncachedGuard {
-    fn drop(&mut self) {
-        let mut uncached = self.plugins.uncached.lock().expect("uncached lock");
-        if let Some(count) = uncached.get_mut(&self.tenant) {
-            *count -= 1;
-            if *count == 0 {
-                uncached.remove(&self.tenant);
-            }
-        }
-        drop(uncached);
-        self.plugins.forget(&self.tenant);
-    }
-}
 
 impl Plugins {
     /// The plugin service; compiled components are cached under `cache_dir`. Runs are recorded
@@ -165,7 +145,7 @@ impl Plugins {
             runtime,
             loaded: Arc::default(),
             active: Arc::default(),
-            uncached: Arc::default(),
+            uncached: Default::default(),
             runs,
         })
     }
@@ -298,13 +278,8 @@ impl Plugins {
         Ok(())
     }
 
-    /// Removes a plugin in the caller's transaction; `false` if it was not installed.
-    pub async fn remove_in(&self, scoped: &mut Scoped<'_>, id: &str) -> Result<bool, PluginError> {
-        Ok(scoped.remove_plugin(id).await?)
-    }
-
-    /// After a commit of `install_in`, `configure_in` or `remove_in`: the tenant's plugins are
-    /// read again.
+    /// After a transaction that changed the tenant's plugins (`install_in`, `configure_in`):
+    /// they are read again.
     pub fn changed(&self, tenant: &TenantId) {
         self.forget(tenant);
     }
@@ -313,25 +288,13 @@ impl Plugins {
     /// transaction and never cached: a pack's install writes sample records with the plugins it
     /// installs in the same, uncommitted transaction, and nobody else may see them before it
     /// commits (or ever, if it rolls back).
-    pub fn uncached(&self, tenant: &TenantId) -> UncachedGuard {
-        *self
-            .uncached
-            .lock()
-            .expect("uncached lock")
-            .entry(tenant.clone())
-            .or_default() += 1;
+    pub fn uncached(&self, tenant: &TenantId) -> crate::domain::UncachedGuard {
         self.forget(tenant);
-        UncachedGuard {
-            plugins: self.clone(),
-            tenant: tenant.clone(),
-        }
+        self.uncached.enter(tenant)
     }
 
     fn is_uncached(&self, tenant: &TenantId) -> bool {
-        self.uncached
-            .lock()
-            .expect("uncached lock")
-            .contains_key(tenant)
+        self.uncached.contains(tenant)
     }
 
     /// Compiles a component (on a blocking thread: compilation takes a while), or takes it from

@@ -23,15 +23,6 @@ pub enum Origin {
     Directory(PathBuf),
 }
 
-impl Origin {
-    pub fn describe(&self) -> String {
-        match self {
-            Origin::Bundled => "bundled".to_owned(),
-            Origin::Directory(dir) => dir.display().to_string(),
-        }
-    }
-}
-
 /// A pack read from its source: the manifest and the text of every file it lists.
 #[derive(Debug, Clone)]
 pub struct Pack {

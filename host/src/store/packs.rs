@@ -44,18 +44,6 @@ impl Scoped<'_> {
             .await?))
     }
 
-    pub async fn pack(&mut self, pack_id: &str) -> Result<Option<StoredPack>, StoreError> {
-        let sql = format!(
-            "SELECT {PACK_COLUMNS} FROM installed_packs WHERE tenant_id = $1 AND pack_id = $2"
-        );
-        let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
-            .bind(tenant)
-            .bind(pack_id)
-            .fetch_optional(&mut **c)
-            .await?))
-    }
-
     /// Records a pack's installed version (a first install, a reinstall or an upgrade).
     pub async fn put_pack(
         &mut self,
@@ -163,16 +151,31 @@ impl Scoped<'_> {
         Ok(())
     }
 
-    pub async fn delete_view(&mut self, name: &str) -> Result<bool, StoreError> {
+    /// Deletes a view a pack installed (not one of the same name someone else made).
+    pub async fn delete_pack_view(&mut self, name: &str, pack_id: &str) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
         let affected = on!(&mut self.exec, c => sqlx::query(
-            "DELETE FROM saved_views WHERE tenant_id = $1 AND name = $2",
+            "DELETE FROM saved_views WHERE tenant_id = $1 AND name = $2 AND pack_id = $3",
         )
         .bind(tenant)
         .bind(name)
+        .bind(pack_id)
         .execute(&mut **c)
         .await?
         .rows_affected());
         Ok(affected == 1)
+    }
+
+    /// Serializes the pack operations of the tenant until the transaction ends: on PostgreSQL a
+    /// lock on the tenant's row; on SQLite the one writer already serializes them.
+    pub async fn lock_packs(&mut self) -> Result<(), StoreError> {
+        let tenant = self.tenant.as_str();
+        if let super::Exec::Postgres(c) = &mut self.exec {
+            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
+                .bind(tenant)
+                .fetch_optional(&mut **c)
+                .await?;
+        }
+        Ok(())
     }
 }
