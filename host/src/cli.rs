@@ -822,15 +822,16 @@ async fn pack(store: Store, plugins_dir: PathBuf, command: PackCommand) -> anyho
         } => {
             let source = source(&pack);
             let id = match &source {
-                Source::Bundled(id) => id.clone(),
+                Source::Bundled(id) => Ok(id.clone()),
                 Source::Directory(dir) => crate::packs::catalog::load_dir(dir)
                     .map(|pack| pack.manifest.id)
-                    .unwrap_or_default(),
+                    .map_err(PackError::Refused),
             };
-            report(
-                state.packs.upgrade(&principal, &id, &source, dry_run).await,
-                json,
-            )
+            let result = match id {
+                Ok(id) => state.packs.upgrade(&principal, &id, &source, dry_run).await,
+                Err(error) => Err(error),
+            };
+            report(result, json)
         }
         PackCommand::Remove {
             pack,

@@ -415,8 +415,15 @@ impl Packs {
             }
             Err(error) => Err(error),
         };
-        self.finish(tx, principal, result, dry_run, "install", &target.manifest.id)
-            .await
+        self.finish(
+            tx,
+            principal,
+            result,
+            dry_run,
+            "install",
+            &target.manifest.id,
+        )
+        .await
     }
 
     /// Upgrades an installed pack to the version of `source`: shows (with `dry_run`) or applies
@@ -472,7 +479,11 @@ impl Packs {
                 problem,
             ));
         }
-        for other in state.stored.iter().filter(|other| other.status == "installed") {
+        for other in state
+            .stored
+            .iter()
+            .filter(|other| other.status == "installed")
+        {
             if let Some(range) = manifest_of(other)?.depends.get(id)
                 && !range.matches(&pack.manifest.version)
             {
@@ -530,7 +541,11 @@ impl Packs {
             .pack(id, "installed")
             .ok_or_else(|| PackError::NotInstalled(id.to_owned()))?;
         let mut dependents = Vec::new();
-        for other in state.stored.iter().filter(|other| other.status == "installed") {
+        for other in state
+            .stored
+            .iter()
+            .filter(|other| other.status == "installed")
+        {
             if manifest_of(other)?.depends.contains_key(id) {
                 dependents.push(format!("`{}`", other.pack_id));
             }

@@ -121,7 +121,6 @@ pub struct Prepared {
     pub sha256: String,
 }
 
-
 impl Plugins {
     /// The plugin service; compiled components are cached under `cache_dir`. Runs are recorded
     /// by a background task, apart from the requests they ran in.

@@ -87,6 +87,12 @@ pub fn parse(json: &Value) -> Result<ViewDefinition, Vec<Problem>> {
     let view: ViewDefinition = serde_json::from_value(json.clone())
         .map_err(|error| vec![Problem::new("/", error.to_string())])?;
     if let Some(filter) = &view.filter {
+        if template_in_quotes(filter) {
+            problems.push(Problem::new(
+                "/filter",
+                "a parameter must stand alone (`status eq {{input.status}}`), not inside a quoted text: it becomes a quoted literal itself",
+            ));
+        }
         match Template::parse(filter) {
             Ok(template) => {
                 for path in template.paths() {
@@ -112,6 +118,21 @@ pub fn parse(json: &Value) -> Result<ViewDefinition, Vec<Problem>> {
     } else {
         Err(problems)
     }
+}
+
+/// Whether a `{{` opens inside a quoted literal of the filter language (`'…'`, `''` escaping a
+/// quote): rendered there, a parameter's quotes would end the literal.
+fn template_in_quotes(filter: &str) -> bool {
+    let mut quoted = false;
+    let mut chars = filter.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => quoted = !quoted,
+            '{' if quoted && chars.peek() == Some(&'{') => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Checks a view against the tenant's entities (in the caller's transaction): the entity and
@@ -311,6 +332,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().all(|p| p.path == "/filter"));
+        let problems = parse(&json!({
+            "name": "booth_map", "entity": "booth",
+            "filter": "number eq 'A-{{input.n}}'", "params": {"n": {}}
+        }))
+        .unwrap_err();
+        assert!(problems[0].message.contains("stand alone"), "{problems:?}");
+        let problems = parse(&json!({
+            "name": "booth_map", "entity": "booth",
+            "filter": "number eq 'it''s' and hall eq {{input.n}}", "params": {"n": {}}
+        }));
+        assert!(problems.is_ok(), "{problems:?}");
         let problems = parse(&json!({"name": "Bad", "entity": "booth", "colour": 1})).unwrap_err();
         assert!(problems.len() >= 2, "{problems:?}");
     }

@@ -148,6 +148,9 @@ async fn the_exhibition_pack_draws_a_booth_map_sells_booths_once_and_invites_exh
     );
 
     // Invitations: one merged email per exhibitor into the outbox, one invitation each.
+    let invitations_path =
+        format!("/api/v1/records/invitation?filter=exhibition%20eq%20'{expo_id}'&limit=500");
+    let invitations_before = list(app, &invitations_path).await.len();
     let before = list(app, "/api/v1/outbox?kind=email&limit=1000")
         .await
         .len();
@@ -181,12 +184,12 @@ async fn the_exhibition_pack_draws_a_booth_map_sells_booths_once_and_invites_exh
             "merged: {body}"
         );
     }
-    let invitations = list(
-        app,
-        &format!("/api/v1/records/invitation?filter=exhibition%20eq%20'{expo_id}'&limit=500"),
-    )
-    .await;
-    assert!(invitations.len() >= new.len(), "{invitations:#?}");
+    let invitations = list(app, &invitations_path).await;
+    assert_eq!(
+        invitations.len() - invitations_before,
+        new.len(),
+        "one invitation per email: {invitations:#?}"
+    );
 }
 
 async fn the_real_estate_pack_matches_buyers_to_a_new_listing_and_tells_the_agent(app: &TestApp) {

@@ -16,6 +16,8 @@ on_both_backends!(
     a_pack_upgrades_with_a_diff_first_and_migrates_its_records,
     removing_keeps_the_data_unless_purged_and_waits_for_dependents,
     a_bad_pack_is_refused_with_every_problem_and_nothing_changes,
+    an_upgrade_that_drops_an_entity_and_a_plugin_keeps_the_data,
+    names_the_tenant_uses_are_not_taken_over,
 );
 
 fn fixture(name: &str) -> Source {
@@ -668,4 +670,151 @@ async fn a_bad_pack_is_refused_with_every_problem_and_nothing_changes(app: &Test
     assert!(paths.iter().any(|p| p.ends_with("#/id")), "{paths:?}");
     assert!(paths.iter().any(|p| p.ends_with("#/version")), "{paths:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn an_upgrade_that_drops_an_entity_and_a_plugin_keeps_the_data(app: &TestApp) {
+    install_core(app, false).await;
+    install(app, &fixture("fleet-v1"), true).await;
+    let admin = app.admin().await;
+    app.packs
+        .upgrade(&admin, "fleet", &fixture("fleet-v2"), false)
+        .await
+        .unwrap_or_else(|error| panic!("{error:?}"));
+    let vehicle = records(app, "vehicle", "").await[0]["id"].clone();
+    app.create(
+        "rental",
+        json!({"vehicle": vehicle, "starts_on": "2026-12-01"}),
+    )
+    .await;
+
+    // Version 3 no longer has rentals nor its own plugin, and uses core's credit-terms.
+    let report = app
+        .packs
+        .upgrade(&admin, "fleet", &fixture("fleet-v3"), false)
+        .await
+        .unwrap_or_else(|error| panic!("{error:?}"));
+    let fleet = changes(&report, "fleet");
+    let rental = fleet
+        .entities
+        .iter()
+        .find(|entity| entity.entity == "rental")
+        .expect("rental in the report");
+    assert_eq!(rental.change, "dropped");
+    let plugin = |id: &str| {
+        fleet
+            .plugins
+            .iter()
+            .find(|plugin| plugin.id == id)
+            .unwrap_or_else(|| panic!("{id} in {fleet:#?}"))
+    };
+    assert_eq!(plugin("fleet-minimal").change, "removed");
+    assert_eq!(
+        plugin("fleet-minimal").capabilities_removed,
+        ["read rental"]
+    );
+    assert_eq!(plugin("credit-terms").change, "unchanged");
+    assert_eq!(
+        records(app, "rental", "").await.len(),
+        1,
+        "a dropped entity keeps its records"
+    );
+    assert_eq!(
+        app.get("/api/v1/plugins/fleet-minimal").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get("/api/v1/views/available_vehicles").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let shown = app.get("/api/v1/packs/fleet").await.body;
+    assert!(
+        shown["installed"]["dropped"]["rental"].is_object(),
+        "{shown:#}"
+    );
+    assert!(
+        shown["installed"]["plugins"].get("credit-terms").is_none(),
+        "core installed credit-terms, not fleet: {shown:#}"
+    );
+
+    // A purge deletes what the pack owns, dropped entities included, and nothing of core's.
+    let purged = app.delete("/api/v1/packs/fleet?purge=true").await;
+    assert_eq!(purged.status, StatusCode::OK, "{:?}", purged.body);
+    for entity in ["vehicle", "rental"] {
+        assert_eq!(
+            app.get(&format!("/api/v1/entities/{entity}")).await.status,
+            StatusCode::NOT_FOUND,
+            "{entity}"
+        );
+    }
+    let deleted: Vec<&Value> = purged.body["packs"][0]["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entity| entity["change"] == "deleted")
+        .collect();
+    assert_eq!(deleted.len(), 2, "{:#}", purged.body);
+    assert_eq!(
+        app.get("/api/v1/plugins/credit-terms").await.body["enabled"],
+        true,
+        "core's plugin stays"
+    );
+}
+
+async fn names_the_tenant_uses_are_not_taken_over(app: &TestApp) {
+    install_core(app, false).await;
+    // An administrator's own workflow of the same name as one of the pack's.
+    app.define(json!({"name": "truck", "fields": [{"name": "plate", "type": "text"}]}))
+        .await;
+    let reply = app
+        .post(
+            "/api/v1/workflows",
+            json!({"name": "vehicle_broken",
+                   "trigger": {"type": "record", "entity": "truck", "events": ["created"]},
+                   "steps": [{"id": "tell", "type": "notify", "user": "{{record._owner}}", "message": "truck"}]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let error = app
+        .packs
+        .install(&app.admin().await, &fixture("fleet-v1"), false, false)
+        .await
+        .unwrap_err();
+    let PackError::Refused(problems) = error else {
+        panic!("{error:?}")
+    };
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.path == "fleet/workflows/vehicle_broken.json#/name"
+                && p.message.contains("already exists in the tenant")),
+        "{problems:?}"
+    );
+    assert_eq!(
+        app.delete("/api/v1/workflows/vehicle_broken").await.status,
+        StatusCode::OK
+    );
+    install(app, &fixture("fleet-v1"), false).await;
+    // An administrator's own field where version 2 would add one.
+    let mut account = app.get("/api/v1/entities/account").await.body;
+    account.as_object_mut().unwrap().remove("updated_at");
+    account["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "fleet_contact", "type": "text"}));
+    let reply = app.put("/api/v1/entities/account", account).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let error = app
+        .packs
+        .upgrade(&app.admin().await, "fleet", &fixture("fleet-v2"), true)
+        .await
+        .unwrap_err();
+    let PackError::Refused(problems) = error else {
+        panic!("{error:?}")
+    };
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("already has a field `fleet_contact`")),
+        "{problems:?}"
+    );
 }

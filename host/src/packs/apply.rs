@@ -313,7 +313,10 @@ impl Packs {
         }
         let mut scoped = tx.scoped(tenant);
         for name in old.workflows.keys() {
-            if !checked.workflows.iter().any(|(_, json)| &name_of(json) == name)
+            if !checked
+                .workflows
+                .iter()
+                .any(|(_, json)| &name_of(json) == name)
                 && scoped.workflow(name).await?.is_some()
             {
                 self.workflows
@@ -413,7 +416,10 @@ impl Packs {
                     tx,
                     tenant,
                     Some(&principal.user),
-                    &[(format!("{id}/extends/{entity}"), without_version(definition))],
+                    &[(
+                        format!("{id}/extends/{entity}"),
+                        without_version(definition),
+                    )],
                 )
                 .await
                 .map_err(|error| metadata_problems(id, error))?;
@@ -478,7 +484,12 @@ impl Packs {
             if own || !stale.is_empty() {
                 report.entities.push(EntityChange {
                     fields_removed: stale.clone(),
-                    ..entity_change(&name, if own { "kept" } else { "changed" }, Vec::new(), Vec::new())
+                    ..entity_change(
+                        &name,
+                        if own { "kept" } else { "changed" },
+                        Vec::new(),
+                        Vec::new(),
+                    )
                 });
             }
             if !stale.is_empty() {
@@ -535,7 +546,9 @@ impl Packs {
                 .plugins
                 .install_in(&mut scoped, prepared, &principal.user)
                 .await
-                .map_err(|error| plugin_problem(pack.id(), source.index, &source.crate_name, error))?;
+                .map_err(|error| {
+                    plugin_problem(pack.id(), source.index, &source.crate_name, error)
+                })?;
             // A plugin the pack had keeps whether the administrator disabled it.
             let (enabled, config) = match &existing {
                 Some(existing) if before.plugins.contains_key(&id) => (existing.enabled, None),
@@ -545,7 +558,9 @@ impl Packs {
             self.plugins
                 .configure_in(&mut scoped, &id, enabled, config)
                 .await
-                .map_err(|error| plugin_problem(pack.id(), source.index, &source.crate_name, error))?;
+                .map_err(|error| {
+                    plugin_problem(pack.id(), source.index, &source.crate_name, error)
+                })?;
             let change = match &installed.previous_version {
                 None => "added",
                 Some(previous) if previous == &prepared.manifest.version => "unchanged",
@@ -871,7 +886,9 @@ fn resolve_sample(
                 .collect::<Result<_, String>>()?,
         ),
         Value::String(text)
-            if text.starts_with("{{") && text.ends_with("}}") && text.matches("{{").count() == 1 =>
+            if text.starts_with("{{")
+                && text.ends_with("}}")
+                && text.matches("{{").count() == 1 =>
         {
             Template::parse(text)?.render(&Scope {
                 now: Some(now),
@@ -1017,6 +1034,9 @@ mod tests {
         let PackError::Refused(problems) = error else {
             panic!("{error:?}")
         };
-        assert_eq!(problems[0].path, "core/sample/01_account.json#/records/503/name");
+        assert_eq!(
+            problems[0].path,
+            "core/sample/01_account.json#/records/503/name"
+        );
     }
 }

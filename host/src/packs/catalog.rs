@@ -181,10 +181,10 @@ pub fn load_dir(dir: &Path) -> Result<Pack, Vec<Problem>> {
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
     let manifest_path = dir.join("pack.json");
-    let text = std::fs::read_to_string(&manifest_path).map_err(|error| {
+    let text = read_text(&manifest_path).map_err(|message| {
         vec![Problem::new(
             format!("{name}/pack.json"),
-            format!("cannot read {}: {error}", manifest_path.display()),
+            message.unwrap_or_else(|| format!("{} does not exist", manifest_path.display())),
         )]
     })?;
     let mut files = BTreeMap::from([("pack.json".to_owned(), text)]);
@@ -193,14 +193,16 @@ pub fn load_dir(dir: &Path) -> Result<Pack, Vec<Problem>> {
         && let Ok(manifest) = parse_manifest(&value)
     {
         for file in manifest.files() {
-            match std::fs::read_to_string(dir.join(file)) {
+            let path = dir.join(file);
+            match read_text(&path) {
                 Ok(text) => {
                     files.insert(file.to_owned(), text);
                 }
-                Err(error) => problems.push(Problem::new(
-                    format!("{}/{file}", manifest.id),
-                    format!("cannot read {}: {error}", dir.join(file).display()),
-                )),
+                // A missing file is reported with the others the manifest lists.
+                Err(None) => {}
+                Err(Some(message)) => {
+                    problems.push(Problem::new(format!("{}/{file}", manifest.id), message))
+                }
             }
         }
     }
@@ -213,6 +215,27 @@ pub fn load_dir(dir: &Path) -> Result<Pack, Vec<Problem>> {
             Err(found)
         }
     }
+}
+
+/// The largest file of a pack directory read.
+const MAX_FILE: u64 = 16 << 20;
+
+/// A pack file's text; `Err(None)` when it does not exist, `Err(Some(why))` when it cannot be
+/// read or is too large.
+fn read_text(path: &Path) -> Result<String, Option<String>> {
+    let size = match std::fs::metadata(path) {
+        Ok(metadata) => metadata.len(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(None),
+        Err(error) => return Err(Some(format!("cannot read {}: {error}", path.display()))),
+    };
+    if size > MAX_FILE {
+        return Err(Some(format!(
+            "{} is {size} bytes; a pack file is at most {MAX_FILE} bytes",
+            path.display()
+        )));
+    }
+    std::fs::read_to_string(path)
+        .map_err(|error| Some(format!("cannot read {}: {error}", path.display())))
 }
 
 fn from_files(

@@ -163,7 +163,9 @@ pub fn merge_extension(old: &[Value], new: &[Value], current: &Value) -> Merged 
     for field in current["fields"].as_array().into_iter().flatten() {
         let name = name_of(field);
         match (before.get(&name), offered.get(&name)) {
-            (previous, Some(next)) => fields.push(merge_field(previous.copied(), next, Some(field))),
+            (previous, Some(next)) => {
+                fields.push(merge_field(previous.copied(), next, Some(field)))
+            }
             (Some(_), None) => {
                 let mut field = field.clone();
                 if !inactive(&field) {
@@ -223,7 +225,9 @@ pub fn interim(merged: &Value, current: Option<&Value>) -> Value {
             field["options"] = Value::Array(all);
         }
     }
-    let fields = interim["fields"].as_array_mut().expect("definitions have fields");
+    let fields = interim["fields"]
+        .as_array_mut()
+        .expect("definitions have fields");
     for field in merged["fields"].as_array().into_iter().flatten() {
         if !has_field(current, &name_of(field)) {
             let mut field = field.clone();
@@ -270,7 +274,10 @@ mod tests {
             {"name": "notes", "type": "long_text"}]});
         let merged = merge_entity(Some(&old), &new, &current);
         let definition = &merged.definition;
-        assert_eq!(definition["label"], "Stand", "the pack did not change the label");
+        assert_eq!(
+            definition["label"], "Stand",
+            "the pack did not change the label"
+        );
         assert_eq!(field(definition, "number")["label"], "Booth no.");
         assert_eq!(
             field(definition, "status")["options"],
@@ -279,12 +286,23 @@ mod tests {
         );
         assert_eq!(field(definition, "size")["type"], "decimal");
         assert_eq!(
-            field(definition, "size")["active"], false,
+            field(definition, "size")["active"],
+            false,
             "still deactivated by the tenant"
         );
-        assert_eq!(field(definition, "colour")["active"], false, "dropped: deactivated");
-        assert!(field(definition, "notes").get("active").is_none(), "the tenant's own");
-        assert!(!has_field(definition, "hall"), "purged by the tenant, stays purged");
+        assert_eq!(
+            field(definition, "colour")["active"],
+            false,
+            "dropped: deactivated"
+        );
+        assert!(
+            field(definition, "notes").get("active").is_none(),
+            "the tenant's own"
+        );
+        assert!(
+            !has_field(definition, "hall"),
+            "purged by the tenant, stays purged"
+        );
         assert_eq!(merged.added, ["area"]);
         assert_eq!(merged.deactivated, ["colour"]);
 
@@ -294,24 +312,38 @@ mod tests {
             json!(["free", "sold", "reserved"]),
             "old and new values are accepted while migrations run"
         );
-        assert_eq!(field(&between, "size")["type"], "text", "retyped after the migrations");
-        assert!(field(&between, "colour").get("active").is_none(), "still active");
+        assert_eq!(
+            field(&between, "size")["type"],
+            "text",
+            "retyped after the migrations"
+        );
+        assert!(
+            field(&between, "colour").get("active").is_none(),
+            "still active"
+        );
         assert_eq!(field(&between, "area")["required"], false);
     }
 
     #[test]
     fn an_extension_changes_only_its_own_fields() {
-        let old = [json!({"name": "fleet_size", "type": "integer"}),
-                   json!({"name": "fleet_note", "type": "text"})];
-        let new = [json!({"name": "fleet_size", "type": "decimal"}),
-                   json!({"name": "fleet_contact", "type": "email"})];
+        let old = [
+            json!({"name": "fleet_size", "type": "integer"}),
+            json!({"name": "fleet_note", "type": "text"}),
+        ];
+        let new = [
+            json!({"name": "fleet_size", "type": "decimal"}),
+            json!({"name": "fleet_contact", "type": "email"}),
+        ];
         let current = json!({"name": "account", "fields": [
             {"name": "name", "type": "text"},
             {"name": "fleet_size", "type": "integer"},
             {"name": "fleet_note", "type": "text"}]});
         let merged = merge_extension(&old, &new, &current);
         let definition = &merged.definition;
-        assert_eq!(field(definition, "name"), &json!({"name": "name", "type": "text"}));
+        assert_eq!(
+            field(definition, "name"),
+            &json!({"name": "name", "type": "text"})
+        );
         assert_eq!(field(definition, "fleet_size")["type"], "decimal");
         assert_eq!(field(definition, "fleet_note")["active"], false);
         assert_eq!(merged.added, ["fleet_contact"]);

@@ -152,7 +152,11 @@ impl Scoped<'_> {
     }
 
     /// Deletes a view a pack installed (not one of the same name someone else made).
-    pub async fn delete_pack_view(&mut self, name: &str, pack_id: &str) -> Result<bool, StoreError> {
+    pub async fn delete_pack_view(
+        &mut self,
+        name: &str,
+        pack_id: &str,
+    ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
         let affected = on!(&mut self.exec, c => sqlx::query(
             "DELETE FROM saved_views WHERE tenant_id = $1 AND name = $2 AND pack_id = $3",
