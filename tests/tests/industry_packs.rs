@@ -259,7 +259,25 @@ async fn the_real_estate_pack_matches_buyers_to_a_new_listing_and_tells_the_agen
         },
     )
     .await;
-    assert!(!runs.is_empty());
+    // The branch on the plugin step's output: no new buyer, no message.
+    let run = runs
+        .iter()
+        .find(|run| run["record_id"] == castle.as_str())
+        .unwrap();
+    let run = app
+        .get(&format!(
+            "/api/v1/workflows/notify_agent_of_matches/runs/{}",
+            run["id"].as_str().unwrap()
+        ))
+        .await
+        .body;
+    let branch = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|step| step["step"] == "any_new")
+        .unwrap_or_else(|| panic!("{run:#}"));
+    assert_eq!(branch["output"]["taken"], "else", "{run:#}");
     assert_eq!(
         list(
             app,

@@ -172,6 +172,22 @@ async fn definitions_with_problems_are_refused_with_the_path_of_each(app: &TestA
             "needs a record",
         ),
         (
+            json!({"name": "w", "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
+                   "steps": [{"id": "b", "type": "branch", "if": "steps.later.count gt 0",
+                              "then": [{"id": "c", "type": "wait", "for": "1s"}]},
+                             {"id": "later", "type": "wait", "for": "1s"}]}),
+            "/steps/0/if",
+            "no step `later` comes before",
+        ),
+        (
+            json!({"name": "w", "trigger": {"type": "manual"},
+                   "steps": [{"id": "a", "type": "wait", "for": "1s"},
+                             {"id": "b", "type": "branch", "if": "steps.a.x eq 1 and status eq 'open'",
+                              "then": [{"id": "c", "type": "wait", "for": "1s"}]}]}),
+            "/steps/1/type",
+            "needs a record",
+        ),
+        (
             json!({"name": "w", "trigger": {"type": "record", "entity": "complaint", "events": ["created"],
                    "changes": [{"field": "status"}]},
                    "steps": [{"id": "a", "type": "wait", "for": "1s"}]}),

@@ -225,7 +225,8 @@ fn tokenize(input: &str) -> Result<Vec<(usize, Token)>, FilterError> {
             c if c.is_ascii_alphabetic() || c == '_' => {
                 let mut end = start;
                 while let Some(&(i, c)) = chars.peek() {
-                    if c.is_ascii_alphanumeric() || c == '_' {
+                    // Dots for a workflow branch's `steps.<step>.<key>`; a list has no such field.
+                    if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
                         end = i + 1;
                         chars.next();
                     } else {

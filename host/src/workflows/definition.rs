@@ -664,8 +664,14 @@ impl<'a> Checker<'a> {
                 then,
                 otherwise,
             } => {
-                if let Some(subject) = self.needs_subject(&format!("{path}/type"), "branch") {
-                    self.condition(condition, subject, &format!("{path}/if"), true);
+                // A branch on earlier steps' outputs alone needs no record.
+                let subject = if on_steps_only(condition) {
+                    self.subject
+                } else {
+                    self.needs_subject(&format!("{path}/type"), "branch")
+                };
+                if subject.is_some() || on_steps_only(condition) {
+                    self.branch_condition(condition, subject, &format!("{path}/if"));
                 }
                 self.steps(then, &format!("{path}/then"));
                 self.steps(otherwise, &format!("{path}/else"));
@@ -785,6 +791,57 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// A branch's condition: fields of the record, and `steps.<step>.<key>` of a step before it.
+    fn branch_condition(&mut self, text: &str, entity: Option<&EntityDefinition>, path: &str) {
+        let parsed = match Template::parse(text) {
+            Ok(template) => {
+                self.paths(&template, path);
+                filter::parse(&template.placeholder_filter())
+            }
+            Err(message) => {
+                self.problem(path, message);
+                return;
+            }
+        };
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                self.problem(path, error.to_string());
+                return;
+            }
+        };
+        for field in fields_of(&parsed) {
+            if let Some(rest) = field.strip_prefix("steps.") {
+                match rest.split_once('.') {
+                    Some((id, key)) if !key.is_empty() && !key.contains('.') => {
+                        if !self.seen.iter().any(|seen| seen == id) {
+                            self.problem(
+                                path,
+                                format!("`{field}`: no step `{id}` comes before this one"),
+                            );
+                        }
+                    }
+                    _ => self.problem(
+                        path,
+                        format!("`{field}`: name an earlier step's output as `steps.<step>.<key>`"),
+                    ),
+                }
+            } else if let Some(entity) = entity {
+                if !field.starts_with('_') && entity.field(field).is_none() {
+                    self.problem(
+                        path,
+                        format!("entity `{}` has no field `{field}`", entity.name),
+                    );
+                }
+            } else {
+                self.problem(
+                    path,
+                    format!("`{field}`: the trigger names no entity, so runs have no record"),
+                );
+            }
+        }
+    }
+
     fn template(&mut self, text: &str, path: &str) {
         match Template::parse(text) {
             Ok(template) => self.paths(&template, path),
@@ -816,6 +873,18 @@ impl<'a> Checker<'a> {
             }
         }
     }
+}
+
+/// Whether a branch condition names only earlier steps' outputs (`steps.<step>.<key>`).
+pub fn on_steps_only(condition: &str) -> bool {
+    Template::parse(condition)
+        .ok()
+        .and_then(|template| filter::parse(&template.placeholder_filter()).ok())
+        .is_some_and(|parsed| {
+            fields_of(&parsed)
+                .iter()
+                .all(|field| field.starts_with("steps."))
+        })
 }
 
 /// Every field a filter names.

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
 
-use super::definition::{Action, Node, parse_duration};
+use super::definition::{self, Action, Node, parse_duration};
 use super::template::{self, Scope, Template};
 use super::{Compiled, Workflows, condition};
 use crate::records::filter;
@@ -829,14 +829,22 @@ impl StepRun<'_> {
                 )
             }
             Action::Branch { condition, .. } => {
-                let Some(record) = &record else {
-                    return Err(record_needed());
+                // The record's fields, and the outputs of earlier steps as `steps.<step>.<key>`.
+                let mut subject = match &record {
+                    Some(record) => record.clone(),
+                    None if definition::on_steps_only(condition) => Map::new(),
+                    None => return Err(record_needed()),
                 };
+                for (id, output) in &outputs {
+                    for (key, value) in output.as_object().into_iter().flatten() {
+                        subject.insert(format!("steps.{id}.{key}"), value.clone());
+                    }
+                }
                 let text = Template::parse(condition)
                     .and_then(|t| t.render_filter(&scope))
                     .map_err(StepError::Failed)?;
                 let parsed = filter::parse(&text).map_err(|e| StepError::Failed(e.to_string()))?;
-                let taken = condition::holds(&parsed, record);
+                let taken = condition::holds(&parsed, &subject);
                 next = if taken {
                     node.then_first.or(node.next)
                 } else {

@@ -19,9 +19,8 @@
 //!
 //! One `listing_match` is created per buyer (the best of its requirements), skipping buyers who
 //! are not in an active status and buyers already matched to the listing. The output is
-//! `{count, buyers, matches, summary, matched_listing}`; `matched_listing` is the listing's id
-//! when there are new matches and empty otherwise, so that a workflow can branch on
-//! `_id eq {{steps.<id>.matched_listing}}`.
+//! `{count, buyers, matches, summary, already_matched, more}`: a workflow branches on
+//! `steps.<id>.count gt 0`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -421,7 +420,6 @@ fn run_match(
         "summary": summary.join(", "),
         "already_matched": already.len(),
         "more": more,
-        "matched_listing": if found.is_empty() { String::new() } else { listing.id.clone() },
     }))
 }
 
