@@ -141,15 +141,16 @@ pub enum PackCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Upgrades an installed pack to the bundled version (or a pack directory's): shows the
-    /// diff, then applies it in one transaction.
+    /// Upgrades an installed pack to the bundled version (or a pack directory's). Shows the
+    /// diff and changes nothing, unless `--yes`: then applies it in one transaction.
     Upgrade {
         /// A bundled pack's id, or a directory holding a `pack.json`.
         pack: String,
         #[arg(long, env = "RAPPORT_TENANT")]
         tenant: String,
+        /// Applies the upgrade (after reading its diff).
         #[arg(long)]
-        dry_run: bool,
+        yes: bool,
         #[arg(long)]
         json: bool,
     },
@@ -815,11 +816,9 @@ async fn pack(store: Store, plugins_dir: PathBuf, command: PackCommand) -> anyho
             json,
         ),
         PackCommand::Upgrade {
-            pack,
-            dry_run,
-            json,
-            ..
+            pack, yes, json, ..
         } => {
+            let dry_run = !yes;
             let source = source(&pack);
             let id = match &source {
                 Source::Bundled(id) => Ok(id.clone()),
@@ -831,7 +830,11 @@ async fn pack(store: Store, plugins_dir: PathBuf, command: PackCommand) -> anyho
                 Ok(id) => state.packs.upgrade(&principal, &id, &source, dry_run).await,
                 Err(error) => Err(error),
             };
-            report(result, json)
+            let shown = report(result, json);
+            if shown.is_ok() && dry_run && !json {
+                println!("run it again with --yes to apply it");
+            }
+            shown
         }
         PackCommand::Remove {
             pack,

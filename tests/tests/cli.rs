@@ -239,7 +239,7 @@ async fn packs_from_the_command_line(backend: Backend) {
     ));
     let diff = stdout(&rapport(
         &url,
-        &["pack", "upgrade", &v2, "--tenant", "acme", "--dry-run"],
+        &["pack", "upgrade", &v2, "--tenant", "acme"],
     ));
     for expected in [
         "upgrade fleet 1.0.0 → 2.0.0",
@@ -248,7 +248,8 @@ async fn packs_from_the_command_line(backend: Backend) {
         "+ may read rental",
         "workflow vehicle_returned: removed",
         "2 records migrated",
-        "dry run",
+        "dry run: nothing was changed",
+        "run it again with --yes",
     ] {
         assert!(diff.contains(expected), "{expected}: {diff}");
     }
@@ -263,7 +264,9 @@ async fn packs_from_the_command_line(backend: Backend) {
     assert!(shown.contains("installed (1.0.0)"), "{shown}");
     let report: Value = serde_json::from_str(&stdout(&rapport(
         &url,
-        &["pack", "upgrade", &v2, "--tenant", "acme", "--json"],
+        &[
+            "pack", "upgrade", &v2, "--tenant", "acme", "--yes", "--json",
+        ],
     )))
     .unwrap();
     assert_eq!(report["packs"][0]["to_version"], "2.0.0");
