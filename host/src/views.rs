@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::auth::Principal;
-use crate::metadata::validation::Problem;
+use crate::metadata::validation::{self, Problem};
 use crate::metadata::{Metadata, MetadataError};
 use crate::records::{ListParams, Page, RecordError, Records, Shape};
 use crate::store::packs::StoredView;
@@ -18,10 +18,8 @@ use crate::workflows::template::{Scope, Template};
 
 pub const VIEW_SCHEMA: &str = include_str!("../../schemas/view.schema.json");
 
-static VIEW_VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
-    let schema: Value = serde_json::from_str(VIEW_SCHEMA).expect("view.schema.json is JSON");
-    jsonschema::validator_for(&schema).expect("view.schema.json is a valid JSON Schema")
-});
+static VIEW_VALIDATOR: LazyLock<jsonschema::Validator> =
+    LazyLock::new(|| validation::shipped_schema("view.schema.json", VIEW_SCHEMA));
 
 /// A saved view's definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,16 +69,7 @@ pub enum ViewError {
 /// Parses a view: the JSON Schema, then the filter's templates (only `input.<param>` of a
 /// declared parameter), every problem with its path.
 pub fn parse(json: &Value) -> Result<ViewDefinition, Vec<Problem>> {
-    let mut problems: Vec<Problem> = VIEW_VALIDATOR
-        .iter_errors(json)
-        .map(|error| {
-            let path = match error.instance_path().as_str() {
-                "" => "/".to_owned(),
-                path => path.to_owned(),
-            };
-            Problem::new(path, error.to_string())
-        })
-        .collect();
+    let mut problems = validation::schema_problems(&VIEW_VALIDATOR, json);
     if !problems.is_empty() {
         return Err(problems);
     }

@@ -54,6 +54,14 @@ fn changes<'r>(report: &'r Report, pack: &str) -> &'r rapport::packs::PackChange
         .unwrap_or_else(|| panic!("no changes of `{pack}` in {report:#?}"))
 }
 
+/// The problems of a refused pack operation.
+fn refusal(result: Result<Report, PackError>) -> Vec<rapport::metadata::validation::Problem> {
+    match result {
+        Err(PackError::Refused(problems)) => problems,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 async fn records(app: &TestApp, entity: &str, query: &str) -> Vec<Value> {
     let reply = app
         .get(&format!("/api/v1/records/{entity}?limit=500{query}"))
@@ -474,14 +482,11 @@ async fn a_pack_upgrades_with_a_diff_first_and_migrates_its_records(app: &TestAp
         "Vehicle AB-101 (Kangoo) is broken"
     );
     // An older version is not installed over a newer one.
-    let older = app
-        .packs
-        .upgrade(&admin, "fleet", &fixture("fleet-v1"), false)
-        .await
-        .unwrap_err();
-    let PackError::Refused(problems) = older else {
-        panic!("{older:?}")
-    };
+    let problems = refusal(
+        app.packs
+            .upgrade(&admin, "fleet", &fixture("fleet-v1"), false)
+            .await,
+    );
     assert!(
         problems[0].message.contains("not downgraded"),
         "{problems:?}"
@@ -569,14 +574,11 @@ async fn removing_keeps_the_data_unless_purged_and_waits_for_dependents(app: &Te
 async fn a_bad_pack_is_refused_with_every_problem_and_nothing_changes(app: &TestApp) {
     install_core(app, false).await;
     let entities = app.get("/api/v1/entities").await.body;
-    let error = app
-        .packs
-        .install(&app.admin().await, &fixture("broken"), true, false)
-        .await
-        .unwrap_err();
-    let PackError::Refused(problems) = error else {
-        panic!("{error:?}")
-    };
+    let problems = refusal(
+        app.packs
+            .install(&app.admin().await, &fixture("broken"), true, false)
+            .await,
+    );
     let text: Vec<String> = problems
         .iter()
         .map(|p| format!("{}: {}", p.path, p.message))
@@ -624,19 +626,16 @@ async fn a_bad_pack_is_refused_with_every_problem_and_nothing_changes(app: &Test
         .to_string(),
     )
     .unwrap();
-    let error = app
-        .packs
-        .install(
-            &app.admin().await,
-            &Source::Directory(dir.clone()),
-            false,
-            false,
-        )
-        .await
-        .unwrap_err();
-    let PackError::Refused(problems) = error else {
-        panic!("{error:?}")
-    };
+    let problems = refusal(
+        app.packs
+            .install(
+                &app.admin().await,
+                &Source::Directory(dir.clone()),
+                false,
+                false,
+            )
+            .await,
+    );
     assert!(
         problems
             .iter()
@@ -653,19 +652,16 @@ async fn a_bad_pack_is_refused_with_every_problem_and_nothing_changes(app: &Test
         json!({"id": "Bad Id", "version": "one", "description": "x", "colour": 1}).to_string(),
     )
     .unwrap();
-    let error = app
-        .packs
-        .install(
-            &app.admin().await,
-            &Source::Directory(dir.clone()),
-            false,
-            false,
-        )
-        .await
-        .unwrap_err();
-    let PackError::Refused(problems) = error else {
-        panic!("{error:?}")
-    };
+    let problems = refusal(
+        app.packs
+            .install(
+                &app.admin().await,
+                &Source::Directory(dir.clone()),
+                false,
+                false,
+            )
+            .await,
+    );
     let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
     assert!(paths.iter().any(|p| p.ends_with("#/id")), "{paths:?}");
     assert!(paths.iter().any(|p| p.ends_with("#/version")), "{paths:?}");
@@ -774,14 +770,11 @@ async fn names_the_tenant_uses_are_not_taken_over(app: &TestApp) {
         )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    let error = app
-        .packs
-        .install(&app.admin().await, &fixture("fleet-v1"), false, false)
-        .await
-        .unwrap_err();
-    let PackError::Refused(problems) = error else {
-        panic!("{error:?}")
-    };
+    let problems = refusal(
+        app.packs
+            .install(&app.admin().await, &fixture("fleet-v1"), false, false)
+            .await,
+    );
     assert!(
         problems
             .iter()
@@ -803,14 +796,11 @@ async fn names_the_tenant_uses_are_not_taken_over(app: &TestApp) {
         .push(json!({"name": "fleet_contact", "type": "text"}));
     let reply = app.put("/api/v1/entities/account", account).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    let error = app
-        .packs
-        .upgrade(&app.admin().await, "fleet", &fixture("fleet-v2"), true)
-        .await
-        .unwrap_err();
-    let PackError::Refused(problems) = error else {
-        panic!("{error:?}")
-    };
+    let problems = refusal(
+        app.packs
+            .upgrade(&app.admin().await, "fleet", &fixture("fleet-v2"), true)
+            .await,
+    );
     assert!(
         problems
             .iter()

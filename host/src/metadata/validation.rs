@@ -34,6 +34,28 @@ impl Problem {
     }
 }
 
+/// A JSON Schema shipped in `schemas/`, compiled (once, in a `LazyLock`).
+pub fn shipped_schema(name: &str, text: &str) -> jsonschema::Validator {
+    let schema: Value =
+        serde_json::from_str(text).unwrap_or_else(|error| panic!("{name} is not JSON: {error}"));
+    jsonschema::validator_for(&schema)
+        .unwrap_or_else(|error| panic!("{name} is not a valid JSON Schema: {error}"))
+}
+
+/// Every problem `validator` finds in `json`, each at its JSON path (`/` for the whole).
+pub fn schema_problems(validator: &jsonschema::Validator, json: &Value) -> Vec<Problem> {
+    validator
+        .iter_errors(json)
+        .map(|error| {
+            let path = match error.instance_path().as_str() {
+                "" => "/".to_owned(),
+                path => path.to_owned(),
+            };
+            Problem::new(path, error.to_string())
+        })
+        .collect()
+}
+
 /// Parses and checks a definition on its own (references to other entities are checked by the
 /// caller, who knows the tenant's entities).
 pub fn parse_definition(json: &Value) -> Result<EntityDefinition, Vec<Problem>> {

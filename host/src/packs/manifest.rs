@@ -9,15 +9,13 @@ use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::metadata::validation::Problem;
+use crate::metadata::validation::{self, Problem};
 
 /// The JSON Schema of pack manifests, shipped in `schemas/`.
 pub const PACK_SCHEMA: &str = include_str!("../../../schemas/pack.schema.json");
 
-static PACK_VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
-    let schema: Value = serde_json::from_str(PACK_SCHEMA).expect("pack.schema.json is JSON");
-    jsonschema::validator_for(&schema).expect("pack.schema.json is a valid JSON Schema")
-});
+static PACK_VALIDATOR: LazyLock<jsonschema::Validator> =
+    LazyLock::new(|| validation::shipped_schema("pack.schema.json", PACK_SCHEMA));
 
 /// A pack manifest (`pack.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,16 +72,7 @@ impl PackManifest {
 /// Parses a manifest: the JSON Schema, then the typed form (the versions and version ranges),
 /// every problem with its JSON path.
 pub fn parse_manifest(json: &Value) -> Result<PackManifest, Vec<Problem>> {
-    let mut problems: Vec<Problem> = PACK_VALIDATOR
-        .iter_errors(json)
-        .map(|error| {
-            let path = match error.instance_path().as_str() {
-                "" => "/".to_owned(),
-                path => path.to_owned(),
-            };
-            Problem::new(path, error.to_string())
-        })
-        .collect();
+    let mut problems = validation::schema_problems(&PACK_VALIDATOR, json);
     if let Some(depends) = json.get("depends").and_then(Value::as_object) {
         for (id, range) in depends {
             if let Some(text) = range.as_str()

@@ -17,9 +17,7 @@ use crate::records::filter::{self, Filter};
 pub const WORKFLOW_SCHEMA: &str = include_str!("../../../schemas/workflow.schema.json");
 
 static WORKFLOW_VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
-    let schema: Value =
-        serde_json::from_str(WORKFLOW_SCHEMA).expect("workflow.schema.json is JSON");
-    jsonschema::validator_for(&schema).expect("workflow.schema.json is a valid JSON Schema")
+    crate::metadata::validation::shipped_schema("workflow.schema.json", WORKFLOW_SCHEMA)
 });
 
 /// A workflow as admins write it.
@@ -320,16 +318,7 @@ pub fn parse_duration(text: &str) -> Option<time::Duration> {
 /// Parses a definition on its own: the JSON Schema, then the typed form. Checks that need the
 /// tenant's entities are [`check`]'s.
 pub fn parse(json: &Value) -> Result<WorkflowDefinition, Vec<Problem>> {
-    let problems: Vec<Problem> = WORKFLOW_VALIDATOR
-        .iter_errors(json)
-        .map(|error| {
-            let path = match error.instance_path().as_str() {
-                "" => "/".to_owned(),
-                path => path.to_owned(),
-            };
-            Problem::new(path, error.to_string())
-        })
-        .collect();
+    let problems = crate::metadata::validation::schema_problems(&WORKFLOW_VALIDATOR, json);
     if !problems.is_empty() {
         return Err(trim(problems));
     }

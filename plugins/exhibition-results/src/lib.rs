@@ -16,6 +16,7 @@
 //! invocation may read 10,000 rows, and past `max_rows` a count stops with a warning (a lower
 //! bound).
 
+use rapport_sdk::records::quote;
 use rapport_sdk::{Compute, Plugin, Record, records};
 use serde_json::{Map, Value, json};
 
@@ -134,10 +135,6 @@ fn currency_value(amount: f64, currency: &str) -> Value {
     json!({"amount": amount, "currency": currency})
 }
 
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
 /// The records of `entity` pointing at `exhibition` and matching `extra` (if any), at most
 /// `settings.max_rows`, page by page.
 fn related(
@@ -150,29 +147,17 @@ fn related(
     if let Some(extra) = extra {
         filter = format!("{filter} and ({extra})");
     }
-    let mut found: Vec<Record> = Vec::new();
-    loop {
-        let page_filter = match found.last() {
-            Some(last) => format!("{filter} and _id gt {}", quote(&last.id)),
-            None => filter.clone(),
-        };
-        let room = settings.max_rows.saturating_sub(found.len());
-        if room == 0 {
-            rapport_sdk::log::warn(&format!(
-                "more than {} `{entity}` records: the result counts the first {} only",
-                settings.max_rows, settings.max_rows
-            ));
-            return Ok(found);
-        }
-        let limit = PAGE.min(u32::try_from(room).unwrap_or(PAGE));
-        let page = records::query(entity, &page_filter, "_id", limit)
-            .map_err(|error| format!("cannot read `{entity}` records: {error:?}"))?;
-        let full = page.len() as u32 >= limit;
-        found.extend(page);
-        if !full {
-            return Ok(found);
-        }
+    // One more than the cap, to tell a full result from a cut one.
+    let mut found = records::query_all(entity, &filter, PAGE, settings.max_rows + 1)
+        .map_err(|error| format!("cannot read `{entity}` records: {error:?}"))?;
+    if found.len() > settings.max_rows {
+        found.truncate(settings.max_rows);
+        rapport_sdk::log::warn(&format!(
+            "more than {} `{entity}` records: the result counts the first {} only",
+            settings.max_rows, settings.max_rows
+        ));
     }
+    Ok(found)
 }
 
 fn in_list(values: &[String]) -> String {

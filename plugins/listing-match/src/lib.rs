@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rapport_sdk::records::quote;
 use rapport_sdk::{Plugin, Record, json, records};
 use serde_json::{Map, Value};
 
@@ -283,31 +284,16 @@ impl Settings {
     }
 }
 
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
 fn host<T>(what: &str, result: Result<T, rapport_sdk::HostError>) -> Result<T, String> {
     result.map_err(|error| format!("cannot {what}: {error:?}"))
 }
 
+/// Every record of `entity` matching `filter`, page by page (sorted by id).
 fn query_all(entity: &str, filter: &str) -> Result<Vec<Record>, String> {
-    let mut found: Vec<Record> = Vec::new();
-    loop {
-        let page_filter = match found.last() {
-            Some(last) => format!("({filter}) and _id gt {}", quote(&last.id)),
-            None => filter.to_owned(),
-        };
-        let page = host(
-            &format!("read `{entity}` records"),
-            records::query(entity, &page_filter, "_id", PAGE),
-        )?;
-        let full = page.len() as u32 >= PAGE;
-        found.extend(page);
-        if !full {
-            return Ok(found);
-        }
-    }
+    host(
+        &format!("read `{entity}` records"),
+        records::query_all(entity, filter, PAGE, usize::MAX),
+    )
 }
 
 /// Records by id. (A `BTreeMap`, not a `HashMap`: the standard hasher's random seed would import

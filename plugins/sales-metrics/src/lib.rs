@@ -105,38 +105,26 @@ fn count_responses(settings: &Settings, campaign: &str) -> Result<u64, String> {
     if campaign.is_empty() {
         return Ok(0);
     }
-    if campaign.contains('\'') {
-        return Err(format!("`{campaign}` is not a record id"));
-    }
     let statuses = settings
         .responded_statuses
         .iter()
-        .map(|status| format!("'{}'", status.replace('\'', "''")))
+        .map(|status| records::quote(status))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut count = 0;
-    let mut after: Option<String> = None;
-    for _ in 0..MAX_PAGES {
-        let mut filter = format!(
-            "{} eq '{campaign}' and {} in ({statuses})",
-            settings.campaign_field, settings.member_status_field
-        );
-        if let Some(after) = &after {
-            filter.push_str(&format!(" and _id gt '{after}'"));
-        }
-        let page = records::query(&settings.member_entity, &filter, "_id", PAGE)
-            .map_err(|error| format!("cannot read {}: {error:?}", settings.member_entity))?;
-        count += page.len() as u64;
-        if page.len() < PAGE as usize {
-            return Ok(count);
-        }
-        after = page.last().map(|member| member.id.clone());
+    let filter = format!(
+        "{} eq {} and {} in ({statuses})",
+        settings.campaign_field,
+        records::quote(campaign),
+        settings.member_status_field
+    );
+    let max = MAX_PAGES * PAGE as usize;
+    let members = records::query_all(&settings.member_entity, &filter, PAGE, max + 1)
+        .map_err(|error| format!("cannot read {}: {error:?}", settings.member_entity))?;
+    if members.len() > max {
+        rapport_sdk::log::warn(&format!("more than {max} responses: the count stops there"));
+        return Ok(max as u64);
     }
-    rapport_sdk::log::warn(&format!(
-        "more than {} responses: the count stops there",
-        MAX_PAGES as u32 * PAGE
-    ));
-    Ok(count)
+    Ok(members.len() as u64)
 }
 
 impl Plugin for SalesMetrics {

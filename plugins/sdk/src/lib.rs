@@ -324,6 +324,39 @@ pub mod records {
             .collect())
     }
 
+    /// A text as a quoted literal of the filter language: `O'Brien` → `'O''Brien'`. Quote
+    /// every value you put into a filter.
+    pub fn quote(text: &str) -> String {
+        format!("'{}'", text.replace('\'', "''"))
+    }
+
+    /// Every record of `entity` matching `filter` ("" for all), read page by page in id order
+    /// (`page` records a call), up to `max` records. Each page is one host call and counts
+    /// against the plugin's limits of calls and rows.
+    pub fn query_all(
+        entity: &str,
+        filter: &str,
+        page: u32,
+        max: usize,
+    ) -> Result<Vec<Record>, HostError> {
+        let mut found: Vec<Record> = Vec::new();
+        while found.len() < max {
+            let page_filter = match (found.last(), filter.is_empty()) {
+                (Some(last), true) => format!("_id gt {}", quote(&last.id)),
+                (Some(last), false) => format!("({filter}) and _id gt {}", quote(&last.id)),
+                (None, _) => filter.to_owned(),
+            };
+            let room = u32::try_from(max - found.len()).unwrap_or(u32::MAX);
+            let batch = query(entity, &page_filter, "_id", page.min(room).max(1))?;
+            let full = batch.len() as u32 >= page.min(room).max(1);
+            found.extend(batch);
+            if !full {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
     /// Creates a record from a JSON object of field values.
     pub fn create(entity: &str, data: &Value) -> Result<Record, HostError> {
         host::create(entity, &data.to_string()).map(Record::from_wit)
