@@ -364,7 +364,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schema(command) => schema(store, command).await,
-        Command::Pack(command) => pack(store, cli.global.plugins_dir.clone(), command).await,
+        Command::Pack(command) => pack(store, &cli.global, command).await,
         Command::Plugin(PluginCommand::Install {
             manifest,
             component,
@@ -685,7 +685,7 @@ fn read_definitions(dir: &Path) -> anyhow::Result<Vec<(String, Value)>> {
         .collect()
 }
 
-async fn pack(store: Store, plugins_dir: PathBuf, command: PackCommand) -> anyhow::Result<()> {
+async fn pack(store: Store, global: &Global, command: PackCommand) -> anyhow::Result<()> {
     use crate::packs::{PackError, Report, Source};
     let tenant = match &command {
         PackCommand::List { tenant, .. }
@@ -698,8 +698,9 @@ async fn pack(store: Store, plugins_dir: PathBuf, command: PackCommand) -> anyho
         .principal_of(&tenant, "admin")
         .await?
         .with_context(|| format!("tenant `{tenant}` (or its `admin` user) does not exist"))?;
-    let mut state = AppState::new(store, None)?;
-    state.packs.plugins_dir = plugins_dir;
+    // Components compiled here are cached where the server finds them.
+    let mut state = AppState::new(store, Some(global.cache_dir.join("plugins")))?;
+    state.packs.plugins_dir = global.plugins_dir.clone();
     let source = |pack: &str| {
         let path = Path::new(pack);
         if pack.contains('/') || path.join("pack.json").is_file() {
