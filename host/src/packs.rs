@@ -87,10 +87,19 @@ pub struct Contents {
     /// Fields added to other entities (normalized), by entity.
     #[serde(default)]
     pub extends: BTreeMap<String, Vec<Value>>,
+    /// Fields an earlier version added to other entities and a later one dropped: deactivated,
+    /// still the pack's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped_extends: BTreeMap<String, Vec<Value>>,
     #[serde(default)]
     pub workflows: BTreeMap<String, Value>,
+    /// The plugins it installed.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginEntry>,
+    /// Every plugin it lists, installed by it or not: a plugin an installed pack uses is not
+    /// removed with another pack.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub uses: BTreeSet<String>,
     #[serde(default)]
     pub roles: BTreeMap<String, Value>,
     #[serde(default)]
@@ -408,7 +417,10 @@ impl Packs {
 
         let _uncached = self.uncached(principal);
         let mut tx = self.store.begin().await?;
-        let result = match self.confirm(&mut tx, principal, &state).await {
+        let result = match self
+            .confirm(&mut tx, principal, &state, &checked, None)
+            .await
+        {
             Ok(()) => {
                 self.install_in(&mut tx, principal, &checked, &state, sample)
                     .await
@@ -513,7 +525,10 @@ impl Packs {
 
         let _uncached = self.uncached(principal);
         let mut tx = self.store.begin().await?;
-        let result = match self.confirm(&mut tx, principal, &state).await {
+        let result = match self
+            .confirm(&mut tx, principal, &state, &checked, Some(&old))
+            .await
+        {
             Ok(()) => self
                 .upgrade_in(&mut tx, principal, &checked[0], &old, &from, &state)
                 .await
@@ -566,7 +581,7 @@ impl Packs {
         let contents = contents_of(current)?;
         let _uncached = self.uncached(principal);
         let mut tx = self.store.begin().await?;
-        let result = match self.confirm(&mut tx, principal, &state).await {
+        let result = match self.confirm(&mut tx, principal, &state, &[], None).await {
             Ok(()) => self
                 .remove_in(&mut tx, principal, current, &contents, &state, purge)
                 .await
@@ -583,23 +598,31 @@ impl Packs {
         Ok(TenantState::read(&mut conn.scoped(&principal.tenant)).await?)
     }
 
-    /// Inside the transaction: serializes pack operations of the tenant, and refuses when its
-    /// packs changed since the checks read them (another operation committed meanwhile).
+    /// Inside the transaction: serializes pack operations of the tenant, refuses when its packs
+    /// changed since the checks read them (another operation committed meanwhile), and checks
+    /// again, on what the tenant has now, that the packs take no name someone else uses.
     async fn confirm(
         &self,
         tx: &mut Tx,
         principal: &Principal,
         state: &TenantState,
+        checked: &[check::Checked<'_>],
+        own: Option<&Contents>,
     ) -> Result<(), PackError> {
         let mut scoped = tx.scoped(&principal.tenant);
         scoped.lock_packs().await?;
-        if state.same_packs(&scoped.packs().await?) {
-            Ok(())
-        } else {
-            Err(refused(
+        let now = TenantState::read(&mut scoped).await?;
+        if !state.same_packs(&now.stored) {
+            return Err(refused(
                 "/",
                 "the tenant's packs changed while this operation was checked: run it again",
-            ))
+            ));
+        }
+        let problems = clashes(checked, &now, own);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PackError::Refused(problems))
         }
     }
 

@@ -141,7 +141,7 @@ pub async fn check_in(
         }
         Err(error) => return Err(vec![Problem::new("/entity", error.to_string())]),
     };
-    let problems: Vec<Problem> = view
+    let mut problems: Vec<Problem> = view
         .fields
         .iter()
         .flatten()
@@ -156,6 +156,24 @@ pub async fn check_in(
             )
         })
         .collect();
+    // The filter (each parameter as some text) and the sort compile against the entity.
+    if let Some(filter) = &view.filter
+        && let Ok(template) = Template::parse(filter)
+    {
+        let mut builder = crate::store::records::ListQuery::builder(scoped.dialect());
+        if let Err(message) = crate::records::query::filter_condition(
+            &compiled.definition,
+            &template.placeholder_filter(),
+            &mut builder,
+        ) {
+            problems.push(Problem::new("/filter", message));
+        }
+    }
+    if let Some(sort) = &view.sort
+        && let Err(message) = crate::records::query::parse_sort(&compiled.definition, sort)
+    {
+        problems.push(Problem::new("/sort", message));
+    }
     if problems.is_empty() {
         Ok(())
     } else {

@@ -341,6 +341,22 @@ async fn a_pack_upgrades_with_a_diff_first_and_migrates_its_records(app: &TestAp
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
 
+    // The administrator disabled the pack's plugin, and has a workflow of their own on
+    // vehicles: the upgrade keeps the one disabled and starts no run of the other.
+    let reply = app
+        .post("/api/v1/plugins/fleet-minimal/disable", Value::Null)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = app
+        .post(
+            "/api/v1/workflows",
+            json!({"name": "vehicle_touched",
+                   "trigger": {"type": "record", "entity": "vehicle", "events": ["updated"]},
+                   "steps": [{"id": "later", "type": "wait", "for": "1h"}]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+
     // The diff first: nothing changes.
     let admin = app.admin().await;
     let dry = app
@@ -461,6 +477,15 @@ async fn a_pack_upgrades_with_a_diff_first_and_migrates_its_records(app: &TestAp
     );
     let plugin = app.get("/api/v1/plugins/fleet-minimal").await.body;
     assert_eq!(plugin["version"], "0.2.0");
+    assert_eq!(
+        plugin["enabled"], false,
+        "still disabled by the administrator"
+    );
+    assert_eq!(
+        app.get("/api/v1/workflows/vehicle_touched/runs").await.body["data"],
+        json!([]),
+        "records the upgrade migrated start no runs"
+    );
     assert_eq!(
         app.get("/api/v1/packs/fleet").await.body["installed_version"],
         "2.0.0"

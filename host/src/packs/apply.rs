@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::check::{Checked, TenantState, prefixed};
 use super::merge::{
-    has_field, interim, merge_entity, merge_extension, name_of, set_active, without_version,
+    Mode, has_field, interim, merge_entity, merge_extension, name_of, set_active, without_version,
 };
 use super::{
     Contents, EntityChange, ItemChange, PackChanges, PackError, Packs, PluginChange, PluginEntry,
@@ -55,7 +55,8 @@ impl Packs {
                 match current_definition(tx, principal, &name).await? {
                     // Kept when the pack was removed: taken back, with the pack's fields.
                     Some(current) => {
-                        let merged = merge_entity(None, json, &current);
+                        let before = removed.entities.get(&name).or(removed.dropped.get(&name));
+                        let merged = merge_entity(before, json, &current, Mode::Adopt);
                         batch.push((file.clone(), merged.definition));
                         report.entities.push(entity_change(
                             &name,
@@ -79,11 +80,15 @@ impl Packs {
                         format!("`{id}` adds fields to entity `{entity}`, which does not exist"),
                     ));
                 };
-                let merged = merge_extension(&[], fields, &current);
+                let before = removed.extends.get(entity).cloned().unwrap_or_default();
+                let merged = merge_extension(&before, fields, &current, Mode::Adopt);
                 batch.push((format!("{id}/extends/{entity}"), merged.definition));
-                report
-                    .entities
-                    .push(entity_change(entity, "extended", merged.added, Vec::new()));
+                report.entities.push(entity_change(
+                    entity,
+                    "extended",
+                    merged.added,
+                    merged.deactivated,
+                ));
             }
             let applied = self
                 .metadata
@@ -128,12 +133,8 @@ impl Packs {
                 .map(contents_of)
                 .transpose()?
                 .unwrap_or_default();
-            // Entities an earlier version dropped, kept by the removal, stay the pack's.
-            let dropped = removed
-                .dropped
-                .into_iter()
-                .filter(|(name, _)| !pack.entity_names().any(|own| &own == name))
-                .collect();
+            // What the removed version had and this one lacks stays the pack's.
+            let dropped = dropped_after(&removed, pack);
             self.record_pack(tx, principal, pack, plugins, dropped)
                 .await?;
         }
@@ -176,7 +177,7 @@ impl Packs {
             match current_definition(tx, principal, &name).await? {
                 Some(current) => {
                     let before = old.entities.get(&name).or(old.dropped.get(&name));
-                    let merged = merge_entity(before, json, &current);
+                    let merged = merge_entity(before, json, &current, Mode::Upgrade);
                     batch.push((file.clone(), merged.definition));
                     report.entities.push(entity_change(
                         &name,
@@ -207,7 +208,7 @@ impl Packs {
             };
             let before = old.extends.get(entity).cloned().unwrap_or_default();
             let after = checked.extends.get(entity).cloned().unwrap_or_default();
-            let merged = merge_extension(&before, &after, &current);
+            let merged = merge_extension(&before, &after, &current, Mode::Upgrade);
             batch.push((format!("{id}/extends/{entity}"), merged.definition));
             report.entities.push(entity_change(
                 entity,
@@ -218,16 +219,14 @@ impl Packs {
         }
         // Entities the new version no longer has stay, with their records, and stay the pack's
         // (a purge deletes them; a later version may bring them back).
-        let mut dropped = old.dropped.clone();
-        for (name, definition) in &old.entities {
+        for name in old.entities.keys() {
             if !checked.entity_names().any(|own| &own == name) {
-                dropped.insert(name.clone(), definition.clone());
                 report
                     .entities
                     .push(entity_change(name, "dropped", Vec::new(), Vec::new()));
             }
         }
-        dropped.retain(|name, _| !checked.entity_names().any(|own| &own == name));
+        let dropped = dropped_after(old, checked);
 
         // Plugins first: the migrations write records, whose computed fields may need them.
         let plugins = self
@@ -385,16 +384,29 @@ impl Packs {
             }
             report.plugins.push(change);
         }
+        // Computed fields whose plugin is gone would refuse every write of their records, so
+        // they are deactivated (their values kept).
+        self.deactivate_computed(
+            tx,
+            principal,
+            &gone,
+            &mut report,
+            (!purge).then_some(contents),
+        )
+        .await?;
         if !purge {
-            // The data stays; computed fields whose plugin is gone would refuse every write
-            // of their records, so they are deactivated (their values kept).
-            self.deactivate_computed(tx, principal, &gone, &mut report, Some(contents))
-                .await?;
             tx.scoped(tenant).remove_pack(id, false).await?;
             return Ok(report);
         }
         let mut scoped = tx.scoped(tenant);
-        for (entity, fields) in &contents.extends {
+        let mut own_fields = contents.extends.clone();
+        for (entity, fields) in &contents.dropped_extends {
+            own_fields
+                .entry(entity.clone())
+                .or_default()
+                .extend(fields.iter().cloned());
+        }
+        for (entity, fields) in &own_fields {
             let Some(mut definition) = scoped
                 .get_entity(entity)
                 .await?
@@ -524,6 +536,20 @@ impl Packs {
             let id = prepared.manifest.id.clone();
             let existing = scoped.plugin(&id).await?;
             let mine = existing.is_none() || before.plugins.contains_key(&id);
+            // The same version of someone else's plugin with other code is not replaced.
+            if let Some(existing) = &existing
+                && !mine
+                && existing.version == prepared.manifest.version
+                && existing.component != prepared.sha256
+            {
+                return Err(refused(
+                    format!("{}/pack.json#/plugins/{}", pack.id(), source.index),
+                    format!(
+                        "plugin `{id}` {} is installed with another component than this pack's: remove it, or give the pack's a new version",
+                        existing.version
+                    ),
+                ));
+            }
             // A newer version another pack (or an administrator) installed is kept.
             if let Some(existing) = &existing
                 && let (Ok(have), Ok(offered)) = (
@@ -532,6 +558,9 @@ impl Packs {
                 )
                 && have > offered
             {
+                if let Some(entry) = before.plugins.get(&id) {
+                    owned.insert(id.clone(), entry.clone());
+                }
                 report.plugins.push(PluginChange {
                     id,
                     change: "kept",
@@ -549,10 +578,10 @@ impl Packs {
                 .map_err(|error| {
                     plugin_problem(pack.id(), source.index, &source.crate_name, error)
                 })?;
-            // A plugin the pack had keeps whether the administrator disabled it.
+            // A plugin the tenant had keeps whether the administrator disabled it, and its
+            // configuration; a new one is enabled with the pack's.
             let (enabled, config) = match &existing {
-                Some(existing) if before.plugins.contains_key(&id) => (existing.enabled, None),
-                Some(_) => (true, None),
+                Some(existing) => (existing.enabled, None),
                 None => (true, source.config.as_ref()),
             };
             self.plugins
@@ -670,7 +699,7 @@ impl Packs {
         principal: &Principal,
         pack: &Checked<'_>,
         plugins: BTreeMap<String, PluginEntry>,
-        dropped: BTreeMap<String, Value>,
+        dropped: Dropped,
     ) -> Result<(), PackError> {
         let manifest = &pack.pack.manifest;
         let contents = Contents {
@@ -679,8 +708,14 @@ impl Packs {
                 .iter()
                 .map(|(_, json)| (name_of(json), json.clone()))
                 .collect(),
-            dropped,
+            dropped: dropped.entities,
             extends: pack.extends.clone(),
+            dropped_extends: dropped.fields,
+            uses: pack
+                .plugins
+                .iter()
+                .map(|(_, prepared)| prepared.manifest.id.clone())
+                .collect(),
             workflows: pack
                 .workflows
                 .iter()
@@ -767,7 +802,8 @@ impl Packs {
     ) -> Result<usize, PackError> {
         const PAGE: i64 = 500;
         let mut scoped = tx.scoped(&principal.tenant);
-        let context = WriteContext::new(principal, crate::store::now());
+        let mut context = WriteContext::new(principal, crate::store::now());
+        context.quiet = true;
         let mut count = 0;
         for update in migration["updates"].as_array().into_iter().flatten() {
             let entity = update["entity"].as_str().unwrap_or_default();
@@ -845,16 +881,50 @@ fn role_changes(old: &BTreeMap<String, Value>, new: &BTreeMap<String, Value>) ->
     changes
 }
 
-/// The plugins other installed packs own.
+/// The plugins other installed packs installed or use.
 fn plugins_used_by_others(stored: &[StoredPack], id: &str) -> Result<BTreeSet<String>, PackError> {
     let mut used = BTreeSet::new();
     for other in stored
         .iter()
         .filter(|other| other.pack_id != id && other.status == "installed")
     {
-        used.extend(contents_of(other)?.plugins.into_keys());
+        let contents = contents_of(other)?;
+        used.extend(contents.plugins.into_keys());
+        used.extend(contents.uses);
     }
     Ok(used)
+}
+
+/// What a pack had (`old`) and the version being applied lacks, which stays the pack's: its
+/// entities (kept with their records) and the fields it added to other entities (deactivated).
+struct Dropped {
+    entities: BTreeMap<String, Value>,
+    fields: BTreeMap<String, Vec<Value>>,
+}
+
+fn dropped_after(old: &Contents, pack: &Checked<'_>) -> Dropped {
+    let mut entities = old.dropped.clone();
+    for (name, definition) in &old.entities {
+        entities.insert(name.clone(), definition.clone());
+    }
+    entities.retain(|name, _| !pack.entity_names().any(|own| &own == name));
+    let mut fields = old.dropped_extends.clone();
+    for (entity, added) in &old.extends {
+        let target = fields.entry(entity.clone()).or_default();
+        for field in added {
+            if !target.iter().any(|f| name_of(f) == name_of(field)) {
+                target.push(field.clone());
+            }
+        }
+    }
+    for (entity, target) in &mut fields {
+        let offered = pack.extends.get(entity);
+        target.retain(|field| {
+            !offered.is_some_and(|offered| offered.iter().any(|f| name_of(f) == name_of(field)))
+        });
+    }
+    fields.retain(|_, target| !target.is_empty());
+    Dropped { entities, fields }
 }
 
 /// A sample value with references and date templates resolved. Only a string that is exactly

@@ -372,11 +372,36 @@ pub(super) fn clashes(
                 ));
                 continue;
             }
-            if !state.entities.contains_key(&name) {
+            let Some(existing) = state.entities.get(&name) else {
                 continue;
-            }
+            };
             match owners.get(&name) {
-                Some((owner, _)) if owner == id => {}
+                Some((owner, _)) if owner == id => {
+                    // Its own entity: a field it would add that the tenant added meanwhile is
+                    // the tenant's, not the pack's to retype.
+                    let before = mine.and_then(|contents| {
+                        contents
+                            .entities
+                            .get(&name)
+                            .or(contents.dropped.get(&name))
+                    });
+                    let pack_fields: BTreeSet<String> = before
+                        .and_then(|definition| definition["fields"].as_array())
+                        .into_iter()
+                        .flatten()
+                        .map(name_of)
+                        .collect();
+                    for field in json["fields"].as_array().into_iter().flatten().map(name_of) {
+                        if existing.contains(&field) && !pack_fields.contains(&field) {
+                            problems.push(Problem::new(
+                                format!("{file}#/fields"),
+                                format!(
+                                    "entity `{name}` already has a field `{field}` that is not `{id}`'s: rename or remove it first"
+                                ),
+                            ));
+                        }
+                    }
+                }
                 Some((owner, status)) if status == "removed" => problems.push(Problem::new(
                     format!("{file}#/name"),
                     format!(
@@ -402,8 +427,14 @@ pub(super) fn clashes(
                 continue;
             };
             let theirs: BTreeSet<String> = mine
-                .and_then(|contents| contents.extends.get(entity))
                 .into_iter()
+                .flat_map(|contents| {
+                    contents
+                        .extends
+                        .get(entity)
+                        .into_iter()
+                        .chain(contents.dropped_extends.get(entity))
+                })
                 .flatten()
                 .map(name_of)
                 .collect();

@@ -59,8 +59,17 @@ fn inactive(field: &Value) -> bool {
     field["active"].as_bool() == Some(false)
 }
 
-/// One field of the pack's new version, against the pack's previous one and the tenant's.
-fn merge_field(previous: Option<&Value>, next: &Value, tenant: Option<&Value>) -> Value {
+/// One field of the pack's new version, against the pack's previous one and the tenant's. In
+/// `Mode::Adopt` (a removed pack installed again) the pack's field wins.
+fn merge_field(
+    previous: Option<&Value>,
+    next: &Value,
+    tenant: Option<&Value>,
+    mode: Mode,
+) -> Value {
+    if mode == Mode::Adopt {
+        return next.clone();
+    }
     match (previous, tenant) {
         // The pack did not change it: the tenant's stays.
         (Some(previous), Some(tenant)) if previous == next => tenant.clone(),
@@ -74,6 +83,15 @@ fn merge_field(previous: Option<&Value>, next: &Value, tenant: Option<&Value>) -
     }
 }
 
+/// How the tenant's version of a pack's field counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// An upgrade: what the tenant changed that the pack did not stays.
+    Upgrade,
+    /// Taking back what a removal kept: the pack's fields win (the removal deactivated some).
+    Adopt,
+}
+
 /// What a merge gives: the definition to apply, the fields it adds and those it deactivates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Merged {
@@ -82,10 +100,9 @@ pub struct Merged {
     pub deactivated: Vec<String>,
 }
 
-/// A pack's entity: `old` the installed version's definition (`None` when taking back an entity
-/// kept by a removal: then the pack's fields win), `new` the version being applied, `current`
-/// the tenant's.
-pub fn merge_entity(old: Option<&Value>, new: &Value, current: &Value) -> Merged {
+/// A pack's entity: `old` the pack's previous definition of it (the installed version's, or the
+/// removed one's), `new` the version being applied, `current` the tenant's.
+pub fn merge_entity(old: Option<&Value>, new: &Value, current: &Value, mode: Mode) -> Merged {
     let before = fields_by_name(old);
     let now = fields_by_name(Some(current));
     let offered = fields_by_name(Some(new));
@@ -95,13 +112,13 @@ pub fn merge_entity(old: Option<&Value>, new: &Value, current: &Value) -> Merged
     for field in new["fields"].as_array().into_iter().flatten() {
         let name = name_of(field);
         let tenant = now.get(&name);
-        if tenant.is_none() && before.contains_key(&name) {
+        if tenant.is_none() && before.contains_key(&name) && mode == Mode::Upgrade {
             continue; // purged by the tenant
         }
         if tenant.is_none() {
             added.push(name.clone());
         }
-        fields.push(merge_field(before.get(&name), field, tenant));
+        fields.push(merge_field(before.get(&name), field, tenant, mode));
     }
     for field in current["fields"].as_array().into_iter().flatten() {
         let name = name_of(field);
@@ -117,7 +134,8 @@ pub fn merge_entity(old: Option<&Value>, new: &Value, current: &Value) -> Merged
     }
     let mut merged = new.clone();
     for key in ["label", "plural_label", "description"] {
-        let unchanged = old.is_some_and(|old| old.get(key) == new.get(key));
+        let unchanged =
+            mode == Mode::Upgrade && old.is_some_and(|old| old.get(key) == new.get(key));
         match current.get(key) {
             Some(tenant) if unchanged => merged[key] = tenant.clone(),
             None if unchanged => {
@@ -153,7 +171,7 @@ pub fn merge_entity(old: Option<&Value>, new: &Value, current: &Value) -> Merged
 
 /// Another pack's entity with a pack's fields merged the same way: `old` the fields the
 /// installed version added to it, `new` those of the version being applied.
-pub fn merge_extension(old: &[Value], new: &[Value], current: &Value) -> Merged {
+pub fn merge_extension(old: &[Value], new: &[Value], current: &Value, mode: Mode) -> Merged {
     let before: BTreeMap<String, &Value> = old.iter().map(|f| (name_of(f), f)).collect();
     let offered: BTreeMap<String, &Value> = new.iter().map(|f| (name_of(f), f)).collect();
     let mut merged = current.clone();
@@ -164,7 +182,7 @@ pub fn merge_extension(old: &[Value], new: &[Value], current: &Value) -> Merged 
         let name = name_of(field);
         match (before.get(&name), offered.get(&name)) {
             (previous, Some(next)) => {
-                fields.push(merge_field(previous.copied(), next, Some(field)))
+                fields.push(merge_field(previous.copied(), next, Some(field), mode))
             }
             (Some(_), None) => {
                 let mut field = field.clone();
@@ -179,7 +197,7 @@ pub fn merge_extension(old: &[Value], new: &[Value], current: &Value) -> Merged 
     }
     for field in new {
         let name = name_of(field);
-        if !has_field(current, &name) && !before.contains_key(&name) {
+        if !has_field(current, &name) && (mode == Mode::Adopt || !before.contains_key(&name)) {
             added.push(name);
             fields.push(field.clone());
         }
@@ -272,7 +290,7 @@ mod tests {
             {"name": "colour", "type": "text"},
             {"name": "size", "type": "text", "active": false},
             {"name": "notes", "type": "long_text"}]});
-        let merged = merge_entity(Some(&old), &new, &current);
+        let merged = merge_entity(Some(&old), &new, &current, Mode::Upgrade);
         let definition = &merged.definition;
         assert_eq!(
             definition["label"], "Stand",
@@ -338,7 +356,7 @@ mod tests {
             {"name": "name", "type": "text"},
             {"name": "fleet_size", "type": "integer"},
             {"name": "fleet_note", "type": "text"}]});
-        let merged = merge_extension(&old, &new, &current);
+        let merged = merge_extension(&old, &new, &current, Mode::Upgrade);
         let definition = &merged.definition;
         assert_eq!(
             field(definition, "name"),

@@ -238,10 +238,12 @@ impl records::Host for HostState {
         self.may_read(&entity)?;
         check_size("the filter", &filter)?;
         check_size("the sort", &sort)?;
+        // One row more than the invocation may still read: a result the row limit would cut
+        // is an error (below), never a silently shorter list.
         let remaining = self.caps.rows.saturating_sub(self.rows);
         let limit = limit
             .min(MAX_QUERY_ROWS)
-            .min(u32::try_from(remaining).unwrap_or(u32::MAX));
+            .min(u32::try_from(remaining.saturating_add(1)).unwrap_or(u32::MAX));
         let found = self
             .call(|reply| HostCall::Query {
                 entity,

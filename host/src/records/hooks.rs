@@ -44,6 +44,9 @@ pub struct WriteContext {
     /// For a client's create: the validators and hooks already run before the transaction
     /// (see [`Records::run_pure_hooks`]).
     pub pre_run: Option<PreRun>,
+    /// Writes that start no workflow run: a pack's sample records and data migrations (an
+    /// upgrade must not send the tenant's workflow emails for records it converts).
+    pub quiet: bool,
 }
 
 /// The validators and hooks a create ran before its transaction: the first `steps` calls of the
@@ -95,6 +98,7 @@ impl WriteContext {
             workflow_depth: 0,
             at,
             pre_run: None,
+            quiet: false,
         }
     }
 }

@@ -45,6 +45,11 @@ const SYSTEM_FIELDS: [(&str, &str, SystemKind); 7] = [
     ("_updated_by", "updated_by", SystemKind::Text),
 ];
 
+/// Whether `name` is a system field (`_id`, `_owner`, …) every record has.
+pub fn is_system_field(name: &str) -> bool {
+    SYSTEM_FIELDS.iter().any(|(system, _, _)| *system == name)
+}
+
 pub fn resolve<'d>(definition: &'d EntityDefinition, name: &str) -> Result<Target<'d>, String> {
     if let Some((_, column, kind)) = SYSTEM_FIELDS.iter().find(|(system, _, _)| *system == name) {
         return Ok(Target::System {

@@ -49,6 +49,9 @@ impl Records {
         body: &Map<String, Value>,
         before: Option<&Map<String, Value>>,
     ) -> Result<(), RecordError> {
+        if context.quiet {
+            return Ok(());
+        }
         self.workflows
             .fire(
                 scoped,
@@ -297,8 +300,8 @@ impl Records {
     }
 
     /// Creates records in the caller's transaction as a client's batch would (validation,
-    /// plugins, computed fields, history, workflow triggers), on behalf of `principal`: a pack's
-    /// sample data.
+    /// plugins, computed fields, history), on behalf of `principal`, starting no workflow run: a
+    /// pack's sample data.
     pub(crate) async fn import_in(
         &self,
         scoped: &mut Scoped<'_>,
@@ -308,7 +311,8 @@ impl Records {
     ) -> Result<Vec<StoredRecord>, RecordError> {
         let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
         let now = crate::store::now();
-        let context = WriteContext::new(principal, now);
+        let mut context = WriteContext::new(principal, now);
+        context.quiet = true;
         let prepared = Self::prepare_new(&compiled, bodies, true)?;
         self.insert_many(scoped, &context, &compiled, prepared, true, now)
             .await

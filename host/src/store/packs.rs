@@ -171,13 +171,15 @@ impl Scoped<'_> {
     }
 
     /// Serializes the pack operations of the tenant until the transaction ends: on PostgreSQL a
-    /// lock on the tenant's row; on SQLite the one writer already serializes them.
+    /// transaction-scoped advisory lock of its own (not a row lock: the tenant's row is what
+    /// every foreign key of its data checks, and its writes must not wait for a pack
+    /// operation); on SQLite the one writer already serializes them.
     pub async fn lock_packs(&mut self) -> Result<(), StoreError> {
-        let tenant = self.tenant.as_str();
+        let key = format!("rapport:packs:{}", self.tenant.as_str());
         if let super::Exec::Postgres(c) = &mut self.exec {
-            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
-                .bind(tenant)
-                .fetch_optional(&mut **c)
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(&mut **c)
                 .await?;
         }
         Ok(())

@@ -768,7 +768,9 @@ impl<'a> Checker<'a> {
         match parsed {
             Ok(parsed) => {
                 for field in fields_of(&parsed) {
-                    if !field.starts_with('_') && entity.field(field).is_none() {
+                    if !crate::records::query::is_system_field(field)
+                        && entity.field(field).is_none()
+                    {
                         self.problem(
                             path,
                             format!("entity `{}` has no field `{field}`", entity.name),
@@ -816,7 +818,7 @@ impl<'a> Checker<'a> {
                     ),
                 }
             } else if let Some(entity) = entity {
-                if !field.starts_with('_') && entity.field(field).is_none() {
+                if !crate::records::query::is_system_field(field) && entity.field(field).is_none() {
                     self.problem(
                         path,
                         format!("entity `{}` has no field `{field}`", entity.name),

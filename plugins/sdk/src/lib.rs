@@ -331,14 +331,17 @@ pub mod records {
     }
 
     /// Every record of `entity` matching `filter` ("" for all), read page by page in id order
-    /// (`page` records a call), up to `max` records. Each page is one host call and counts
-    /// against the plugin's limits of calls and rows.
+    /// (`page` records a call at most; the host may answer fewer), up to `max` records. It reads
+    /// until a page comes back empty, so a result is never cut short silently: reading past the
+    /// invocation's row limit is an error. Each page is one host call, counted against the
+    /// plugin's limits of calls and rows.
     pub fn query_all(
         entity: &str,
         filter: &str,
         page: u32,
         max: usize,
     ) -> Result<Vec<Record>, HostError> {
+        let filter = filter.trim();
         let mut found: Vec<Record> = Vec::new();
         while found.len() < max {
             let page_filter = match (found.last(), filter.is_empty()) {
@@ -348,11 +351,10 @@ pub mod records {
             };
             let room = u32::try_from(max - found.len()).unwrap_or(u32::MAX);
             let batch = query(entity, &page_filter, "_id", page.min(room).max(1))?;
-            let full = batch.len() as u32 >= page.min(room).max(1);
-            found.extend(batch);
-            if !full {
+            if batch.is_empty() {
                 break;
             }
+            found.extend(batch);
         }
         Ok(found)
     }
