@@ -49,30 +49,9 @@ impl Packs {
                 to_version: Some(pack.pack.manifest.version.to_string()),
                 ..PackChanges::default()
             };
-            let mut batch = Vec::new();
-            for (file, json) in &pack.entities {
-                let name = name_of(json);
-                match current_definition(tx, principal, &name).await? {
-                    // Kept when the pack was removed: taken back, with the pack's fields.
-                    Some(current) => {
-                        let before = removed.entities.get(&name).or(removed.dropped.get(&name));
-                        let merged = merge_entity(before, json, &current, Mode::Adopt);
-                        batch.push((file.clone(), merged.definition));
-                        report.entities.push(entity_change(
-                            &name,
-                            "adopted",
-                            merged.added,
-                            merged.deactivated,
-                        ));
-                    }
-                    None => {
-                        batch.push((file.clone(), json.clone()));
-                        report
-                            .entities
-                            .push(entity_change(&name, "added", Vec::new(), Vec::new()));
-                    }
-                }
-            }
+            // An entity kept when the pack was removed is taken back, with the pack's fields.
+            let mut batch =
+                entity_batch(tx, principal, pack, &removed, Mode::Adopt, &mut report).await?;
             for (entity, fields) in &pack.extends {
                 let Some(current) = current_definition(tx, principal, entity).await? else {
                     return Err(refused(
@@ -171,29 +150,8 @@ impl Packs {
             .collect();
 
         // The new definitions, merged with the tenant's.
-        let mut batch = Vec::new();
-        for (file, json) in &checked.entities {
-            let name = name_of(json);
-            match current_definition(tx, principal, &name).await? {
-                Some(current) => {
-                    let before = old.entities.get(&name).or(old.dropped.get(&name));
-                    let merged = merge_entity(before, json, &current, Mode::Upgrade);
-                    batch.push((file.clone(), merged.definition));
-                    report.entities.push(entity_change(
-                        &name,
-                        "changed",
-                        merged.added,
-                        merged.deactivated,
-                    ));
-                }
-                None => {
-                    batch.push((file.clone(), json.clone()));
-                    report
-                        .entities
-                        .push(entity_change(&name, "added", Vec::new(), Vec::new()));
-                }
-            }
-        }
+        let mut batch =
+            entity_batch(tx, principal, checked, old, Mode::Upgrade, &mut report).await?;
         let mut targets: BTreeSet<&String> = checked.extends.keys().collect();
         targets.extend(old.extends.keys());
         for entity in targets {
@@ -967,6 +925,43 @@ fn resolve_sample(
         }
         other => other.clone(),
     })
+}
+
+/// The definitions of a pack's entities to apply: new ones as they are, existing ones merged
+/// with the tenant's (`old` what the pack had), each reported.
+async fn entity_batch(
+    tx: &mut Tx,
+    principal: &Principal,
+    pack: &Checked<'_>,
+    old: &Contents,
+    mode: Mode,
+    report: &mut PackChanges,
+) -> Result<Vec<(String, Value)>, PackError> {
+    let mut batch = Vec::new();
+    for (file, json) in &pack.entities {
+        let name = name_of(json);
+        let Some(current) = current_definition(tx, principal, &name).await? else {
+            batch.push((file.clone(), json.clone()));
+            report
+                .entities
+                .push(entity_change(&name, "added", Vec::new(), Vec::new()));
+            continue;
+        };
+        let before = old.entities.get(&name).or(old.dropped.get(&name));
+        let merged = merge_entity(before, json, &current, mode);
+        batch.push((file.clone(), merged.definition));
+        report.entities.push(entity_change(
+            &name,
+            if mode == Mode::Adopt {
+                "adopted"
+            } else {
+                "changed"
+            },
+            merged.added,
+            merged.deactivated,
+        ));
+    }
+    Ok(batch)
 }
 
 async fn current_definition(
