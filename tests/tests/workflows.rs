@@ -173,6 +173,15 @@ async fn definitions_with_problems_are_refused_with_the_path_of_each(app: &TestA
         ),
         (
             json!({"name": "w", "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
+                   "steps": [{"id": "ok", "type": "approval", "approvers": ["{{record._owner}}"], "message": "ok?",
+                              "then": [{"id": "x", "type": "wait", "for": "1s"}],
+                              "else": [{"id": "y", "type": "wait", "for": "1s"}]},
+                             {"id": "y", "type": "wait", "for": "1s"}]}),
+            "/steps/1/id",
+            "used twice",
+        ),
+        (
+            json!({"name": "w", "trigger": {"type": "record", "entity": "complaint", "events": ["created"]},
                    "steps": [{"id": "b", "type": "branch", "if": "steps.later.count gt 0",
                               "then": [{"id": "c", "type": "wait", "for": "1s"}]},
                              {"id": "later", "type": "wait", "for": "1s"}]}),

@@ -708,11 +708,14 @@ impl<'a> Checker<'a> {
                     self.template(approver, &format!("{path}/approvers/{index}"));
                 }
                 self.template(message, &format!("{path}/message"));
-                // The approval's own output is known to the steps of its lists.
+                // The approval's own output is known to the steps of its lists (`steps()` adds
+                // its id again once it is checked).
                 self.seen.push(step.id.clone());
                 self.steps(then, &format!("{path}/then"));
                 self.steps(otherwise, &format!("{path}/else"));
-                self.seen.pop();
+                if let Some(at) = self.seen.iter().position(|seen| seen == &step.id) {
+                    self.seen.remove(at);
+                }
             }
         }
     }
