@@ -415,18 +415,10 @@ impl Packs {
             return Err(PackError::Refused(problems));
         }
 
-        let _uncached = self.uncached(principal);
-        let mut tx = self.store.begin().await?;
-        let result = match self
-            .confirm(&mut tx, principal, &state, &checked, None)
-            .await
-        {
-            Ok(()) => {
-                self.install_in(&mut tx, principal, &checked, &state, sample)
-                    .await
-            }
-            Err(error) => Err(error),
-        };
+        let (mut tx, _uncached) = self.open(principal, &state, &checked, None).await?;
+        let result = self
+            .install_in(&mut tx, principal, &checked, &state, sample)
+            .await;
         self.finish(
             tx,
             principal,
@@ -523,18 +515,11 @@ impl Packs {
             return Err(PackError::Refused(problems));
         }
 
-        let _uncached = self.uncached(principal);
-        let mut tx = self.store.begin().await?;
-        let result = match self
-            .confirm(&mut tx, principal, &state, &checked, Some(&old))
+        let (mut tx, _uncached) = self.open(principal, &state, &checked, Some(&old)).await?;
+        let result = self
+            .upgrade_in(&mut tx, principal, &checked[0], &old, &from, &state)
             .await
-        {
-            Ok(()) => self
-                .upgrade_in(&mut tx, principal, &checked[0], &old, &from, &state)
-                .await
-                .map(|changes| vec![changes]),
-            Err(error) => Err(error),
-        };
+            .map(|changes| vec![changes]);
         self.finish(tx, principal, result, dry_run, "upgrade", id)
             .await
     }
@@ -579,15 +564,11 @@ impl Packs {
             ));
         }
         let contents = contents_of(current)?;
-        let _uncached = self.uncached(principal);
-        let mut tx = self.store.begin().await?;
-        let result = match self.confirm(&mut tx, principal, &state, &[], None).await {
-            Ok(()) => self
-                .remove_in(&mut tx, principal, current, &contents, &state, purge)
-                .await
-                .map(|changes| vec![changes]),
-            Err(error) => Err(error),
-        };
+        let (mut tx, _uncached) = self.open(principal, &state, &[], None).await?;
+        let result = self
+            .remove_in(&mut tx, principal, current, &contents, &state, purge)
+            .await
+            .map(|changes| vec![changes]);
         self.finish(tx, principal, result, dry_run, "remove", id)
             .await
     }
@@ -598,17 +579,20 @@ impl Packs {
         Ok(TenantState::read(&mut conn.scoped(&principal.tenant)).await?)
     }
 
-    /// Inside the transaction: serializes pack operations of the tenant, refuses when its packs
-    /// changed since the checks read them (another operation committed meanwhile), and checks
-    /// again, on what the tenant has now, that the packs take no name someone else uses.
-    async fn confirm(
+    /// Opens an operation's transaction, with the tenant's caches bypassed until the guards
+    /// drop. Inside it: serializes pack operations of the tenant, refuses when its packs changed
+    /// since the checks read them (another operation committed meanwhile), and checks again, on
+    /// what the tenant has now, that the packs take no name someone else uses. A refusal drops
+    /// the transaction: nothing was written.
+    async fn open(
         &self,
-        tx: &mut Tx,
         principal: &Principal,
         state: &TenantState,
         checked: &[check::Checked<'_>],
         own: Option<&Contents>,
-    ) -> Result<(), PackError> {
+    ) -> Result<(Tx, [crate::domain::UncachedGuard; 2]), PackError> {
+        let guards = self.uncached(principal);
+        let mut tx = self.store.begin().await?;
         let mut scoped = tx.scoped(&principal.tenant);
         scoped.lock_packs().await?;
         let now = TenantState::read(&mut scoped).await?;
@@ -619,11 +603,10 @@ impl Packs {
             ));
         }
         let problems = clashes(checked, &now, own);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(PackError::Refused(problems))
+        if !problems.is_empty() {
+            return Err(PackError::Refused(problems));
         }
+        Ok((tx, guards))
     }
 
     /// The manifests of the packs an operation may meet: the tenant's and `available`.

@@ -54,6 +54,18 @@ fn changes<'r>(report: &'r Report, pack: &str) -> &'r rapport::packs::PackChange
         .unwrap_or_else(|| panic!("no changes of `{pack}` in {report:#?}"))
 }
 
+/// Installs the pack in `dir`, without sample data.
+async fn install_dir(app: &TestApp, dir: &std::path::Path) -> Result<Report, PackError> {
+    app.packs
+        .install(
+            &app.admin().await,
+            &Source::Directory(dir.to_path_buf()),
+            false,
+            false,
+        )
+        .await
+}
+
 /// The problems of a refused pack operation.
 fn refusal(result: Result<Report, PackError>) -> Vec<rapport::metadata::validation::Problem> {
     match result {
@@ -651,16 +663,7 @@ async fn a_bad_pack_is_refused_with_every_problem_and_nothing_changes(app: &Test
         .to_string(),
     )
     .unwrap();
-    let problems = refusal(
-        app.packs
-            .install(
-                &app.admin().await,
-                &Source::Directory(dir.clone()),
-                false,
-                false,
-            )
-            .await,
-    );
+    let problems = refusal(install_dir(app, &dir).await);
     assert!(
         problems
             .iter()
@@ -677,16 +680,7 @@ async fn a_bad_pack_is_refused_with_every_problem_and_nothing_changes(app: &Test
         json!({"id": "Bad Id", "version": "one", "description": "x", "colour": 1}).to_string(),
     )
     .unwrap();
-    let problems = refusal(
-        app.packs
-            .install(
-                &app.admin().await,
-                &Source::Directory(dir.clone()),
-                false,
-                false,
-            )
-            .await,
-    );
+    let problems = refusal(install_dir(app, &dir).await);
     let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
     assert!(paths.iter().any(|p| p.ends_with("#/id")), "{paths:?}");
     assert!(paths.iter().any(|p| p.ends_with("#/version")), "{paths:?}");

@@ -36,14 +36,20 @@ impl Packs {
         let tenant = &principal.tenant;
         let mut reports = Vec::new();
         let mut owned_plugins = Vec::new();
+        // What each pack had when it was removed (its data kept), if it was.
+        let removed: Vec<Contents> = checked
+            .iter()
+            .map(|pack| {
+                state
+                    .pack(pack.id(), "removed")
+                    .map(contents_of)
+                    .transpose()
+                    .map(Option::unwrap_or_default)
+            })
+            .collect::<Result<_, _>>()?;
         // Definitions and plugins of every pack, dependencies first…
-        for pack in checked {
+        for (pack, removed) in checked.iter().zip(&removed) {
             let id = pack.id();
-            let removed = state
-                .pack(id, "removed")
-                .map(contents_of)
-                .transpose()?
-                .unwrap_or_default();
             let mut report = PackChanges {
                 id: id.to_owned(),
                 to_version: Some(pack.pack.manifest.version.to_string()),
@@ -51,7 +57,7 @@ impl Packs {
             };
             // An entity kept when the pack was removed is taken back, with the pack's fields.
             let mut batch =
-                entity_batch(tx, principal, pack, &removed, Mode::Adopt, &mut report).await?;
+                entity_batch(tx, principal, pack, removed, Mode::Adopt, &mut report).await?;
             for (entity, fields) in &pack.extends {
                 let Some(current) = current_definition(tx, principal, entity).await? else {
                     return Err(refused(
@@ -76,7 +82,7 @@ impl Packs {
                 .map_err(|error| metadata_problems(id, error))?;
             describe_applied(&mut report.entities, &applied);
             owned_plugins.push(
-                self.install_plugins(tx, principal, pack, &removed, &mut report)
+                self.install_plugins(tx, principal, pack, removed, &mut report)
                     .await?,
             );
             reports.push(report);
@@ -92,7 +98,12 @@ impl Packs {
             }
         }
         // …then views, workflows and the record of what each pack installed.
-        for ((pack, report), plugins) in checked.iter().zip(&mut reports).zip(owned_plugins) {
+        for (((pack, report), plugins), removed) in checked
+            .iter()
+            .zip(&mut reports)
+            .zip(owned_plugins)
+            .zip(&removed)
+        {
             self.put_views(tx, principal, pack, None, report).await?;
             report.roles = role_changes(&BTreeMap::new(), &pack.roles);
             let applied = self
@@ -107,13 +118,8 @@ impl Packs {
                     change: "added",
                 })
                 .collect();
-            let removed = state
-                .pack(pack.id(), "removed")
-                .map(contents_of)
-                .transpose()?
-                .unwrap_or_default();
             // What the removed version had and this one lacks stays the pack's.
-            let dropped = dropped_after(&removed, pack);
+            let dropped = dropped_after(removed, pack);
             self.record_pack(tx, principal, pack, plugins, dropped)
                 .await?;
         }
