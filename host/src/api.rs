@@ -18,12 +18,14 @@ use crate::workflows::Workflows;
 pub mod entities;
 pub mod error;
 pub mod extract;
+pub mod guard;
 pub mod openapi;
 pub mod outbox;
 pub mod packs;
 pub mod plugins;
 pub mod records;
 pub mod tenant;
+pub mod users;
 pub mod webhooks;
 pub mod workflows;
 
@@ -50,6 +52,9 @@ pub struct AppState {
     pub engine: crate::workflows::engine::EngineConfig,
     pub packs: crate::packs::Packs,
     pub views: crate::views::Views,
+    pub users: crate::users::Users,
+    /// The per-token rate limit of the API (set with [`guard::Limiter::new`]).
+    pub limiter: guard::Limiter,
 }
 
 impl AppState {
@@ -72,14 +77,17 @@ impl AppState {
             workflows.clone(),
         );
         let views = crate::views::Views::new(store.clone(), records.clone());
+        let principals: Arc<PrincipalCache> = Arc::default();
         Ok(Self {
+            users: crate::users::Users::new(store.clone(), principals.clone()),
+            limiter: guard::Limiter::new(Some(guard::RateLimit::default())),
             webhooks: crate::webhooks::Webhooks::new(store.clone(), Default::default()),
             packs,
             views,
             store,
             metadata,
             records,
-            principals: Arc::default(),
+            principals,
             plugins,
             workflows,
             engine: Default::default(),
@@ -120,6 +128,32 @@ pub fn router(state: AppState) -> Router {
         .route("/views/{name}", get(packs::view))
         .route("/views/{name}/records", get(packs::view_records))
         .route("/tenant", get(tenant::show).patch(tenant::update))
+        .route("/me", get(users::me))
+        .route("/users", get(users::list_users).post(users::create_user))
+        .route(
+            "/users/{id}",
+            get(users::get_user).patch(users::update_user),
+        )
+        .route("/users/{id}/password", put(users::set_password))
+        .route("/roles", get(users::list_roles).post(users::create_role))
+        .route(
+            "/roles/{name}",
+            get(users::get_role)
+                .put(users::put_role)
+                .delete(users::delete_role),
+        )
+        .route("/teams", get(users::list_teams).post(users::create_team))
+        .route(
+            "/teams/{name}",
+            get(users::get_team)
+                .put(users::put_team)
+                .delete(users::delete_team),
+        )
+        .route("/tokens", get(users::list_tokens).post(users::create_token))
+        .route("/tokens/{id}", delete(users::revoke_token))
+        .route("/sessions", post(users::sign_in))
+        .route("/sessions/current", delete(users::sign_out))
+        .route("/audit", get(users::audit))
         .route("/outbox", get(outbox::list))
         .route("/outbox/{id}/redeliver", post(webhooks::redeliver))
         .route("/webhooks", get(webhooks::list).post(webhooks::create))
@@ -175,11 +209,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/records/{entity}/recompute", post(records::recompute))
         .route("/records/{entity}/{id}/restore", post(records::restore))
+        .route("/records/{entity}/{id}/assign", post(records::assign))
         .route("/records/{entity}/{id}/history", get(records::history))
         .route(
             "/records/{entity}/{id}/related/{source}",
             get(records::related),
-        );
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)

@@ -1,7 +1,7 @@
 //! Who is calling: API tokens and the [`Principal`] they resolve to, and what a principal may do.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -10,46 +10,94 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::{TenantId, UserId};
 
-/// What a user may do in their tenant.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Manages metadata and works with every record.
-    Admin,
-    /// Works with records.
-    Member,
+pub mod role;
+
+pub use role::{FieldAccess, Grant, RoleDefinition, Scope};
+
+/// What a user may do, from the roles they hold and the teams they are in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// The user's roles; permissions are their union.
+    pub roles: Vec<RoleDefinition>,
+    /// Users who share a team with this user, the user included, sorted (the `team` scope).
+    pub team: Vec<String>,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Member => "member",
-        }
+impl Access {
+    pub fn new(roles: Vec<RoleDefinition>, mut team: Vec<String>, user: &UserId) -> Self {
+        team.push(user.to_string());
+        team.sort();
+        team.dedup();
+        Self { roles, team }
     }
 
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "admin" => Some(Role::Admin),
-            "member" => Some(Role::Member),
-            _ => None,
+    /// The access of the built-in administrator role: the server's own work (pack sample data,
+    /// migrations) runs with it.
+    pub fn administrator(user: &UserId) -> Self {
+        Self::new(vec![RoleDefinition::administrator()], Vec::new(), user)
+    }
+
+    /// Whether one of the roles is an administrator's.
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|role| role.admin)
+    }
+
+    /// Whether the user may give records another owner.
+    pub fn may_reassign(&self) -> bool {
+        self.roles.iter().any(|role| role.admin || role.reassign)
+    }
+
+    /// The permissions on an entity: the union of the roles'.
+    pub fn grant(&self, entity: &str) -> Grant {
+        if self.is_admin() {
+            return Grant::full();
         }
+        self.roles
+            .iter()
+            .fold(Grant::default(), |sum, role| sum.union(&role.grant(entity)))
+    }
+
+    /// The names of the roles.
+    pub fn role_names(&self) -> Vec<&str> {
+        self.roles.iter().map(|role| role.name.as_str()).collect()
     }
 }
 
-/// The authenticated caller of a request: one user of one tenant.
+/// The authenticated caller of a request: one user of one tenant, and what they may do.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub tenant: TenantId,
     pub user: UserId,
-    pub role: Role,
+    pub access: Arc<Access>,
 }
 
 impl Principal {
     pub fn is_admin(&self) -> bool {
-        self.role == Role::Admin
+        self.access.is_admin()
+    }
+
+    /// Whether `scope` covers a record owned by `owner`.
+    pub fn covers(&self, scope: Scope, owner: &str) -> bool {
+        match scope {
+            Scope::None => false,
+            Scope::Own => self.user.as_str() == owner,
+            Scope::Team => self
+                .access
+                .team
+                .binary_search_by(|m| m.as_str().cmp(owner))
+                .is_ok(),
+            Scope::All => true,
+        }
+    }
+
+    /// The owners whose records `scope` covers; `None` for all.
+    pub fn owners(&self, scope: Scope) -> Option<Vec<String>> {
+        match scope {
+            Scope::None => Some(Vec::new()),
+            Scope::Own => Some(vec![self.user.to_string()]),
+            Scope::Team => Some(self.access.team.clone()),
+            Scope::All => None,
+        }
     }
 }
 
@@ -59,7 +107,7 @@ impl Principal {
 /// changes made through this server call [`PrincipalCache::clear`] and take effect at once.
 #[derive(Debug)]
 pub struct PrincipalCache {
-    entries: RwLock<HashMap<String, (Principal, Instant)>>,
+    entries: RwLock<HashMap<String, Cached>>,
     ttl: Duration,
 }
 
@@ -67,6 +115,14 @@ impl Default for PrincipalCache {
     fn default() -> Self {
         Self::new(Self::TTL)
     }
+}
+
+/// A cached principal: when it was read, and when its token expires.
+#[derive(Debug)]
+struct Cached {
+    principal: Principal,
+    at: Instant,
+    expires_at: Option<time::OffsetDateTime>,
 }
 
 impl PrincipalCache {
@@ -85,19 +141,33 @@ impl PrincipalCache {
     /// The cached principal of a token hash, if it is fresh.
     pub fn get(&self, token_hash: &str) -> Option<Principal> {
         let entries = self.entries.read().expect("principal cache lock");
-        let (principal, at) = entries.get(token_hash)?;
-        (at.elapsed() < self.ttl).then(|| principal.clone())
+        let cached = entries.get(token_hash)?;
+        let live = cached
+            .expires_at
+            .is_none_or(|expires| time::OffsetDateTime::now_utc() < expires);
+        (live && cached.at.elapsed() < self.ttl).then(|| cached.principal.clone())
     }
 
-    pub fn insert(&self, token_hash: String, principal: Principal) {
+    /// Remembers the principal of a token, which expires at `expires_at` (if ever).
+    pub fn insert(
+        &self,
+        token_hash: String,
+        principal: Principal,
+        expires_at: Option<time::OffsetDateTime>,
+    ) {
         let mut entries = self.entries.write().expect("principal cache lock");
         if entries.len() >= Self::CAPACITY {
-            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            entries.retain(|_, cached| cached.at.elapsed() < self.ttl);
             if entries.len() >= Self::CAPACITY {
                 entries.clear();
             }
         }
-        entries.insert(token_hash, (principal, Instant::now()));
+        let cached = Cached {
+            principal,
+            at: Instant::now(),
+            expires_at,
+        };
+        entries.insert(token_hash, cached);
     }
 
     /// Forgets every principal: after a change to tokens, users or roles.
@@ -130,15 +200,69 @@ pub fn hash_token(token: &str) -> String {
     hex
 }
 
+/// The shortest password accepted.
+pub const MIN_PASSWORD: usize = 10;
+/// The longest password accepted (argon2 hashes anything, but a megabyte is an attack).
+pub const MAX_PASSWORD: usize = 256;
+
+/// Checks a new password's length; the message names the rule.
+pub fn check_password(password: &str) -> Result<(), String> {
+    let length = password.chars().count();
+    if length < MIN_PASSWORD {
+        return Err(format!(
+            "a password has at least {MIN_PASSWORD} characters, not {length}"
+        ));
+    }
+    if password.len() > MAX_PASSWORD {
+        return Err(format!("a password has at most {MAX_PASSWORD} bytes"));
+    }
+    Ok(())
+}
+
+/// The PHC string of a password: argon2id with the crate's default (OWASP) parameters and a
+/// random salt.
+pub fn hash_password(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 hashes any password of bounded length")
+        .to_string()
+}
+
+/// Whether `password` matches a PHC string made by [`hash_password`]. With `None` (no such user,
+/// or no password set) a dummy hash is checked, so that the time taken does not tell.
+pub fn verify_password(stored: Option<&str>, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    static DUMMY: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| hash_password("not the password of anyone"));
+    let (phc, real) = match stored {
+        Some(phc) => (phc, true),
+        None => (DUMMY.as_str(), false),
+    };
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let matches = argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
+    real && matches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn principal() -> Principal {
+        let user = UserId::generate();
         Principal {
             tenant: TenantId::generate(),
-            user: UserId::generate(),
-            role: Role::Member,
+            access: Arc::new(Access::new(
+                vec![RoleDefinition::member()],
+                Vec::new(),
+                &user,
+            )),
+            user,
         }
     }
 
@@ -146,15 +270,53 @@ mod tests {
     fn cached_principals_expire_and_can_be_forgotten() {
         let cache = PrincipalCache::default();
         let someone = principal();
-        cache.insert("hash".into(), someone.clone());
+        cache.insert("hash".into(), someone.clone(), None);
         assert_eq!(cache.get("hash").map(|p| p.user), Some(someone.user));
         assert!(cache.get("other").is_none());
         cache.clear();
         assert!(cache.get("hash").is_none());
 
         let expired = PrincipalCache::new(Duration::ZERO);
-        expired.insert("hash".into(), principal());
+        expired.insert("hash".into(), principal(), None);
         assert!(expired.get("hash").is_none());
+
+        let past = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+        cache.insert("old".into(), principal(), Some(past));
+        assert!(
+            cache.get("old").is_none(),
+            "an expired token is not served from the cache"
+        );
+    }
+
+    #[test]
+    fn passwords_verify_against_their_hash_only() {
+        let hash = hash_password("correct horse battery");
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password(Some(&hash), "correct horse battery"));
+        assert!(!verify_password(Some(&hash), "correct horse batterY"));
+        assert!(!verify_password(None, "correct horse battery"));
+        assert!(!verify_password(Some("garbage"), "x"));
+        assert!(check_password("short").is_err());
+        assert!(check_password("long enough!").is_ok());
+    }
+
+    #[test]
+    fn scopes_cover_owners() {
+        let someone = principal();
+        let mate = UserId::generate();
+        let access = Access::new(vec![], vec![mate.to_string()], &someone.user);
+        let teamed = Principal {
+            access: Arc::new(access),
+            ..someone.clone()
+        };
+        let me = someone.user.as_str();
+        assert!(teamed.covers(Scope::Own, me));
+        assert!(!teamed.covers(Scope::Own, mate.as_str()));
+        assert!(teamed.covers(Scope::Team, mate.as_str()));
+        assert!(!teamed.covers(Scope::Team, "stranger"));
+        assert!(teamed.covers(Scope::All, "stranger"));
+        assert!(!teamed.covers(Scope::None, me));
+        assert_eq!(teamed.owners(Scope::Team).map(|o| o.len()), Some(2));
     }
 
     #[test]

@@ -13,7 +13,6 @@ mod plugin;
 pub use plugin::PluginCommand;
 
 use crate::api::{self, AppState};
-use crate::auth::Role;
 use crate::metadata::MetadataError;
 use crate::store::{Durability, Store};
 use crate::workflows::WorkflowError;
@@ -203,6 +202,12 @@ pub struct ServeArgs {
         default_value = "Rapport <rapport@localhost>"
     )]
     pub smtp_from: String,
+    /// Requests per second each API token may send on average; 0 turns the limit off.
+    #[arg(long, env = "RAPPORT_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+    /// Requests each API token may send at once above that rate.
+    #[arg(long, env = "RAPPORT_RATE_BURST", default_value_t = 200)]
+    pub rate_burst: u32,
 }
 
 fn lease_seconds(text: &str) -> Result<f64, String> {
@@ -243,11 +248,16 @@ pub enum UserCommand {
     Create {
         tenant: String,
         name: String,
-        #[arg(long, value_enum, default_value = "member")]
-        role: Role,
+        /// A role the user holds (repeat for several): `administrator`, `member`, or one the
+        /// tenant defined (`admin` is short for `administrator`).
+        #[arg(long = "role", default_values_t = ["member".to_owned()])]
+        roles: Vec<String>,
         #[arg(long)]
         json: bool,
     },
+    /// Sets a user's password (for signing in to the console) from the first line of
+    /// standard input.
+    Password { tenant: String, name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,10 +354,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(UserCommand::Create {
             tenant,
             name,
-            role,
+            roles,
             json,
         }) => {
-            let Some(created) = store.create_user(&tenant, &name, role).await? else {
+            let roles: Vec<String> = roles
+                .into_iter()
+                .map(|role| match role.as_str() {
+                    "admin" => crate::auth::role::ADMINISTRATOR.to_owned(),
+                    _ => role,
+                })
+                .collect();
+            let Some(created) = store.create_user(&tenant, &name, &roles).await? else {
                 bail!("tenant `{tenant}` does not exist");
             };
             if json {
@@ -356,11 +373,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "user `{}` ({}) created in `{}`; token:\n{}",
                     created.user,
-                    role.as_str(),
+                    created.roles.join(", "),
                     tenant,
                     created.token
                 );
             }
+            Ok(())
+        }
+        Command::User(UserCommand::Password { tenant, name }) => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            crate::auth::check_password(password).map_err(anyhow::Error::msg)?;
+            let Some(tenant_id) = store.tenant_id(&tenant).await? else {
+                bail!("tenant `{tenant}` does not exist");
+            };
+            let mut tx = store.begin().await?;
+            let mut scoped = tx.scoped(&tenant_id);
+            let Some(user) = scoped.user_by_name(&name).await? else {
+                bail!("tenant `{tenant}` has no user `{name}`");
+            };
+            let hash = crate::auth::hash_password(password);
+            scoped.set_password(&user.id, Some(&hash)).await?;
+            scoped
+                .audit(
+                    None,
+                    "user.password",
+                    Some(&user.id),
+                    &serde_json::json!({"by": "cli"}),
+                )
+                .await?;
+            tx.commit().await?;
+            println!("password of `{name}` in `{tenant}` set");
             Ok(())
         }
         Command::Schema(command) => schema(store, command).await,
@@ -450,6 +494,10 @@ async fn serve(
     let mut state = AppState::new(store, Some(cache_dir.join("plugins")))?;
     state.packs.plugins_dir = plugins_dir;
     state.engine.lease = std::time::Duration::from_secs_f64(args.workflow_lease);
+    state.limiter = crate::api::guard::Limiter::new(Some(crate::api::guard::RateLimit {
+        per_second: args.rate_limit,
+        burst: args.rate_burst,
+    }));
     state.webhooks = crate::webhooks::Webhooks::new(
         state.store.clone(),
         crate::webhooks::Guard::new(args.webhook_allow_hosts.clone()),

@@ -15,6 +15,7 @@ pub mod packs;
 pub mod plugins;
 pub mod records;
 pub mod store;
+pub mod users;
 pub mod views;
 pub mod webhooks;
 pub mod workflows;

@@ -42,7 +42,7 @@ pub const MAX_COMPONENT: usize = 16 << 20;
 /// Errors of the plugin registry.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("only administrators manage plugins")]
+    #[error("only administrators see and manage plugins")]
     Forbidden,
     #[error("no plugin `{0}` is installed")]
     NotFound(String),
@@ -392,13 +392,16 @@ impl Plugins {
             .map(|(_, active)| active.clone())
     }
 
+    /// The tenant's plugins (administrators: configurations may hold secrets).
     pub async fn list(&self, principal: &Principal) -> Result<Vec<PluginView>, PluginError> {
+        Self::admin(principal)?;
         let mut conn = self.store.reader().await?;
         let stored = conn.scoped(&principal.tenant).plugins().await?;
         stored.iter().map(view).collect()
     }
 
     pub async fn show(&self, principal: &Principal, id: &str) -> Result<PluginView, PluginError> {
+        Self::admin(principal)?;
         let mut conn = self.store.reader().await?;
         let stored = conn
             .scoped(&principal.tenant)
@@ -475,6 +478,7 @@ impl Plugins {
         failures: bool,
         limit: i64,
     ) -> Result<Vec<PluginRun>, PluginError> {
+        Self::admin(principal)?;
         let mut conn = self.store.reader().await?;
         let mut scoped = conn.scoped(&principal.tenant);
         if scoped.plugin(id).await?.is_none() {

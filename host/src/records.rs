@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use crate::auth::Principal;
 use crate::domain::RecordId;
-use crate::metadata::definition::{FieldDefinition, FieldType};
+use crate::metadata::definition::{EntityDefinition, FieldDefinition, FieldType};
 use crate::metadata::record_schema::FieldErrors;
 use crate::metadata::{CompiledEntity, Metadata, MetadataError, values};
 use crate::store::records::{IdempotentResponse, ListQuery, NewHistory, NewRecord, StoredRecord};
@@ -20,6 +20,7 @@ use crate::store::{Dialect, Scoped, SqlValue, Store, StoreError, Tx};
 use crate::workflows::Workflows;
 use crate::workflows::definition::Event;
 
+pub mod access;
 mod computed;
 pub mod filter;
 pub mod hooks;
@@ -28,6 +29,7 @@ pub mod steps;
 
 use crate::plugins::runtime::{Operation, Stage};
 use crate::plugins::{PluginError, Plugins};
+pub use access::Sight;
 use computed::Change;
 use hooks::{PluginFailure, WriteContext};
 
@@ -342,10 +344,12 @@ impl Records {
     /// fields, normalization), without touching the database. With `batch`, field errors are
     /// keyed `records[i].field`.
     fn prepare_new(
+        principal: &Principal,
         entity: &CompiledEntity,
         inputs: &[Value],
         batch: bool,
     ) -> Result<Vec<Map<String, Value>>, RecordError> {
+        access::authorize_create(principal, entity, inputs)?;
         let key = |index: usize, field: &str| batch_key(batch, index, field);
         let mut invalid = FieldErrors::new();
         let mut bodies = Vec::with_capacity(inputs.len());
@@ -662,6 +666,11 @@ impl Records {
                 vec!["`data` must be an object of field values".to_owned()],
             )])));
         };
+        // A refresh of computed fields (a roll-up, a recompute) writes nothing a client could:
+        // it is not limited by the role of whoever caused it.
+        if recompute.is_empty() || !patch.is_empty() {
+            access::authorize_update(&context.principal, entity, &stored, &patch)?;
+        }
         let mut errors = FieldErrors::new();
         check_keys(entity, &patch, &mut errors);
         let before = parse_body(&stored)?;
@@ -822,7 +831,7 @@ impl Records {
         let mut context = WriteContext::new(principal, now);
         let prepared = match self.metadata.cached(&principal.tenant, entity) {
             Some(compiled) => {
-                let bodies = Self::prepare_new(&compiled, &inputs, batch)?;
+                let bodies = Self::prepare_new(principal, &compiled, &inputs, batch)?;
                 let (bodies, pre_run) = self
                     .run_pure_hooks(&context, &compiled, bodies, batch)
                     .await?;
@@ -857,15 +866,16 @@ impl Records {
                         // The definition changed meanwhile: every hook runs again, in here.
                         _ => {
                             context.pre_run = None;
-                            Self::prepare_new(&compiled, &inputs, batch)?
+                            Self::prepare_new(&context.principal, &compiled, &inputs, batch)?
                         }
                     };
                     let stored = this
                         .insert_many(&mut scoped, &context, &compiled, bodies, batch, now)
                         .await?;
+                    let sight = Sight::of(&context.principal, &compiled);
                     let views = stored
                         .iter()
-                        .map(|record| view(record, &compiled, scoped.dialect(), None))
+                        .map(|record| view(record, &sight.definition, scoped.dialect(), None))
                         .collect::<Result<Vec<_>, _>>()?;
                     let body = if batch {
                         serde_json::to_string(&json!({"data": views}))
@@ -958,13 +968,14 @@ impl Records {
                         .await?;
                     let now = crate::store::now();
                     let context = WriteContext::new(&principal, now);
+                    let sight = Sight::of(&principal, &compiled);
                     let mut views = Vec::with_capacity(updates.len());
                     for (index, update) in updates.into_iter().enumerate() {
                         let stored = this
                             .update_one(&mut scoped, &context, &compiled, update, now, &[])
                             .await
                             .map_err(|error| in_batch(batch, index, error))?;
-                        views.push(view(&stored, &compiled, scoped.dialect(), None)?);
+                        views.push(view(&stored, &sight.definition, scoped.dialect(), None)?);
                     }
                     Ok(views)
                 })
@@ -1008,6 +1019,7 @@ impl Records {
                         .get_record(compiled.id, record_id.as_str())
                         .await?
                         .ok_or_else(not_found)?;
+                    access::authorize_delete(&principal, &compiled, &stored)?;
                     if let Some(expected) = expected
                         && expected != stored.version
                     {
@@ -1131,8 +1143,53 @@ impl Records {
                     };
                     this.roll_up(&mut scoped, &context, &compiled, &[write], now)
                         .await?;
-                    let view = view(&stored, &compiled, scoped.dialect(), None)?;
+                    let sight = Sight::of(&principal, &compiled);
+                    let view = view(&stored, &sight.definition, scoped.dialect(), None)?;
                     Ok(view)
+                })
+            })
+            .await;
+        if result.is_ok() {
+            self.workflows.wake();
+        }
+        result
+    }
+
+    /// Gives a record another owner (a user of the tenant): the caller's roles must allow
+    /// updating the record and reassigning.
+    pub async fn assign(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        id: &str,
+        owner: &str,
+    ) -> Result<RecordView, RecordError> {
+        let record_id = parse_id(entity, id)?;
+        let this = self.clone();
+        let principal = principal.clone();
+        let entity = entity.to_owned();
+        let owner = owner.to_owned();
+        let result = self
+            .store
+            .write(move |tx: &mut Tx| {
+                Box::pin(async move {
+                    let mut scoped = tx.scoped(&principal.tenant);
+                    if scoped.user_principal(&owner).await?.is_none() {
+                        return Err(RecordError::Invalid(FieldErrors::from([(
+                            "owner".to_owned(),
+                            vec![format!("no enabled user of the tenant has id `{owner}`")],
+                        )])));
+                    }
+                    let context = WriteContext::new(&principal, crate::store::now());
+                    let stored = this
+                        .step_assign(&mut scoped, &context, &entity, record_id.as_str(), &owner)
+                        .await?;
+                    let compiled = this
+                        .metadata
+                        .compiled_for_write(&mut scoped, &entity)
+                        .await?;
+                    let sight = Sight::of(&principal, &compiled);
+                    Ok(view(&stored, &sight.definition, scoped.dialect(), None)?)
                 })
             })
             .await;
@@ -1187,24 +1244,27 @@ impl Records {
         let mut conn = self.store.reader().await?;
         let mut scoped = conn.scoped(&principal.tenant);
         let compiled = self.metadata.compiled(&mut scoped, entity).await?;
-        let selection = selection(&compiled, shape.fields.as_deref())?;
-        let expand = expansions(&compiled, shape.expand.as_deref())?;
+        let sight = Sight::readable(principal, &compiled)?;
+        let selection = selection(&sight.definition, shape.fields.as_deref())?;
+        let expand = expansions(&sight.definition, shape.expand.as_deref())?;
         let stored = scoped
             .get_record(compiled.id, record_id.as_str())
             .await?
             .filter(|record| include_deleted || record.deleted_at.is_none())
+            .filter(|record| access::can_read(principal, &sight.grant, record))
             .ok_or_else(|| RecordError::NotFound {
                 entity: entity.to_owned(),
                 id: id.to_owned(),
             })?;
         let mut views = vec![view(
             &stored,
-            &compiled,
+            &sight.definition,
             scoped.dialect(),
             selection.as_deref(),
         )?];
         self.expand(
             &mut scoped,
+            principal,
             &expand,
             std::slice::from_ref(&stored),
             &mut views,
@@ -1222,7 +1282,8 @@ impl Records {
         let mut conn = self.store.reader().await?;
         let mut scoped = conn.scoped(&principal.tenant);
         let compiled = self.metadata.compiled(&mut scoped, entity).await?;
-        self.list_in(&mut scoped, &compiled, params, None).await
+        self.list_in(&mut scoped, principal, &compiled, params, None)
+            .await
     }
 
     /// Records of `source` whose reference field points at the record `id` of `entity` (for a
@@ -1240,10 +1301,12 @@ impl Records {
         let mut conn = self.store.reader().await?;
         let mut scoped = conn.scoped(&principal.tenant);
         let target = self.metadata.compiled(&mut scoped, entity).await?;
+        let target_sight = Sight::readable(principal, &target)?;
         scoped
             .get_record(target.id, record_id.as_str())
             .await?
             .filter(|record| record.deleted_at.is_none())
+            .filter(|record| access::can_read(principal, &target_sight.grant, record))
             .ok_or_else(|| RecordError::NotFound {
                 entity: entity.to_owned(),
                 id: id.to_owned(),
@@ -1270,17 +1333,19 @@ impl Records {
             }
         };
         let condition = (reference.clone(), record_id.to_string());
-        self.list_in(&mut scoped, &compiled, params, Some(condition))
+        self.list_in(&mut scoped, principal, &compiled, params, Some(condition))
             .await
     }
 
     async fn list_in(
         &self,
         scoped: &mut Scoped<'_>,
+        principal: &Principal,
         compiled: &CompiledEntity,
         params: &ListParams,
         reference: Option<(FieldDefinition, String)>,
     ) -> Result<Page, RecordError> {
+        let sight = Sight::readable(principal, compiled)?;
         let limit = params.limit.unwrap_or(query::DEFAULT_PAGE_SIZE);
         if !(1..=query::MAX_PAGE_SIZE).contains(&limit) {
             return Err(bad(format!(
@@ -1288,15 +1353,18 @@ impl Records {
                 query::MAX_PAGE_SIZE
             )));
         }
-        let selection = selection(compiled, params.shape.fields.as_deref())?;
-        let expand = expansions(compiled, params.shape.expand.as_deref())?;
-        let definition = &compiled.definition;
+        let definition = sight.definition.as_ref();
+        let selection = selection(definition, params.shape.fields.as_deref())?;
+        let expand = expansions(definition, params.shape.expand.as_deref())?;
         let mut builder = ListQuery::builder(scoped.dialect());
         let mut conditions = vec![match params.deleted {
             Deleted::Exclude => "deleted_at IS NULL".to_owned(),
             Deleted::Include => "1 = 1".to_owned(),
             Deleted::Only => "deleted_at IS NOT NULL".to_owned(),
         }];
+        if let Some(owners) = principal.owners(sight.grant.read) {
+            conditions.push(owner_condition(&owners, &mut builder));
+        }
         if let Some((field, id)) = &reference {
             let placeholder = builder.bind(SqlValue::Text(id.clone()));
             conditions.push(format!(
@@ -1353,9 +1421,10 @@ impl Records {
         let dialect = scoped.dialect();
         let mut views = rows
             .iter()
-            .map(|row| view(row, compiled, dialect, selection.as_deref()))
+            .map(|row| view(row, definition, dialect, selection.as_deref()))
             .collect::<Result<Vec<_>, _>>()?;
-        self.expand(scoped, &expand, &rows, &mut views).await?;
+        self.expand(scoped, principal, &expand, &rows, &mut views)
+            .await?;
         Ok(Page {
             data: views,
             next_cursor,
@@ -1366,6 +1435,7 @@ impl Records {
     async fn expand(
         &self,
         scoped: &mut Scoped<'_>,
+        principal: &Principal,
         fields: &[FieldDefinition],
         rows: &[StoredRecord],
         views: &mut [RecordView],
@@ -1381,6 +1451,13 @@ impl Records {
         for field in fields {
             let target_name = field.entity.as_ref().expect("expansions are references");
             let target = self.metadata.compiled(scoped, target_name.as_str()).await?;
+            let sight = Sight::readable(principal, &target).map_err(|_| {
+                access::forbidden(
+                    principal,
+                    &format!("expand `{}`: read", field.name),
+                    target.name(),
+                )
+            })?;
             let mut ids: Vec<String> = bodies
                 .iter()
                 .filter_map(|body| {
@@ -1394,7 +1471,9 @@ impl Records {
             let mut found: HashMap<String, StoredRecord> = HashMap::new();
             for chunk in ids.chunks(500) {
                 for record in scoped.get_records(target.id, chunk).await? {
-                    found.insert(record.id.clone(), record);
+                    if access::can_read(principal, &sight.grant, &record) {
+                        found.insert(record.id.clone(), record);
+                    }
                 }
             }
             for (view, body) in views.iter_mut().zip(&bodies) {
@@ -1402,7 +1481,7 @@ impl Records {
                     .get(field.name.as_str())
                     .and_then(Value::as_str)
                     .and_then(|id| found.get(id))
-                    .map(|record| self::view(record, &target, scoped.dialect(), None))
+                    .map(|record| self::view(record, &sight.definition, scoped.dialect(), None))
                     .transpose()?;
                 view.expanded
                     .as_mut()
@@ -1423,21 +1502,32 @@ impl Records {
         let mut conn = self.store.reader().await?;
         let mut scoped = conn.scoped(&principal.tenant);
         let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        let sight = Sight::readable(principal, &compiled)?;
+        let not_found = || RecordError::NotFound {
+            entity: entity.to_owned(),
+            id: id.to_owned(),
+        };
+        // A purged record has history no more; a record has no history without its row.
+        let stored = scoped
+            .get_record(compiled.id, record_id.as_str())
+            .await?
+            .ok_or_else(not_found)?;
+        if !access::can_read(principal, &sight.grant, &stored) {
+            return Err(not_found());
+        }
         let rows = scoped.history(compiled.id, record_id.as_str()).await?;
         if rows.is_empty() {
-            return Err(RecordError::NotFound {
-                entity: entity.to_owned(),
-                id: id.to_owned(),
-            });
+            return Err(not_found());
         }
         let entries: Vec<Value> = rows
             .into_iter()
             .map(|row| {
                 let mut changes: Map<String, Value> = serde_json::from_str(&row.changes).unwrap_or_default();
-                // Deactivated fields stay hidden; `_owner` is the one system field with history.
+                // Deactivated and hidden fields stay hidden; `_owner` is the one system field
+                // with history.
                 changes.retain(|key, _| {
                     key == "_owner"
-                        || compiled.definition.field(key).is_some_and(|field| field.active)
+                        || sight.definition.field(key).is_some_and(|field| field.active)
                 });
                 json!({
                     "version": row.version,
@@ -1551,9 +1641,21 @@ fn unique_violation(entity: &CompiledEntity, error: StoreError) -> RecordError {
     }
 }
 
+/// `owner_id IN (…)`: the records of these owners (none: no record).
+fn owner_condition(owners: &[String], builder: &mut crate::store::sql::QueryBuilder) -> String {
+    if owners.is_empty() {
+        return "1 = 0".to_owned();
+    }
+    let placeholders: Vec<String> = owners
+        .iter()
+        .map(|owner| builder.bind(SqlValue::Text(owner.clone())))
+        .collect();
+    format!("owner_id IN ({})", placeholders.join(", "))
+}
+
 /// Parses `fields=a,b`: the fields to show.
 fn selection(
-    entity: &CompiledEntity,
+    entity: &EntityDefinition,
     fields: Option<&str>,
 ) -> Result<Option<Vec<String>>, RecordError> {
     let Some(fields) = fields.filter(|f| !f.trim().is_empty()) else {
@@ -1565,14 +1667,10 @@ fn selection(
         .filter(|n| !n.is_empty())
         .collect();
     for name in &names {
-        if !entity
-            .definition
-            .field(name)
-            .is_some_and(|field| field.active)
-        {
+        if !entity.field(name).is_some_and(|field| field.active) {
             return Err(bad(format!(
                 "`fields`: `{name}` is not a field of `{}`",
-                entity.name()
+                entity.name
             )));
         }
     }
@@ -1581,7 +1679,7 @@ fn selection(
 
 /// Parses `expand=a,b`: reference fields whose records to include.
 fn expansions(
-    entity: &CompiledEntity,
+    entity: &EntityDefinition,
     expand: Option<&str>,
 ) -> Result<Vec<FieldDefinition>, RecordError> {
     let Some(expand) = expand.filter(|e| !e.trim().is_empty()) else {
@@ -1589,14 +1687,14 @@ fn expansions(
     };
     let mut fields = Vec::new();
     for name in expand.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        match entity.definition.field(name) {
+        match entity.field(name) {
             Some(field) if field.active && field.field_type == FieldType::Reference => {
                 fields.push(field.clone())
             }
             _ => {
                 return Err(bad(format!(
                     "`expand`: `{name}` is not a reference field of `{}`",
-                    entity.name()
+                    entity.name
                 )));
             }
         }
@@ -1607,14 +1705,15 @@ fn expansions(
     Ok(fields)
 }
 
-/// The API form of a stored record: inactive fields hidden, `selection` applied.
+/// The API form of a stored record: inactive fields hidden (and, through a [`Sight`], those the
+/// reader may not see), `selection` applied.
 pub fn view(
     record: &StoredRecord,
-    entity: &CompiledEntity,
+    entity: &EntityDefinition,
     dialect: Dialect,
     selection: Option<&[String]>,
 ) -> Result<RecordView, StoreError> {
-    let all_active = entity.definition.fields.iter().all(|field| field.active);
+    let all_active = entity.fields.iter().all(|field| field.active);
     // SQLite returns the text this server wrote (canonical, keys sorted); PostgreSQL's jsonb
     // text is re-serialised so that both backends answer byte for byte alike.
     let data = if dialect == Dialect::Sqlite && all_active && selection.is_none() {
@@ -1622,10 +1721,7 @@ pub fn view(
     } else {
         let mut body = parse_body(record)?;
         body.retain(|key, _| {
-            entity
-                .definition
-                .field(key)
-                .is_some_and(|field| field.active)
+            entity.field(key).is_some_and(|field| field.active)
                 && selection.is_none_or(|names| names.iter().any(|name| name == key))
         });
         RawValue::from_string(Value::Object(body).to_string())

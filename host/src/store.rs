@@ -47,6 +47,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the write was not committed: {0}")]
     NotCommitted(String),
+    /// A request the stored data refuses (an unknown role, say); the message says why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl StoreError {
@@ -176,6 +179,16 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10))
+                // A connection scoped outside a transaction set its tenant and role for the
+                // session (see `Scoped::entered`): they go before anyone else gets it.
+                .after_release(|conn, _| {
+                    Box::pin(async move {
+                        use sqlx::Executor;
+                        conn.execute("RESET ROLE; SELECT set_config('rapport.tenant', '', false)")
+                            .await?;
+                        Ok(true)
+                    })
+                })
                 .connect_with(options)
                 .await?;
             Self {
@@ -473,11 +486,15 @@ impl Tx {
                 exec: Exec::Sqlite(tx),
                 tenant,
                 entity_versions: Some(entity_versions),
+                entered: false,
+                in_transaction: true,
             },
             other => Scoped {
                 exec: other.exec(),
                 tenant,
                 entity_versions: None,
+                entered: false,
+                in_transaction: true,
             },
         }
     }
@@ -502,6 +519,8 @@ impl Conn {
             exec: self.exec(),
             tenant,
             entity_versions: None,
+            entered: false,
+            in_transaction: false,
         }
     }
 }
@@ -527,6 +546,61 @@ pub struct Scoped<'t> {
     tenant: &'t TenantId,
     /// In a group commit: the entity versions already read in it.
     entity_versions: Option<&'t mut EntityVersions>,
+    /// Whether the tenant and role are set on the connection (PostgreSQL).
+    entered: bool,
+    in_transaction: bool,
+}
+
+/// The role tenant-scoped work runs as on PostgreSQL: it owns nothing, so the row-level
+/// security of every tenant table applies to it (migration `0010_row_security.sql`).
+pub const APP_ROLE: &str = "rapport_app";
+
+impl<'t> Scoped<'t> {
+    /// The connection, with (on PostgreSQL) the tenant set for row-level security and the
+    /// role switched to [`APP_ROLE`]: for the transaction, or, on a pooled connection, until
+    /// the pool takes it back. Every query of a scoped store function goes through here, so
+    /// a query that forgot its `tenant_id = $1` still sees only this tenant's rows.
+    pub async fn entered(&mut self) -> Result<&mut Exec<'t>, StoreError> {
+        if !self.entered {
+            if let Exec::Postgres(c) = &mut self.exec {
+                sqlx::query(
+                    "SELECT set_config('rapport.tenant', $1, $2), set_config('role', $3, $2)",
+                )
+                .bind(self.tenant.as_str())
+                .bind(self.in_transaction)
+                .bind(APP_ROLE)
+                .execute(&mut **c)
+                .await?;
+            }
+            self.entered = true;
+        }
+        Ok(&mut self.exec)
+    }
+
+    /// Runs DDL (index changes, which need the tables' owner) as the connection's own role,
+    /// then goes back to [`APP_ROLE`].
+    pub async fn as_owner(&mut self, sql: &str) -> Result<(), StoreError> {
+        let local = self.in_transaction;
+        match self.entered().await? {
+            Exec::Sqlite(c) => {
+                sqlx::query(sql).execute(&mut **c).await?;
+            }
+            Exec::Postgres(c) => {
+                sqlx::query("SELECT set_config('role', 'none', $1)")
+                    .bind(local)
+                    .execute(&mut **c)
+                    .await?;
+                let done = sqlx::query(sql).execute(&mut **c).await;
+                sqlx::query("SELECT set_config('role', $1, $2)")
+                    .bind(APP_ROLE)
+                    .bind(local)
+                    .execute(&mut **c)
+                    .await?;
+                done?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Scoped<'_> {

@@ -33,7 +33,7 @@ mod schedule;
 pub mod template;
 pub mod timers;
 
-use definition::{Event, Plan, Trigger, WorkflowDefinition};
+use definition::{Event, Plan, RunAs, Trigger, WorkflowDefinition};
 
 /// How deep runs may start runs: a run whose writes start a run of depth [`MAX_DEPTH`] is a
 /// loop (or close enough), and that run fails at once with an error saying so.
@@ -75,6 +75,8 @@ pub struct Compiled {
     pub id: String,
     pub name: String,
     pub version: i64,
+    /// Who last saved it (whom runs with `run_as: owner` act as); empty when not known.
+    pub owner: String,
     pub definition: WorkflowDefinition,
     pub plan: Plan,
     condition: Option<Filter>,
@@ -95,6 +97,7 @@ impl Compiled {
             id,
             name: definition.name.clone(),
             version,
+            owner: String::new(),
             plan: Plan::new(&definition.steps),
             definition,
             condition,
@@ -317,11 +320,10 @@ impl Workflows {
         let mut all = Vec::new();
         for stored in scoped.workflows().await? {
             if stored.enabled {
-                all.push(Arc::new(Compiled::from_stored(
-                    &stored.id,
-                    stored.version,
-                    &stored.definition,
-                )?));
+                let mut compiled =
+                    Compiled::from_stored(&stored.id, stored.version, &stored.definition)?;
+                compiled.owner = stored.updated_by.clone();
+                all.push(Arc::new(compiled));
             }
         }
         let all = Arc::new(all);
@@ -424,6 +426,10 @@ impl Workflows {
                 }
             }
             let too_deep = event.depth >= MAX_DEPTH;
+            let run_as = match workflow.definition.run_as {
+                RunAs::Trigger => event.user.to_owned(),
+                RunAs::Owner => schedule::run_as(scoped, &workflow.owner).await?,
+            };
             runs.push(NewRun {
                 id: uuid::Uuid::now_v7().to_string(),
                 workflow_id: workflow.id.clone(),
@@ -433,7 +439,7 @@ impl Workflows {
                 event: event.event.as_str(),
                 entity: Some(event.entity.to_owned()),
                 record_id: Some(event.stored.id.clone()),
-                run_as: event.user.to_owned(),
+                run_as,
                 trigger_data: json!({ "old": event.before }).to_string(),
                 next_step: workflow.plan.first().map(|i| workflow.plan.nodes[i].step.id.clone()),
                 error: too_deep.then(|| {
@@ -888,6 +894,13 @@ impl Workflows {
             }
             (None, None) => (None, None),
         };
+        let run_as = match compiled.definition.run_as {
+            RunAs::Trigger => principal.user.to_string(),
+            RunAs::Owner => {
+                let mut conn = self.inner.store.reader().await?;
+                schedule::run_as(&mut conn.scoped(&principal.tenant), &stored.updated_by).await?
+            }
+        };
         let run = NewRun {
             id: uuid::Uuid::now_v7().to_string(),
             workflow_id: stored.id.clone(),
@@ -897,7 +910,7 @@ impl Workflows {
             event: "manual",
             entity,
             record_id,
-            run_as: principal.user.to_string(),
+            run_as,
             trigger_data: json!({ "input": input }).to_string(),
             next_step: compiled
                 .plan

@@ -170,6 +170,8 @@ pub async fn spawn_app_with(
         rapport::webhooks::Guard::new(["127.0.0.1".to_owned()]),
     );
     state.packs.plugins_dir = plugins_dir();
+    // Tests send requests faster than any person: the rate limit has its own test.
+    state.limiter = rapport::api::guard::Limiter::new(None);
     configure(&mut state);
     let packs = state.packs.clone();
     let server = tokio::spawn(async move {
@@ -297,18 +299,30 @@ impl TestApp {
     /// Creates a member (not an administrator) of the test tenant and returns their token.
     pub async fn member(&self, name: &str) -> String {
         self.store
-            .create_user("acme", name, rapport::auth::Role::Member)
+            .create_user("acme", name, &["member".to_owned()])
             .await
             .expect("create user")
             .expect("a new user")
             .token
     }
 
+    /// Creates a user of the test tenant holding `roles`; returns their token and user id.
+    pub async fn user_with_roles(&self, name: &str, roles: &[&str]) -> (String, String) {
+        let roles: Vec<String> = roles.iter().map(|role| (*role).to_owned()).collect();
+        let user = self
+            .store
+            .create_user("acme", name, &roles)
+            .await
+            .expect("create user")
+            .expect("a new user");
+        (user.token, user.user_id)
+    }
+
     /// Creates a member of the test tenant and returns their token and user id.
     pub async fn member_with_id(&self, name: &str) -> (String, String) {
         let user = self
             .store
-            .create_user("acme", name, rapport::auth::Role::Member)
+            .create_user("acme", name, &["member".to_owned()])
             .await
             .expect("create user")
             .expect("a new user");

@@ -15,8 +15,40 @@ pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<Value>, ApiError> {
-    let entities = state.metadata.list(&principal.tenant).await?;
+    let entities: Vec<_> = state
+        .metadata
+        .list(&principal.tenant)
+        .await?
+        .into_iter()
+        .filter_map(|mut entity| visible(&principal, &mut entity.definition).then_some(entity))
+        .collect();
     Ok(Json(json!({ "data": entities })))
+}
+
+/// Narrows a definition to what the principal may see: an entity they have no permission on
+/// is not there (`false`), nor are the fields hidden from them.
+fn visible(principal: &Principal, definition: &mut Value) -> bool {
+    if principal.is_admin() {
+        return true;
+    }
+    let name = definition
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let grant = principal.access.grant(name);
+    if grant.is_empty() {
+        return false;
+    }
+    if let Some(Value::Array(fields)) = definition.get_mut("fields") {
+        fields.retain(|field| {
+            let name = field
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            grant.field(name) != crate::auth::FieldAccess::None
+        });
+    }
+    true
 }
 
 pub async fn create(
@@ -33,9 +65,11 @@ pub async fn get(
     principal: Principal,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(
-        state.metadata.get(&principal.tenant, &name).await?
-    )))
+    let mut entity = state.metadata.get(&principal.tenant, &name).await?;
+    if !visible(&principal, &mut entity.definition) {
+        return Err(crate::metadata::MetadataError::UnknownEntity(name).into());
+    }
+    Ok(Json(json!(entity)))
 }
 
 #[derive(Debug, Deserialize)]

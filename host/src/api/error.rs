@@ -43,7 +43,7 @@ impl ApiError {
             Err(Self::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("{needs} needs the admin role"),
+                format!("{needs} needs an administrator's role"),
             ))
         }
     }
@@ -95,7 +95,29 @@ impl From<StoreError> for ApiError {
                 "the database is busy; retry shortly",
             );
         }
+        if let StoreError::Refused(message) = error {
+            return Self::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", message);
+        }
         Self::internal(&error)
+    }
+}
+
+impl From<crate::users::UserError> for ApiError {
+    fn from(error: crate::users::UserError) -> Self {
+        use crate::users::UserError;
+        let message = error.to_string();
+        match error {
+            UserError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            UserError::NotFound(_) => Self::not_found(message),
+            UserError::Invalid(_, problems) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+                    .with_fields(by_path(problems.into_iter().map(|p| (p.path, p.message))))
+            }
+            UserError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            UserError::SignInFailed => Self::unauthorized(message),
+            UserError::Locked(_) => Self::new(StatusCode::TOO_MANY_REQUESTS, "locked", message),
+            UserError::Store(error) => error.into(),
+        }
     }
 }
 

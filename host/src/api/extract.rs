@@ -12,33 +12,59 @@ use super::AppState;
 use super::error::ApiError;
 use crate::auth::{Principal, hash_token};
 
+/// The token of `Authorization: Bearer <token>`.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>` header"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty() && token.len() <= 256)
+        .ok_or_else(|| {
+            ApiError::unauthorized("the `Authorization` header must be `Bearer <token>`")
+        })
+}
+
+/// How often a token's use is written down (its `last_used_at`, and a `token.use` audit
+/// entry): at most once per this many seconds per token.
+const TOKEN_USE_EVERY: i64 = 3600;
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|token| !token.is_empty() && token.len() <= 256)
-            .ok_or_else(|| {
-                ApiError::unauthorized("the `Authorization` header must be `Bearer <token>`")
-            })?;
-        let hash = hash_token(token);
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(principal.clone());
+        }
+        let hash = hash_token(bearer(&parts.headers)?);
         if let Some(principal) = state.principals.get(&hash) {
+            parts.extensions.insert(principal.clone());
             return Ok(principal);
         }
-        let principal = state
-            .store
-            .principal_for_token_hash(&hash)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("the API token is unknown or revoked"))?;
-        state.principals.insert(hash, principal.clone());
-        Ok(principal)
+        let found = state.store.token_use(&hash).await?.ok_or_else(|| {
+            ApiError::unauthorized("the API token is unknown, expired or revoked")
+        })?;
+        let stale = found
+            .last_used_at
+            .is_none_or(|at| (crate::store::now() - at).whole_seconds() >= TOKEN_USE_EVERY);
+        if stale {
+            // Written after the request's own work, off its path; a failure only logs.
+            let users = state.users.clone();
+            let (principal, id) = (found.principal.clone(), found.token_id.clone());
+            tokio::spawn(async move {
+                if let Err(error) = users.token_used(&principal, &id).await {
+                    tracing::warn!(%error, "could not record a token's use");
+                }
+            });
+        }
+        state
+            .principals
+            .insert(hash, found.principal.clone(), found.expires_at);
+        parts.extensions.insert(found.principal.clone());
+        Ok(found.principal)
     }
 }
 

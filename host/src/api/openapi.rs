@@ -24,14 +24,22 @@ pub async fn document(
     let mut schemas = fixed_schemas();
     let mut paths = fixed_paths();
     for entity in &entities {
+        // Each caller is shown what they may use: not entities they have no permission on,
+        // nor the fields hidden from them.
+        let sight = crate::records::Sight::of(&principal, entity);
+        if sight.grant.is_empty() {
+            continue;
+        }
+        let mut definition = sight.definition.into_owned();
+        definition.fields.retain(|field| field.active);
         let name = entity.name();
         let title = entity
             .definition
             .label
             .clone()
             .unwrap_or_else(|| name.to_owned());
-        let mut input = record_schema(&entity.definition, Purpose::Input);
-        let mut output = record_schema(&entity.definition, Purpose::Output);
+        let mut input = record_schema(&definition, Purpose::Input);
+        let mut output = record_schema(&definition, Purpose::Output);
         for schema in [&mut input, &mut output] {
             schema.as_object_mut().expect("object").remove("$schema");
         }
@@ -105,6 +113,7 @@ fn fixed_schemas() -> Map<String, Value> {
     embed(&mut schemas, "workflow", WORKFLOW_SCHEMA);
     embed(&mut schemas, "pack", crate::packs::manifest::PACK_SCHEMA);
     embed(&mut schemas, "view", crate::views::VIEW_SCHEMA);
+    embed(&mut schemas, "role", crate::auth::role::ROLE_SCHEMA);
     schemas.insert("record_system".into(), json!({
         "type": "object",
         "required": ["id", "version", "owner", "created_at", "created_by", "updated_at", "updated_by", "data"],
@@ -423,6 +432,7 @@ fn workflow_paths(paths: &mut Map<String, Value>, error: &Value) {
                      "responses": {"200": {"description": "The decided approval"}, "400": error, "403": error, "404": error, "409": error}}
         }));
     }
+    security_paths(paths);
     paths.insert("/api/v1/notifications".into(), json!({
         "get": {"tags": ["workflows"], "summary": "The caller's in-app notifications, newest first",
                 "parameters": [{"name": "unread", "in": "query", "schema": {"type": "boolean"}}, cursor, limit],
@@ -431,6 +441,108 @@ fn workflow_paths(paths: &mut Map<String, Value>, error: &Value) {
     paths.insert("/api/v1/notifications/{id}/read".into(), json!({
         "parameters": [run],
         "post": {"tags": ["workflows"], "summary": "Mark one of the caller's notifications read", "responses": {"200": {"description": "Read"}, "404": error}}
+    }));
+}
+
+/// Users, roles, teams, tokens, sessions, `me` and the audit trail.
+fn security_paths(paths: &mut Map<String, Value>) {
+    let error = json!({"$ref": "#/components/responses/error"});
+    let role = json!({"$ref": "#/components/schemas/role"});
+    let text = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}});
+    paths.insert("/api/v1/me".into(), json!({
+        "get": {"tags": ["security"], "summary": "The caller: their user, roles and teams, whether they administer the tenant, and their permissions on each entity",
+                "responses": {"200": {"description": "`{\"user\": …, \"admin\": …, \"reassign\": …, \"permissions\": {entity: grant}}`"}}}
+    }));
+    paths.insert("/api/v1/users".into(), json!({
+        "get": {"tags": ["security"], "summary": "The tenant's users with their roles and teams (admin)", "responses": {"200": {"description": "Users"}, "403": error}},
+        "post": {"tags": ["security"], "summary": "Create a user (admin): `{\"name\", \"email\"?, \"roles\"? (default [\"member\"]), \"password\"?}`",
+                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name"], "additionalProperties": false,
+                     "properties": {"name": {"type": "string", "maxLength": 100}, "email": {"type": "string"}, "roles": {"type": "array", "items": {"type": "string"}},
+                                    "password": {"type": "string", "minLength": 10, "maxLength": 256}}}}}},
+                 "responses": {"201": {"description": "The user"}, "403": error, "409": error, "422": error}}
+    }));
+    paths.insert("/api/v1/users/{id}".into(), json!({
+        "parameters": [text("id")],
+        "get": {"tags": ["security"], "summary": "A user (admin, or `me`)", "responses": {"200": {"description": "The user"}, "403": error, "404": error}},
+        "patch": {"tags": ["security"], "summary": "Change a user's email, roles or disabled state (admin); disabling revokes their tokens; the tenant keeps an enabled administrator",
+                  "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                      "properties": {"email": {"type": ["string", "null"]}, "roles": {"type": "array", "items": {"type": "string"}}, "disabled": {"type": "boolean"}}}}}},
+                  "responses": {"200": {"description": "The user"}, "403": error, "404": error, "409": error, "422": error}}
+    }));
+    paths.insert("/api/v1/users/{id}/password".into(), json!({
+        "parameters": [text("id")],
+        "put": {"tags": ["security"], "summary": "Set a password (argon2id at rest): an administrator for anyone, a user for themselves with `current_password`; clears a sign-in lock",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["password"], "additionalProperties": false,
+                    "properties": {"password": {"type": "string", "minLength": 10, "maxLength": 256}, "current_password": {"type": "string"}}}}}},
+                "responses": {"204": {"description": "Set"}, "403": error, "404": error, "422": error}}
+    }));
+    paths.insert("/api/v1/roles".into(), json!({
+        "get": {"tags": ["security"], "summary": "Roles (admin)", "responses": {"200": {"description": "Roles"}, "403": error}},
+        "post": {"tags": ["security"], "summary": "Create a role (admin)", "requestBody": {"required": true, "content": {"application/json": {"schema": role}}},
+                 "responses": {"201": {"description": "The role"}, "403": error, "409": error, "422": error}}
+    }));
+    paths.insert("/api/v1/roles/{name}".into(), json!({
+        "parameters": [text("name")],
+        "get": {"tags": ["security"], "summary": "A role (admin)", "responses": {"200": {"description": "The role"}, "403": error, "404": error}},
+        "put": {"tags": ["security"], "summary": "Create or replace a role (admin); takes effect at once. `administrator` is built in and cannot change",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": role}}},
+                "responses": {"200": {"description": "Replaced"}, "201": {"description": "Created"}, "403": error, "409": error, "422": error}},
+        "delete": {"tags": ["security"], "summary": "Delete a role no user holds (admin)", "responses": {"200": {"description": "Deleted"}, "403": error, "404": error, "409": error}}
+    }));
+    let team = json!({"type": "object", "required": ["name"], "additionalProperties": false,
+        "properties": {"name": {"type": "string"}, "label": {"type": "string"}, "manager": {"type": "string", "description": "A user id"},
+                       "members": {"type": "array", "items": {"type": "string", "description": "A user id"}}}});
+    paths.insert("/api/v1/teams".into(), json!({
+        "get": {"tags": ["security"], "summary": "Teams and their members", "responses": {"200": {"description": "Teams"}}},
+        "post": {"tags": ["security"], "summary": "Create a team (admin)", "requestBody": {"required": true, "content": {"application/json": {"schema": team}}},
+                 "responses": {"201": {"description": "The team"}, "403": error, "409": error, "422": error}}
+    }));
+    paths.insert("/api/v1/teams/{name}".into(), json!({
+        "parameters": [text("name")],
+        "get": {"tags": ["security"], "summary": "A team", "responses": {"200": {"description": "The team"}, "404": error}},
+        "put": {"tags": ["security"], "summary": "Create or replace a team and its members (admin)", "requestBody": {"required": true, "content": {"application/json": {"schema": team}}},
+                "responses": {"200": {"description": "Replaced"}, "201": {"description": "Created"}, "403": error, "422": error}},
+        "delete": {"tags": ["security"], "summary": "Delete a team (admin)", "responses": {"200": {"description": "Deleted"}, "403": error, "404": error}}
+    }));
+    paths.insert("/api/v1/tokens".into(), json!({
+        "get": {"tags": ["security"], "summary": "The caller's API tokens (never the secret); `user=<id>` or `user=*` for administrators",
+                "parameters": [{"name": "user", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "Tokens"}, "403": error}},
+        "post": {"tags": ["security"], "summary": "Create an API token; the answer is the only time `token` is shown",
+                 "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                     "properties": {"name": {"type": "string", "maxLength": 200}, "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 366},
+                                    "user": {"type": "string", "description": "Another user (admin)"}}}}}},
+                 "responses": {"201": {"description": "The token"}, "403": error, "422": error}}
+    }));
+    paths.insert("/api/v1/tokens/{id}".into(), json!({
+        "parameters": [text("id")],
+        "delete": {"tags": ["security"], "summary": "Revoke a token (one's own, or any as admin)", "responses": {"200": {"description": "Revoked"}, "404": error}}
+    }));
+    paths.insert("/api/v1/sessions".into(), json!({
+        "post": {"tags": ["security"], "summary": "Sign in with a password; answers a session token valid 12 hours. Failures are slowed down; five in a row lock the user for 15 minutes (429)",
+                 "security": [],
+                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["tenant", "user", "password"], "additionalProperties": false,
+                     "properties": {"tenant": {"type": "string"}, "user": {"type": "string"}, "password": {"type": "string"}}}}}},
+                 "responses": {"201": {"description": "`{\"token\", \"expires_at\", \"id\", \"user\", \"roles\"}`"}, "401": error, "429": error}}
+    }));
+    paths.insert("/api/v1/sessions/current".into(), json!({
+        "delete": {"tags": ["security"], "summary": "Sign out: revoke the token of this request", "responses": {"204": {"description": "Signed out"}}}
+    }));
+    paths.insert("/api/v1/records/{entity}/{id}/assign".into(), json!({
+        "parameters": [text("entity"), {"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+        "post": {"tags": ["records"], "summary": "Give a record another owner: `{\"owner\": \"<user id>\"}`; needs a role that may reassign and update the record",
+                 "responses": {"200": {"description": "The record"}, "403": error, "404": error, "422": error}}
+    }));
+    paths.insert("/api/v1/audit".into(), json!({
+        "get": {"tags": ["security"], "summary": "The audit trail, newest first (admin): changes to metadata, plugins, packs, workflows, webhooks, users, roles, teams, tokens; sign-ins and failures; token use; refused attempts (`access.denied`)",
+                "parameters": [{"name": "actor", "in": "query", "schema": {"type": "string"}, "description": "A user id"},
+                               {"name": "action", "in": "query", "schema": {"type": "string"}, "description": "An action (`entity.update`) or a subject (`entity`)"},
+                               {"name": "target", "in": "query", "schema": {"type": "string"}},
+                               {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                               {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                               {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+                               {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "`{\"data\": [{id, at, actor, action, target, detail}], \"next_cursor\"}`"}, "400": error, "403": error}}
     }));
 }
 

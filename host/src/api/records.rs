@@ -234,6 +234,31 @@ pub async fn restore(
     Ok(with_etag(view))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignBody {
+    owner: String,
+}
+
+/// Gives a record another owner: `{"owner": "<user id>"}`.
+pub async fn assign(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((entity, id)): Path<(String, String)>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let body: AssignBody = serde_json::from_value(body.value).map_err(|error| {
+        ApiError::bad_request(format!(
+            "the body is `{{\"owner\": \"<user id>\"}}`: {error}"
+        ))
+    })?;
+    let view = state
+        .records
+        .assign(&principal, &entity, &id, &body.owner)
+        .await?;
+    Ok(with_etag(view))
+}
+
 pub async fn history(
     State(state): State<AppState>,
     principal: Principal,

@@ -105,7 +105,7 @@ impl Packs {
             .zip(&removed)
         {
             self.put_views(tx, principal, pack, None, report).await?;
-            report.roles = role_changes(&BTreeMap::new(), &pack.roles);
+            report.roles = put_roles(tx, principal, pack.id(), &pack.roles, None).await?;
             let applied = self
                 .workflows
                 .apply_in(tx, tenant, principal.user.as_str(), &pack.workflows)
@@ -245,7 +245,7 @@ impl Packs {
             .await?;
         self.put_views(tx, principal, checked, Some(old), &mut report)
             .await?;
-        report.roles = role_changes(&old.roles, &checked.roles);
+        report.roles = put_roles(tx, principal, id, &checked.roles, Some(&old.roles)).await?;
         // Workflows: the new definitions (a workflow the administrator disabled stays
         // disabled), and those the new version no longer has deleted.
         let mut workflows = Vec::new();
@@ -336,7 +336,8 @@ impl Packs {
                 }
             }
         }
-        report.roles = role_changes(&contents.roles, &BTreeMap::new());
+        report.roles =
+            put_roles(tx, principal, id, &BTreeMap::new(), Some(&contents.roles)).await?;
         let still_used = plugins_used_by_others(&state.stored, id)?;
         let mut gone = BTreeSet::new();
         for plugin in contents.plugins.keys() {
@@ -824,25 +825,69 @@ fn describe_applied(entities: &mut [EntityChange], applied: &[Applied]) {
     }
 }
 
-fn role_changes(old: &BTreeMap<String, Value>, new: &BTreeMap<String, Value>) -> Vec<ItemChange> {
+/// Writes a pack's roles (`new`), and deletes those of its previous contents (`old`) that it
+/// no longer has, unless users still hold them (those stay, as the tenant's). A role of the
+/// same name that is not the pack's refuses the operation.
+async fn put_roles(
+    tx: &mut Tx,
+    principal: &Principal,
+    id: &str,
+    new: &BTreeMap<String, Value>,
+    old: Option<&BTreeMap<String, Value>>,
+) -> Result<Vec<ItemChange>, PackError> {
+    let mut scoped = tx.scoped(&principal.tenant);
     let mut changes = Vec::new();
     for (name, role) in new {
+        let existing = scoped.role(name).await?;
+        if let Some(existing) = &existing
+            && existing.pack_id.as_deref() != Some(id)
+        {
+            let owner = existing
+                .pack_id
+                .as_deref()
+                .map_or("the tenant".to_owned(), |pack| format!("pack `{pack}`"));
+            return Err(refused(
+                format!("{id}/pack.json#/roles"),
+                format!("role `{name}` already exists and belongs to {owner}"),
+            ));
+        }
+        let stored: Option<Value> = existing
+            .as_ref()
+            .and_then(|existing| serde_json::from_str(&existing.definition).ok());
+        let change = match (&stored, old.and_then(|old| old.get(name))) {
+            (None, _) => "added",
+            (Some(before), _) if before == role => "unchanged",
+            _ => "updated",
+        };
+        scoped.put_role(name, &role.to_string(), Some(id)).await?;
         changes.push(ItemChange {
             name: name.clone(),
-            change: match old.get(name) {
-                None => "added",
-                Some(before) if before == role => "unchanged",
-                Some(_) => "updated",
-            },
+            change,
         });
     }
-    for name in old.keys().filter(|name| !new.contains_key(*name)) {
+    for name in old
+        .into_iter()
+        .flat_map(|old| old.keys())
+        .filter(|name| !new.contains_key(*name))
+    {
+        let Some(existing) = scoped.role(name).await? else {
+            continue;
+        };
+        if existing.pack_id.as_deref() != Some(id) {
+            continue;
+        }
+        let change = if scoped.role_holders(name).await? > 0 {
+            "kept (users hold it)"
+        } else {
+            scoped.delete_role(name).await?;
+            "removed"
+        };
         changes.push(ItemChange {
             name: name.clone(),
-            change: "removed",
+            change,
         });
     }
-    changes
+    Ok(changes)
 }
 
 /// The plugins other installed packs installed or use.

@@ -172,14 +172,26 @@ impl Packs {
         }
         let mut roles = BTreeMap::new();
         for (file, json) in role_files {
-            match json.get("name").and_then(Value::as_str) {
-                Some(name) if json.is_object() => {
-                    roles.insert(name.to_owned(), json.clone());
+            match crate::auth::RoleDefinition::parse(&json) {
+                Ok(role) if role.name == crate::auth::role::ADMINISTRATOR => {
+                    problems.push(Problem::new(
+                        format!("{file}#/name"),
+                        "`administrator` is built in: a pack cannot ship it",
+                    ));
                 }
-                _ => problems.push(Problem::new(
-                    format!("{file}#/name"),
-                    "a role is an object with a `name`",
+                Ok(role) if role.admin => problems.push(Problem::new(
+                    format!("{file}#/admin"),
+                    "a pack's role cannot be an administrator's: a tenant's administrators are its own",
                 )),
+                Ok(role) => {
+                    if roles.insert(role.name.clone(), role.to_json()).is_some() {
+                        problems.push(Problem::new(
+                            format!("{file}#/name"),
+                            format!("two files define role `{}`", role.name),
+                        ));
+                    }
+                }
+                Err(found) => problems.extend(prefixed(&file, found)),
             }
         }
         let mut views = Vec::new();

@@ -299,7 +299,9 @@ impl Records {
             let ids: Vec<String> = {
                 let mut conn = self.store.reader().await?;
                 let mut scoped = conn.scoped(&principal.tenant);
-                let page = self.list_in(&mut scoped, &compiled, &params, None).await?;
+                let page = self
+                    .list_in(&mut scoped, principal, &compiled, &params, None)
+                    .await?;
                 page.data.into_iter().map(|view| view.id).collect()
             };
             let Some(last) = ids.last().cloned() else {

@@ -171,13 +171,22 @@ fn calls_for(plugin: &Active, entity: &str, operation: Operation, stage: Stage) 
     calls
 }
 
-fn to_record(entity: &str, stored: &StoredRecord) -> Record {
-    Record {
-        entity: entity.to_owned(),
-        id: stored.id.clone(),
-        version: stored.version,
-        data: stored.data.clone(),
-    }
+/// A record a plugin wrote, as the user it acts for may see it.
+fn seen_record(
+    principal: &Principal,
+    entity: &CompiledEntity,
+    stored: &StoredRecord,
+    dialect: crate::store::Dialect,
+) -> Result<Record, HostError> {
+    let sight = super::Sight::of(principal, entity);
+    let view = super::view(stored, &sight.definition, dialect, None)
+        .map_err(|error| host_error(error.into()))?;
+    Ok(Record {
+        entity: entity.name().to_owned(),
+        id: view.id,
+        version: view.version,
+        data: view.data.get().to_owned(),
+    })
 }
 
 /// One invocation, as its run record names it.
@@ -332,6 +341,20 @@ impl Records {
             return Ok(body);
         }
         let name = entity.name();
+        // Plugins run on the writer's behalf and see what the writer may read.
+        let grant = context.principal.access.grant(name);
+        let hidden = |field: &str| {
+            grant.read == crate::auth::Scope::None
+                || grant.field(field) == crate::auth::FieldAccess::None
+        };
+        let visible = |body: &Map<String, Value>| -> Value {
+            Value::Object(
+                body.iter()
+                    .filter(|(key, _)| !hidden(key))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect(),
+            )
+        };
         let mut step = 0;
         for &stage in stages {
             for plugin in steps.active.iter() {
@@ -347,6 +370,7 @@ impl Records {
                         Some(previous) => changes(previous, &body).keys().cloned().collect(),
                         None => body.keys().cloned().collect(),
                     };
+                    let changed = changed.into_iter().filter(|key| !hidden(key)).collect();
                     let event = RecordEvent {
                         entity: name.to_owned(),
                         operation,
@@ -355,13 +379,13 @@ impl Records {
                             entity: name.to_owned(),
                             id: stored.map(|s| s.id.clone()).unwrap_or_default(),
                             version: stored.map_or(0, |s| s.version),
-                            data: Value::Object(body.clone()).to_string(),
+                            data: visible(&body).to_string(),
                         },
                         previous: previous.zip(stored).map(|(previous, stored)| Record {
                             entity: name.to_owned(),
                             id: stored.id.clone(),
                             version: stored.version,
-                            data: Value::Object(previous.clone()).to_string(),
+                            data: visible(previous).to_string(),
                         }),
                         changed,
                         user_id: context.principal.user.to_string(),
@@ -599,7 +623,10 @@ impl Records {
     ) {
         match request {
             HostCall::Get { entity, id, reply } => {
-                let _ = reply.send(self.plugin_get(scoped, &entity, &id).await);
+                let _ = reply.send(
+                    self.plugin_get(scoped, &context.principal, &entity, &id)
+                        .await,
+                );
             }
             HostCall::Query {
                 entity,
@@ -609,7 +636,7 @@ impl Records {
                 reply,
             } => {
                 let _ = reply.send(
-                    self.plugin_query(scoped, &entity, &filter, &sort, limit)
+                    self.plugin_query(scoped, &context.principal, &entity, &filter, &sort, limit)
                         .await,
                 );
             }
@@ -655,6 +682,7 @@ impl Records {
     async fn plugin_get(
         &self,
         scoped: &mut Scoped<'_>,
+        principal: &Principal,
         entity: &str,
         id: &str,
     ) -> Result<Option<Record>, HostError> {
@@ -666,18 +694,32 @@ impl Records {
         let Some(id) = crate::domain::RecordId::parse(id) else {
             return Ok(None);
         };
+        let sight = super::Sight::readable(principal, &compiled)
+            .map_err(|error| HostError::Denied(error.to_string()))?;
         let stored = scoped
             .get_record(compiled.id, id.as_str())
             .await
             .map_err(|error| host_error(error.into()))?;
-        Ok(stored
+        let Some(stored) = stored
             .filter(|stored| stored.deleted_at.is_none())
-            .map(|stored| to_record(entity, &stored)))
+            .filter(|stored| super::access::can_read(principal, &sight.grant, stored))
+        else {
+            return Ok(None);
+        };
+        let view = super::view(&stored, &sight.definition, scoped.dialect(), None)
+            .map_err(|error| host_error(error.into()))?;
+        Ok(Some(Record {
+            entity: entity.to_owned(),
+            id: view.id,
+            version: view.version,
+            data: view.data.get().to_owned(),
+        }))
     }
 
     async fn plugin_query(
         &self,
         scoped: &mut Scoped<'_>,
+        principal: &Principal,
         entity: &str,
         filter: &str,
         sort: &str,
@@ -698,7 +740,7 @@ impl Records {
             ..ListParams::default()
         };
         let page = self
-            .list_in(scoped, &compiled, &params, None)
+            .list_in(scoped, principal, &compiled, &params, None)
             .await
             .map_err(host_error)?;
         Ok(page
@@ -728,14 +770,15 @@ impl Records {
                 .compiled_for_write(scoped, &entity)
                 .await
                 .map_err(|error| host_error(error.into()))?;
-            let bodies = Self::prepare_new(&compiled, &[value], false).map_err(host_error)?;
+            let bodies = Self::prepare_new(&context.principal, &compiled, &[value], false)
+                .map_err(host_error)?;
             let now = crate::store::now();
             let mut stored = self
                 .insert_many(scoped, &context, &compiled, bodies, false, now)
                 .await
                 .map_err(host_error)?;
             let stored = stored.pop().expect("one record in, one out");
-            Ok(to_record(&entity, &stored))
+            seen_record(&context.principal, &compiled, &stored, scoped.dialect())
         })
     }
 
@@ -765,7 +808,7 @@ impl Records {
                 .update_one(scoped, &context, &compiled, update, now, &[])
                 .await
                 .map_err(host_error)?;
-            Ok(to_record(&entity, &stored))
+            seen_record(&context.principal, &compiled, &stored, scoped.dialect())
         })
     }
 }

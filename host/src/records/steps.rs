@@ -73,6 +73,7 @@ impl Records {
     pub(crate) async fn step_record(
         &self,
         scoped: &mut Scoped<'_>,
+        principal: &crate::auth::Principal,
         entity: &str,
         id: &str,
     ) -> Result<Option<Map<String, Value>>, RecordError> {
@@ -85,7 +86,12 @@ impl Records {
             return Ok(None);
         };
         let body = parse_body(&stored)?;
-        Ok(Some(with_system_fields(&stored, &active(&compiled, body))))
+        // The run sees what the user it acts as may read.
+        let sight = super::Sight::of(principal, &compiled);
+        Ok(Some(with_system_fields(
+            &stored,
+            &active(&sight.definition, body),
+        )))
     }
 
     /// Updates one record as a step does (a partial update; `null` clears a field).
@@ -127,6 +133,7 @@ impl Records {
                 entity: entity.to_owned(),
                 id: id.to_owned(),
             })?;
+        super::access::authorize_reassign(&context.principal, &compiled, &stored)?;
         if stored.owner_id == owner {
             return Ok(stored);
         }
@@ -289,7 +296,12 @@ impl Records {
         values: Map<String, Value>,
     ) -> Result<StoredRecord, RecordError> {
         let compiled = self.metadata.compiled_for_write(scoped, entity).await?;
-        let bodies = Self::prepare_new(&compiled, &[Value::Object(values)], false)?;
+        let bodies = Self::prepare_new(
+            &context.principal,
+            &compiled,
+            &[Value::Object(values)],
+            false,
+        )?;
         let now = crate::store::now();
         let mut stored = self
             .insert_many(scoped, context, &compiled, bodies, false, now)
@@ -313,7 +325,7 @@ impl Records {
         let now = crate::store::now();
         let mut context = WriteContext::new(principal, now);
         context.quiet = true;
-        let prepared = Self::prepare_new(&compiled, bodies, true)?;
+        let prepared = Self::prepare_new(principal, &compiled, bodies, true)?;
         self.insert_many(scoped, &context, &compiled, prepared, true, now)
             .await
     }
@@ -387,7 +399,10 @@ impl Records {
 }
 
 /// The fields a step sees: the active ones.
-fn active(entity: &CompiledEntity, mut body: Map<String, Value>) -> Map<String, Value> {
-    body.retain(|key, _| entity.definition.field(key).is_some_and(|f| f.active));
+fn active(
+    definition: &crate::metadata::definition::EntityDefinition,
+    mut body: Map<String, Value>,
+) -> Map<String, Value> {
+    body.retain(|key, _| definition.field(key).is_some_and(|f| f.active));
     body
 }

@@ -67,8 +67,7 @@ impl Scoped<'_> {
             self.definition_column()
         );
         let tenant = self.tenant.as_str();
-        let rows: Vec<EntityRow> =
-            on!(&mut self.exec, c => sqlx::query_as(&sql).bind(tenant).fetch_all(&mut **c).await?);
+        let rows: Vec<EntityRow> = on!(self.entered().await?, c => sqlx::query_as(&sql).bind(tenant).fetch_all(&mut **c).await?);
         rows.into_iter().map(StoredEntity::try_from).collect()
     }
 
@@ -78,7 +77,7 @@ impl Scoped<'_> {
             self.definition_column()
         );
         let tenant = self.tenant.as_str();
-        let row: Option<EntityRow> = on!(&mut self.exec, c =>
+        let row: Option<EntityRow> = on!(self.entered().await?, c =>
             sqlx::query_as(&sql).bind(tenant).bind(name).fetch_optional(&mut **c).await?);
         row.map(StoredEntity::try_from).transpose()
     }
@@ -114,7 +113,7 @@ impl Scoped<'_> {
         let sql =
             format!("SELECT id, version FROM entities WHERE tenant_id = $1 AND name = $2{clause}");
         let tenant = self.tenant.as_str();
-        let found: Option<(i64, i64)> = on!(&mut self.exec, c => sqlx::query_as(&sql)
+        let found: Option<(i64, i64)> = on!(self.entered().await?, c => sqlx::query_as(&sql)
         .bind(tenant)
         .bind(name)
         .fetch_optional(&mut **c)
@@ -140,7 +139,7 @@ impl Scoped<'_> {
         );
         let tenant = self.tenant.as_str();
         let text = definition.to_string();
-        let id: i64 = on!(&mut self.exec, c => sqlx::query_scalar(&sql)
+        let id: i64 = on!(self.entered().await?, c => sqlx::query_scalar(&sql)
             .bind(tenant)
             .bind(name)
             .bind(&text)
@@ -166,7 +165,7 @@ impl Scoped<'_> {
         );
         let tenant = self.tenant.as_str();
         let text = definition.to_string();
-        on!(&mut self.exec, c => sqlx::query(&sql)
+        on!(self.entered().await?, c => sqlx::query(&sql)
             .bind(tenant)
             .bind(id)
             .bind(version)
@@ -193,7 +192,7 @@ impl Scoped<'_> {
         );
         let tenant = self.tenant.as_str();
         let user = user.map(|user| user.as_str().to_owned());
-        on!(&mut self.exec, c => sqlx::query(&sql)
+        on!(self.entered().await?, c => sqlx::query(&sql)
             .bind(id)
             .bind(tenant)
             .bind(version)
@@ -229,7 +228,7 @@ impl Scoped<'_> {
             "DELETE FROM entity_versions WHERE tenant_id = $1 AND entity_id = $2",
             "DELETE FROM entities WHERE tenant_id = $1 AND id = $2",
         ] {
-            on!(&mut self.exec, c => sqlx::query(sql).bind(tenant).bind(id).execute(&mut **c).await.map(drop)?);
+            on!(self.entered().await?, c => sqlx::query(sql).bind(tenant).bind(id).execute(&mut **c).await.map(drop)?);
         }
         Ok(())
     }
@@ -254,7 +253,7 @@ impl Scoped<'_> {
                 dialect.nulls(false)
             )
         };
-        on!(&mut self.exec, c => sqlx::query(&sql).execute(&mut **c).await.map(drop)?);
+        self.as_owner(&sql).await?;
         Ok(())
     }
 
@@ -275,7 +274,7 @@ impl Scoped<'_> {
             index.index_name(entity_id),
             columns.join(", ")
         );
-        on!(&mut self.exec, c => sqlx::query(&sql).execute(&mut **c).await.map(drop)?);
+        self.as_owner(&sql).await?;
         Ok(())
     }
 
@@ -285,7 +284,7 @@ impl Scoped<'_> {
         index: &CompositeIndex,
     ) -> Result<(), StoreError> {
         let sql = format!("DROP INDEX IF EXISTS {}", index.index_name(entity_id));
-        on!(&mut self.exec, c => sqlx::query(&sql).execute(&mut **c).await.map(drop)?);
+        self.as_owner(&sql).await?;
         Ok(())
     }
 
@@ -299,7 +298,7 @@ impl Scoped<'_> {
                 "DROP INDEX IF EXISTS {}",
                 index_name(entity_id, field.name.as_str(), unique)
             );
-            on!(&mut self.exec, c => sqlx::query(&sql).execute(&mut **c).await.map(drop)?);
+            self.as_owner(&sql).await?;
         }
         Ok(())
     }
@@ -319,7 +318,7 @@ impl Scoped<'_> {
              GROUP BY {expr} HAVING COUNT(*) > 1 ORDER BY n DESC, value LIMIT $2"
         );
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c =>
+        Ok(on!(self.entered().await?, c =>
             sqlx::query_as(&sql).bind(tenant).bind(limit).fetch_all(&mut **c).await?))
     }
 
@@ -335,7 +334,7 @@ impl Scoped<'_> {
             dialect.remove_key(field)
         );
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c =>
+        Ok(on!(self.entered().await?, c =>
             sqlx::query(&sql).bind(tenant).bind(entity_id).execute(&mut **c).await?.rows_affected()))
     }
 
@@ -346,7 +345,7 @@ impl Scoped<'_> {
         field: &str,
         start: i64,
     ) -> Result<(), StoreError> {
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "INSERT INTO auto_numbers (entity_id, field, next_value) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(entity_id)

@@ -78,7 +78,7 @@ impl Scoped<'_> {
             rows,
         );
         for (sql, binds) in &statements {
-            on!(&mut self.exec, c => bind_all(sqlx::query(sql), binds)
+            on!(self.entered().await?, c => bind_all(sqlx::query(sql), binds)
                 .execute(&mut **c)
                 .await
                 .map(drop)?);
@@ -108,7 +108,7 @@ impl Scoped<'_> {
             filter.limit,
         );
         Ok(
-            on!(&mut self.exec, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
+            on!(self.entered().await?, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
             .fetch_all(&mut **c)
             .await?),
         )

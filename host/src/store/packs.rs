@@ -38,7 +38,7 @@ impl Scoped<'_> {
             "SELECT {PACK_COLUMNS} FROM installed_packs WHERE tenant_id = $1 ORDER BY pack_id"
         );
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .fetch_all(&mut **c)
             .await?))
@@ -55,7 +55,7 @@ impl Scoped<'_> {
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
         let now = Timestamp(super::now());
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "INSERT INTO installed_packs (tenant_id, pack_id, version, status, manifest, contents, installed_at, installed_by, updated_at) \
              VALUES ($1, $2, $3, 'installed', $4, $5, $6, $7, $6) \
              ON CONFLICT (tenant_id, pack_id) DO UPDATE SET version = excluded.version, status = 'installed', \
@@ -79,7 +79,7 @@ impl Scoped<'_> {
     pub async fn remove_pack(&mut self, pack_id: &str, purged: bool) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
         if purged {
-            on!(&mut self.exec, c => sqlx::query(
+            on!(self.entered().await?, c => sqlx::query(
                 "DELETE FROM installed_packs WHERE tenant_id = $1 AND pack_id = $2",
             )
             .bind(tenant)
@@ -88,7 +88,7 @@ impl Scoped<'_> {
             .await
             .map(drop)?);
         } else {
-            on!(&mut self.exec, c => sqlx::query(
+            on!(self.entered().await?, c => sqlx::query(
                 "UPDATE installed_packs SET status = 'removed', updated_at = $3 \
                  WHERE tenant_id = $1 AND pack_id = $2",
             )
@@ -104,7 +104,7 @@ impl Scoped<'_> {
 
     pub async fn views(&mut self) -> Result<Vec<StoredView>, StoreError> {
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(
+        Ok(on!(self.entered().await?, c => sqlx::query_as(
             "SELECT name, definition, pack_id, created_at, updated_at FROM saved_views \
              WHERE tenant_id = $1 ORDER BY name",
         )
@@ -115,7 +115,7 @@ impl Scoped<'_> {
 
     pub async fn view(&mut self, name: &str) -> Result<Option<StoredView>, StoreError> {
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(
+        Ok(on!(self.entered().await?, c => sqlx::query_as(
             "SELECT name, definition, pack_id, created_at, updated_at FROM saved_views \
              WHERE tenant_id = $1 AND name = $2",
         )
@@ -134,7 +134,7 @@ impl Scoped<'_> {
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
         let now = Timestamp(super::now());
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "INSERT INTO saved_views (tenant_id, name, definition, pack_id, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $5) \
              ON CONFLICT (tenant_id, name) DO UPDATE SET definition = excluded.definition, \
@@ -158,7 +158,7 @@ impl Scoped<'_> {
         pack_id: &str,
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let affected = on!(&mut self.exec, c => sqlx::query(
+        let affected = on!(self.entered().await?, c => sqlx::query(
             "DELETE FROM saved_views WHERE tenant_id = $1 AND name = $2 AND pack_id = $3",
         )
         .bind(tenant)
@@ -176,7 +176,7 @@ impl Scoped<'_> {
     /// operation); on SQLite the one writer already serializes them.
     pub async fn lock_packs(&mut self) -> Result<(), StoreError> {
         let key = format!("rapport:packs:{}", self.tenant.as_str());
-        if let super::Exec::Postgres(c) = &mut self.exec {
+        if let super::Exec::Postgres(c) = self.entered().await? {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
                 .bind(key)
                 .execute(&mut **c)

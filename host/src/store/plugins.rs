@@ -135,7 +135,7 @@ impl Scoped<'_> {
     /// The bytes of a stored component, through this connection. Components are stored by
     /// content hash and shared by every tenant that installed the same bytes.
     pub async fn component_bytes(&mut self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(on!(&mut self.exec, c => sqlx::query_scalar(
+        Ok(on!(self.entered().await?, c => sqlx::query_scalar(
             "SELECT bytes FROM plugin_components WHERE sha256 = $1",
         )
         .bind(sha256)
@@ -147,7 +147,7 @@ impl Scoped<'_> {
         let sql =
             format!("SELECT {PLUGIN_COLUMNS} FROM plugins WHERE tenant_id = $1 ORDER BY plugin_id");
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .fetch_all(&mut **c)
             .await?))
@@ -157,7 +157,7 @@ impl Scoped<'_> {
         let sql =
             format!("SELECT {PLUGIN_COLUMNS} FROM plugins WHERE tenant_id = $1 AND plugin_id = $2");
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .bind(plugin_id)
             .fetch_optional(&mut **c)
@@ -176,7 +176,7 @@ impl Scoped<'_> {
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
         let now = Timestamp(super::now());
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "INSERT INTO plugins (tenant_id, plugin_id, version, manifest, component, enabled, config, installed_at, installed_by, updated_at) \
              VALUES ($1, $2, $3, $4, $5, FALSE, NULL, $6, $7, $6) \
              ON CONFLICT (tenant_id, plugin_id) DO UPDATE SET version = excluded.version, \
@@ -201,7 +201,7 @@ impl Scoped<'_> {
         enabled: bool,
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let affected = on!(&mut self.exec, c => sqlx::query(
+        let affected = on!(self.entered().await?, c => sqlx::query(
             "UPDATE plugins SET enabled = $3, updated_at = $4 WHERE tenant_id = $1 AND plugin_id = $2",
         )
         .bind(tenant)
@@ -220,7 +220,7 @@ impl Scoped<'_> {
         config: &str,
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let affected = on!(&mut self.exec, c => sqlx::query(
+        let affected = on!(self.entered().await?, c => sqlx::query(
             "UPDATE plugins SET config = $3, updated_at = $4 WHERE tenant_id = $1 AND plugin_id = $2",
         )
         .bind(tenant)
@@ -235,7 +235,7 @@ impl Scoped<'_> {
 
     pub async fn remove_plugin(&mut self, plugin_id: &str) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let affected = on!(&mut self.exec, c => sqlx::query(
+        let affected = on!(self.entered().await?, c => sqlx::query(
             "DELETE FROM plugins WHERE tenant_id = $1 AND plugin_id = $2",
         )
         .bind(tenant)
@@ -264,7 +264,7 @@ impl Scoped<'_> {
              WHERE tenant_id = $1 AND plugin_id = $2{filter} ORDER BY id DESC LIMIT $3"
         );
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .bind(plugin_id)
             .bind(limit)

@@ -86,7 +86,7 @@ impl Scoped<'_> {
             columns(self.dialect())
         );
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .bind(entity_id)
             .bind(id)
@@ -112,7 +112,7 @@ impl Scoped<'_> {
         let binds: Vec<SqlValue> = std::iter::once(SqlValue::Text(self.tenant.to_string()))
             .chain(ids.iter().map(|id| SqlValue::Text(id.clone())))
             .collect();
-        Ok(on!(&mut self.exec, c =>
+        Ok(on!(self.entered().await?, c =>
             bind_all_as(sqlx::query_as(&sql), &binds).fetch_all(&mut **c).await?))
     }
 
@@ -133,7 +133,7 @@ impl Scoped<'_> {
         let binds: Vec<SqlValue> = std::iter::once(SqlValue::Text(self.tenant.to_string()))
             .chain(ids.iter().map(|id| SqlValue::Text(id.clone())))
             .collect();
-        Ok(on!(&mut self.exec, c => {
+        Ok(on!(self.entered().await?, c => {
             let query = bind_all_as::<_, (String,)>(sqlx::query_as(&sql), &binds);
             query.fetch_all(&mut **c).await?.into_iter().map(|(id,)| id).collect()
         }))
@@ -153,7 +153,7 @@ impl Scoped<'_> {
         );
         let mut binds = query.binds;
         binds[0] = SqlValue::Text(self.tenant.to_string());
-        Ok(on!(&mut self.exec, c =>
+        Ok(on!(self.entered().await?, c =>
             bind_all_as(sqlx::query_as(&sql), &binds).fetch_all(&mut **c).await?))
     }
 
@@ -189,7 +189,7 @@ impl Scoped<'_> {
                     .bind(version)
             };
         }
-        match &mut self.exec {
+        match self.entered().await? {
             Exec::Sqlite(c) => {
                 // The history row is written only if the update changed the record (`changes()`).
                 let sql = format!(
@@ -228,7 +228,7 @@ impl Scoped<'_> {
         changes: &str,
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let affected = on!(&mut self.exec, c => sqlx::query(
+        let affected = on!(self.entered().await?, c => sqlx::query(
             "UPDATE records SET owner_id = $4, version = version + 1, updated_at = $5, updated_by = $6 \
              WHERE tenant_id = $1 AND entity_id = $2 AND id = $3 AND version = $7 AND deleted_at IS NULL",
         )
@@ -260,7 +260,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let affected = on!(&mut self.exec, c => sqlx::query(
+        let affected = on!(self.entered().await?, c => sqlx::query(
             "UPDATE records SET deleted_at = $4, version = version + 1, updated_at = $5, updated_by = $6 \
              WHERE tenant_id = $1 AND entity_id = $2 AND id = $3 AND version = $7",
         )
@@ -280,7 +280,7 @@ impl Scoped<'_> {
     /// Deletes a record and its history for good.
     pub async fn purge_record(&mut self, entity_id: i64, id: &str) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let affected = on!(&mut self.exec, c => {
+        let affected = on!(self.entered().await?, c => {
             sqlx::query("DELETE FROM record_history WHERE tenant_id = $1 AND entity_id = $2 AND record_id = $3")
                 .bind(tenant)
                 .bind(entity_id)
@@ -315,7 +315,7 @@ impl Scoped<'_> {
             self.dialect().json_param(8)
         );
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(&sql)
+        on!(self.entered().await?, c => sqlx::query(&sql)
             .bind(tenant)
             .bind(entity_id)
             .bind(record_id)
@@ -343,7 +343,7 @@ impl Scoped<'_> {
              WHERE tenant_id = $1 AND entity_id = $2 AND record_id = $3 ORDER BY id"
         );
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .bind(entity_id)
             .bind(record_id)
@@ -361,7 +361,7 @@ impl Scoped<'_> {
             self.dialect().data_column()
         );
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c =>
+        Ok(on!(self.entered().await?, c =>
             sqlx::query_as(&sql).bind(tenant).bind(entity_id).fetch_all(&mut **c).await?))
     }
 
@@ -377,7 +377,7 @@ impl Scoped<'_> {
             self.dialect().body_param("$4")
         );
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(&sql)
+        on!(self.entered().await?, c => sqlx::query(&sql)
             .bind(tenant)
             .bind(entity_id)
             .bind(id)
@@ -398,7 +398,7 @@ impl Scoped<'_> {
             "SELECT 1 FROM records WHERE tenant_id = $1 AND entity_id = {referencing_entity} AND {expr} IS NOT NULL LIMIT 1"
         );
         let tenant = self.tenant.as_str();
-        let found: Option<i32> = on!(&mut self.exec, c => sqlx::query_scalar(&sql).bind(tenant).fetch_optional(&mut **c).await?);
+        let found: Option<i32> = on!(self.entered().await?, c => sqlx::query_scalar(&sql).bind(tenant).fetch_optional(&mut **c).await?);
         Ok(found.is_some())
     }
 
@@ -408,7 +408,7 @@ impl Scoped<'_> {
         key: &str,
     ) -> Result<Option<IdempotentResponse>, StoreError> {
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(
+        Ok(on!(self.entered().await?, c => sqlx::query_as(
             "SELECT request_hash, status, response FROM idempotency_keys WHERE tenant_id = $1 AND user_id = $2 AND key = $3",
         )
         .bind(tenant)
@@ -427,7 +427,7 @@ impl Scoped<'_> {
         response: &str,
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "INSERT INTO idempotency_keys (tenant_id, user_id, key, request_hash, status, response, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -529,7 +529,7 @@ impl Scoped<'_> {
             "",
             history_rows,
         ));
-        match &mut self.exec {
+        match self.entered().await? {
             // SQLite runs every statement of one query string: one hop to its worker thread.
             Exec::Sqlite(c) => {
                 let sql: Vec<&str> = statements.iter().map(|(sql, _)| sql.as_str()).collect();
@@ -572,7 +572,7 @@ impl Scoped<'_> {
                 SqlValue::Text(except.unwrap_or_default().to_owned()),
             ];
             binds.extend(chunk.iter().cloned());
-            let rows: Vec<(String, String)> = on!(&mut self.exec, c =>
+            let rows: Vec<(String, String)> = on!(self.entered().await?, c =>
                 bind_all_as(sqlx::query_as(&sql), &binds).fetch_all(&mut **c).await?);
             found.extend(rows);
         }
@@ -586,7 +586,7 @@ impl Scoped<'_> {
         field: &str,
         count: i64,
     ) -> Result<i64, StoreError> {
-        let first: Option<i64> = on!(&mut self.exec, c => sqlx::query_scalar(
+        let first: Option<i64> = on!(self.entered().await?, c => sqlx::query_scalar(
             "UPDATE auto_numbers SET next_value = next_value + $3 WHERE entity_id = $1 AND field = $2 RETURNING next_value - $3",
         )
         .bind(entity_id)

@@ -151,7 +151,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "INSERT INTO webhooks (id, tenant_id, name, url, secret, description, max_attempts, \
              backoff_seconds, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
         )
@@ -176,7 +176,7 @@ impl Scoped<'_> {
              ORDER BY name"
         );
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .fetch_all(&mut **c)
             .await?))
@@ -195,7 +195,7 @@ impl Scoped<'_> {
     /// The names of the live webhooks.
     pub async fn webhook_names(&mut self) -> Result<Vec<String>, StoreError> {
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_scalar(
+        Ok(on!(self.entered().await?, c => sqlx::query_scalar(
             "SELECT name FROM webhooks WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY name",
         )
         .bind(tenant)
@@ -213,7 +213,7 @@ impl Scoped<'_> {
              AND deleted_at IS NULL"
         );
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .bind(key)
             .fetch_optional(&mut **c)
@@ -230,7 +230,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "UPDATE webhooks SET url = $1, description = $2, max_attempts = $3, backoff_seconds = $4, \
              updated_at = $5 WHERE tenant_id = $6 AND id = $7",
         )
@@ -254,7 +254,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "UPDATE webhooks SET secret = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
         )
         .bind(secret)
@@ -273,7 +273,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "UPDATE webhooks SET deleted_at = $1 WHERE tenant_id = $2 AND id = $3",
         )
         .bind(Timestamp(now))
@@ -296,7 +296,7 @@ impl Scoped<'_> {
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
         let delivered = (settled.status == "delivered").then_some(settled.now);
-        let held = on!(&mut self.exec, c => sqlx::query(
+        let held = on!(self.entered().await?, c => sqlx::query(
             "UPDATE outbox SET status = $1, attempts = $2, next_at = $3, last_error = $4, \
              delivered_at = $5, lease_until = NULL \
              WHERE tenant_id = $6 AND id = $7 AND lease_until = $8",
@@ -315,7 +315,7 @@ impl Scoped<'_> {
         if held == 0 {
             return Ok(false);
         }
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "INSERT INTO deliveries (tenant_id, message_id, webhook_id, attempt, url, status_code, \
              error, duration_ms, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
@@ -338,7 +338,7 @@ impl Scoped<'_> {
     /// there was such a message.
     pub async fn redeliver(&mut self, id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let moved = on!(&mut self.exec, c => sqlx::query(
+        let moved = on!(self.entered().await?, c => sqlx::query(
             "UPDATE outbox SET status = 'pending', attempts = 0, next_at = $1, last_error = NULL, \
              lease_until = NULL WHERE tenant_id = $2 AND id = $3 AND status = 'failed'",
         )
@@ -359,7 +359,7 @@ impl Scoped<'_> {
         limit: i64,
     ) -> Result<Vec<Delivery>, StoreError> {
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(
+        Ok(on!(self.entered().await?, c => sqlx::query_as(
             "SELECT id, message_id, webhook_id, attempt, url, status_code, error, duration_ms, \
              started_at FROM deliveries WHERE tenant_id = $1 AND webhook_id = $2 \
              AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",

@@ -250,7 +250,7 @@ impl Scoped<'_> {
              ORDER BY name"
         );
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .fetch_all(&mut **c)
             .await?))
@@ -262,7 +262,7 @@ impl Scoped<'_> {
              AND deleted_at IS NULL"
         );
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .bind(name)
             .fetch_optional(&mut **c)
@@ -274,7 +274,7 @@ impl Scoped<'_> {
         let sql =
             format!("SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE tenant_id = $1 AND id = $2");
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .bind(id)
             .fetch_optional(&mut **c)
@@ -288,7 +288,7 @@ impl Scoped<'_> {
         version: i64,
     ) -> Result<Option<String>, StoreError> {
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_scalar(
+        Ok(on!(self.entered().await?, c => sqlx::query_scalar(
             "SELECT v.definition FROM workflow_versions v JOIN workflows w ON w.id = v.workflow_id \
              WHERE w.tenant_id = $1 AND v.workflow_id = $2 AND v.version = $3",
         )
@@ -310,7 +310,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "INSERT INTO workflows (id, tenant_id, name, version, enabled, definition, created_at, \
              created_by, updated_at, updated_by) VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $6, $7)",
         )
@@ -336,7 +336,7 @@ impl Scoped<'_> {
         user: &str,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "INSERT INTO workflow_versions (workflow_id, version, definition, created_at, created_by) \
              VALUES ($1, $2, $3, $4, $5)",
         )
@@ -363,7 +363,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let updated = on!(&mut self.exec, c => sqlx::query(
+        let updated = on!(self.entered().await?, c => sqlx::query(
             "UPDATE workflows SET version = version + 1, enabled = $1, definition = $2, \
              updated_at = $3, updated_by = $4 \
              WHERE tenant_id = $5 AND id = $6 AND version = $7 AND deleted_at IS NULL",
@@ -394,7 +394,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "UPDATE workflows SET enabled = $1, updated_at = $2, updated_by = $3 \
              WHERE tenant_id = $4 AND id = $5",
         )
@@ -417,7 +417,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "UPDATE workflows SET deleted_at = $1, enabled = $2 WHERE tenant_id = $3 AND id = $4",
         )
         .bind(Timestamp(now))
@@ -427,7 +427,7 @@ impl Scoped<'_> {
         .execute(&mut **c)
         .await
         .map(drop)?);
-        let cancelled = on!(&mut self.exec, c => sqlx::query(
+        let cancelled = on!(self.entered().await?, c => sqlx::query(
             "UPDATE workflow_runs SET status = 'cancelled', next_step = NULL, finished_at = $1, \
              updated_at = $1, error = 'the workflow was deleted', lease_owner = NULL, lease_until = NULL \
              WHERE tenant_id = $2 AND workflow_id = $3 AND status IN ('pending', 'running', 'waiting')",
@@ -438,7 +438,7 @@ impl Scoped<'_> {
         .execute(&mut **c)
         .await?
         .rows_affected());
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "UPDATE approvals SET status = 'cancelled', decided_at = $1 \
              WHERE tenant_id = $2 AND status = 'pending' AND run_id IN \
              (SELECT id FROM workflow_runs WHERE tenant_id = $2 AND workflow_id = $3 AND status = 'cancelled')",
@@ -465,7 +465,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "INSERT INTO workflow_timers (workflow_id, tenant_id, next_at, watermark) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (workflow_id) DO UPDATE SET \
                next_at = CASE WHEN workflow_timers.next_at <= $4 THEN workflow_timers.next_at \
@@ -492,7 +492,7 @@ impl Scoped<'_> {
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "UPDATE workflow_timers SET next_at = $1 \
              WHERE tenant_id = $2 AND workflow_id = $3 AND next_at > $1",
         )
@@ -508,7 +508,7 @@ impl Scoped<'_> {
     /// Removes a workflow's timer (it is disabled, deleted or no longer timed).
     pub async fn drop_timer(&mut self, workflow_id: &str) -> Result<(), StoreError> {
         let tenant = self.tenant.as_str();
-        on!(&mut self.exec, c => sqlx::query(
+        on!(self.entered().await?, c => sqlx::query(
             "DELETE FROM workflow_timers WHERE tenant_id = $1 AND workflow_id = $2",
         )
         .bind(tenant)
@@ -530,7 +530,7 @@ impl Scoped<'_> {
         watermark: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let moved = on!(&mut self.exec, c => sqlx::query(
+        let moved = on!(self.entered().await?, c => sqlx::query(
             "UPDATE workflow_timers SET next_at = $1, watermark = $2 \
              WHERE tenant_id = $3 AND workflow_id = $4 AND next_at = $5",
         )
@@ -580,7 +580,7 @@ impl Scoped<'_> {
             rows,
         );
         for (sql, binds) in &statements {
-            on!(&mut self.exec, c => bind_all(sqlx::query(sql), binds)
+            on!(self.entered().await?, c => bind_all(sqlx::query(sql), binds)
                 .execute(&mut **c)
                 .await
                 .map(drop)?);
@@ -592,7 +592,7 @@ impl Scoped<'_> {
         let sql =
             format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE tenant_id = $1 AND id = $2");
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .bind(id)
             .fetch_optional(&mut **c)
@@ -622,7 +622,7 @@ impl Scoped<'_> {
             filter.limit,
         );
         Ok(
-            on!(&mut self.exec, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
+            on!(self.entered().await?, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
             .fetch_all(&mut **c)
             .await?),
         )
@@ -631,7 +631,7 @@ impl Scoped<'_> {
     /// The steps of a run, in the order they ran.
     pub async fn run_steps(&mut self, run_id: &str) -> Result<Vec<StoredStep>, StoreError> {
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(
+        Ok(on!(self.entered().await?, c => sqlx::query_as(
             "SELECT s.seq, s.step_id, s.type, s.status, s.attempts, s.input, s.output, s.error, \
              s.started_at, s.finished_at FROM workflow_steps s JOIN workflow_runs r ON r.id = s.run_id \
              WHERE r.tenant_id = $1 AND s.run_id = $2 ORDER BY s.seq",
@@ -679,7 +679,7 @@ impl Scoped<'_> {
              WHERE tenant_id = $9 AND id = $10 AND lease_owner = $11 \
              AND ((next_step IS NULL AND $12 IS NULL) OR next_step = $12)"
         );
-        let changed = on!(&mut self.exec, c => bind_all(sqlx::query(&sql), &binds)
+        let changed = on!(self.entered().await?, c => bind_all(sqlx::query(&sql), &binds)
             .execute(&mut **c)
             .await?
             .rows_affected());
@@ -694,7 +694,7 @@ impl Scoped<'_> {
         until: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let changed = on!(&mut self.exec, c => sqlx::query(
+        let changed = on!(self.entered().await?, c => sqlx::query(
             "UPDATE workflow_runs SET lease_until = $1 WHERE tenant_id = $2 AND id = $3 AND lease_owner = $4",
         )
         .bind(Timestamp(until))
@@ -722,7 +722,7 @@ impl Scoped<'_> {
             SqlValue::Timestamp(step.started_at),
             SqlValue::timestamp_or_null(step.finished_at),
         ];
-        on!(&mut self.exec, c => bind_all(sqlx::query(
+        on!(self.entered().await?, c => bind_all(sqlx::query(
             "INSERT INTO workflow_steps (run_id, seq, step_id, type, status, attempts, input, output, \
              error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (run_id, seq) DO UPDATE SET status = excluded.status, \
@@ -738,7 +738,7 @@ impl Scoped<'_> {
     /// The last step row of a run (the one a resumed or retried run goes on with).
     pub async fn last_step(&mut self, run_id: &str) -> Result<Option<StoredStep>, StoreError> {
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(
+        Ok(on!(self.entered().await?, c => sqlx::query_as(
             "SELECT s.seq, s.step_id, s.type, s.status, s.attempts, s.input, s.output, s.error, \
              s.started_at, s.finished_at FROM workflow_steps s JOIN workflow_runs r ON r.id = s.run_id \
              WHERE r.tenant_id = $1 AND s.run_id = $2 ORDER BY s.seq DESC LIMIT 1",
@@ -756,7 +756,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let changed = on!(&mut self.exec, c => sqlx::query(
+        let changed = on!(self.entered().await?, c => sqlx::query(
             "UPDATE workflow_runs SET status = 'pending', attempt = 0, next_at = $1, error = NULL, \
              finished_at = NULL, updated_at = $1, lease_owner = NULL, lease_until = NULL \
              WHERE tenant_id = $2 AND id = $3 AND status = 'failed' AND next_step IS NOT NULL",
@@ -782,7 +782,7 @@ impl Scoped<'_> {
             SqlValue::text_or_null(note.run_id.as_deref()),
             SqlValue::Timestamp(note.created_at),
         ];
-        on!(&mut self.exec, c => bind_all(sqlx::query(
+        on!(self.entered().await?, c => bind_all(sqlx::query(
             "INSERT INTO notifications (id, tenant_id, user_id, message, entity, record_id, workflow, \
              run_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         ), &binds)
@@ -813,7 +813,7 @@ impl Scoped<'_> {
         }
         super::newest_first(&mut sql, &mut binds, &[("id < ", before)], limit);
         Ok(
-            on!(&mut self.exec, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
+            on!(self.entered().await?, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
             .fetch_all(&mut **c)
             .await?),
         )
@@ -827,7 +827,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let changed = on!(&mut self.exec, c => sqlx::query(
+        let changed = on!(self.entered().await?, c => sqlx::query(
             "UPDATE notifications SET read_at = COALESCE(read_at, $1) \
              WHERE tenant_id = $2 AND user_id = $3 AND id = $4",
         )
@@ -878,7 +878,7 @@ impl Scoped<'_> {
             SqlValue::Text(approval.message.clone()),
             SqlValue::Timestamp(approval.created_at),
         ];
-        on!(&mut self.exec, c => bind_all(sqlx::query(
+        on!(self.entered().await?, c => bind_all(sqlx::query(
             "INSERT INTO approvals (id, tenant_id, run_id, step_id, workflow, entity, record_id, \
              approvers, message, status, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10)",
@@ -893,7 +893,7 @@ impl Scoped<'_> {
         let sql =
             format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 AND id = $2");
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_as(&sql)
+        Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
             .bind(id)
             .fetch_optional(&mut **c)
@@ -922,7 +922,7 @@ impl Scoped<'_> {
             limit,
         );
         Ok(
-            on!(&mut self.exec, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
+            on!(self.entered().await?, c => super::bind_all_as(sqlx::query_as(&sql), &binds)
             .fetch_all(&mut **c)
             .await?),
         )
@@ -945,7 +945,7 @@ impl Scoped<'_> {
             SqlValue::Text(self.tenant.as_str().to_owned()),
             SqlValue::Text(id.to_owned()),
         ];
-        let changed = on!(&mut self.exec, c => bind_all(sqlx::query(
+        let changed = on!(self.entered().await?, c => bind_all(sqlx::query(
             "UPDATE approvals SET status = $1, decided_by = $2, comment = $3, decided_at = $4 \
              WHERE tenant_id = $5 AND id = $6 AND status = 'pending'",
         ), &binds)
@@ -963,7 +963,7 @@ impl Scoped<'_> {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let tenant = self.tenant.as_str();
-        let changed = on!(&mut self.exec, c => sqlx::query(
+        let changed = on!(self.entered().await?, c => sqlx::query(
             "UPDATE workflow_runs SET next_at = $1, updated_at = $1 \
              WHERE tenant_id = $2 AND id = $3 AND next_step = $4 AND status = 'waiting'",
         )
@@ -982,7 +982,7 @@ impl Scoped<'_> {
     /// Counts one more turn of a workflow step's round robin and answers the count (1, 2, …).
     pub async fn next_turn(&mut self, workflow_id: &str, step_id: &str) -> Result<i64, StoreError> {
         let tenant = self.tenant.as_str();
-        Ok(on!(&mut self.exec, c => sqlx::query_scalar(
+        Ok(on!(self.entered().await?, c => sqlx::query_scalar(
             "INSERT INTO workflow_counters (tenant_id, workflow_id, step_id, value) VALUES ($1, $2, $3, 1) \
              ON CONFLICT (workflow_id, step_id) DO UPDATE SET value = workflow_counters.value + 1 \
              RETURNING value",

@@ -33,6 +33,8 @@ pub struct WorkflowDefinition {
     pub description: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    #[serde(default, skip_serializing_if = "RunAs::is_trigger")]
+    pub run_as: RunAs,
     pub trigger: Trigger,
     #[serde(default)]
     pub retry: Retry,
@@ -41,6 +43,23 @@ pub struct WorkflowDefinition {
 
 fn yes() -> bool {
     true
+}
+
+/// Whom a run acts as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunAs {
+    /// The user whose write or call started the run.
+    #[default]
+    Trigger,
+    /// The administrator who last saved the workflow.
+    Owner,
+}
+
+impl RunAs {
+    fn is_trigger(&self) -> bool {
+        *self == RunAs::Trigger
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -477,7 +477,11 @@ impl StepRun<'_> {
         let mut outputs: Map<String, Value> =
             serde_json::from_str(&run.context).unwrap_or_default();
         let record = match (&run.entity, &run.record_id) {
-            (Some(entity), Some(id)) => self.records.step_record(scoped, entity, id).await?,
+            (Some(entity), Some(id)) => {
+                self.records
+                    .step_record(scoped, &principal, entity, id)
+                    .await?
+            }
             _ => None,
         };
         let scope = Scope {

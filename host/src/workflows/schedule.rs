@@ -331,7 +331,7 @@ fn first_step(compiled: &Compiled) -> Option<String> {
 
 /// Whom a timed run acts as: the user who last saved the workflow, or (saved by `schema apply`,
 /// or since removed) the tenant's first administrator.
-async fn run_as(scoped: &mut Scoped<'_>, saved_by: &str) -> Result<String, StoreError> {
+pub(super) async fn run_as(scoped: &mut Scoped<'_>, saved_by: &str) -> Result<String, StoreError> {
     if let Some(principal) = scoped.user_principal(saved_by).await? {
         return Ok(principal.user.to_string());
     }
