@@ -13,6 +13,11 @@ fn rapport(database_url: &str, args: &[&str]) -> Output {
         .env("RAPPORT_DATABASE_URL", database_url)
         .env("RAPPORT_LOG", "warn")
         .env("RAPPORT_PLUGINS_DIR", rapport_tests::plugins_dir())
+        // Compiled components go to the build's directory, not into the source tree.
+        .env(
+            "RAPPORT_CACHE_DIR",
+            std::env::temp_dir().join("rapport-cli-tests-cache"),
+        )
         .output()
         .expect("rapport runs")
 }
