@@ -15,6 +15,7 @@ on_both_backends!(
     passwords_sign_in_and_failures_lock,
     changes_and_refusals_are_audited,
     roles_and_teams_are_managed_as_data,
+    every_route_answers_each_role_as_its_permissions_say,
 );
 
 /// An app with `account` (a `notes` field hidden from reps, a read-only `credit_limit`), a
@@ -950,4 +951,360 @@ async fn row_level_security_hides_other_tenants_from_a_query_without_the_filter(
     assert_eq!(all, 3);
     drop(conn);
     app.stop().await;
+}
+
+/// Sends as `token` and returns the reply; the body is always JSON or empty.
+async fn call(
+    app: &TestApp,
+    token: &str,
+    method: &Method,
+    path: &str,
+    body: Option<&Value>,
+) -> rapport_tests::Reply {
+    app.send(method.clone(), path, token, body, &[]).await
+}
+
+fn created_id(reply: &rapport_tests::Reply) -> String {
+    assert!(reply.status.is_success(), "{:?}", reply.body);
+    reply.body["id"].as_str().expect("an id").to_owned()
+}
+
+/// One tenant's objects the routes name.
+struct Objects {
+    record: String,
+    run: String,
+    token: String,
+    user: String,
+    entity: &'static str,
+    workflow: &'static str,
+    webhook: &'static str,
+    role: &'static str,
+    team: &'static str,
+}
+
+async fn tenant_objects(
+    app: &TestApp,
+    token: &str,
+    names: [&'static str; 5],
+    mark: &str,
+) -> Objects {
+    let [entity, workflow, webhook, role, team] = names;
+    let post = |path: &str, body: Value| {
+        let path = path.to_owned();
+        async move { call(app, token, &Method::POST, &path, Some(&body)).await }
+    };
+    for name in ["thing", entity] {
+        let defined = post(
+            "/api/v1/entities",
+            json!({"name": name, "fields": [
+                {"name": "name", "type": "text", "required": true},
+                {"name": "secret", "type": "text"}
+            ]}),
+        )
+        .await;
+        assert!(defined.status.is_success() || defined.status == StatusCode::CONFLICT);
+    }
+    let record = created_id(
+        &post(
+            "/api/v1/records/thing",
+            json!({"data": {"name": mark, "secret": format!("{mark}-HIDDEN")}}),
+        )
+        .await,
+    );
+    post(
+        &format!("/api/v1/records/{entity}"),
+        json!({"data": {"name": mark}}),
+    )
+    .await;
+    let workflow_body = json!({"name": workflow, "trigger": {"type": "manual"},
+        "steps": [{"id": "a", "type": "wait", "for": "1h"}]});
+    assert!(
+        post("/api/v1/workflows", workflow_body)
+            .await
+            .status
+            .is_success()
+    );
+    let run = created_id(&post(&format!("/api/v1/workflows/{workflow}/runs"), json!({})).await);
+    assert!(
+        post(
+            "/api/v1/webhooks",
+            json!({"name": webhook, "url": "https://example.com/hook"})
+        )
+        .await
+        .status
+        .is_success()
+    );
+    assert!(
+        post(
+            "/api/v1/roles",
+            json!({"name": role, "entities": {"*": {"read": "all"},
+        "thing": {"read": "all", "fields": {"secret": "none"}}}})
+        )
+        .await
+        .status
+        .is_success()
+    );
+    let me = call(app, token, &Method::GET, "/api/v1/me", None).await;
+    let user = me.body["user"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        post("/api/v1/teams", json!({"name": team, "members": [user]}))
+            .await
+            .status
+            .is_success()
+    );
+    let token_id = created_id(&post("/api/v1/tokens", json!({"name": "spare"})).await);
+    Objects {
+        record,
+        run,
+        token: token_id,
+        user,
+        entity,
+        workflow,
+        webhook,
+        role,
+        team,
+    }
+}
+
+/// A concrete path for a route template, naming `objects`.
+fn concrete(template: &str, objects: &Objects) -> String {
+    let segments: Vec<&str> = template.split('/').collect();
+    let mut out = Vec::new();
+    for (index, segment) in segments.iter().enumerate() {
+        let owner = segments[..index]
+            .iter()
+            .rev()
+            .find(|s| !s.starts_with('{'))
+            .copied()
+            .unwrap_or("");
+        let value = match (*segment, owner) {
+            ("{entity}", _) | ("{source}", _) => "thing".to_owned(),
+            ("{field}", _) => "name".to_owned(),
+            ("{name}", "entities") => objects.entity.to_owned(),
+            ("{name}", "workflows") => objects.workflow.to_owned(),
+            ("{name}", "webhooks") => objects.webhook.to_owned(),
+            ("{name}", "roles") => objects.role.to_owned(),
+            ("{name}", "teams") => objects.team.to_owned(),
+            ("{name}", _) => "no_such_view".to_owned(),
+            ("{id}", "runs") => objects.run.clone(),
+            ("{id}", "tokens") => objects.token.clone(),
+            ("{id}", "users") => objects.user.clone(),
+            ("{id}", "plugins") => "minimal".to_owned(),
+            ("{id}", "packs") => "exhibition".to_owned(),
+            ("{id}", _) if template.starts_with("/api/v1/records") => objects.record.clone(),
+            ("{id}", _) => "0192f3a4-0000-7000-8000-000000000000".to_owned(),
+            (other, _) => other.to_owned(),
+        };
+        out.push(value);
+    }
+    let path = out.join("/");
+    // Pack operations only show what they would do.
+    if template.starts_with("/api/v1/packs/") {
+        format!("{path}?dry_run=true")
+    } else {
+        path
+    }
+}
+
+/// A body a route accepts, so that what the test sees is the answer to who asks, not to a
+/// malformed request.
+fn body_for(method: &Method, template: &str, objects: &Objects, owner: &str) -> Option<Value> {
+    if *method == Method::GET || *method == Method::DELETE {
+        return None;
+    }
+    let fields = json!([{"name": "name", "type": "text", "required": true}, {"name": "secret", "type": "text"}]);
+    let record_path = template
+        .strip_prefix("/api/v1/records/")
+        .unwrap_or_default();
+    let parts: Vec<&str> = record_path.split('/').collect();
+    Some(match template {
+        _ if matches!(parts.as_slice(), [_] | [_, "{id}"]) && !record_path.is_empty() => {
+            json!({"data": {"name": "changed"}})
+        }
+        "/api/v1/records/{entity}/{id}/assign" => json!({"owner": owner}),
+        "/api/v1/entities/{name}" => json!({"name": objects.entity, "fields": fields}),
+        "/api/v1/workflows/{name}" => {
+            json!({"name": objects.workflow, "trigger": {"type": "manual"},
+            "steps": [{"id": "a", "type": "wait", "for": "1h"}]})
+        }
+        "/api/v1/webhooks/{name}" => {
+            json!({"name": objects.webhook, "url": "https://example.com/hook"})
+        }
+        "/api/v1/users/{id}/password" => json!({"password": "a long enough password"}),
+        _ => json!({}),
+    })
+}
+
+/// Every route of the OpenAPI description, as three roles of one tenant and against another
+/// tenant's objects: administrator routes refuse the others (403), another tenant's objects are
+/// not found (404), hidden fields and the other tenant's data never appear, nothing fails.
+async fn every_route_answers_each_role_as_its_permissions_say(app: &TestApp) {
+    let globex = app.other_tenant("globex").await;
+    let theirs = tenant_objects(
+        app,
+        &globex,
+        ["gadget", "gw", "gh", "grole", "gteam"],
+        "GLOBEX",
+    )
+    .await;
+    let ours = tenant_objects(app, &app.token, ["widget", "w", "h", "reader", "t"], "ACME").await;
+    let (member, _) = app.user_with_roles("mallory", &["member"]).await;
+    let (reader, _) = app.user_with_roles("rita", &["reader"]).await;
+    let document = app.get("/api/v1/openapi.json").await.body;
+    let mut operations: Vec<(Method, String, bool)> = Vec::new();
+    for (template, item) in document["paths"].as_object().unwrap() {
+        // Signing in and out are about the caller's own session (tested above).
+        if template == "/healthz" || template.starts_with("/api/v1/sessions") {
+            continue;
+        }
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if let Some(operation) = item.get(method) {
+                let admin = operation.get("x-rapport-admin") == Some(&Value::Bool(true));
+                operations.push((
+                    method.to_uppercase().parse().unwrap(),
+                    template.clone(),
+                    admin,
+                ));
+            }
+        }
+    }
+    assert!(operations.len() > 60, "{} operations", operations.len());
+    // Reads before writes, deletes last: the objects stay until the end.
+    let order = |method: &Method| match *method {
+        Method::GET => 0,
+        Method::DELETE => 2,
+        _ => 1,
+    };
+    operations.sort_by_key(|(method, template, _)| (order(method), template.clone()));
+    let others = [
+        theirs.record.as_str(),
+        theirs.user.as_str(),
+        theirs.run.as_str(),
+        theirs.token.as_str(),
+        "GLOBEX",
+    ];
+    for (role, token) in [
+        ("reader", &reader),
+        ("member", &member),
+        ("administrator", &app.token),
+    ] {
+        for (method, template, admin_only) in &operations {
+            // Our own objects.
+            let path = concrete(template, &ours);
+            let sent = body_for(method, template, &ours, &ours.user);
+            let reply = call(app, token, method, &path, sent.as_ref()).await;
+            let what = format!("{role} {method} {path}");
+            assert!(reply.status.as_u16() < 500, "{what}: {:?}", reply.body);
+            // The audit trail echoes the paths this test asked for, ids of the other tenant's
+            // included: its markers are checked, not its ids.
+            let text = reply.body.to_string();
+            let checked: &[&str] = if template == "/api/v1/audit" {
+                &["GLOBEX"]
+            } else {
+                &others
+            };
+            for other in checked {
+                assert!(
+                    !text.contains(other),
+                    "{what} shows another tenant's `{other}`: {text}"
+                );
+            }
+            if role == "reader" {
+                assert!(
+                    !text.contains("ACME-HIDDEN"),
+                    "{what} shows a hidden field: {text}"
+                );
+            }
+            // `{id}` of a user route names the administrator: another user for the others.
+            let someone_else = template.starts_with("/api/v1/users/") && role != "administrator";
+            if (*admin_only || someone_else) && role != "administrator" {
+                assert_eq!(
+                    reply.status,
+                    StatusCode::FORBIDDEN,
+                    "{what}: {:?}",
+                    reply.body
+                );
+            } else if role == "administrator" || role == "member" && !template.ends_with("/assign")
+            {
+                // A member may do anything but administer and reassign records.
+                assert_ne!(
+                    reply.status,
+                    StatusCode::FORBIDDEN,
+                    "{what}: {:?}",
+                    reply.body
+                );
+            } else if reply.status == StatusCode::FORBIDDEN {
+                // A reader is refused writes of records, and nothing else.
+                assert!(
+                    template.starts_with("/api/v1/records") && *method != Method::GET,
+                    "{what}: {:?}",
+                    reply.body
+                );
+            }
+            // The other tenant's objects, named from here.
+            let foreign = concrete(template, &theirs);
+            if foreign == path
+                || template.starts_with("/api/v1/roles/")
+                || template.starts_with("/api/v1/teams/") && *method == Method::PUT
+            {
+                continue;
+            }
+            let sent = body_for(method, template, &theirs, &ours.user);
+            let reply = call(app, token, method, &foreign, sent.as_ref()).await;
+            let what = format!("{role} {method} {foreign} (another tenant's)");
+            let text = reply.body.to_string();
+            for other in others {
+                assert!(
+                    !text.contains(other)
+                        || reply.status == StatusCode::NOT_FOUND && !text.contains("GLOBEX-"),
+                    "{what}: {text}"
+                );
+            }
+            if role == "administrator" {
+                assert_eq!(
+                    reply.status,
+                    StatusCode::NOT_FOUND,
+                    "{what}: {:?}",
+                    reply.body
+                );
+            } else {
+                assert!(
+                    matches!(reply.status, StatusCode::NOT_FOUND | StatusCode::FORBIDDEN),
+                    "{what}: {:?}",
+                    reply.body
+                );
+            }
+        }
+    }
+    // The other tenant lost nothing.
+    let record = call(
+        app,
+        &globex,
+        &Method::GET,
+        &format!("/api/v1/records/thing/{}", theirs.record),
+        None,
+    )
+    .await;
+    assert_eq!(record.status, StatusCode::OK);
+    for path in [
+        "/api/v1/entities/gadget",
+        "/api/v1/workflows/gw",
+        "/api/v1/webhooks/gh",
+        "/api/v1/roles/grole",
+        "/api/v1/teams/gteam",
+    ] {
+        assert_eq!(
+            call(app, &globex, &Method::GET, path, None).await.status,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    let tokens = call(app, &globex, &Method::GET, "/api/v1/tokens", None).await;
+    assert!(
+        tokens.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["revoked_at"].is_null())
+    );
 }

@@ -66,6 +66,70 @@ impl Limiter {
     }
 }
 
+/// The routes only administrators may use: method and route below `/api/v1`. The guard refuses
+/// everyone else here, before a handler reads a body, and the OpenAPI document marks these
+/// operations `x-rapport-admin`. (Routes where a user acts on themselves — their own user,
+/// password and tokens — check inside.)
+pub const ADMIN_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/entities"),
+    ("PUT", "/entities/{name}"),
+    ("DELETE", "/entities/{name}"),
+    ("DELETE", "/entities/{name}/fields/{field}"),
+    ("POST", "/records/{entity}/recompute"),
+    ("GET", "/plugins"),
+    ("POST", "/plugins"),
+    ("GET", "/plugins/{id}"),
+    ("DELETE", "/plugins/{id}"),
+    ("POST", "/plugins/{id}/enable"),
+    ("POST", "/plugins/{id}/disable"),
+    ("PUT", "/plugins/{id}/config"),
+    ("GET", "/plugins/{id}/runs"),
+    ("POST", "/packs/{id}/install"),
+    ("POST", "/packs/{id}/upgrade"),
+    ("DELETE", "/packs/{id}"),
+    ("PATCH", "/tenant"),
+    ("GET", "/outbox"),
+    ("POST", "/outbox/{id}/redeliver"),
+    ("GET", "/webhooks"),
+    ("POST", "/webhooks"),
+    ("GET", "/webhooks/{name}"),
+    ("PUT", "/webhooks/{name}"),
+    ("DELETE", "/webhooks/{name}"),
+    ("POST", "/webhooks/{name}/rotate-secret"),
+    ("GET", "/webhooks/{name}/deliveries"),
+    ("GET", "/workflows"),
+    ("POST", "/workflows"),
+    ("GET", "/workflows/{name}"),
+    ("PUT", "/workflows/{name}"),
+    ("DELETE", "/workflows/{name}"),
+    ("POST", "/workflows/{name}/enable"),
+    ("POST", "/workflows/{name}/disable"),
+    ("GET", "/workflows/{name}/runs"),
+    ("POST", "/workflows/{name}/runs"),
+    ("GET", "/workflows/{name}/runs/{id}"),
+    ("POST", "/workflows/{name}/runs/{id}/retry"),
+    ("GET", "/users"),
+    ("POST", "/users"),
+    ("PATCH", "/users/{id}"),
+    ("GET", "/roles"),
+    ("POST", "/roles"),
+    ("GET", "/roles/{name}"),
+    ("PUT", "/roles/{name}"),
+    ("DELETE", "/roles/{name}"),
+    ("POST", "/teams"),
+    ("PUT", "/teams/{name}"),
+    ("DELETE", "/teams/{name}"),
+    ("GET", "/audit"),
+];
+
+/// Whether a route (method and template below `/api/v1`) is for administrators only.
+pub fn admin_only(method: &Method, template: &str) -> bool {
+    let template = template.strip_prefix("/api/v1").unwrap_or(template);
+    ADMIN_ROUTES
+        .iter()
+        .any(|(m, t)| *m == method.as_str() && *t == template)
+}
+
 /// The middleware of every `/api/v1` route.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
@@ -91,7 +155,19 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             Err(error) => return error.into_response(),
         }
     }
-    let response = next.run(Request::from_parts(parts, body)).await;
+    let response = match &principal {
+        Some(someone) if !someone.is_admin() && admin_only(&method, &template) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "`{method} {}` is for administrators; your roles are {}",
+                template.strip_prefix("/api/v1").unwrap_or(&template),
+                someone.access.role_names().join(", ")
+            ),
+        )
+        .into_response(),
+        _ => next.run(Request::from_parts(parts, body)).await,
+    };
     if let Some(principal) = principal {
         let status = response.status();
         if let Some((action, target)) = audited(&method, &template, &path, &query, status) {

@@ -23,6 +23,7 @@ pub async fn document(
         .await?;
     let mut schemas = fixed_schemas();
     let mut paths = fixed_paths();
+    mark_admin_routes(&mut paths);
     for entity in &entities {
         // Each caller is shown what they may use: not entities they have no permission on,
         // nor the fields hidden from them.
@@ -444,6 +445,19 @@ fn workflow_paths(paths: &mut Map<String, Value>, error: &Value) {
     }));
 }
 
+/// Marks the operations only administrators may use (`x-rapport-admin: true`), from the table
+/// the guard enforces.
+fn mark_admin_routes(paths: &mut Map<String, Value>) {
+    for (method, template) in super::guard::ADMIN_ROUTES {
+        let operation = paths
+            .get_mut(&format!("/api/v1{template}"))
+            .and_then(|path| path.get_mut(method.to_lowercase()));
+        if let Some(Value::Object(operation)) = operation {
+            operation.insert("x-rapport-admin".into(), Value::Bool(true));
+        }
+    }
+}
+
 /// Users, roles, teams, tokens, sessions, `me` and the audit trail.
 fn security_paths(paths: &mut Map<String, Value>) {
     let error = json!({"$ref": "#/components/responses/error"});
@@ -581,4 +595,24 @@ fn parameters() -> Value {
         "deleted": {"name": "deleted", "in": "query", "schema": {"enum": ["exclude", "include", "only"]}},
         "idempotency_key": {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}}
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_administrator_route_is_described_and_marked() {
+        let mut paths = fixed_paths();
+        mark_admin_routes(&mut paths);
+        for (method, template) in super::super::guard::ADMIN_ROUTES {
+            let operation = &paths[&format!("/api/v1{template}")][method.to_lowercase()];
+            assert_eq!(
+                operation["x-rapport-admin"],
+                Value::Bool(true),
+                "{method} {template}"
+            );
+        }
+        assert!(paths["/api/v1/me"]["get"].get("x-rapport-admin").is_none());
+    }
 }
