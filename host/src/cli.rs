@@ -262,15 +262,17 @@ pub enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SchemaCommand {
-    /// Writes every entity definition of a tenant as `<dir>/<entity>.json`, and every workflow
-    /// as `<dir>/workflows/<workflow>.json`.
+    /// Writes every entity definition of a tenant as `<dir>/<entity>.json`, every workflow as
+    /// `<dir>/workflows/<workflow>.json` and every role (but the built-in `administrator`) as
+    /// `<dir>/roles/<role>.json`.
     Export {
         dir: PathBuf,
         #[arg(long, env = "RAPPORT_TENANT")]
         tenant: String,
     },
-    /// Applies every `<dir>/*.json` entity definition and every `<dir>/workflows/*.json`
-    /// workflow in one transaction: shows the changes, then applies them all or none.
+    /// Applies every `<dir>/*.json` entity definition, every `<dir>/workflows/*.json` workflow
+    /// and every `<dir>/roles/*.json` role in one transaction: shows the changes, then applies
+    /// them all or none.
     Apply {
         dir: PathBuf,
         #[arg(long, env = "RAPPORT_TENANT")]
@@ -367,6 +369,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let Some(created) = store.create_user(&tenant, &name, &roles).await? else {
                 bail!("tenant `{tenant}` does not exist");
             };
+            if let Some(tenant_id) = store.tenant_id(&tenant).await? {
+                let mut tx = store.begin().await?;
+                let detail = serde_json::json!({"by": "cli", "name": name, "roles": roles});
+                tx.scoped(&tenant_id)
+                    .audit(None, "user.create", Some(&created.user_id), &detail)
+                    .await?;
+                tx.commit().await?;
+            }
             if json {
                 println!("{}", serde_json::to_string(&created)?);
             } else {
@@ -463,6 +473,25 @@ async fn install_plugin(
         state.plugins.set_enabled(&principal, id, true).await?;
         println!("enabled in `{tenant}`");
     }
+    let detail = serde_json::json!({"by": "cli", "version": installed.plugin.version,
+        "previous_version": installed.previous_version, "enabled": enable});
+    audit_cli(&state.store, &principal, "plugin.create", id, detail).await
+}
+
+/// Writes a change made from the command line to the tenant's audit trail, as the user the
+/// command acted as.
+async fn audit_cli(
+    store: &Store,
+    principal: &crate::auth::Principal,
+    action: &str,
+    target: &str,
+    detail: Value,
+) -> anyhow::Result<()> {
+    let mut tx = store.begin().await?;
+    tx.scoped(&principal.tenant)
+        .audit(Some(principal.user.as_str()), action, Some(target), &detail)
+        .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -593,6 +622,27 @@ async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
                 }
             }
             println!("{} workflows exported", workflows.len());
+            let roles = {
+                let mut conn = state.store.reader().await?;
+                conn.scoped(&tenant_id).roles().await?
+            };
+            let roles: Vec<_> = roles
+                .into_iter()
+                .filter(|role| role.name != crate::auth::role::ADMINISTRATOR)
+                .collect();
+            if !roles.is_empty() {
+                let dir = dir.join("roles");
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create `{}`", dir.display()))?;
+                for role in &roles {
+                    let definition: Value = serde_json::from_str(&role.definition)?;
+                    let path = dir.join(format!("{}.json", role.name));
+                    std::fs::write(&path, serde_json::to_string_pretty(&definition)? + "\n")
+                        .with_context(|| format!("cannot write `{}`", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
+            }
+            println!("{} roles exported", roles.len());
             Ok(())
         }
         SchemaCommand::Apply {
@@ -612,6 +662,27 @@ async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
             } else {
                 Vec::new()
             };
+            let role_dir = dir.join("roles");
+            let mut roles = Vec::new();
+            if role_dir.is_dir() {
+                for (file, json) in read_definitions(&role_dir)? {
+                    let role = crate::auth::RoleDefinition::parse(&json).map_err(|problems| {
+                        anyhow::anyhow!(
+                            "a role is invalid:{}\nnothing was changed",
+                            problems
+                                .iter()
+                                .map(|p| format!("\n  roles/{file}#{}: {}", p.path, p.message))
+                                .collect::<String>()
+                        )
+                    })?;
+                    if role.name == crate::auth::role::ADMINISTRATOR {
+                        bail!(
+                            "roles/{file}: `administrator` is built in and cannot be changed\nnothing was changed"
+                        );
+                    }
+                    roles.push(role);
+                }
+            }
             // Entities and workflows in one transaction: a workflow may use a field this apply
             // adds, and a bad workflow leaves the entities unchanged too.
             let mut tx = state.store.begin().await?;
@@ -639,15 +710,55 @@ async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
                 }
                 Err(error) => Err(error),
             };
-            if let Ok(..) = &applied
+            // Roles, in the same transaction.
+            let mut role_changes = Vec::new();
+            if applied.is_ok() {
+                let mut scoped = tx.scoped(&tenant_id);
+                for role in &roles {
+                    let existing = scoped.role(&role.name).await?;
+                    let verb = match &existing {
+                        None => "create",
+                        Some(stored)
+                            if serde_json::from_str::<Value>(&stored.definition).ok()
+                                == Some(role.to_json()) =>
+                        {
+                            "unchanged"
+                        }
+                        Some(_) => "update",
+                    };
+                    let pack = existing.as_ref().and_then(|stored| stored.pack_id.clone());
+                    scoped
+                        .put_role(&role.name, &role.to_json().to_string(), pack.as_deref())
+                        .await?;
+                    role_changes.push(format!("{} {verb}", role.name));
+                }
+            }
+            if let Ok((entities, workflows)) = &applied
                 && !dry_run
             {
+                let detail = serde_json::json!({
+                    "by": "cli",
+                    "dir": dir.display().to_string(),
+                    "entities": entities.iter().map(|e| &e.entity).collect::<Vec<_>>(),
+                    "workflows": workflows
+                        .iter()
+                        .map(|(w, verb)| format!("{} {verb}", w.definition["name"].as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>(),
+                    "roles": role_changes,
+                });
+                tx.scoped(&tenant_id)
+                    .audit(None, "schema.apply", Some(&tenant), &detail)
+                    .await?;
                 tx.commit().await?;
                 state.metadata.applied(&tenant_id);
                 state.workflows.applied(&tenant_id);
             }
             match applied {
                 Ok((applied, workflows)) => {
+                    for change in &role_changes {
+                        let (name, verb) = change.split_once(' ').unwrap_or((change, ""));
+                        println!("role {name}: {verb}");
+                    }
                     for (workflow, verb) in &workflows {
                         println!(
                             "workflow {}: {verb} (version {})",
@@ -857,13 +968,17 @@ async fn pack(store: Store, global: &Global, command: PackCommand) -> anyhow::Re
             dry_run,
             json,
             ..
-        } => report(
-            state
+        } => {
+            let result = state
                 .packs
                 .install(&principal, &source(&pack), sample, dry_run)
-                .await,
-            json,
-        ),
+                .await;
+            if result.is_ok() && !dry_run {
+                let detail = serde_json::json!({"by": "cli", "sample": sample});
+                audit_cli(&state.store, &principal, "pack.install", &pack, detail).await?;
+            }
+            report(result, json)
+        }
         PackCommand::Upgrade {
             pack, yes, json, ..
         } => {
@@ -879,6 +994,10 @@ async fn pack(store: Store, global: &Global, command: PackCommand) -> anyhow::Re
                 Ok(id) => state.packs.upgrade(&principal, &id, &source, dry_run).await,
                 Err(error) => Err(error),
             };
+            if result.is_ok() && !dry_run {
+                let detail = serde_json::json!({"by": "cli"});
+                audit_cli(&state.store, &principal, "pack.upgrade", &pack, detail).await?;
+            }
             let shown = report(result, json);
             if shown.is_ok() && dry_run && !json {
                 println!("run it again with --yes to apply it");
@@ -891,10 +1010,14 @@ async fn pack(store: Store, global: &Global, command: PackCommand) -> anyhow::Re
             dry_run,
             json,
             ..
-        } => report(
-            state.packs.remove(&principal, &pack, purge, dry_run).await,
-            json,
-        ),
+        } => {
+            let result = state.packs.remove(&principal, &pack, purge, dry_run).await;
+            if result.is_ok() && !dry_run {
+                let detail = serde_json::json!({"by": "cli", "purge": purge});
+                audit_cli(&state.store, &principal, "pack.delete", &pack, detail).await?;
+            }
+            report(result, json)
+        }
     }
 }
 

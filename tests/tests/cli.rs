@@ -178,6 +178,32 @@ async fn metadata_as_code(backend: Backend) {
         "{message}"
     );
     std::fs::remove_file(source.join("workflows/broken.json")).unwrap();
+    // Roles live in `roles/`; a bad one refuses everything, the built-in one is not theirs.
+    std::fs::create_dir_all(source.join("roles")).unwrap();
+    let role = json!({"name": "auditor", "label": "Auditor",
+        "entities": {"*": {"read": "all"}, "contact": {"read": "all", "fields": {"email": "none"}}}});
+    std::fs::write(source.join("roles/auditor.json"), role.to_string()).unwrap();
+    std::fs::write(
+        source.join("roles/administrator.json"),
+        json!({"name": "administrator"}).to_string(),
+    )
+    .unwrap();
+    let refused = rapport(&url, &["schema", "apply", dir, "--tenant", "acme"]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("built in"), "{message}");
+    std::fs::write(
+        source.join("roles/administrator.json"),
+        json!({"name": "boss", "entities": {"contact": {"read": "most"}}}).to_string(),
+    )
+    .unwrap();
+    let refused = rapport(&url, &["schema", "apply", dir, "--tenant", "acme"]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("roles/administrator.json#/entities/contact/read"),
+        "{message}"
+    );
+    std::fs::remove_file(source.join("roles/administrator.json")).unwrap();
     let changed = stdout(&rapport(
         &url,
         &["schema", "apply", dir, "--tenant", "acme"],
@@ -185,7 +211,8 @@ async fn metadata_as_code(backend: Backend) {
     assert!(
         changed.contains("contact: update (version 2)")
             && changed.contains("\"field\":\"nickname\"")
-            && changed.contains("workflow greet: create (version 1)"),
+            && changed.contains("workflow greet: create (version 1)")
+            && changed.contains("role auditor: create"),
         "{changed}"
     );
 
@@ -202,6 +229,13 @@ async fn metadata_as_code(backend: Backend) {
     )
     .unwrap();
     assert_eq!(round_trip, workflow, "workflows too");
+    let round_trip: Value = serde_json::from_str(
+        &std::fs::read_to_string(exported.join("roles/auditor.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(round_trip, role, "and roles");
+    assert!(exported.join("roles/member.json").exists());
+    assert!(!exported.join("roles/administrator.json").exists());
     let _ = std::fs::remove_dir_all(&source);
     let _ = std::fs::remove_dir_all(&exported);
     database.remove().await;
@@ -275,6 +309,32 @@ async fn packs_from_the_command_line(backend: Backend) {
     )))
     .unwrap();
     assert_eq!(report["packs"][0]["to_version"], "2.0.0");
+    // What the command line changed is in the audit trail; dry runs and refusals are not.
+    let store = rapport::store::Store::connect(&url, rapport::store::Durability::Normal)
+        .await
+        .unwrap();
+    let tenant = store.tenant_id("acme").await.unwrap().unwrap();
+    let mut conn = store.reader().await.unwrap();
+    let entries = conn
+        .scoped(&tenant)
+        .audit_entries(&Default::default(), 100)
+        .await
+        .unwrap();
+    let actions: Vec<String> = entries
+        .iter()
+        .rev()
+        .map(|e| format!("{} {}", e.action, e.target.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "pack.install core".to_owned(),
+            format!("pack.install {v1}"),
+            format!("pack.upgrade {v2}"),
+        ]
+    );
+    drop(conn);
+    store.close().await;
     database.remove().await;
 }
 

@@ -16,6 +16,9 @@ on_both_backends!(
     changes_and_refusals_are_audited,
     roles_and_teams_are_managed_as_data,
     every_route_answers_each_role_as_its_permissions_say,
+    plugins_see_what_their_user_may_see,
+    workflows_act_as_the_trigger_or_the_owner,
+    the_core_packs_roles_work_as_the_documents_say,
 );
 
 /// An app with `account` (a `notes` field hidden from reps, a read-only `credit_limit`), a
@@ -1307,4 +1310,237 @@ async fn every_route_answers_each_role_as_its_permissions_say(app: &TestApp) {
             .iter()
             .all(|t| t["revoked_at"].is_null())
     );
+}
+
+/// An `agent` role: `entity` in full but its `secret` field hidden.
+async fn agent_without_secrets(app: &TestApp, entity: &str) -> (String, String) {
+    let role = app
+        .post(
+            "/api/v1/roles",
+            json!({"name": "agent", "entities": {
+                entity: {"create": true, "read": "all", "update": "all",
+                         "fields": {"secret": "none"}}}}),
+        )
+        .await;
+    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
+    app.user_with_roles("agnes", &["agent"]).await
+}
+
+/// A hook runs as the user who made the write: the record it is given, and what it reads back
+/// through the host, lack the fields hidden from that user; the hidden values survive the
+/// user's update.
+async fn plugins_see_what_their_user_may_see(app: &TestApp) {
+    app.define(json!({"name": "target", "fields": [
+        {"name": "name", "type": "text"},
+        {"name": "n", "type": "integer"},
+        {"name": "secret", "type": "text"},
+        {"name": "seen", "type": "long_text"}
+    ]}))
+    .await;
+    app.install_plugin("hostile", Some(json!({"attack": "echo"})))
+        .await;
+    let (agent, _) = agent_without_secrets(app, "target").await;
+    let id = app
+        .create("target", json!({"name": "a", "secret": "S3CRET"}))
+        .await;
+    let admins = app.get(&format!("/api/v1/records/target/{id}")).await;
+    let seen = admins.body["data"]["seen"].as_str().unwrap().to_owned();
+    assert!(seen.starts_with("given name,secret"), "{seen}");
+
+    let updated = as_user(
+        app,
+        &agent,
+        Method::PATCH,
+        &format!("/api/v1/records/target/{id}"),
+        Some(json!({"data": {"name": "b"}})),
+    )
+    .await;
+    assert_eq!(updated.status, StatusCode::OK, "{:?}", updated.body);
+    let seen = updated.body["data"]["seen"].as_str().unwrap().to_owned();
+    assert!(
+        !seen.contains("secret"),
+        "the hook saw a hidden field: {seen}"
+    );
+    assert!(
+        seen.contains("given name") && seen.contains("read name"),
+        "{seen}"
+    );
+    let after = app.get(&format!("/api/v1/records/target/{id}")).await;
+    assert_eq!(after.body["data"]["secret"], json!("S3CRET"));
+    assert_eq!(after.body["data"]["name"], json!("b"));
+}
+
+/// A workflow acts as the triggering user (`run_as: trigger`, the default) or as its owner:
+/// what it reads of the record follows that user's field rules.
+async fn workflows_act_as_the_trigger_or_the_owner(app: &TestApp) {
+    app.define(json!({"name": "thing", "fields": [
+        {"name": "name", "type": "text"},
+        {"name": "secret", "type": "text"}
+    ]}))
+    .await;
+    let (agent, _) = agent_without_secrets(app, "thing").await;
+    let admin = app.get("/api/v1/me").await.body["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (name, run_as) in [("as_trigger", "trigger"), ("as_owner", "owner")] {
+        let created = app
+            .post(
+                "/api/v1/workflows",
+                json!({"name": name, "run_as": run_as,
+                       "trigger": {"type": "record", "entity": "thing", "events": ["updated"]},
+                       "steps": [{"id": "tell", "type": "notify", "user": admin,
+                                  "message": format!("{name}: [{{{{record.secret}}}}]")}]}),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    }
+    let id = app
+        .create("thing", json!({"name": "a", "secret": "S3CRET"}))
+        .await;
+    let updated = as_user(
+        app,
+        &agent,
+        Method::PATCH,
+        &format!("/api/v1/records/thing/{id}"),
+        Some(json!({"data": {"name": "b"}})),
+    )
+    .await;
+    assert_eq!(updated.status, StatusCode::OK, "{:?}", updated.body);
+    let mut messages = Vec::new();
+    for _ in 0..200 {
+        let notes = app.get("/api/v1/notifications").await;
+        messages = notes.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["message"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if messages.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    messages.sort();
+    assert_eq!(
+        messages,
+        vec!["as_owner: [S3CRET]".to_owned(), "as_trigger: []".to_owned()]
+    );
+}
+
+/// The `core` pack's roles: a sales rep reads accounts but not changes their credit terms; a
+/// service agent does not see them at all, nor opportunities.
+async fn the_core_packs_roles_work_as_the_documents_say(app: &TestApp) {
+    let installed = app
+        .post("/api/v1/packs/core/install?sample=true", Value::Null)
+        .await;
+    assert_eq!(
+        installed.status,
+        StatusCode::CREATED,
+        "{:?}",
+        installed.body
+    );
+    let roles = app.get("/api/v1/roles").await;
+    let names: Vec<&str> = roles.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for role in [
+        "sales_rep",
+        "sales_manager",
+        "sales_assistant",
+        "service_agent",
+        "service_supervisor",
+        "marketing",
+        "administrator",
+    ] {
+        assert!(names.contains(&role), "{role} in {names:?}");
+    }
+    let (rep, _) = app.user_with_roles("rita", &["sales_rep"]).await;
+    let (agent, _) = app.user_with_roles("sam", &["service_agent"]).await;
+    let accounts = as_user(
+        app,
+        &rep,
+        Method::GET,
+        "/api/v1/records/account?limit=1",
+        None,
+    )
+    .await;
+    assert_eq!(accounts.status, StatusCode::OK);
+    let account = accounts.body["data"][0]["id"].as_str().unwrap().to_owned();
+    assert!(accounts.body["data"][0]["data"].get("name").is_some());
+    // Someone else's account: not the rep's to change.
+    let renamed = as_user(
+        app,
+        &rep,
+        Method::PATCH,
+        &format!("/api/v1/records/account/{account}"),
+        Some(json!({"data": {"name": "Renamed"}})),
+    )
+    .await;
+    assert_eq!(renamed.status, StatusCode::FORBIDDEN, "{:?}", renamed.body);
+    // Their own: yes, but not its credit terms.
+    let own = as_user(
+        app,
+        &rep,
+        Method::POST,
+        "/api/v1/records/account",
+        Some(json!({"data": {"name": "Rita's new customer"}})),
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::CREATED, "{:?}", own.body);
+    let own = own.body["id"].as_str().unwrap().to_owned();
+    let terms = as_user(
+        app,
+        &rep,
+        Method::PATCH,
+        &format!("/api/v1/records/account/{own}"),
+        Some(json!({"data": {"payment_terms": "cash"}})),
+    )
+    .await;
+    assert_eq!(terms.status, StatusCode::FORBIDDEN, "{:?}", terms.body);
+    assert!(
+        terms.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("payment_terms")
+    );
+    let seen = as_user(
+        app,
+        &agent,
+        Method::GET,
+        &format!("/api/v1/records/account/{account}"),
+        None,
+    )
+    .await;
+    assert_eq!(seen.status, StatusCode::OK);
+    for hidden in [
+        "credit_status",
+        "payment_terms",
+        "discount_pct",
+        "annual_revenue",
+    ] {
+        assert!(
+            seen.body["data"].get(hidden).is_none(),
+            "{hidden}: {:?}",
+            seen.body
+        );
+    }
+    let opportunities = as_user(
+        app,
+        &agent,
+        Method::GET,
+        "/api/v1/records/opportunity",
+        None,
+    )
+    .await;
+    assert_eq!(opportunities.status, StatusCode::FORBIDDEN);
+    // Removing the pack keeps roles users hold, and drops the others.
+    let removed = app.delete("/api/v1/packs/core").await;
+    assert_eq!(removed.status, StatusCode::OK, "{:?}", removed.body);
+    let roles = app.get("/api/v1/roles").await.body.to_string();
+    assert!(roles.contains("sales_rep") && roles.contains("service_agent"));
+    assert!(!roles.contains("sales_manager"), "{roles}");
 }

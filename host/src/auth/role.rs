@@ -24,6 +24,10 @@ pub enum Scope {
 }
 
 impl Scope {
+    fn is_none(&self) -> bool {
+        *self == Scope::None
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::None => "none",
@@ -55,11 +59,11 @@ pub enum FieldAccess {
 pub struct Grant {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub create: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Scope::is_none")]
     pub read: Scope,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Scope::is_none")]
     pub update: Scope,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Scope::is_none")]
     pub delete: Scope,
     /// Fields not named are [`FieldAccess::Write`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -13,6 +13,8 @@
 //! - `notify_then_fail`: enqueues one, then fails (the write and the message roll back);
 //! - `notify_sms`: enqueues a kind its manifest does not request (denied);
 //! - `notify_in_validator`: its validator enqueues one (validators may not);
+//! - `echo`: writes the names of the fields it was given, and the fields of the record it reads
+//!   back through the host, into `seen` (what a hook running for a user may see);
 //! - `panic`: panics (a trap);
 //! - `none`: proceeds.
 
@@ -116,6 +118,17 @@ impl Plugin for Hostile {
                 Err("failing after enqueueing a message".into())
             }
             "notify_sms" => notify(&event, "sms").map(|_| Outcome::Proceed),
+            "echo" => {
+                let given: Vec<&str> = event.record.data.keys().map(String::as_str).collect();
+                let read = match records::get("target", &event.record.id) {
+                    Ok(Some(record)) => record.data.keys().cloned().collect::<Vec<_>>().join(","),
+                    Ok(None) => "none".to_owned(),
+                    Err(error) => format!("{error:?}"),
+                };
+                Ok(Outcome::patch(
+                    json!({"seen": format!("given {}; read {read}", given.join(","))}),
+                ))
+            }
             "panic" => panic!("the hostile plugin panics"),
             _ => Ok(Outcome::Proceed),
         }
