@@ -47,14 +47,72 @@ impl Access {
         self.roles.iter().any(|role| role.admin || role.reassign)
     }
 
-    /// The permissions on an entity: the union of the roles'.
+    /// The permissions on an entity: each scope the widest of the roles'; a field is visible
+    /// if a role that reads the entity shows it (`fields` holds the visibility: `none`,
+    /// `read`, or `write` when a reading role also lets it be written). Which fields a write
+    /// may set is [`Access::may_write`]'s answer.
     pub fn grant(&self, entity: &str) -> Grant {
         if self.is_admin() {
             return Grant::full();
         }
-        self.roles
+        let grants: Vec<Grant> = self.roles.iter().map(|role| role.grant(entity)).collect();
+        let mut sum = Grant {
+            create: grants.iter().any(|grant| grant.create),
+            read: grants
+                .iter()
+                .map(|grant| grant.read)
+                .max()
+                .unwrap_or_default(),
+            update: grants
+                .iter()
+                .map(|grant| grant.update)
+                .max()
+                .unwrap_or_default(),
+            delete: grants
+                .iter()
+                .map(|grant| grant.delete)
+                .max()
+                .unwrap_or_default(),
+            fields: Default::default(),
+        };
+        // Only roles that read the entity decide what is shown: a role that may only create
+        // records does not un-hide what a reading role hides.
+        let readers: Vec<&Grant> = grants
             .iter()
-            .fold(Grant::default(), |sum, role| sum.union(&role.grant(entity)))
+            .filter(|grant| grant.read != Scope::None)
+            .collect();
+        let named: std::collections::BTreeSet<&String> = grants
+            .iter()
+            .flat_map(|grant| grant.fields.keys())
+            .collect();
+        for name in named {
+            let access = readers
+                .iter()
+                .map(|grant| grant.field(name))
+                .max()
+                .unwrap_or(FieldAccess::None);
+            if access != FieldAccess::Write {
+                sum.fields.insert(name.clone(), access);
+            }
+        }
+        sum
+    }
+
+    /// Whether a create (`creating`) or an update may set `field` of `entity`: some role that
+    /// allows that operation lets the field be written.
+    pub fn may_write(&self, entity: &str, field: &str, creating: bool) -> bool {
+        if self.is_admin() {
+            return true;
+        }
+        self.roles.iter().any(|role| {
+            let grant = role.grant(entity);
+            let allowed = if creating {
+                grant.create
+            } else {
+                grant.update != Scope::None
+            };
+            allowed && grant.field(field) == FieldAccess::Write
+        })
     }
 
     /// The names of the roles.
@@ -298,6 +356,63 @@ mod tests {
         assert!(!verify_password(Some("garbage"), "x"));
         assert!(check_password("short").is_err());
         assert!(check_password("long enough!").is_ok());
+    }
+
+    #[test]
+    fn roles_add_up_but_a_role_that_cannot_read_does_not_unhide() {
+        let user = UserId::generate();
+        let parse = |json: serde_json::Value| RoleDefinition::parse(&json).expect("a role");
+        let agent = parse(
+            serde_json::json!({"name": "agent", "entities": {"account": {
+            "read": "all", "update": "own", "fields": {"revenue": "none", "terms": "read"}}}}),
+        );
+        let intake =
+            parse(serde_json::json!({"name": "intake", "entities": {"account": {"create": true}}}));
+        let manager = parse(
+            serde_json::json!({"name": "manager", "entities": {"account": {
+            "read": "team", "update": "team", "fields": {"revenue": "read"}}}}),
+        );
+        let both = Access::new(vec![agent.clone(), intake.clone()], Vec::new(), &user);
+        let grant = both.grant("account");
+        assert!(grant.create);
+        assert_eq!(grant.read, Scope::All);
+        assert_eq!(
+            grant.field("revenue"),
+            FieldAccess::None,
+            "intake does not un-hide"
+        );
+        assert_eq!(grant.field("terms"), FieldAccess::Read);
+        assert!(
+            both.may_write("account", "revenue", true),
+            "intake creates with any field"
+        );
+        assert!(
+            !both.may_write("account", "revenue", false),
+            "but only agent updates"
+        );
+        assert!(!both.may_write("account", "terms", false));
+        assert!(both.may_write("account", "name", false));
+
+        let widened = Access::new(vec![agent, manager], Vec::new(), &user);
+        let grant = widened.grant("account");
+        assert_eq!(grant.update, Scope::Team);
+        assert_eq!(
+            grant.field("revenue"),
+            FieldAccess::Read,
+            "the manager sees it"
+        );
+        assert_eq!(grant.field("terms"), FieldAccess::Write, "and may write it");
+        assert!(widened.may_write("account", "terms", false));
+        assert!(!widened.may_write("account", "revenue", false));
+
+        let alone = Access::new(vec![intake], Vec::new(), &user);
+        assert_eq!(alone.grant("account").read, Scope::None);
+        assert!(alone.may_write("account", "anything", true));
+        assert!(
+            Access::new(Vec::new(), Vec::new(), &user)
+                .grant("account")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -652,14 +652,6 @@ impl Records {
             .await?
             .filter(|r| r.deleted_at.is_none())
             .ok_or_else(not_found)?;
-        if let Some(expected) = update.version
-            && expected != stored.version
-        {
-            return Err(RecordError::VersionMismatch {
-                expected,
-                current: stored.version,
-            });
-        }
         let Value::Object(patch) = update.data else {
             return Err(RecordError::Invalid(FieldErrors::from([(
                 String::new(),
@@ -670,6 +662,14 @@ impl Records {
         // it is not limited by the role of whoever caused it.
         if recompute.is_empty() || !patch.is_empty() {
             access::authorize_update(&context.principal, entity, &stored, &patch)?;
+        }
+        if let Some(expected) = update.version
+            && expected != stored.version
+        {
+            return Err(RecordError::VersionMismatch {
+                expected,
+                current: stored.version,
+            });
         }
         let mut errors = FieldErrors::new();
         check_keys(entity, &patch, &mut errors);
@@ -1206,6 +1206,12 @@ impl Records {
         entity: &str,
         id: &str,
     ) -> Result<(), RecordError> {
+        // Gone for good, history and all: an administrator's decision, and audited.
+        if !principal.is_admin() {
+            return Err(RecordError::Forbidden(
+                "purging a record (deleting it and its history for good) needs an administrator's role; delete it instead".to_owned(),
+            ));
+        }
         let record_id = parse_id(entity, id)?;
         let id = id.to_owned();
         let this = self.clone();
@@ -1226,6 +1232,14 @@ impl Records {
                             id: id.to_owned(),
                         });
                     }
+                    scoped
+                        .audit(
+                            Some(principal.user.as_str()),
+                            "record.purge",
+                            Some(&format!("{entity}/{id}")),
+                            &json!({}),
+                        )
+                        .await?;
                     Ok(())
                 })
             })
@@ -1312,7 +1326,10 @@ impl Records {
                 id: id.to_owned(),
             })?;
         let compiled = self.metadata.compiled(&mut scoped, source).await?;
-        let references: Vec<&FieldDefinition> = compiled
+        // Only reference fields the caller may read: listing by a hidden one would tell its
+        // values.
+        let sight = Sight::readable(principal, &compiled)?;
+        let references: Vec<&FieldDefinition> = sight
             .definition
             .active_fields()
             .filter(|f| f.entity.as_ref().is_some_and(|e| e.as_str() == entity))

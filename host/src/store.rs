@@ -591,12 +591,23 @@ impl<'t> Scoped<'t> {
                     .execute(&mut **c)
                     .await?;
                 let done = sqlx::query(sql).execute(&mut **c).await;
+                // A failed statement aborts a transaction (whose end resets the role anyway):
+                // its error is the one to report.
+                if let Err(error) = done {
+                    if local {
+                        return Err(error.into());
+                    }
+                    sqlx::query("SELECT set_config('role', $1, false)")
+                        .bind(APP_ROLE)
+                        .execute(&mut **c)
+                        .await?;
+                    return Err(error.into());
+                }
                 sqlx::query("SELECT set_config('role', $1, $2)")
                     .bind(APP_ROLE)
                     .bind(local)
                     .execute(&mut **c)
                     .await?;
-                done?;
             }
         }
         Ok(())

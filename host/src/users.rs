@@ -25,6 +25,10 @@ pub const LOCK_FOR: time::Duration = time::Duration::minutes(15);
 pub const SESSION_LENGTH: time::Duration = time::Duration::hours(12);
 /// The longest an API token may live when it expires at all (a year).
 pub const MAX_TOKEN_DAYS: i64 = 366;
+/// How long every failed sign-in waits before it is answered.
+pub const FAILURE_DELAY: Duration = Duration::from_millis(300);
+/// Sign-in attempts per tenant and user name a minute.
+pub const SIGN_INS_PER_MINUTE: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -40,6 +44,8 @@ pub enum UserError {
     SignInFailed,
     #[error("too many failed sign-ins: the user is locked until {0}")]
     Locked(String),
+    #[error("too many sign-in attempts for this user: retry in {0} s")]
+    TooManyAttempts(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -176,11 +182,21 @@ pub struct SignIn {
 pub struct Users {
     store: Store,
     principals: Arc<PrincipalCache>,
+    /// Sign-in attempts by tenant and user name.
+    attempts: crate::api::guard::Limiter,
+    /// Password hashes computed at once.
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Users {
     pub fn new(store: Store, principals: Arc<PrincipalCache>) -> Self {
-        Self { store, principals }
+        let attempts = crate::api::guard::Limiter::per_minute(SIGN_INS_PER_MINUTE);
+        Self {
+            store,
+            principals,
+            attempts,
+            hashing: Arc::new(tokio::sync::Semaphore::new(2)),
+        }
     }
 
     /// Every user of the tenant.
@@ -222,7 +238,7 @@ impl Users {
         let hash = match &body.password {
             Some(password) => {
                 crate::auth::check_password(password).map_err(|m| invalid("/password", m))?;
-                Some(crate::auth::hash_password(password))
+                Some(self.hash(password).await)
             }
             None => None,
         };
@@ -336,15 +352,17 @@ impl Users {
                     "give your current password to change it",
                 )
             })?;
-            if !crate::auth::verify_password(row.password_hash.as_deref(), current) {
+            if !self.verify(row.password_hash.clone(), current).await {
                 return Err(invalid(
                     "/current_password",
                     "the current password is wrong",
                 ));
             }
         }
-        let hash = crate::auth::hash_password(password);
+        let hash = self.hash(password).await;
         scoped.set_password(&id, Some(&hash)).await?;
+        // Sessions signed in with the old password end.
+        scoped.revoke_sessions(&id).await?;
         scoped
             .audit(
                 Some(principal.user.as_str()),
@@ -358,12 +376,36 @@ impl Users {
     }
 
     /// Signs in with a password: a session token that expires after [`SESSION_LENGTH`].
-    /// Failures are audited and slowed down; [`LOCK_AFTER`] in a row lock the user for
-    /// [`LOCK_FOR`]. The answer never tells which of tenant, user or password was wrong.
+    /// Every failure is audited and answered alike, after the same [`FAILURE_DELAY`];
+    /// [`LOCK_AFTER`] failures in a row lock the user for [`LOCK_FOR`] (counted in one
+    /// statement, so concurrent guesses cannot slip past the count), and each tenant and user
+    /// name gets at most [`SIGN_INS_PER_MINUTE`] attempts a minute, whether the user exists or
+    /// not. Password hashing runs off the async workers, a few at a time.
     pub async fn sign_in(&self, sign_in: &SignIn) -> Result<(Principal, TokenView), UserError> {
+        if sign_in.tenant.len() > 100 || sign_in.user.len() > 100 {
+            return Err(invalid(
+                "/user",
+                "tenant and user names have at most 100 characters",
+            ));
+        }
+        if sign_in.password.len() > crate::auth::MAX_PASSWORD {
+            return Err(invalid("/password", "a password has at most 256 bytes"));
+        }
+        let key = format!("{}\n{}", sign_in.tenant, sign_in.user.to_lowercase());
+        if let Err(seconds) = self.attempts.check(&key) {
+            return Err(UserError::TooManyAttempts(seconds));
+        }
+        let outcome = self.try_sign_in(sign_in).await;
+        if matches!(outcome, Err(UserError::SignInFailed | UserError::Locked(_))) {
+            tokio::time::sleep(FAILURE_DELAY).await;
+        }
+        outcome
+    }
+
+    async fn try_sign_in(&self, sign_in: &SignIn) -> Result<(Principal, TokenView), UserError> {
         let tenant = self.store.tenant_id(&sign_in.tenant).await?;
         let Some(tenant) = tenant else {
-            crate::auth::verify_password(None, &sign_in.password);
+            self.verify(None, &sign_in.password).await;
             return Err(UserError::SignInFailed);
         };
         let now = crate::store::now();
@@ -372,7 +414,7 @@ impl Users {
             conn.scoped(&tenant).sign_in_row(&sign_in.user).await?
         };
         let Some(row) = row else {
-            crate::auth::verify_password(None, &sign_in.password);
+            self.verify(None, &sign_in.password).await;
             self.audit_sign_in(&tenant, None, false, &sign_in.user, "unknown user")
                 .await?;
             return Err(UserError::SignInFailed);
@@ -382,16 +424,16 @@ impl Users {
                 .await?;
             return Err(UserError::Locked(rfc3339(until)));
         }
-        let matches = crate::auth::verify_password(row.password_hash.as_deref(), &sign_in.password);
+        let matches = self
+            .verify(row.password_hash.clone(), &sign_in.password)
+            .await;
+        let mut tx = self.store.begin().await?;
+        let mut scoped = tx.scoped(&tenant);
         if !matches || row.disabled_at.is_some() {
-            let failures = row.failed_sign_ins + 1;
-            let locked_until = (failures >= LOCK_AFTER).then(|| now + LOCK_FOR);
-            let failures = if locked_until.is_some() { 0 } else { failures };
-            let mut tx = self.store.begin().await?;
-            let mut scoped = tx.scoped(&tenant);
-            scoped
-                .record_sign_in(&row.id, failures, locked_until)
-                .await?;
+            let locked_until = scoped
+                .fail_sign_in(&row.id, LOCK_AFTER, now + LOCK_FOR)
+                .await?
+                .filter(|until| *until > now);
             let reason = if row.disabled_at.is_some() {
                 "disabled"
             } else if locked_until.is_some() {
@@ -408,14 +450,13 @@ impl Users {
                 )
                 .await?;
             tx.commit().await?;
-            // Slower with every failure, up to 2 s: guessing gets expensive before the lock.
-            let delay = 100u64 << failures.clamp(0, 4);
-            tokio::time::sleep(Duration::from_millis(delay.min(2_000))).await;
             return Err(UserError::SignInFailed);
         }
-        let mut tx = self.store.begin().await?;
-        let mut scoped = tx.scoped(&tenant);
-        scoped.record_sign_in(&row.id, 0, None).await?;
+        // A lock set meanwhile by concurrent failures wins over this guess.
+        if !scoped.succeed_sign_in(&row.id, now).await? {
+            drop(tx);
+            return Err(UserError::SignInFailed);
+        }
         let user = UserId::from_stored(row.id.clone());
         let expires_at = now + SESSION_LENGTH;
         let (token, id) = scoped
@@ -438,6 +479,33 @@ impl Users {
         let mut view = token_view(stored);
         view.token = Some(token);
         Ok((principal, view))
+    }
+
+    /// Checks a password against its hash on a blocking thread, a few at a time (argon2 takes
+    /// tens of milliseconds and 19 MiB each).
+    async fn verify(&self, hash: Option<String>, password: &str) -> bool {
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || {
+            crate::auth::verify_password(hash.as_deref(), &password)
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Hashes a new password on a blocking thread, a few at a time.
+    async fn hash(&self, password: &str) -> String {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || crate::auth::hash_password(&password))
+            .await
+            .expect("hashing does not panic")
     }
 
     async fn audit_sign_in(

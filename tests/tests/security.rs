@@ -19,6 +19,7 @@ on_both_backends!(
     plugins_see_what_their_user_may_see,
     workflows_act_as_the_trigger_or_the_owner,
     the_core_packs_roles_work_as_the_documents_say,
+    a_hidden_reference_lists_nothing_and_purges_are_audited,
 );
 
 /// An app with `account` (a `notes` field hidden from reps, a read-only `credit_limit`), a
@@ -435,6 +436,13 @@ async fn writes_beyond_the_role_are_refused_naming_the_field(app: &TestApp) {
     assert_eq!(reassigned.body["owner"], json!(bob.1));
     let nobody = app.post(&assign, json!({"owner": "no-such-user"})).await;
     assert_eq!(nobody.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Purging (for good, history and all) is an administrator's, and audited.
+    let purge = format!("/api/v1/records/account/{mine}?purge=true");
+    let refused = as_user(app, &alice.0, Method::DELETE, &purge, None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
+    let member = app.member("mallory").await;
+    let refused = as_user(app, &member, Method::DELETE, &purge, None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
     // Now bob owns it and may change it; alice (same team) still reads it.
     let bobs = as_user(
         app,
@@ -677,10 +685,32 @@ async fn passwords_sign_in_and_failures_lock(app: &TestApp) {
         json!({"password": "a new long password"}),
     )
     .await;
+    let session = sign_in(app, "mallory", "a new long password").await;
+    assert_eq!(session.status, StatusCode::CREATED);
+    let token = session.body["token"].as_str().unwrap().to_owned();
+    // Changing the password again ends the sessions signed in with the old one.
+    app.put(
+        &format!("/api/v1/users/{id}/password"),
+        json!({"password": "yet another password"}),
+    )
+    .await;
+    let ended = as_user(app, &token, Method::GET, "/api/v1/me", None).await;
+    assert_eq!(ended.status, StatusCode::UNAUTHORIZED);
+    // Each user name gets ten attempts a minute, whether the user exists or not.
+    let mut last = None;
+    for _ in 0..11 {
+        last = Some(sign_in(app, "nobody", "whatever it is").await);
+    }
+    let limited = last.unwrap();
     assert_eq!(
-        sign_in(app, "mallory", "a new long password").await.status,
-        StatusCode::CREATED
+        limited.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        limited.body
     );
+    assert!(limited.headers.contains_key("retry-after"));
+    let huge = sign_in(app, &"x".repeat(5000), "whatever it is").await;
+    assert_eq!(huge.status, StatusCode::UNPROCESSABLE_ENTITY);
 
     let audit = app.get("/api/v1/audit?action=user.sign_in_failed").await;
     assert_eq!(audit.status, StatusCode::OK);
@@ -1543,4 +1573,53 @@ async fn the_core_packs_roles_work_as_the_documents_say(app: &TestApp) {
     let roles = app.get("/api/v1/roles").await.body.to_string();
     assert!(roles.contains("sales_rep") && roles.contains("service_agent"));
     assert!(!roles.contains("sales_manager"), "{roles}");
+}
+
+/// Listing related records by a reference field the caller may not see would tell its
+/// values: it is refused. An administrator's purge is in the audit trail.
+async fn a_hidden_reference_lists_nothing_and_purges_are_audited(app: &TestApp) {
+    app.define(json!({"name": "account", "fields": [{"name": "name", "type": "text"}]}))
+        .await;
+    app.define(json!({"name": "deal", "fields": [
+        {"name": "name", "type": "text"},
+        {"name": "partner", "type": "reference", "entity": "account"}
+    ]}))
+    .await;
+    let role = app
+        .post(
+            "/api/v1/roles",
+            json!({"name": "seller", "entities": {
+                "account": {"read": "all"},
+                "deal": {"read": "all", "fields": {"partner": "none"}}}}),
+        )
+        .await;
+    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
+    let (seller, _) = app.user_with_roles("sid", &["seller"]).await;
+    let partner = app.create("account", json!({"name": "Partner"})).await;
+    app.create("deal", json!({"name": "Secret deal", "partner": partner}))
+        .await;
+    let listed = as_user(
+        app,
+        &seller,
+        Method::GET,
+        &format!("/api/v1/records/account/{partner}/related/deal"),
+        None,
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::BAD_REQUEST, "{:?}", listed.body);
+    assert!(!listed.body.to_string().contains("Secret deal"));
+    let shown = app
+        .get(&format!("/api/v1/records/account/{partner}/related/deal"))
+        .await;
+    assert_eq!(shown.body["data"].as_array().unwrap().len(), 1);
+
+    let purged = app
+        .delete(&format!("/api/v1/records/account/{partner}?purge=true"))
+        .await;
+    assert!(purged.status.is_success(), "{:?}", purged.body);
+    let audit = app.get("/api/v1/audit?action=record.purge").await;
+    assert_eq!(
+        audit.body["data"][0]["target"],
+        json!(format!("account/{partner}"))
+    );
 }

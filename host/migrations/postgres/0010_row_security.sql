@@ -24,6 +24,17 @@ EXCEPTION WHEN OTHERS THEN
     NULL;
 END $$;
 
+-- A role of that name made by someone else must not carry powers that skip the policies.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rapport_app' AND (rolsuper OR rolbypassrls)) THEN
+        RAISE EXCEPTION 'the role rapport_app is a superuser or bypasses row-level security: it must not (ALTER ROLE rapport_app NOSUPERUSER NOBYPASSRLS)';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rapport_app') THEN
+        RAISE EXCEPTION 'the role rapport_app could not be created: create it (CREATE ROLE rapport_app NOLOGIN) and grant it to the connecting role';
+    END IF;
+END $$;
+
 GRANT USAGE ON SCHEMA public TO rapport_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO rapport_app;
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO rapport_app;

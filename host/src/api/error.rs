@@ -18,6 +18,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub fields: Option<Value>,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,6 +29,7 @@ impl ApiError {
             code,
             message: message.into(),
             fields: None,
+            retry_after: None,
         }
     }
 
@@ -82,6 +85,12 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&seconds.to_string()).expect("digits are a valid header"),
+            );
+        }
         response
     }
 }
@@ -116,6 +125,11 @@ impl From<crate::users::UserError> for ApiError {
             UserError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
             UserError::SignInFailed => Self::unauthorized(message),
             UserError::Locked(_) => Self::new(StatusCode::TOO_MANY_REQUESTS, "locked", message),
+            UserError::TooManyAttempts(seconds) => {
+                let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+                error.retry_after = Some(seconds.max(1));
+                error
+            }
             UserError::Store(error) => error.into(),
         }
     }

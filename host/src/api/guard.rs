@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -51,8 +51,14 @@ impl Limiter {
         Self(quota.map(|quota| Arc::new(RateLimiter::keyed(quota))))
     }
 
+    /// A limiter of `count` a minute per key, all of which may come at once.
+    pub fn per_minute(count: u32) -> Self {
+        let count = NonZeroU32::new(count.max(1)).expect("at least one");
+        Self(Some(Arc::new(RateLimiter::keyed(Quota::per_minute(count)))))
+    }
+
     /// `Err(seconds to wait)` when the key is over its limit.
-    fn check(&self, key: &str) -> Result<(), u64> {
+    pub fn check(&self, key: &str) -> Result<(), u64> {
         let Some(limiter) = &self.0 else {
             return Ok(());
         };
@@ -125,9 +131,15 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
 /// Whether a route (method and template below `/api/v1`) is for administrators only.
 pub fn admin_only(method: &Method, template: &str) -> bool {
     let template = template.strip_prefix("/api/v1").unwrap_or(template);
+    // HEAD is answered by the GET route.
+    let method = if *method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
     ADMIN_ROUTES
         .iter()
-        .any(|(m, t)| *m == method.as_str() && *t == template)
+        .any(|(m, t)| *m == method && *t == template)
 }
 
 /// The middleware of every `/api/v1` route.
@@ -187,17 +199,13 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
 
 fn too_many(seconds: u64) -> Response {
     let seconds = seconds.max(1);
-    let mut response = ApiError::new(
+    let mut error = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
         format!("too many requests with this token: retry in {seconds} s"),
-    )
-    .into_response();
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from_str(&seconds.to_string()).expect("digits are a valid header"),
     );
-    response
+    error.retry_after = Some(seconds);
+    error.into_response()
 }
 
 async fn write_audit(

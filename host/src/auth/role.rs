@@ -94,31 +94,6 @@ impl Grant {
     pub fn field(&self, name: &str) -> FieldAccess {
         self.fields.get(name).copied().unwrap_or_default()
     }
-
-    /// The union of two grants: whatever either allows. Field restrictions of a grant that gives
-    /// nothing do not narrow the other.
-    pub fn union(&self, other: &Grant) -> Grant {
-        if self.is_empty() {
-            return other.clone();
-        }
-        if other.is_empty() {
-            return self.clone();
-        }
-        let mut fields = BTreeMap::new();
-        for name in self.fields.keys().chain(other.fields.keys()) {
-            let access = self.field(name).max(other.field(name));
-            if access != FieldAccess::Write {
-                fields.insert(name.clone(), access);
-            }
-        }
-        Grant {
-            create: self.create || other.create,
-            read: self.read.max(other.read),
-            update: self.update.max(other.update),
-            delete: self.delete.max(other.delete),
-            fields,
-        }
-    }
 }
 
 /// A role as stored and served.
@@ -210,7 +185,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn grants_fall_back_to_the_wildcard_and_union_widens() {
+    fn grants_fall_back_to_the_wildcard() {
         let rep = RoleDefinition::parse(&json!({
             "name": "sales_rep",
             "entities": {
@@ -227,25 +202,6 @@ mod tests {
         assert_eq!(account.field("credit_limit"), FieldAccess::Read);
         assert_eq!(account.field("margin"), FieldAccess::None);
         assert_eq!(account.field("name"), FieldAccess::Write);
-
-        let manager = Grant {
-            read: Scope::Team,
-            update: Scope::Team,
-            fields: BTreeMap::from([("margin".to_owned(), FieldAccess::Read)]),
-            ..Grant::default()
-        };
-        let both = account.union(&manager);
-        assert_eq!(both.update, Scope::Team);
-        assert_eq!(both.read, Scope::All);
-        assert_eq!(both.field("margin"), FieldAccess::Read);
-        assert_eq!(both.field("credit_limit"), FieldAccess::Write);
-
-        // A grant of nothing does not narrow fields.
-        let nothing = Grant {
-            fields: BTreeMap::from([("name".to_owned(), FieldAccess::None)]),
-            ..Grant::default()
-        };
-        assert_eq!(account.union(&nothing), account);
     }
 
     #[test]

@@ -72,13 +72,14 @@ fn check_fields<'k>(
     principal: &Principal,
     grant: &Grant,
     entity: &str,
+    creating: bool,
     keys: impl Iterator<Item = &'k String>,
 ) -> Result<(), RecordError> {
     for key in keys {
-        match grant.field(key) {
-            FieldAccess::Write => {}
-            access => {
-                let why = if access == FieldAccess::Read {
+        match principal.access.may_write(entity, key, creating) {
+            true => {}
+            false => {
+                let why = if grant.read != Scope::None && grant.field(key) != FieldAccess::None {
                     "is read-only"
                 } else {
                     "is not accessible"
@@ -105,7 +106,7 @@ pub fn authorize_create(
     }
     for input in inputs {
         if let Value::Object(body) = input {
-            check_fields(principal, &grant, entity.name(), body.keys())?;
+            check_fields(principal, &grant, entity.name(), true, body.keys())?;
         }
     }
     Ok(())
@@ -121,7 +122,7 @@ pub fn authorize_update(
 ) -> Result<(), RecordError> {
     let grant = principal.access.grant(entity.name());
     authorize_scope(principal, &grant, grant.update, "update", entity, stored)?;
-    check_fields(principal, &grant, entity.name(), patch.keys())
+    check_fields(principal, &grant, entity.name(), false, patch.keys())
 }
 
 /// May `principal` delete (or restore) the stored record?

@@ -538,26 +538,65 @@ impl super::Scoped<'_> {
         .await?))
     }
 
-    /// Records the outcome of a sign-in: resets the failures, or counts one and sets the lock.
-    pub async fn record_sign_in(
+    /// Counts a failed sign-in in one statement (concurrent failures all count); the
+    /// `lock_after`th in a row locks the user until `until` and starts the count again.
+    /// Returns the user's lock.
+    pub async fn fail_sign_in(
         &mut self,
         id: &str,
-        failed_sign_ins: i64,
-        locked_until: Option<OffsetDateTime>,
-    ) -> Result<(), StoreError> {
+        lock_after: i64,
+        until: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
         let tenant = self.tenant.as_str();
-        on!(self.entered().await?, c => sqlx::query(
-            "UPDATE users SET failed_sign_ins = $3, locked_until = $4 \
-             WHERE tenant_id = $1 AND id = $2",
+        let locked: Option<Option<OffsetDateTime>> = on!(self.entered().await?, c => sqlx::query_scalar(
+            "UPDATE users SET \
+             locked_until = CASE WHEN failed_sign_ins + 1 >= $3 THEN $4 ELSE locked_until END, \
+             failed_sign_ins = CASE WHEN failed_sign_ins + 1 >= $3 THEN 0 ELSE failed_sign_ins + 1 END \
+             WHERE tenant_id = $1 AND id = $2 RETURNING locked_until",
         )
         .bind(tenant)
         .bind(id)
-        .bind(failed_sign_ins)
-        .bind(locked_until.map(Timestamp))
+        .bind(lock_after)
+        .bind(Timestamp(until))
+        .fetch_optional(&mut **c)
+        .await?);
+        Ok(locked.flatten())
+    }
+
+    /// Notes a successful sign-in (the failure count starts again), unless the user was
+    /// locked meanwhile: `false` then.
+    pub async fn succeed_sign_in(
+        &mut self,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let tenant = self.tenant.as_str();
+        let updated = on!(self.entered().await?, c => sqlx::query(
+            "UPDATE users SET failed_sign_ins = 0 WHERE tenant_id = $1 AND id = $2 \
+             AND (locked_until IS NULL OR locked_until <= $3)",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(Timestamp(now))
         .execute(&mut **c)
-        .await
-        .map(drop)?);
-        Ok(())
+        .await?
+        .rows_affected());
+        Ok(updated == 1)
+    }
+
+    /// Revokes the console sessions of a user (after a password change).
+    pub async fn revoke_sessions(&mut self, user: &str) -> Result<u64, StoreError> {
+        let tenant = self.tenant.as_str();
+        Ok(on!(self.entered().await?, c => sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $3 WHERE tenant_id = $1 AND user_id = $2 \
+             AND kind = 'session' AND revoked_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(user)
+        .bind(Timestamp(super::now()))
+        .execute(&mut **c)
+        .await?
+        .rows_affected()))
     }
 
     pub async fn roles(&mut self) -> Result<Vec<StoredRole>, StoreError> {
