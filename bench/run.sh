@@ -6,6 +6,7 @@
 #
 #   bench/run.sh                        # DURABILITY=full (synchronous=FULL, the default)
 #   DURABILITY=normal bench/run.sh      # synchronous=NORMAL
+#   RAPPORT_BIN=/path/to/rapport bench/run.sh   # another build (A/B runs), not built here
 #
 # Results: $BENCH_WORK/results/rapport_<durability>/results.jsonl (one JSON line per workload).
 set -euo pipefail
@@ -22,8 +23,8 @@ DATA="$BENCH_WORK/rapport-data"
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk jq sqlite3" >&2; exit 1; }
 
 if curl -s "http://127.0.0.1:$PORT/" >/dev/null 2>&1; then echo "port $PORT is in use" >&2; exit 1; fi
-cargo build --release -p rapport
-BIN="$PWD/target/release/rapport"
+if [ -z "${RAPPORT_BIN:-}" ]; then cargo build --release -p rapport; fi
+BIN="${RAPPORT_BIN:-$PWD/target/release/rapport}"
 rm -rf "$DATA" "$OUT"; mkdir -p "$DATA" "$OUT"
 # The load comes from one token: its rate limit is off.
 export RAPPORT_DATABASE_URL="sqlite:$DATA/bench.db" RAPPORT_DURABILITY="$DURABILITY" RAPPORT_LOG=warn RAPPORT_RATE_LIMIT=0

@@ -36,9 +36,29 @@ pub const MAX_BODY: usize = 1024 * 1024;
 /// The largest body of a batch request (1,000 records).
 pub const MAX_BATCH_BODY: usize = 32 * 1024 * 1024;
 
-/// What every handler shares.
+/// What every handler shares: one allocation, so that handing it to a request is one reference
+/// count (axum clones the state for every extractor that asks for it). Fields are reached
+/// through `Deref`; changing one (before serving) copies the services once.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AppState {
+    fn deref_mut(&mut self) -> &mut Services {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+/// The services of a server.
+#[derive(Debug, Clone)]
+pub struct Services {
     pub store: Store,
     pub metadata: Arc<Metadata>,
     pub records: Records,
@@ -78,7 +98,7 @@ impl AppState {
         );
         let views = crate::views::Views::new(store.clone(), records.clone());
         let principals: Arc<PrincipalCache> = Arc::default();
-        Ok(Self {
+        Ok(Self(Arc::new(Services {
             users: crate::users::Users::new(store.clone(), principals.clone()),
             limiter: guard::Limiter::new(Some(guard::RateLimit::default())),
             webhooks: crate::webhooks::Webhooks::new(store.clone(), Default::default()),
@@ -91,7 +111,7 @@ impl AppState {
             plugins,
             workflows,
             engine: Default::default(),
-        })
+        })))
     }
 }
 

@@ -250,10 +250,11 @@ pub fn generate_token() -> String {
 /// What is stored of a token: its SHA-256, hex encoded. Tokens carry 256 bits of entropy, so a
 /// slow password hash would add cost without adding safety.
 pub fn hash_token(token: &str) -> String {
+    use std::fmt::Write;
     let digest = Sha256::digest(token.as_bytes());
     let mut hex = String::with_capacity(64);
     for byte in digest {
-        hex.push_str(&format!("{byte:02x}"));
+        write!(hex, "{byte:02x}").expect("writing to a String cannot fail");
     }
     hex
 }

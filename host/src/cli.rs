@@ -535,7 +535,7 @@ async fn serve(
         let mailer = crate::webhooks::delivery::Mailer::new(url, &args.smtp_from)
             .map_err(anyhow::Error::msg)?;
         tracing::info!(relay = ?mailer, "emails in the outbox are delivered by SMTP");
-        state.webhooks = state.webhooks.with_mailer(mailer);
+        state.webhooks = state.webhooks.clone().with_mailer(mailer);
     }
     let listener = TcpListener::bind(args.listen)
         .await
