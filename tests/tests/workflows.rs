@@ -1162,4 +1162,134 @@ async fn the_demo_workflows_of_the_documents_run_on_the_demo_entities(app: &Test
         (due_at - in_two_days).abs() < time::Duration::minutes(1),
         "{due}"
     );
+    // Two days pass (the run's wake-up is moved to now): the complaint is still open, so it is
+    // escalated to the service supervisors, each notified.
+    let (supervisor, _) = app.user_with_roles("sue", &["service_supervisor"]).await;
+    let (_, other_supervisor) = app.user_with_roles("sid", &["service_supervisor"]).await;
+    let run_id = waiting["id"].as_str().unwrap().to_owned();
+    // The wait keeps the moment it computed in its step's output: both move to now.
+    let now = rapport::store::now();
+    let until =
+        json!({"until": now.format(&time::format_description::well_known::Rfc3339).unwrap()})
+            .to_string();
+    let mut tx = app.store.begin().await.unwrap();
+    let moved = match tx.exec() {
+        rapport::store::Exec::Sqlite(c) => {
+            sqlx::query(
+                "UPDATE workflow_steps SET output = $1 WHERE run_id = $2 AND step_id = 'until_due'",
+            )
+            .bind(&until)
+            .bind(&run_id)
+            .execute(&mut *c)
+            .await
+            .unwrap();
+            sqlx::query("UPDATE workflow_runs SET next_at = $1 WHERE id = $2")
+                .bind(rapport::store::Timestamp(now))
+                .bind(&run_id)
+                .execute(&mut *c)
+                .await
+                .unwrap()
+                .rows_affected()
+        }
+        rapport::store::Exec::Postgres(c) => {
+            sqlx::query(
+                "UPDATE workflow_steps SET output = $1 WHERE run_id = $2 AND step_id = 'until_due'",
+            )
+            .bind(&until)
+            .bind(&run_id)
+            .execute(&mut *c)
+            .await
+            .unwrap();
+            sqlx::query("UPDATE workflow_runs SET next_at = $1 WHERE id = $2")
+                .bind(rapport::store::Timestamp(now))
+                .bind(&run_id)
+                .execute(&mut *c)
+                .await
+                .unwrap()
+                .rows_affected()
+        }
+    };
+    assert_eq!(moved, 1);
+    tx.commit().await.unwrap();
+    let escalations = settled(app, "complaint_sla", 1).await;
+    assert_eq!(
+        escalations[0]["status"], "succeeded",
+        "{:#?}",
+        escalations[0]
+    );
+    let case = record(app, "case", &case).await;
+    assert_eq!(case["data"]["status"], "in_progress");
+    let told = app
+        .send(Method::GET, "/api/v1/notifications", &supervisor, None, &[])
+        .await;
+    let message = told.body["data"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("Escalated to you: complaint Pump broken"),
+        "{:?}",
+        told.body
+    );
+    let tell = escalations[0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|step| step["step"] == "tell_supervisors")
+        .unwrap();
+    assert_eq!(
+        tell["output"]["users"].as_array().unwrap().len(),
+        2,
+        "{tell:#}"
+    );
+    assert!(
+        tell["output"]["users"]
+            .to_string()
+            .contains(&other_supervisor)
+    );
+
+    // New leads go to the sales reps in turn, and each owner gets a follow-up task for
+    // tomorrow, whoever entered the lead.
+    let (_, rita) = app.user_with_roles("rita", &["sales_rep"]).await;
+    let (_, ray) = app.user_with_roles("ray", &["sales_rep"]).await;
+    let marketer = app.user_with_roles("mo", &["marketing"]).await.0;
+    let mut leads = Vec::new();
+    for name in ["Grace", "Alan"] {
+        let created = app
+            .send(
+                Method::POST,
+                "/api/v1/records/lead",
+                &marketer,
+                Some(
+                    &json!({"data": {"first_name": name, "last_name": "Tester", "status": "new"}}),
+                ),
+                &[],
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+        leads.push(created.body["id"].as_str().unwrap().to_owned());
+    }
+    let assigned = settled(app, "lead_assignment", 2).await;
+    assert!(
+        assigned.iter().all(|run| run["status"] == "succeeded"),
+        "{assigned:#?}"
+    );
+    let mut owners = Vec::new();
+    for lead in &leads {
+        let owner = record(app, "lead", lead).await["owner"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let tasks = app
+            .get(&format!(
+                "/api/v1/records/activity?filter=lead%20eq%20'{lead}'"
+            ))
+            .await;
+        let task = &tasks.body["data"][0];
+        assert_eq!(task["owner"], json!(owner), "{:?}", tasks.body);
+        let tomorrow = (time::OffsetDateTime::now_utc() + time::Duration::days(1)).date();
+        assert_eq!(task["data"]["due_on"], json!(tomorrow.to_string()));
+        owners.push(owner);
+    }
+    owners.sort();
+    let mut reps = vec![rita, ray];
+    reps.sort();
+    assert_eq!(owners, reps, "one lead each, in turn");
 }

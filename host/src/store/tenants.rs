@@ -703,6 +703,40 @@ impl super::Scoped<'_> {
         .await?))
     }
 
+    /// The enabled users holding a role, in id order; `None` when the role does not exist.
+    pub async fn users_with_role(&mut self, role: &str) -> Result<Option<Vec<String>>, StoreError> {
+        if self.role(role).await?.is_none() {
+            return Ok(None);
+        }
+        let tenant = self.tenant.as_str();
+        Ok(Some(on!(self.entered().await?, c => sqlx::query_scalar(
+            "SELECT u.id FROM users u JOIN user_roles r ON r.tenant_id = u.tenant_id \
+             AND r.user_id = u.id WHERE u.tenant_id = $1 AND r.role = $2 AND u.disabled_at IS NULL \
+             ORDER BY u.id",
+        )
+        .bind(tenant)
+        .bind(role)
+        .fetch_all(&mut **c)
+        .await?)))
+    }
+
+    /// The enabled members of a team, in id order; `None` when the team does not exist.
+    pub async fn members_of(&mut self, team: &str) -> Result<Option<Vec<String>>, StoreError> {
+        if self.team(team).await?.is_none() {
+            return Ok(None);
+        }
+        let tenant = self.tenant.as_str();
+        Ok(Some(on!(self.entered().await?, c => sqlx::query_scalar(
+            "SELECT u.id FROM users u JOIN team_members m ON m.tenant_id = u.tenant_id \
+             AND m.user_id = u.id WHERE u.tenant_id = $1 AND m.team = $2 AND u.disabled_at IS NULL \
+             ORDER BY u.id",
+        )
+        .bind(tenant)
+        .bind(team)
+        .fetch_all(&mut **c)
+        .await?)))
+    }
+
     /// The members of every team, as `(team, user id)` pairs.
     pub async fn team_members(&mut self) -> Result<Vec<(String, String)>, StoreError> {
         let tenant = self.tenant.as_str();

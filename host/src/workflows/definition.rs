@@ -222,6 +222,9 @@ pub enum Action {
     CreateRecord {
         entity: String,
         values: Map<String, Value>,
+        /// Who owns the new record (a user id template); the run's user when left out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     UpdateRecords {
         entity: String,
@@ -231,7 +234,14 @@ pub enum Action {
         values: Map<String, Value>,
     },
     Notify {
-        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// Every enabled user holding this role.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+        /// Every member of this team.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        team: Option<String>,
         message: String,
     },
     SendEmail {
@@ -270,6 +280,12 @@ pub enum Action {
         user: Option<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         round_robin: Vec<String>,
+        /// Round robin among the enabled users holding this role.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+        /// Round robin among this team's members.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        team: Option<String>,
     },
     Approval {
         approvers: Vec<String>,
@@ -613,9 +629,16 @@ impl<'a> Checker<'a> {
                     self.values(values, subject, &format!("{path}/values"));
                 }
             }
-            Action::CreateRecord { entity, values } => {
+            Action::CreateRecord {
+                entity,
+                values,
+                owner,
+            } => {
                 if let Some(target) = self.entity(entity, &format!("{path}/entity")) {
                     self.values(values, target, &format!("{path}/values"));
+                }
+                if let Some(owner) = owner {
+                    self.template(owner, &format!("{path}/owner"));
                 }
             }
             Action::UpdateRecords {
@@ -629,8 +652,10 @@ impl<'a> Checker<'a> {
                     self.values(values, target, &format!("{path}/values"));
                 }
             }
-            Action::Notify { user, message } => {
-                self.template(user, &format!("{path}/user"));
+            Action::Notify { user, message, .. } => {
+                if let Some(user) = user {
+                    self.template(user, &format!("{path}/user"));
+                }
                 self.template(message, &format!("{path}/message"));
             }
             Action::SendEmail { to, subject, body } => {
@@ -707,7 +732,9 @@ impl<'a> Checker<'a> {
                     }
                 }
             }
-            Action::AssignOwner { user, round_robin } => {
+            Action::AssignOwner {
+                user, round_robin, ..
+            } => {
                 self.needs_subject(&format!("{path}/type"), "assign_owner");
                 if let Some(user) = user {
                     self.template(user, &format!("{path}/user"));

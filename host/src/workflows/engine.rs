@@ -521,13 +521,34 @@ impl StepRun<'_> {
                     json!({ "id": stored.id, "version": stored.version }),
                 )
             }
-            Action::CreateRecord { entity, values } => {
+            Action::CreateRecord {
+                entity,
+                values,
+                owner,
+            } => {
                 let values = template::render_values(values, &scope).map_err(StepError::Failed)?;
+                let owner = owner.as_deref().map(render).transpose()?;
+                if let Some(owner) = &owner
+                    && scoped.user_principal(owner).await?.is_none()
+                {
+                    return Err(StepError::Failed(format!(
+                        "`{owner}` is not an enabled user of this tenant"
+                    )));
+                }
                 let stored = self
                     .records
                     .step_create(scoped, &context, entity, values.clone())
                     .await?;
-                (Value::Object(values), json!({ "id": stored.id }))
+                if let Some(owner) = &owner {
+                    self.records
+                        .step_assign(scoped, &context, entity, &stored.id, owner)
+                        .await?;
+                }
+                let mut input = json!({ "values": values });
+                if let Some(owner) = owner {
+                    input["owner"] = Value::String(owner);
+                }
+                (input, json!({ "id": stored.id }))
             }
             Action::UpdateRecords {
                 entity,
@@ -559,37 +580,66 @@ impl StepRun<'_> {
                     json!({ "count": ids.len(), "ids": ids }),
                 )
             }
-            Action::Notify { user, message } => {
-                let user = render(user)?;
+            Action::Notify {
+                user,
+                role,
+                team,
+                message,
+            } => {
                 let message = render(message)?;
                 if message.is_empty() {
                     return Err(StepError::Failed(
                         "the notification's message is empty".into(),
                     ));
                 }
-                if scoped.user_principal(&user).await?.is_none() {
-                    return Err(StepError::Failed(format!(
-                        "no user of this tenant has id `{user}`"
-                    )));
+                let (users, to) = match (user, role, team) {
+                    (Some(user), _, _) => {
+                        let user = render(user)?;
+                        if scoped.user_principal(&user).await?.is_none() {
+                            return Err(StepError::Failed(format!(
+                                "no user of this tenant has id `{user}`"
+                            )));
+                        }
+                        (vec![user.clone()], json!({ "user": user }))
+                    }
+                    (None, Some(role), _) => {
+                        let users = scoped.users_with_role(role).await?.ok_or_else(|| {
+                            StepError::Failed(format!("the tenant has no role `{role}`"))
+                        })?;
+                        (users, json!({ "role": role }))
+                    }
+                    (None, None, Some(team)) => {
+                        let users = scoped.members_of(team).await?.ok_or_else(|| {
+                            StepError::Failed(format!("the tenant has no team `{team}`"))
+                        })?;
+                        (users, json!({ "team": team }))
+                    }
+                    (None, None, None) => {
+                        return Err(StepError::Failed("the notification names no one".into()));
+                    }
+                };
+                let mut ids = Vec::with_capacity(users.len());
+                for user in &users {
+                    let id = uuid::Uuid::now_v7().to_string();
+                    scoped
+                        .insert_notification(&Notification {
+                            id: id.clone(),
+                            user_id: user.clone(),
+                            message: message.clone(),
+                            entity: run.entity.clone(),
+                            record_id: run.record_id.clone(),
+                            workflow: Some(self.compiled.name.clone()),
+                            run_id: Some(run.id.clone()),
+                            created_at: now,
+                            read_at: None,
+                        })
+                        .await?;
+                    ids.push(id);
                 }
-                let id = uuid::Uuid::now_v7().to_string();
-                scoped
-                    .insert_notification(&Notification {
-                        id: id.clone(),
-                        user_id: user.clone(),
-                        message: message.clone(),
-                        entity: run.entity.clone(),
-                        record_id: run.record_id.clone(),
-                        workflow: Some(self.compiled.name.clone()),
-                        run_id: Some(run.id.clone()),
-                        created_at: now,
-                        read_at: None,
-                    })
-                    .await?;
-                (
-                    json!({ "user": user, "message": message }),
-                    json!({ "id": id }),
-                )
+                let mut input = to;
+                input["message"] = Value::String(message);
+                let first = ids.first().cloned();
+                (input, json!({ "id": first, "ids": ids, "users": users }))
             }
             Action::SendEmail { to, subject, body } => {
                 let to = render(to)?;
@@ -704,35 +754,73 @@ impl StepRun<'_> {
                     .map_err(StepError::Failed)?;
                 (input, output)
             }
-            Action::AssignOwner { user, round_robin } => {
+            Action::AssignOwner {
+                user,
+                round_robin,
+                role,
+                team,
+            } => {
                 let (entity, id) = match (&run.entity, &run.record_id, &record) {
                     (Some(entity), Some(id), Some(_)) => (entity, id),
                     _ => return Err(record_needed()),
                 };
-                let owner = match user {
-                    Some(user) => render(user)?,
-                    None => {
-                        let turn = scoped.next_turn(&run.workflow_id, &step_id).await?;
-                        let index = (turn - 1).rem_euclid(round_robin.len() as i64) as usize;
-                        render(&round_robin[index])?
-                    }
-                };
-                if scoped.user_principal(&owner).await?.is_none() {
-                    return Err(StepError::Failed(format!(
-                        "`{owner}` is not a user of this tenant"
-                    )));
-                }
                 let previous = record
                     .as_ref()
                     .and_then(|r| r.get("_owner").cloned())
                     .unwrap_or(Value::Null);
-                self.records
-                    .step_assign(scoped, &context, entity, id, &owner)
-                    .await?;
-                (
-                    json!({ "owner": owner }),
-                    json!({ "owner": owner, "previous": previous }),
-                )
+                let pool = match (role, team) {
+                    (Some(role), _) => Some((
+                        format!("role `{role}`"),
+                        scoped.users_with_role(role).await?.ok_or_else(|| {
+                            StepError::Failed(format!("the tenant has no role `{role}`"))
+                        })?,
+                    )),
+                    (None, Some(team)) => Some((
+                        format!("team `{team}`"),
+                        scoped.members_of(team).await?.ok_or_else(|| {
+                            StepError::Failed(format!("the tenant has no team `{team}`"))
+                        })?,
+                    )),
+                    (None, None) => None,
+                };
+                let owner = match (user, &pool) {
+                    (Some(user), _) => Some(render(user)?),
+                    (None, Some((_, users))) if users.is_empty() => None,
+                    (None, Some((_, users))) => {
+                        let turn = scoped.next_turn(&run.workflow_id, &step_id).await?;
+                        Some(users[(turn - 1).rem_euclid(users.len() as i64) as usize].clone())
+                    }
+                    (None, None) => {
+                        let turn = scoped.next_turn(&run.workflow_id, &step_id).await?;
+                        let index = (turn - 1).rem_euclid(round_robin.len() as i64) as usize;
+                        Some(render(&round_robin[index])?)
+                    }
+                };
+                match owner {
+                    Some(owner) => {
+                        if scoped.user_principal(&owner).await?.is_none() {
+                            return Err(StepError::Failed(format!(
+                                "`{owner}` is not a user of this tenant"
+                            )));
+                        }
+                        self.records
+                            .step_assign(scoped, &context, entity, id, &owner)
+                            .await?;
+                        (
+                            json!({ "owner": owner }),
+                            json!({ "owner": owner, "previous": previous }),
+                        )
+                    }
+                    // Nobody to take it: the record keeps its owner, and the run says why.
+                    None => {
+                        let pool = pool.map(|(pool, _)| pool).unwrap_or_default();
+                        let skipped = format!("no enabled user in {pool}: the owner is kept");
+                        (
+                            json!({ "pool": pool }),
+                            json!({ "owner": previous, "previous": previous, "skipped": skipped }),
+                        )
+                    }
+                }
             }
             Action::Approval {
                 approvers,
