@@ -26,8 +26,9 @@ DATA="$BENCH_WORK/workflows-data"
 OUT="$BENCH_WORK/results/workflows_$BACKEND.jsonl"
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk jq sqlite3" >&2; exit 1; }
 
-cargo build --release -p rapport
-BIN="$PWD/target/release/rapport"
+# RAPPORT_BIN=/path/to/rapport runs another build (A/B runs) instead of building this one.
+if [ -z "${RAPPORT_BIN:-}" ]; then cargo build --release -p rapport; fi
+BIN="${RAPPORT_BIN:-$PWD/target/release/rapport}"
 rm -rf "$DATA"; mkdir -p "$DATA" "$(dirname "$OUT")"; : >"$OUT"
 case "$BACKEND" in
   sqlite) export RAPPORT_DATABASE_URL="sqlite:$DATA/bench.db" ;;
