@@ -634,7 +634,7 @@ impl Scoped<'_> {
         Ok(on!(self.entered().await?, c => sqlx::query_as(
             "SELECT s.seq, s.step_id, s.type, s.status, s.attempts, s.input, s.output, s.error, \
              s.started_at, s.finished_at FROM workflow_steps s JOIN workflow_runs r ON r.id = s.run_id \
-             WHERE r.tenant_id = $1 AND s.run_id = $2 ORDER BY s.seq",
+             WHERE r.tenant_id = $1 AND r.id = $2 AND s.run_id = $2 ORDER BY s.seq",
         )
         .bind(tenant)
         .bind(run_id)
@@ -741,7 +741,7 @@ impl Scoped<'_> {
         Ok(on!(self.entered().await?, c => sqlx::query_as(
             "SELECT s.seq, s.step_id, s.type, s.status, s.attempts, s.input, s.output, s.error, \
              s.started_at, s.finished_at FROM workflow_steps s JOIN workflow_runs r ON r.id = s.run_id \
-             WHERE r.tenant_id = $1 AND s.run_id = $2 ORDER BY s.seq DESC LIMIT 1",
+             WHERE r.tenant_id = $1 AND r.id = $2 AND s.run_id = $2 ORDER BY s.seq DESC LIMIT 1",
         )
         .bind(tenant)
         .bind(run_id)
