@@ -415,12 +415,12 @@ impl Users {
         };
         let Some(row) = row else {
             self.verify(None, &sign_in.password).await;
-            self.audit_sign_in(&tenant, None, false, &sign_in.user, "unknown user")
+            self.audit_failed_sign_in(&tenant, None, &sign_in.user, "unknown user")
                 .await?;
             return Err(UserError::SignInFailed);
         };
         if let Some(until) = row.locked_until.filter(|until| *until > now) {
-            self.audit_sign_in(&tenant, Some(&row.id), false, &sign_in.user, "locked")
+            self.audit_failed_sign_in(&tenant, Some(&row.id), &sign_in.user, "locked")
                 .await?;
             return Err(UserError::Locked(rfc3339(until)));
         }
@@ -508,22 +508,18 @@ impl Users {
             .expect("hashing does not panic")
     }
 
-    async fn audit_sign_in(
+    /// Audits a sign-in refused before any password was checked against the user's.
+    async fn audit_failed_sign_in(
         &self,
         tenant: &TenantId,
         user: Option<&str>,
-        ok: bool,
         name: &str,
         reason: &str,
     ) -> Result<(), UserError> {
         let mut tx = self.store.begin().await?;
-        let action = if ok {
-            "user.sign_in"
-        } else {
-            "user.sign_in_failed"
-        };
+        let detail = json!({"user": name, "reason": reason});
         tx.scoped(tenant)
-            .audit(user, action, user, &json!({"user": name, "reason": reason}))
+            .audit(user, "user.sign_in_failed", user, &detail)
             .await?;
         tx.commit().await?;
         Ok(())
@@ -702,9 +698,7 @@ impl Users {
         }
         let mut tx = self.store.begin().await?;
         let mut scoped = tx.scoped(&principal.tenant);
-        let created = self
-            .put_role_in(&mut scoped, principal, &role, None)
-            .await?;
+        let created = self.put_role_in(&mut scoped, principal, &role).await?;
         let stored = scoped
             .role(&role.name)
             .await?
@@ -714,17 +708,18 @@ impl Users {
         Ok((role_view(stored)?, created))
     }
 
-    /// Writes a role in the caller's transaction (a pack's, with `pack`); audited.
-    pub async fn put_role_in(
+    /// Writes a role in the caller's transaction, audited; a pack's role stays the pack's.
+    async fn put_role_in(
         &self,
         scoped: &mut Scoped<'_>,
         principal: &Principal,
         role: &RoleDefinition,
-        pack: Option<&str>,
     ) -> Result<bool, UserError> {
-        let created = scoped.role(&role.name).await?.is_none();
+        let existing = scoped.role(&role.name).await?;
+        let created = existing.is_none();
+        let pack = existing.and_then(|stored| stored.pack_id);
         scoped
-            .put_role(&role.name, &role.to_json().to_string(), pack)
+            .put_role(&role.name, &role.to_json().to_string(), pack.as_deref())
             .await?;
         let action = if created {
             "role.create"

@@ -1570,6 +1570,12 @@ async fn the_core_packs_roles_work_as_the_documents_say(app: &TestApp) {
     )
     .await;
     assert_eq!(opportunities.status, StatusCode::FORBIDDEN);
+    // A tenant may adjust a pack's role; it stays the pack's.
+    let mut shipped = app.get("/api/v1/roles/sales_rep").await.body;
+    shipped["label"] = json!("Account executive");
+    let adjusted = app.put("/api/v1/roles/sales_rep", shipped).await;
+    assert_eq!(adjusted.status, StatusCode::OK, "{:?}", adjusted.body);
+    assert_eq!(adjusted.body["pack"], json!("core"));
     // Removing the pack keeps roles users hold, and drops the others.
     let removed = app.delete("/api/v1/packs/core").await;
     assert_eq!(removed.status, StatusCode::OK, "{:?}", removed.body);

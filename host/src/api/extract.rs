@@ -28,6 +28,10 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
         })
 }
 
+/// The hash of the request's token, when the guard already computed it.
+#[derive(Debug, Clone)]
+pub struct TokenHash(pub String);
+
 /// How often a token's use is written down (its `last_used_at`, and a `token.use` audit
 /// entry): at most once per this many seconds per token.
 const TOKEN_USE_EVERY: i64 = 3600;
@@ -39,7 +43,10 @@ impl FromRequestParts<AppState> for Principal {
         if let Some(principal) = parts.extensions.get::<Principal>() {
             return Ok(principal.clone());
         }
-        let hash = hash_token(bearer(&parts.headers)?);
+        let hash = match parts.extensions.get::<TokenHash>() {
+            Some(TokenHash(hash)) => hash.clone(),
+            None => hash_token(bearer(&parts.headers)?),
+        };
         if let Some(principal) = state.principals.get(&hash) {
             parts.extensions.insert(principal.clone());
             return Ok(principal);

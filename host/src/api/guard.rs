@@ -162,6 +162,9 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         if let Err(seconds) = state.limiter.check(&token_hash) {
             return too_many(seconds);
         }
+        parts
+            .extensions
+            .insert(super::extract::TokenHash(token_hash));
         match Principal::from_request_parts(&mut parts, &state).await {
             Ok(found) => principal = Some(found),
             Err(error) => return error.into_response(),

@@ -27,15 +27,6 @@ impl Scope {
     fn is_none(&self) -> bool {
         *self == Scope::None
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::None => "none",
-            Scope::Own => "own",
-            Scope::Team => "team",
-            Scope::All => "all",
-        }
-    }
 }
 
 /// What a user may do with one field of the records they may read.

@@ -6,7 +6,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::{Store, StoreError, Timestamp, on};
-use crate::auth::role::{ADMINISTRATOR, MEMBER};
+use crate::auth::role::ADMINISTRATOR;
 use crate::auth::{Access, Principal, RoleDefinition, generate_token, hash_token};
 use crate::domain::{TenantId, UserId};
 
@@ -963,6 +963,3 @@ pub struct AuditFilter<'a> {
     pub until: Option<OffsetDateTime>,
     pub before: Option<i64>,
 }
-
-/// The role names every tenant starts with.
-pub const BUILT_IN_ROLES: [&str; 2] = [ADMINISTRATOR, MEMBER];
