@@ -171,16 +171,21 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         }
     }
     let response = match &principal {
-        Some(someone) if !someone.is_admin() && admin_only(&method, &template) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "`{method} {}` is for administrators; your roles are {}",
-                template.strip_prefix("/api/v1").unwrap_or(&template),
-                someone.access.role_names().join(", ")
-            ),
-        )
-        .into_response(),
+        Some(someone) if !someone.is_admin() && admin_only(&method, &template) => {
+            // The body is read (and dropped) first: answering before a client has sent all of
+            // it would close the connection under it (a plugin upload, say).
+            let _ = axum::body::to_bytes(body, super::plugins::MAX_UPLOAD_BODY).await;
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "`{method} {}` is for administrators; your roles are {}",
+                    template.strip_prefix("/api/v1").unwrap_or(&template),
+                    someone.access.role_names().join(", ")
+                ),
+            )
+            .into_response()
+        }
         _ => next.run(Request::from_parts(parts, body)).await,
     };
     if let Some(principal) = principal {
