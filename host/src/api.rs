@@ -228,6 +228,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(records::delete),
         )
         .route("/records/{entity}/recompute", post(records::recompute))
+        .route("/records/{entity}/aggregate", get(records::aggregate))
         .route("/records/{entity}/{id}/restore", post(records::restore))
         .route("/records/{entity}/{id}/assign", post(records::assign))
         .route("/records/{entity}/{id}/history", get(records::history))

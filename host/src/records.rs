@@ -21,6 +21,7 @@ use crate::workflows::Workflows;
 use crate::workflows::definition::Event;
 
 pub mod access;
+pub mod aggregate;
 mod computed;
 pub mod filter;
 pub mod hooks;
@@ -1298,6 +1299,84 @@ impl Records {
         let compiled = self.metadata.compiled(&mut scoped, entity).await?;
         self.list_in(&mut scoped, principal, &compiled, params, None)
             .await
+    }
+
+    /// Groups and measures over the records of `entity` the principal may read (see
+    /// [`aggregate`]).
+    pub async fn aggregate(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        params: &aggregate::AggregateParams,
+    ) -> Result<aggregate::Aggregation, RecordError> {
+        let groups = aggregate::parse_groups(params.group_by.as_deref()).map_err(bad)?;
+        let measures = aggregate::parse_measures(params.measures.as_deref()).map_err(bad)?;
+        let mut conn = self.store.reader().await?;
+        let mut scoped = conn.scoped(&principal.tenant);
+        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        let sight = Sight::readable(principal, &compiled)?;
+        // The referenced entities groups reach through, as the caller sees them.
+        let mut targets: Vec<(String, Arc<CompiledEntity>)> = Vec::new();
+        for group in groups.iter().filter(|group| group.sub.is_some()) {
+            let Some(reference) = sight
+                .definition
+                .field(&group.field)
+                .filter(|field| field.active)
+            else {
+                continue;
+            };
+            if let Some(target) = &reference.entity
+                && !targets
+                    .iter()
+                    .any(|(name, _)| name == reference.name.as_str())
+            {
+                let compiled = self.metadata.compiled(&mut scoped, target.as_str()).await?;
+                targets.push((reference.name.to_string(), compiled));
+            }
+        }
+        let sights: Vec<(String, Sight<'_>, i64)> = targets
+            .iter()
+            .map(|(field, target)| {
+                Sight::readable(principal, target).map(|sight| (field.clone(), sight, target.id))
+            })
+            .collect::<Result<_, _>>()?;
+        let through = sights
+            .iter()
+            .map(|(field, target_sight, entity_id)| {
+                let reference = sight.definition.field(field).expect("found above");
+                (
+                    field.clone(),
+                    aggregate::Through {
+                        reference,
+                        entity_id: *entity_id,
+                        definition: target_sight.definition.as_ref(),
+                        owners: principal.owners(target_sight.grant.read),
+                    },
+                )
+            })
+            .collect();
+        let offset = if groups.iter().any(|group| group.bucket.is_some()) {
+            let (_, zone) = scoped.tenant_settings().await?;
+            crate::workflows::timers::utc_offset_minutes(&zone)
+        } else {
+            0
+        };
+        let plan = aggregate::Compile {
+            dialect: scoped.dialect(),
+            entity_id: compiled.id,
+            sight: &sight,
+            principal,
+            params,
+            groups,
+            measures,
+            through,
+            offset,
+        }
+        .plan()?;
+        let rows = scoped
+            .aggregate_rows(&plan.sql, plan.binds.clone(), plan.kinds())
+            .await?;
+        plan.result(rows)
     }
 
     /// Records of `source` whose reference field points at the record `id` of `entity` (for a

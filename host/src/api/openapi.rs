@@ -185,6 +185,23 @@ fn fixed_paths() -> Map<String, Value> {
                  "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"fields": {"type": "array", "items": {"type": "string"}}}}}}},
                  "responses": {"200": {"description": "`{\"records\": n, \"changed\": m}`"}, "400": error, "403": error, "404": error, "424": error}}
     }));
+    paths.insert("/api/v1/records/{entity}/aggregate".into(), json!({
+        "parameters": [entity_param],
+        "get": {"tags": ["records"], "summary": "Group the records a list with the same `filter` and `q` would return, and measure each group",
+                "description": "Record scope and field security apply as in lists: hidden fields are unknown, records out of scope are not counted, a referenced record the caller may not read groups as null. Datetimes are bucketed in the tenant's time zone (its current offset from UTC).",
+                "parameters": [
+                    {"name": "group_by", "in": "query", "schema": {"type": "string"},
+                     "description": "Up to 3, comma-separated: a field (`stage`), a date or datetime with a bucket (`expected_close:month`; day, week (its Monday), month, quarter, year), a field of the referenced record (`account.size`), a currency field's code (`amount.currency`), system fields (`_owner`, `_created_at:week`)"},
+                    {"name": "measures", "in": "query", "schema": {"type": "string", "default": "count"},
+                     "description": "Up to 12, comma-separated: `count`, `sum:<field>`, `avg:<field>`, `min:<field>`, `max:<field>`, `count_distinct:<field>`; sum and avg take number and currency fields, min and max also dates"},
+                    {"$ref": "#/components/parameters/filter"},
+                    {"$ref": "#/components/parameters/q"},
+                    {"name": "sort", "in": "query", "schema": {"type": "string"},
+                     "description": "Groups and measures by the names used above, `-` for descending (`-sum:amount`); then every group ascending"},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}}],
+                "responses": {"200": {"description": "`{\"data\": [{\"group\": {\"stage\": \"won\"}, \"count\": 3, \"sum\": {\"amount\": {\"amount\": 1200, \"currency\": \"EUR\"}}}], \"truncated\": false}`"},
+                              "400": error, "403": error, "404": error}}
+    }));
     paths.insert("/api/v1/records/{entity}/{id}/restore".into(), json!({
         "parameters": [entity_param, id_param],
         "post": {"tags": ["records"], "summary": "Restore a soft-deleted record", "responses": {"200": {"description": "Restored"}, "409": error}}

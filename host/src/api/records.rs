@@ -11,6 +11,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, Params, if_match};
 use crate::auth::Principal;
+use crate::records::aggregate::{AggregateParams, Aggregation};
 use crate::records::{BatchUpdate, Deleted, Idempotency, ListParams, Page, RecordView, Shape};
 
 /// `Idempotency-Key`, at most 255 visible ASCII characters.
@@ -370,4 +371,38 @@ pub async fn recompute(
         .recompute(&principal, &entity, body.fields)
         .await?;
     Ok(Json(json!(done)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateQueryParams {
+    group_by: Option<String>,
+    measures: Option<String>,
+    filter: Option<String>,
+    q: Option<String>,
+    sort: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Groups and measures over an entity's records.
+pub async fn aggregate(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(entity): Path<String>,
+    Params(params): Params<AggregateQueryParams>,
+) -> Result<Json<Aggregation>, ApiError> {
+    let params = AggregateParams {
+        group_by: params.group_by,
+        measures: params.measures,
+        filter: params.filter,
+        q: params.q,
+        sort: params.sort,
+        limit: params.limit,
+    };
+    Ok(Json(
+        state
+            .records
+            .aggregate(&principal, &entity, &params)
+            .await?,
+    ))
 }

@@ -651,3 +651,64 @@ pub(super) fn build_inserts<const N: usize>(
     }
     statements
 }
+
+/// How a column of a dynamic aggregate query is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    Text,
+    Int,
+    Float,
+    Bool,
+}
+
+/// Decodes the columns of one row by their kinds into JSON values (NULL as null).
+fn decode_row<R>(row: &R, kinds: &[ColumnKind]) -> Result<Vec<serde_json::Value>, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<bool>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    use serde_json::Value;
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(index, kind)| {
+            Ok(match kind {
+                ColumnKind::Text => row
+                    .try_get::<Option<String>, _>(index)?
+                    .map_or(Value::Null, Value::String),
+                ColumnKind::Int => row
+                    .try_get::<Option<i64>, _>(index)?
+                    .map_or(Value::Null, Value::from),
+                ColumnKind::Float => row
+                    .try_get::<Option<f64>, _>(index)?
+                    .map_or(Value::Null, Value::from),
+                ColumnKind::Bool => row
+                    .try_get::<Option<bool>, _>(index)?
+                    .map_or(Value::Null, Value::Bool),
+            })
+        })
+        .collect()
+}
+
+impl Scoped<'_> {
+    /// Runs an aggregate query over records built by the records layer (`$1` is the tenant,
+    /// bound here) and decodes each row's columns by `kinds`.
+    pub async fn aggregate_rows(
+        &mut self,
+        sql: &str,
+        mut binds: Vec<SqlValue>,
+        kinds: &[ColumnKind],
+    ) -> Result<Vec<Vec<serde_json::Value>>, StoreError> {
+        binds[0] = SqlValue::Text(self.tenant.to_string());
+        Ok(on!(self.entered().await?, c => {
+            let rows = bind_all(sqlx::query(sql), &binds).fetch_all(&mut **c).await?;
+            rows.iter()
+                .map(|row| decode_row(row, kinds))
+                .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+}

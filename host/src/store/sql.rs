@@ -90,19 +90,25 @@ impl Dialect {
     /// the JSON type: an index build also evaluates dead row versions, which may still hold a
     /// value of the field's previous type, and an unguarded cast would fail on them.
     pub fn field_expr(self, field: &FieldDefinition) -> String {
+        self.field_expr_of("data", field)
+    }
+
+    /// [`Dialect::field_expr`] over the body column `data` of a named table or alias
+    /// (`records.data` in a correlated subquery).
+    pub fn field_expr_of(self, data: &str, field: &FieldDefinition) -> String {
         let name = field.name.as_str();
         let currency = field.value_type() == FieldType::Currency;
         let (value, text) = if currency {
             (
-                format!("data->'{name}'->'amount'"),
-                format!("data->'{name}'->>'amount'"),
+                format!("{data}->'{name}'->'amount'"),
+                format!("{data}->'{name}'->>'amount'"),
             )
         } else {
-            (format!("data->'{name}'"), format!("data->>'{name}'"))
+            (format!("{data}->'{name}'"), format!("{data}->>'{name}'"))
         };
         match self {
-            Dialect::Sqlite if currency => format!("json_extract(data, '$.{name}.amount')"),
-            Dialect::Sqlite => format!("json_extract(data, '$.{name}')"),
+            Dialect::Sqlite if currency => format!("json_extract({data}, '$.{name}.amount')"),
+            Dialect::Sqlite => format!("json_extract({data}, '$.{name}')"),
             Dialect::Postgres => match sql_kind(field) {
                 SqlKind::Text => format!("({text})"),
                 SqlKind::Integer | SqlKind::Decimal => {

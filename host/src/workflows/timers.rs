@@ -29,6 +29,18 @@ pub fn parse_time_zone(name: &str) -> Result<Tz, String> {
     })
 }
 
+/// The offset of a zone from UTC now, in minutes (0 for a name that is not a zone).
+pub fn utc_offset_minutes(zone: &str) -> i32 {
+    use chrono::Offset;
+    let Ok(tz) = zone.parse::<Tz>() else {
+        return 0;
+    };
+    tz.offset_from_utc_datetime(&chrono::Utc::now().naive_utc())
+        .fix()
+        .local_minus_utc()
+        / 60
+}
+
 /// Parses a time of day, `HH:MM` or `HH:MM:SS`.
 pub fn parse_at(text: &str) -> Option<NaiveTime> {
     NaiveTime::parse_from_str(text, "%H:%M:%S")

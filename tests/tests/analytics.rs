@@ -1,0 +1,423 @@
+//! Analytics over HTTP: aggregations (groups, buckets, references, measures, scope and field
+//! security); on SQLite and PostgreSQL.
+
+use rapport_tests::{TestApp, on_both_backends};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+on_both_backends!(
+    aggregations_group_bucket_and_measure,
+    aggregations_follow_references_and_currencies,
+    aggregations_refuse_bad_input_by_name,
+    aggregations_respect_scope_and_field_security,
+);
+
+async fn define_sales(app: &TestApp) {
+    app.define(json!({"name": "account", "fields": [
+        {"name": "name", "type": "text", "required": true},
+        {"name": "size", "type": "picklist", "options": ["small", "large"]}
+    ]}))
+    .await;
+    app.define(json!({"name": "deal", "fields": [
+        {"name": "title", "type": "text", "required": true},
+        {"name": "stage", "type": "picklist", "options": ["open", "won", "lost"]},
+        {"name": "amount", "type": "currency"},
+        {"name": "probability", "type": "integer"},
+        {"name": "weight", "type": "decimal"},
+        {"name": "close_on", "type": "date"},
+        {"name": "closed_at", "type": "datetime"},
+        {"name": "tags", "type": "picklist", "multiple": true, "options": ["a", "b"]},
+        {"name": "won", "type": "boolean"},
+        {"name": "account", "type": "reference", "entity": "account"}
+    ]}))
+    .await;
+}
+
+fn eur(amount: f64) -> Value {
+    json!({"amount": amount, "currency": "EUR"})
+}
+
+async fn aggregate(app: &TestApp, entity: &str, query: &str) -> Value {
+    let reply = app
+        .get(&format!("/api/v1/records/{entity}/aggregate?{query}"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{query}: {:?}", reply.body);
+    reply.body
+}
+
+/// The rows of an aggregation as (group values, the rest) pairs, for compact assertions.
+fn rows(body: &Value) -> Vec<Value> {
+    body["data"].as_array().expect("data").clone()
+}
+
+async fn seed(app: &TestApp) -> (String, String) {
+    define_sales(app).await;
+    let small = app
+        .create("account", json!({"name": "Small Co", "size": "small"}))
+        .await;
+    let large = app
+        .create("account", json!({"name": "Large Co", "size": "large"}))
+        .await;
+    let deals = [
+        ("a", "open", 100.0, 10, "2026-01-15", None, &small),
+        ("b", "open", 300.0, 50, "2026-02-20", None, &large),
+        (
+            "c",
+            "won",
+            1000.0,
+            100,
+            "2026-02-03",
+            Some("2026-03-31T20:00:00Z"),
+            &large,
+        ),
+        (
+            "d",
+            "won",
+            500.0,
+            100,
+            "2026-04-01",
+            Some("2026-04-01T08:00:00Z"),
+            &small,
+        ),
+        ("e", "lost", 700.0, 0, "2026-05-30", None, &large),
+    ];
+    for (title, stage, amount, probability, close_on, closed_at, account) in deals {
+        let mut data = json!({"title": title, "stage": stage, "amount": eur(amount),
+                              "probability": probability, "weight": probability as f64 / 100.0,
+                              "close_on": close_on, "won": stage == "won", "account": account});
+        if let Some(closed_at) = closed_at {
+            data["closed_at"] = json!(closed_at);
+        }
+        app.create("deal", data).await;
+    }
+    // A deal without stage or amount: grouped as null, not counted in sums.
+    app.create("deal", json!({"title": "f"})).await;
+    (small, large)
+}
+
+async fn aggregations_group_bucket_and_measure(app: &TestApp) {
+    seed(app).await;
+
+    // No group: one row over every record.
+    let total = aggregate(app, "deal", "measures=count,sum:probability,avg:weight").await;
+    assert_eq!(
+        rows(&total),
+        vec![
+            json!({"group": {}, "count": 6, "sum": {"probability": 260}, "avg": {"weight": 0.52}})
+        ]
+    );
+    assert_eq!(total["truncated"], json!(false));
+
+    // By stage: nulls first, then in order; integer sums stay integers, min/max of dates.
+    let by_stage = aggregate(
+        app,
+        "deal",
+        "group_by=stage&measures=count,sum:probability,min:close_on,max:close_on",
+    )
+    .await;
+    assert_eq!(
+        rows(&by_stage),
+        vec![
+            json!({"group": {"stage": null}, "count": 1, "sum": {"probability": null},
+                   "min": {"close_on": null}, "max": {"close_on": null}}),
+            json!({"group": {"stage": "lost"}, "count": 1, "sum": {"probability": 0},
+                   "min": {"close_on": "2026-05-30"}, "max": {"close_on": "2026-05-30"}}),
+            json!({"group": {"stage": "open"}, "count": 2, "sum": {"probability": 60},
+                   "min": {"close_on": "2026-01-15"}, "max": {"close_on": "2026-02-20"}}),
+            json!({"group": {"stage": "won"}, "count": 2, "sum": {"probability": 200},
+                   "min": {"close_on": "2026-02-03"}, "max": {"close_on": "2026-04-01"}}),
+        ]
+    );
+
+    // The same filters as lists; sort by a measure, descending; limit and truncation.
+    let top = aggregate(
+        app,
+        "deal",
+        "group_by=stage&filter=stage%20ne%20'lost'&sort=-count,stage&limit=2",
+    )
+    .await;
+    assert_eq!(
+        rows(&top),
+        vec![
+            json!({"group": {"stage": "open"}, "count": 2}),
+            json!({"group": {"stage": "won"}, "count": 2}),
+        ]
+    );
+    assert_eq!(top["truncated"], json!(true));
+
+    // Date buckets.
+    let by_month = aggregate(
+        app,
+        "deal",
+        "group_by=close_on:month&filter=close_on%20is%20not%20null",
+    )
+    .await;
+    let months: Vec<(Value, Value)> = rows(&by_month)
+        .iter()
+        .map(|row| (row["group"]["close_on:month"].clone(), row["count"].clone()))
+        .collect();
+    assert_eq!(
+        months,
+        vec![
+            (json!("2026-01"), json!(1)),
+            (json!("2026-02"), json!(2)),
+            (json!("2026-04"), json!(1)),
+            (json!("2026-05"), json!(1)),
+        ]
+    );
+    let by_quarter = aggregate(
+        app,
+        "deal",
+        "group_by=close_on:quarter,stage&filter=stage%20eq%20'won'",
+    )
+    .await;
+    assert_eq!(
+        rows(&by_quarter),
+        vec![
+            json!({"group": {"close_on:quarter": "2026-Q1", "stage": "won"}, "count": 1}),
+            json!({"group": {"close_on:quarter": "2026-Q2", "stage": "won"}, "count": 1}),
+        ]
+    );
+    // 2026-02-20 is a Friday: its week starts on Monday the 16th.
+    let by_week = aggregate(
+        app,
+        "deal",
+        "group_by=close_on:week,close_on:year&filter=title%20eq%20'b'",
+    )
+    .await;
+    assert_eq!(
+        rows(&by_week),
+        vec![
+            json!({"group": {"close_on:week": "2026-02-16", "close_on:year": "2026"}, "count": 1})
+        ]
+    );
+
+    // System timestamps bucket too, and booleans group as booleans.
+    let created = aggregate(app, "deal", "group_by=_created_at:year,won").await;
+    let listed = app.get("/api/v1/records/deal?limit=1").await;
+    let year = &listed.body["data"][0]["created_at"].as_str().unwrap()[..4];
+    for row in rows(&created) {
+        assert_eq!(row["group"]["_created_at:year"], json!(year), "{row}");
+    }
+    let wins: Vec<Value> = rows(&created)
+        .iter()
+        .map(|row| row["group"]["won"].clone())
+        .collect();
+    assert!(
+        wins.contains(&json!(true)) && wins.contains(&json!(false)),
+        "{wins:?}"
+    );
+    // Datetimes are bucketed in the tenant's time zone: 2026-03-31T20:00Z is April 1st in
+    // Shanghai.
+    let utc = aggregate(
+        app,
+        "deal",
+        "group_by=closed_at:month&filter=closed_at%20is%20not%20null",
+    )
+    .await;
+    assert_eq!(
+        rows(&utc),
+        vec![
+            json!({"group": {"closed_at:month": "2026-03"}, "count": 1}),
+            json!({"group": {"closed_at:month": "2026-04"}, "count": 1}),
+        ]
+    );
+    let zone = app
+        .patch("/api/v1/tenant", json!({"time_zone": "Asia/Shanghai"}))
+        .await;
+    assert_eq!(zone.status, StatusCode::OK, "{:?}", zone.body);
+    let shanghai = aggregate(
+        app,
+        "deal",
+        "group_by=closed_at:day&filter=closed_at%20is%20not%20null",
+    )
+    .await;
+    assert_eq!(
+        rows(&shanghai),
+        vec![json!({"group": {"closed_at:day": "2026-04-01"}, "count": 2})]
+    );
+}
+
+async fn aggregations_follow_references_and_currencies(app: &TestApp) {
+    seed(app).await;
+    // Through the reference: deals by their account's size; distinct accounts.
+    let by_size = aggregate(
+        app,
+        "deal",
+        "group_by=account.size&measures=count,sum:amount,count_distinct:account&filter=account%20is%20not%20null",
+    )
+    .await;
+    assert_eq!(
+        rows(&by_size),
+        vec![
+            json!({"group": {"account.size": "large"}, "count": 3, "sum": {"amount": eur(2000.0)},
+                   "count_distinct": {"account": 1}}),
+            json!({"group": {"account.size": "small"}, "count": 2, "sum": {"amount": eur(600.0)},
+                   "count_distinct": {"account": 1}}),
+        ]
+    );
+
+    // A second currency: summing across currencies is refused, by currency it is not.
+    app.create(
+        "deal",
+        json!({"title": "g", "stage": "won", "amount": {"amount": 50, "currency": "USD"}}),
+    )
+    .await;
+    let mixed = app
+        .get("/api/v1/records/deal/aggregate?group_by=stage&measures=sum:amount")
+        .await;
+    assert_eq!(mixed.status, StatusCode::BAD_REQUEST, "{:?}", mixed.body);
+    let message = mixed.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("mixes currencies (EUR to USD)") && message.contains("amount.currency"),
+        "{message}"
+    );
+    let by_currency = aggregate(
+        app,
+        "deal",
+        "group_by=stage,amount.currency&measures=sum:amount,max:amount&filter=stage%20eq%20'won'",
+    )
+    .await;
+    assert_eq!(
+        rows(&by_currency),
+        vec![
+            json!({"group": {"stage": "won", "amount.currency": "EUR"},
+                   "sum": {"amount": eur(1500.0)}, "max": {"amount": eur(1000.0)}}),
+            json!({"group": {"stage": "won", "amount.currency": "USD"},
+                   "sum": {"amount": {"amount": 50.0, "currency": "USD"}},
+                   "max": {"amount": {"amount": 50.0, "currency": "USD"}}}),
+        ]
+    );
+}
+
+async fn aggregations_refuse_bad_input_by_name(app: &TestApp) {
+    seed(app).await;
+    for (query, expected) in [
+        ("group_by=nope", "`nope` is not a field of `deal`"),
+        (
+            "group_by=stage:month",
+            "a bucket applies to date and datetime fields",
+        ),
+        ("group_by=tags", "holds arrays or json"),
+        (
+            "group_by=stage:fortnight",
+            "`fortnight` is not a date bucket",
+        ),
+        ("group_by=title.name", "is a text field, not a reference"),
+        (
+            "group_by=account.nope",
+            "`nope` is not a field of `account`",
+        ),
+        ("group_by=a,b,c,d", "at most 3"),
+        (
+            "measures=sum:title",
+            "sum applies to number and currency fields, and `title` is a text field",
+        ),
+        (
+            "measures=avg:stage",
+            "avg applies to number and currency fields",
+        ),
+        (
+            "measures=min:won",
+            "min applies to number, currency, date and datetime fields",
+        ),
+        ("measures=median:amount", "`median` is not a measure"),
+        ("measures=sum", "needs a field"),
+        (
+            "measures=count_distinct:tags",
+            "count_distinct applies to fields holding single values",
+        ),
+        ("measures=sum:account.size", "a field of the entity itself"),
+        (
+            "group_by=stage&sort=-sum:amount",
+            "neither a group nor a measure",
+        ),
+        ("filter=stage%20eq%201", "`stage` takes a quoted string"),
+        ("limit=0", "`limit` must be between 1 and 10000"),
+        ("unknown=1", "unknown"),
+    ] {
+        let reply = app
+            .get(&format!("/api/v1/records/deal/aggregate?{query}"))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {:?}",
+            reply.body
+        );
+        let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{query}: {message}");
+    }
+    let missing = app.get("/api/v1/records/nothing/aggregate").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{:?}", missing.body);
+}
+
+async fn aggregations_respect_scope_and_field_security(app: &TestApp) {
+    let (small, _) = seed(app).await;
+    let role = app
+        .post(
+            "/api/v1/roles",
+            json!({"name": "rep", "entities": {
+                "deal": {"create": true, "read": "own", "update": "own",
+                         "fields": {"probability": "none"}},
+                "account": {"read": "all", "fields": {"size": "none"}}
+            }}),
+        )
+        .await;
+    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
+    let (rep, _) = app.user_with_roles("rep", &["rep"]).await;
+    let rep = rep.as_str();
+    let as_rep = |query: &str| {
+        let path = format!("/api/v1/records/deal/aggregate?{query}");
+        async move { app.send(Method::GET, &path, rep, None, &[]).await }
+    };
+    // Records out of scope are not counted: the rep owns none yet, then one.
+    let none = as_rep("measures=count").await;
+    assert_eq!(
+        none.body["data"],
+        json!([{"group": {}, "count": 0}]),
+        "{:?}",
+        none.body
+    );
+    let created = app
+        .send(
+            Method::POST,
+            "/api/v1/records/deal",
+            rep,
+            Some(&json!({"data": {"title": "mine", "stage": "open", "account": small}})),
+            &[],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let mine = as_rep("group_by=stage").await;
+    assert_eq!(
+        mine.body["data"],
+        json!([{"group": {"stage": "open"}, "count": 1}])
+    );
+    // Hidden fields are not fields, to group, measure or filter by — here or through a reference.
+    for query in [
+        "group_by=probability",
+        "measures=sum:probability",
+        "filter=probability%20gt%200",
+        "group_by=account.size",
+    ] {
+        let reply = as_rep(query).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {:?}",
+            reply.body
+        );
+        assert!(
+            reply.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("is not a field of"),
+            "{query}: {:?}",
+            reply.body
+        );
+    }
+    // The administrator sees every record.
+    let all = aggregate(app, "deal", "measures=count").await;
+    assert_eq!(all["data"][0]["count"], json!(7));
+}
