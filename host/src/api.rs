@@ -15,6 +15,7 @@ use crate::records::Records;
 use crate::store::Store;
 use crate::workflows::Workflows;
 
+pub mod analytics;
 pub mod entities;
 pub mod error;
 pub mod extract;
@@ -72,6 +73,7 @@ pub struct Services {
     pub engine: crate::workflows::engine::EngineConfig,
     pub packs: crate::packs::Packs,
     pub views: crate::views::Views,
+    pub analytics: crate::analytics::Analytics,
     pub users: crate::users::Users,
     /// The per-token rate limit of the API (set with [`guard::Limiter::new`]).
     pub limiter: guard::Limiter,
@@ -97,6 +99,8 @@ impl AppState {
             workflows.clone(),
         );
         let views = crate::views::Views::new(store.clone(), records.clone());
+        let analytics =
+            crate::analytics::Analytics::new(store.clone(), metadata.clone(), records.clone());
         let principals: Arc<PrincipalCache> = Arc::default();
         Ok(Self(Arc::new(Services {
             users: crate::users::Users::new(store.clone(), principals.clone()),
@@ -104,6 +108,7 @@ impl AppState {
             webhooks: crate::webhooks::Webhooks::new(store.clone(), Default::default()),
             packs,
             views,
+            analytics,
             store,
             metadata,
             records,
@@ -147,6 +152,28 @@ pub fn router(state: AppState) -> Router {
         .route("/views", get(packs::views))
         .route("/views/{name}", get(packs::view))
         .route("/views/{name}/records", get(packs::view_records))
+        .route(
+            "/reports",
+            get(analytics::list_reports).post(analytics::create_report),
+        )
+        .route(
+            "/reports/{name}",
+            get(analytics::show_report)
+                .put(analytics::replace_report)
+                .delete(analytics::delete_report),
+        )
+        .route("/reports/{name}/data", get(analytics::report_data))
+        .route(
+            "/dashboards",
+            get(analytics::list_dashboards).post(analytics::create_dashboard),
+        )
+        .route(
+            "/dashboards/{name}",
+            get(analytics::show_dashboard)
+                .put(analytics::replace_dashboard)
+                .delete(analytics::delete_dashboard),
+        )
+        .route("/dashboards/{name}/data", get(analytics::dashboard_data))
         .route("/tenant", get(tenant::show).patch(tenant::update))
         .route("/me", get(users::me))
         .route("/users", get(users::list_users).post(users::create_user))

@@ -5,6 +5,7 @@
 //! calling) → [`metadata`] (entity definitions and their JSON Schemas) → [`records`] (validated
 //! writes, queries) → [`store`] (all SQL, tenant-scoped).
 
+pub mod analytics;
 pub mod api;
 pub mod auth;
 pub mod cli;

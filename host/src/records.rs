@@ -1309,48 +1309,74 @@ impl Records {
         entity: &str,
         params: &aggregate::AggregateParams,
     ) -> Result<aggregate::Aggregation, RecordError> {
-        let groups = aggregate::parse_groups(params.group_by.as_deref()).map_err(bad)?;
-        let measures = aggregate::parse_measures(params.measures.as_deref()).map_err(bad)?;
         let mut conn = self.store.reader().await?;
         let mut scoped = conn.scoped(&principal.tenant);
-        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
-        let sight = Sight::readable(principal, &compiled)?;
+        let plan = self
+            .plan_aggregate(&mut scoped, Some(principal), entity, params)
+            .await?;
+        let rows = scoped
+            .aggregate_rows(&plan.sql, plan.binds.clone(), plan.kinds())
+            .await?;
+        plan.result(rows)
+    }
+
+    /// Compiles an aggregation: as `principal` sees the entities, or (`None`, for checking a
+    /// saved report) as they are.
+    pub async fn plan_aggregate(
+        &self,
+        scoped: &mut Scoped<'_>,
+        principal: Option<&Principal>,
+        entity: &str,
+        params: &aggregate::AggregateParams,
+    ) -> Result<aggregate::Plan, RecordError> {
+        let groups = aggregate::parse_groups(params.group_by.as_deref()).map_err(bad)?;
+        let measures = aggregate::parse_measures(params.measures.as_deref()).map_err(bad)?;
+        let compiled = self.metadata.compiled(scoped, entity).await?;
+        let sight = |compiled: &Arc<CompiledEntity>| -> Result<(EntityDefinition, Option<Vec<String>>), RecordError> {
+            match principal {
+                Some(principal) => {
+                    let sight = Sight::readable(principal, compiled)?;
+                    Ok((
+                        sight.definition.into_owned(),
+                        principal.owners(sight.grant.read),
+                    ))
+                }
+                None => Ok((compiled.definition.clone(), None)),
+            }
+        };
+        let (definition, owners) = sight(&compiled)?;
         // The referenced entities groups reach through, as the caller sees them.
-        let mut targets: Vec<(String, Arc<CompiledEntity>)> = Vec::new();
+        let mut targets: Vec<(String, i64, EntityDefinition, Option<Vec<String>>)> = Vec::new();
         for group in groups.iter().filter(|group| group.sub.is_some()) {
-            let Some(reference) = sight
-                .definition
-                .field(&group.field)
-                .filter(|field| field.active)
+            let Some(reference) = definition.field(&group.field).filter(|field| field.active)
             else {
                 continue;
             };
             if let Some(target) = &reference.entity
                 && !targets
                     .iter()
-                    .any(|(name, _)| name == reference.name.as_str())
+                    .any(|(name, ..)| name == reference.name.as_str())
             {
-                let compiled = self.metadata.compiled(&mut scoped, target.as_str()).await?;
-                targets.push((reference.name.to_string(), compiled));
+                let target = self.metadata.compiled(scoped, target.as_str()).await?;
+                let (target_definition, target_owners) = sight(&target)?;
+                targets.push((
+                    reference.name.to_string(),
+                    target.id,
+                    target_definition,
+                    target_owners,
+                ));
             }
         }
-        let sights: Vec<(String, Sight<'_>, i64)> = targets
+        let through = targets
             .iter()
-            .map(|(field, target)| {
-                Sight::readable(principal, target).map(|sight| (field.clone(), sight, target.id))
-            })
-            .collect::<Result<_, _>>()?;
-        let through = sights
-            .iter()
-            .map(|(field, target_sight, entity_id)| {
-                let reference = sight.definition.field(field).expect("found above");
+            .map(|(field, entity_id, target_definition, target_owners)| {
                 (
                     field.clone(),
                     aggregate::Through {
-                        reference,
+                        reference: definition.field(field).expect("found above"),
                         entity_id: *entity_id,
-                        definition: target_sight.definition.as_ref(),
-                        owners: principal.owners(target_sight.grant.read),
+                        definition: target_definition,
+                        owners: target_owners.clone(),
                     },
                 )
             })
@@ -1361,22 +1387,18 @@ impl Records {
         } else {
             0
         };
-        let plan = aggregate::Compile {
+        aggregate::Compile {
             dialect: scoped.dialect(),
             entity_id: compiled.id,
-            sight: &sight,
-            principal,
+            definition: &definition,
+            owners,
             params,
             groups,
             measures,
             through,
             offset,
         }
-        .plan()?;
-        let rows = scoped
-            .aggregate_rows(&plan.sql, plan.binds.clone(), plan.kinds())
-            .await?;
-        plan.result(rows)
+        .plan()
     }
 
     /// Records of `source` whose reference field points at the record `id` of `entity` (for a

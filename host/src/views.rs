@@ -196,7 +196,16 @@ impl Views {
     pub async fn list(&self, principal: &Principal) -> Result<Vec<View>, ViewError> {
         let mut conn = self.store.reader().await?;
         let stored = conn.scoped(&principal.tenant).views().await?;
-        stored.iter().map(view).collect()
+        // Reports and dashboards share the table and its names; they have their own API.
+        stored
+            .iter()
+            .filter(|stored| {
+                serde_json::from_str::<Value>(&stored.definition).is_ok_and(|json| {
+                    crate::analytics::Kind::of(&json) == crate::analytics::Kind::View
+                })
+            })
+            .map(view)
+            .collect()
     }
 
     pub async fn get(&self, principal: &Principal, name: &str) -> Result<View, ViewError> {
@@ -205,6 +214,11 @@ impl Views {
             .scoped(&principal.tenant)
             .view(name)
             .await?
+            .filter(|stored| {
+                serde_json::from_str::<Value>(&stored.definition).is_ok_and(|json| {
+                    crate::analytics::Kind::of(&json) == crate::analytics::Kind::View
+                })
+            })
             .ok_or_else(|| ViewError::NotFound(name.to_owned()))?;
         view(&stored)
     }

@@ -10,6 +10,8 @@ on_both_backends!(
     aggregations_follow_references_and_currencies,
     aggregations_refuse_bad_input_by_name,
     aggregations_respect_scope_and_field_security,
+    reports_are_saved_checked_and_run_as_the_caller,
+    dashboards_compute_kpis_charts_and_tables,
 );
 
 async fn define_sales(app: &TestApp) {
@@ -420,4 +422,285 @@ async fn aggregations_respect_scope_and_field_security(app: &TestApp) {
     // The administrator sees every record.
     let all = aggregate(app, "deal", "measures=count").await;
     assert_eq!(all["data"][0]["count"], json!(7));
+}
+
+async fn reports_are_saved_checked_and_run_as_the_caller(app: &TestApp) {
+    seed(app).await;
+    let report = json!({"name": "by_stage", "label": "Deals by stage", "entity": "deal",
+                        "group_by": ["stage"], "measures": ["count", "sum:probability"],
+                        "filter": "stage is not null and close_on le {{today + 3650d}}"});
+    let created = app.post("/api/v1/reports", report.clone()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(created.body["kind"], json!("report"));
+    let again = app.post("/api/v1/reports", report.clone()).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.body);
+    let listed = app.get("/api/v1/reports").await;
+    assert_eq!(listed.body["data"][0]["name"], json!("by_stage"));
+    // Reports are not views.
+    let views = app.get("/api/v1/views").await;
+    assert_eq!(views.body["data"], json!([]), "{:?}", views.body);
+    let data = app.get("/api/v1/reports/by_stage/data").await;
+    assert_eq!(data.status, StatusCode::OK, "{:?}", data.body);
+    assert_eq!(
+        data.body["data"],
+        json!([
+            {"group": {"stage": "lost"}, "count": 1, "sum": {"probability": 0}},
+            {"group": {"stage": "open"}, "count": 2, "sum": {"probability": 60}},
+            {"group": {"stage": "won"}, "count": 2, "sum": {"probability": 200}}
+        ])
+    );
+
+    // Checked against the entity: every problem named by its path.
+    for (body, path, expected) in [
+        (
+            json!({"name": "r1", "entity": "nothing"}),
+            "/entity",
+            "entity `nothing` does not exist",
+        ),
+        (
+            json!({"name": "r2", "entity": "deal", "group_by": ["title:month"]}),
+            "/",
+            "a bucket applies to date and datetime fields",
+        ),
+        (
+            json!({"name": "r3", "entity": "deal", "measures": ["sum:title"]}),
+            "/",
+            "sum applies to number and currency fields",
+        ),
+        (
+            json!({"name": "r4", "entity": "deal", "filter": "stage eq {{record.x}}"}),
+            "/filter",
+            "may name `now`, `today` and `user`",
+        ),
+        (
+            json!({"name": "r5", "entity": "deal", "type": "list", "fields": ["nope"]}),
+            "/fields/0",
+            "has no field `nope`",
+        ),
+        (
+            json!({"name": "r6", "entity": "deal", "colour": "red"}),
+            "/",
+            "colour",
+        ),
+    ] {
+        let reply = app.post("/api/v1/reports", body.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {:?}",
+            reply.body
+        );
+        let messages = reply.fields()[path].to_string();
+        assert!(messages.contains(expected), "{body}: {:?}", reply.body);
+    }
+
+    // A member may run it, over their own records only, but not change it.
+    let role = app
+        .post(
+            "/api/v1/roles",
+            json!({"name": "rep", "entities": {"deal": {"create": true, "read": "own"}}}),
+        )
+        .await;
+    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
+    let (rep, _) = app.user_with_roles("rep", &["rep"]).await;
+    let theirs = app
+        .send(
+            Method::GET,
+            "/api/v1/reports/by_stage/data",
+            &rep,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(theirs.body["data"], json!([]), "{:?}", theirs.body);
+    let edit = app
+        .send(
+            Method::PUT,
+            "/api/v1/reports/by_stage",
+            &rep,
+            Some(&report),
+            &[],
+        )
+        .await;
+    assert_eq!(edit.status, StatusCode::FORBIDDEN, "{:?}", edit.body);
+
+    // Replaced, then deleted.
+    let mut changed = report.clone();
+    changed["measures"] = json!(["count"]);
+    let replaced = app.put("/api/v1/reports/by_stage", changed).await;
+    assert_eq!(replaced.status, StatusCode::OK, "{:?}", replaced.body);
+    let renamed = app
+        .put(
+            "/api/v1/reports/by_stage",
+            json!({"name": "other", "entity": "deal"}),
+        )
+        .await;
+    assert_eq!(
+        renamed.status,
+        StatusCode::BAD_REQUEST,
+        "{:?}",
+        renamed.body
+    );
+    assert_eq!(
+        app.delete("/api/v1/reports/by_stage").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get("/api/v1/reports/by_stage").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+async fn dashboards_compute_kpis_charts_and_tables(app: &TestApp) {
+    seed(app).await;
+    let today = &app.get("/api/v1/records/deal?limit=1").await.body["data"][0]["created_at"]
+        .as_str()
+        .unwrap()[..10]
+        .to_owned();
+    // Two deals closing today (in UTC, the tenant's zone).
+    app.create(
+        "deal",
+        json!({"title": "t1", "stage": "won", "amount": eur(400.0), "close_on": today}),
+    )
+    .await;
+    app.create(
+        "deal",
+        json!({"title": "t2", "stage": "won", "amount": eur(200.0), "close_on": today}),
+    )
+    .await;
+    let report = app
+        .post(
+            "/api/v1/reports",
+            json!({"name": "won_amount", "entity": "deal",
+            "filter": "stage eq 'won'", "measures": ["sum:amount", "count"]}),
+        )
+        .await;
+    assert_eq!(report.status, StatusCode::CREATED, "{:?}", report.body);
+    let dashboard = json!({"name": "sales", "label": "Sales", "widgets": [
+        {"id": "won_today", "title": "Won today", "type": "kpi", "report": "won_amount",
+         "period": "day", "date_field": "close_on", "target": 1200, "format": "currency"},
+        {"id": "created_this_year", "type": "kpi", "query": {"entity": "deal"},
+         "period": "year", "date_field": "_created_at"},
+        {"id": "win_rate", "type": "kpi", "query": {"entity": "deal", "filter": "stage eq 'won'"},
+         "divide_by": {"query": {"entity": "deal", "filter": "stage in ('won', 'lost')"}}, "format": "percent"},
+        {"id": "by_stage_target", "type": "kpi", "query": {"entity": "deal", "group_by": ["stage"],
+         "filter": "stage is not null"}, "target": 2, "targets": {"won": 8}},
+        {"id": "pipeline", "type": "chart", "chart": "funnel",
+         "query": {"entity": "deal", "group_by": ["stage"], "measures": ["sum:probability"]}},
+        {"id": "top_accounts", "type": "chart", "chart": "pareto",
+         "query": {"entity": "deal", "group_by": ["account"], "measures": ["sum:probability"],
+                   "filter": "account is not null"}},
+        {"id": "latest", "type": "table", "query": {"entity": "deal", "type": "list",
+         "fields": ["title", "stage"], "sort": "title", "limit": 2}},
+        {"id": "accounts", "type": "chart", "query": {"entity": "account", "group_by": ["size"]}}
+    ]});
+    let created = app.post("/api/v1/dashboards", dashboard.clone()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+
+    let data = app.get("/api/v1/dashboards/sales/data").await;
+    assert_eq!(data.status, StatusCode::OK, "{:?}", data.body);
+    let widget = |id: &str| {
+        data.body["widgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] == json!(id))
+            .unwrap()
+            .clone()
+    };
+    let won_today = widget("won_today");
+    assert_eq!(won_today["value"], json!(600.0), "{won_today}");
+    assert_eq!(won_today["currency"], json!("EUR"));
+    assert_eq!(won_today["target"], json!(1200.0));
+    assert_eq!(won_today["progress"], json!(0.5));
+    assert_eq!(won_today["previous"], json!(0.0));
+    assert_eq!(won_today["period"]["start"], json!(today));
+    let created_this_year = widget("created_this_year");
+    assert_eq!(
+        created_this_year["value"],
+        json!(8.0),
+        "{created_this_year}"
+    );
+    let win_rate = widget("win_rate");
+    // Four won (two seeded, two today) of five won or lost.
+    assert_eq!(win_rate["value"], json!(0.8), "{win_rate}");
+    let by_stage = widget("by_stage_target");
+    assert_eq!(
+        by_stage["groups"],
+        json!([
+            {"group": {"stage": "lost"}, "value": 1.0, "target": 2.0, "progress": 0.5, "previous": null, "change": null},
+            {"group": {"stage": "open"}, "value": 2.0, "target": 2.0, "progress": 1.0, "previous": null, "change": null},
+            {"group": {"stage": "won"}, "value": 4.0, "target": 8.0, "progress": 0.5, "previous": null, "change": null}
+        ]),
+        "{by_stage}"
+    );
+    let pipeline = widget("pipeline");
+    assert_eq!(pipeline["chart"], json!("funnel"));
+    assert_eq!(pipeline["data"].as_array().unwrap().len(), 4, "{pipeline}");
+    let pareto = widget("top_accounts");
+    // Large Co: 150 of 260.
+    assert_eq!(pareto["pareto"]["groups"], json!(2), "{pareto}");
+    assert_eq!(
+        pareto["pareto"]["groups_for_80_percent"],
+        json!(2),
+        "{pareto}"
+    );
+    assert_eq!(pareto["data"][0]["share"], json!(0.5769), "{pareto}");
+    let latest = widget("latest");
+    assert_eq!(latest["data"][0]["data"]["title"], json!("a"), "{latest}");
+    assert!(latest["next_cursor"].is_string(), "{latest}");
+
+    // A member who may read deals but not accounts sees that widget's error in its place.
+    let role = app
+        .post(
+            "/api/v1/roles",
+            json!({"name": "rep", "entities": {"deal": {"read": "all"}}}),
+        )
+        .await;
+    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
+    let (rep, _) = app.user_with_roles("rep", &["rep"]).await;
+    let theirs = app
+        .send(
+            Method::GET,
+            "/api/v1/dashboards/sales/data",
+            &rep,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::OK, "{:?}", theirs.body);
+    let accounts = theirs.body["widgets"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(accounts["error"]["code"], json!("forbidden"), "{accounts}");
+    assert_eq!(theirs.body["widgets"][0]["value"], json!(600.0));
+
+    // Checked: a report that does not exist, a KPI's date field that is not a date, a list drawn
+    // as a chart.
+    let bad = app
+        .post("/api/v1/dashboards", json!({"name": "bad", "widgets": [
+            {"id": "a", "type": "kpi", "report": "nothing"},
+            {"id": "b", "type": "kpi", "query": {"entity": "deal"}, "period": "month", "date_field": "title"},
+            {"id": "c", "type": "chart", "chart": "bar", "query": {"entity": "deal", "type": "list"}},
+            {"id": "d", "type": "kpi", "report": "won_amount", "measure": "avg:amount"}
+        ]}))
+        .await;
+    assert_eq!(
+        bad.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        bad.body
+    );
+    let fields = bad.fields().to_string();
+    for expected in [
+        "no report `nothing`",
+        "`title` is not a date, datetime or system timestamp",
+        "a list report can only be shown as a table",
+        "`avg:amount` is not a measure of the report",
+    ] {
+        assert!(fields.contains(expected), "{expected}: {fields}");
+    }
 }

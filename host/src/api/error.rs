@@ -407,3 +407,38 @@ impl From<crate::views::ViewError> for ApiError {
         }
     }
 }
+
+impl From<crate::analytics::AnalyticsError> for ApiError {
+    fn from(error: crate::analytics::AnalyticsError) -> Self {
+        use crate::analytics::AnalyticsError;
+        let message = error.to_string();
+        match error {
+            AnalyticsError::NotFound(kind, _) => Self::new(
+                StatusCode::NOT_FOUND,
+                match kind {
+                    "dashboard" => "unknown_dashboard",
+                    _ => "unknown_report",
+                },
+                message,
+            ),
+            AnalyticsError::Exists { .. } => {
+                Self::new(StatusCode::CONFLICT, "already_exists", message)
+            }
+            AnalyticsError::Invalid(_, problems) => {
+                let first = problems
+                    .first()
+                    .map(|p| format!(": {}: {}", p.path, p.message))
+                    .unwrap_or_default();
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_definition",
+                    format!("{message}{first}"),
+                )
+                .with_fields(by_path(problems.into_iter().map(|p| (p.path, p.message))))
+            }
+            AnalyticsError::BadRequest(_) => Self::bad_request(message),
+            AnalyticsError::Records(error) => error.into(),
+            AnalyticsError::Store(error) => error.into(),
+        }
+    }
+}

@@ -126,6 +126,12 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("PUT", "/teams/{name}"),
     ("DELETE", "/teams/{name}"),
     ("GET", "/audit"),
+    ("POST", "/reports"),
+    ("PUT", "/reports/{name}"),
+    ("DELETE", "/reports/{name}"),
+    ("POST", "/dashboards"),
+    ("PUT", "/dashboards/{name}"),
+    ("DELETE", "/dashboards/{name}"),
 ];
 
 /// Whether a route (method and template below `/api/v1`) is for administrators only.

@@ -114,6 +114,12 @@ fn fixed_schemas() -> Map<String, Value> {
     embed(&mut schemas, "workflow", WORKFLOW_SCHEMA);
     embed(&mut schemas, "pack", crate::packs::manifest::PACK_SCHEMA);
     embed(&mut schemas, "view", crate::views::VIEW_SCHEMA);
+    embed(&mut schemas, "report", crate::analytics::REPORT_SCHEMA);
+    embed(
+        &mut schemas,
+        "dashboard",
+        crate::analytics::DASHBOARD_SCHEMA,
+    );
     embed(&mut schemas, "role", crate::auth::role::ROLE_SCHEMA);
     schemas.insert("record_system".into(), json!({
         "type": "object",
@@ -315,6 +321,46 @@ fn pack_paths(paths: &mut Map<String, Value>, error: &Value) {
     }));
     let name =
         json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    for (kind, plural, what) in [
+        (
+            "report",
+            "reports",
+            "an aggregation or a list over one entity",
+        ),
+        (
+            "dashboard",
+            "dashboards",
+            "widgets: reports drawn as charts or tables, and KPIs with a target, a period and the previous period",
+        ),
+    ] {
+        let schema = json!({"$ref": format!("#/components/schemas/{kind}")});
+        paths.insert(format!("/api/v1/{plural}"), json!({
+            "get": {"tags": ["analytics"], "summary": format!("Saved {plural} ({what}) and the pack that installed each"),
+                    "responses": {"200": {"description": format!("`{{\"data\": [{kind}s]}}`")}}},
+            "post": {"tags": ["analytics"], "summary": format!("Save a {kind} (admin); checked against the tenant's entities"),
+                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema}}},
+                     "responses": {"201": {"description": format!("The {kind}")}, "400": error, "403": error, "409": error, "422": error}}
+        }));
+        paths.insert(format!("/api/v1/{plural}/{{name}}"), json!({
+            "parameters": [name],
+            "get": {"tags": ["analytics"], "summary": format!("A {kind}"), "responses": {"200": {"description": format!("The {kind}")}, "404": error}},
+            "put": {"tags": ["analytics"], "summary": format!("Replace a {kind} (admin); one a pack installed stays the pack's"),
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": schema}}},
+                    "responses": {"200": {"description": format!("The {kind}")}, "400": error, "403": error, "404": error, "422": error}},
+            "delete": {"tags": ["analytics"], "summary": format!("Delete a {kind} (admin)"),
+                       "responses": {"204": {"description": "Deleted"}, "403": error, "404": error}}
+        }));
+    }
+    paths.insert("/api/v1/reports/{name}/data".into(), json!({
+        "parameters": [name],
+        "get": {"tags": ["analytics"], "summary": "Run a report as the caller (their record scope and field security): an aggregation's groups or a list's first page",
+                "responses": {"200": {"description": "`{\"data\": [...], \"truncated\": false}` or a page"}, "400": error, "403": error, "404": error}}
+    }));
+    paths.insert("/api/v1/dashboards/{name}/data".into(), json!({
+        "parameters": [name],
+        "get": {"tags": ["analytics"], "summary": "Every widget of a dashboard computed as the caller: charts' groups, KPIs' value, target, progress, previous period and change; a widget the caller may not see carries its `error`",
+                "responses": {"200": {"description": "`{\"name\", \"time_zone\", \"computed_at\", \"widgets\": [{\"id\", \"type\", \"value\", \"target\", \"progress\", \"previous\", \"change\", \"period\"} | {\"id\", \"type\", \"chart\", \"data\"} | {\"id\", \"error\"}]}`"}, "404": error}}
+    }));
     paths.insert("/api/v1/views".into(), json!({
         "get": {"tags": ["views"], "summary": "Saved views (lists over one entity, with parameters) and the pack that installed each",
                 "responses": {"200": {"description": "Views", "content": {"application/json": {"schema": {"type": "object",

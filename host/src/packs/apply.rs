@@ -626,24 +626,26 @@ impl Packs {
     ) -> Result<(), PackError> {
         let id = pack.id();
         let mut scoped = tx.scoped(&principal.tenant);
+        // Views, reports and dashboards; a dashboard may show a report of the same pack.
+        let reports: BTreeMap<String, Value> = pack
+            .views
+            .iter()
+            .filter(|(_, json)| crate::analytics::Kind::of(json) == crate::analytics::Kind::Report)
+            .map(|(_, json)| (name_of(json), json.clone()))
+            .collect();
         for (file, json) in &pack.views {
-            let view = crate::views::parse(json)
+            let name = crate::analytics::parse_any(json)
                 .map_err(|found| PackError::Refused(prefixed(file, found)))?;
-            crate::views::check_in(&self.metadata, &mut scoped, &view)
+            crate::analytics::check_in(&self.records, &self.metadata, &mut scoped, json, &reports)
                 .await
                 .map_err(|found| PackError::Refused(prefixed(file, found)))?;
-            let change = match old.and_then(|old| old.views.get(&view.name)) {
+            let change = match old.and_then(|old| old.views.get(&name)) {
                 None => "added",
                 Some(before) if before == json => "unchanged",
                 Some(_) => "updated",
             };
-            scoped
-                .put_view(&view.name, &json.to_string(), Some(id))
-                .await?;
-            report.views.push(ItemChange {
-                name: view.name,
-                change,
-            });
+            scoped.put_view(&name, &json.to_string(), Some(id)).await?;
+            report.views.push(ItemChange { name, change });
         }
         for name in old.map(|old| old.views.keys()).into_iter().flatten() {
             if !pack.views.iter().any(|(_, json)| &name_of(json) == name)

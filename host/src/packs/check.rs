@@ -196,7 +196,7 @@ impl Packs {
         }
         let mut views = Vec::new();
         for (file, json) in view_files {
-            match crate::views::parse(&json) {
+            match crate::analytics::parse_any(&json) {
                 Ok(_) => views.push((file, json)),
                 Err(found) => problems.extend(prefixed(&file, found)),
             }

@@ -11,10 +11,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::access::Sight;
 use super::query::{self, SystemKind, Target};
 use super::{RecordError, bad};
-use crate::auth::Principal;
 use crate::metadata::definition::{EntityDefinition, FieldDefinition, FieldType};
 use crate::store::records::{ColumnKind, ListQuery};
 use crate::store::sql::{QueryBuilder, SqlKind, sql_kind};
@@ -461,8 +459,10 @@ enum MeasureShape {
 pub struct Compile<'a> {
     pub dialect: Dialect,
     pub entity_id: i64,
-    pub sight: &'a Sight<'a>,
-    pub principal: &'a Principal,
+    /// The entity as the caller sees it.
+    pub definition: &'a EntityDefinition,
+    /// The owners whose records the caller may read, `None` for all.
+    pub owners: Option<Vec<String>>,
     pub params: &'a AggregateParams,
     pub groups: Vec<GroupSpec>,
     pub measures: Vec<MeasureSpec>,
@@ -473,7 +473,7 @@ pub struct Compile<'a> {
 impl Compile<'_> {
     pub fn plan(self) -> Result<Plan, RecordError> {
         let dialect = self.dialect;
-        let definition: &EntityDefinition = self.sight.definition.as_ref();
+        let definition = self.definition;
         let limit = self.params.limit.unwrap_or(DEFAULT_GROUP_LIMIT);
         if !(1..=MAX_GROUP_LIMIT).contains(&limit) {
             return Err(bad(format!(
@@ -493,8 +493,8 @@ impl Compile<'_> {
         }
 
         let mut conditions = vec!["deleted_at IS NULL".to_owned()];
-        if let Some(owners) = self.principal.owners(self.sight.grant.read) {
-            conditions.push(owners_condition(&owners, "owner_id", &mut builder));
+        if let Some(owners) = &self.owners {
+            conditions.push(owners_condition(owners, "owner_id", &mut builder));
         }
         if let Some(filter) = self
             .params

@@ -151,6 +151,20 @@ impl Scoped<'_> {
         Ok(())
     }
 
+    /// Deletes a saved view, report or dashboard.
+    pub async fn delete_view(&mut self, name: &str) -> Result<bool, StoreError> {
+        let tenant = self.tenant.as_str();
+        let affected = on!(self.entered().await?, c => sqlx::query(
+            "DELETE FROM saved_views WHERE tenant_id = $1 AND name = $2",
+        )
+        .bind(tenant)
+        .bind(name)
+        .execute(&mut **c)
+        .await?
+        .rows_affected());
+        Ok(affected == 1)
+    }
+
     /// Deletes a view a pack installed (not one of the same name someone else made).
     pub async fn delete_pack_view(
         &mut self,
