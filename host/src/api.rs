@@ -259,6 +259,8 @@ pub fn router(state: AppState) -> Router {
         .route("/records/{entity}/{id}/restore", post(records::restore))
         .route("/records/{entity}/{id}/assign", post(records::assign))
         .route("/records/{entity}/{id}/history", get(records::history))
+        .route("/records/{entity}/{id}/timeline", get(records::timeline))
+        .route("/lookup", get(records::lookup))
         .route(
             "/records/{entity}/{id}/related/{source}",
             get(records::related),

@@ -383,6 +383,25 @@ impl Metadata {
         Ok(compiled)
     }
 
+    /// Compiled definitions of every entity in the tenant, from the cache where it is current
+    /// (one query when it all is).
+    pub async fn all_current(
+        &self,
+        scoped: &mut Scoped<'_>,
+    ) -> Result<Vec<Arc<CompiledEntity>>, MetadataError> {
+        let mut all = Vec::new();
+        for (name, id, version) in scoped.entity_names().await? {
+            let cached = self
+                .cached(scoped.tenant(), &name)
+                .filter(|cached| cached.id == id && cached.version == version);
+            match cached {
+                Some(cached) => all.push(cached),
+                None => all.push(self.compiled(scoped, &name).await?),
+            }
+        }
+        Ok(all)
+    }
+
     /// Compiled definitions of every entity in the tenant.
     pub async fn all_compiled(
         &self,

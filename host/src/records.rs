@@ -23,6 +23,7 @@ use crate::workflows::definition::Event;
 pub mod access;
 pub mod aggregate;
 mod computed;
+mod customer;
 pub mod filter;
 pub mod hooks;
 pub mod query;

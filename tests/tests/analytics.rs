@@ -12,6 +12,8 @@ on_both_backends!(
     aggregations_respect_scope_and_field_security,
     reports_are_saved_checked_and_run_as_the_caller,
     dashboards_compute_kpis_charts_and_tables,
+    the_timeline_pages_through_every_related_record_and_the_history,
+    the_screen_pop_finds_a_caller_by_any_phone_format,
 );
 
 async fn define_sales(app: &TestApp) {
@@ -703,4 +705,239 @@ async fn dashboards_compute_kpis_charts_and_tables(app: &TestApp) {
     ] {
         assert!(fields.contains(expected), "{expected}: {fields}");
     }
+}
+
+async fn the_timeline_pages_through_every_related_record_and_the_history(app: &TestApp) {
+    let (small, large) = seed(app).await;
+    app.define(json!({"name": "note", "fields": [
+        {"name": "text", "type": "text"},
+        {"name": "about", "type": "reference", "entity": "account"},
+        {"name": "also", "type": "reference", "entity": "account"}
+    ]}))
+    .await;
+    app.create(
+        "note",
+        json!({"text": "both", "about": large, "also": large}),
+    )
+    .await;
+    app.create("note", json!({"text": "elsewhere", "about": small}))
+        .await;
+    let renamed = app
+        .patch(
+            &format!("/api/v1/records/account/{large}"),
+            json!({"data": {"name": "Larger Co"}}),
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{:?}", renamed.body);
+
+    // Large Co: three deals, one note (through two fields), two history entries.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => {
+                format!("/api/v1/records/account/{large}/timeline?limit=2&cursor={cursor}")
+            }
+            None => format!("/api/v1/records/account/{large}/timeline?limit=2"),
+        };
+        let page = app.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+        let items = page.body["data"].as_array().unwrap().clone();
+        assert!(items.len() <= 2);
+        seen.extend(items);
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let kinds: Vec<String> = seen
+        .iter()
+        .map(|item| match item["kind"].as_str().unwrap() {
+            "record" => format!(
+                "{}:{}",
+                item["entity"].as_str().unwrap(),
+                item["record"]["data"]["title"]
+                    .as_str()
+                    .or(item["record"]["data"]["text"].as_str())
+                    .unwrap()
+            ),
+            _ => format!("history:{}", item["history"]["operation"].as_str().unwrap()),
+        })
+        .collect();
+    assert_eq!(kinds.len(), 6, "{kinds:?}");
+    // Newest first: the rename, then the note, then the deals newest first, then the creation.
+    assert_eq!(kinds[0], "history:update", "{kinds:?}");
+    assert_eq!(kinds[1], "note:both", "{kinds:?}");
+    assert_eq!(&kinds[2..5], ["deal:e", "deal:c", "deal:b"], "{kinds:?}");
+    assert_eq!(kinds[5], "history:create", "{kinds:?}");
+    assert_eq!(seen[1]["via"], json!(["about", "also"]));
+    let times: Vec<&str> = seen
+        .iter()
+        .map(|item| item["at"].as_str().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|pair| pair[0] >= pair[1]), "{times:?}");
+
+    // As a rep who may read accounts but not notes, and only their own deals.
+    let role = app
+        .post(
+            "/api/v1/roles",
+            json!({"name": "rep", "entities": {
+            "account": {"read": "all"}, "deal": {"read": "own"}}}),
+        )
+        .await;
+    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
+    let (rep, _) = app.user_with_roles("rep", &["rep"]).await;
+    let theirs = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/records/account/{large}/timeline"),
+            &rep,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::OK, "{:?}", theirs.body);
+    let entities: Vec<&str> = theirs.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["entity"].as_str().unwrap())
+        .collect();
+    assert_eq!(entities, ["account", "account"], "{:?}", theirs.body);
+
+    for (path, status) in [
+        (
+            format!("/api/v1/records/account/{large}/timeline?limit=0"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/api/v1/records/account/{large}/timeline?cursor=nope"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/records/account/0190a5b2-0000-7000-8000-000000000000/timeline".to_owned(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/api/v1/records/nothing/{large}/timeline"),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let reply = app.get(&path).await;
+        assert_eq!(reply.status, status, "{path}: {:?}", reply.body);
+    }
+}
+
+async fn the_screen_pop_finds_a_caller_by_any_phone_format(app: &TestApp) {
+    app.define(json!({"name": "contact", "fields": [
+        {"name": "name", "type": "text"},
+        {"name": "phone", "type": "phone", "region": "FR", "indexed": true},
+        {"name": "email", "type": "email"}
+    ]}))
+    .await;
+    app.define(json!({"name": "case", "fields": [
+        {"name": "subject", "type": "text"},
+        {"name": "status", "type": "picklist",
+         "options": ["open", {"value": "closed", "closed": true}]},
+        {"name": "contact", "type": "reference", "entity": "contact"}
+    ]}))
+    .await;
+    app.define(json!({"name": "call", "fields": [
+        {"name": "notes", "type": "text"},
+        {"name": "contact", "type": "reference", "entity": "contact"}
+    ]}))
+    .await;
+    let ada = app
+        .create(
+            "contact",
+            json!({"name": "Ada", "phone": "01 44 00 00 00", "email": "Ada@Example.com"}),
+        )
+        .await;
+    app.create(
+        "contact",
+        json!({"name": "Bob", "phone": "+33 6 12 34 56 78"}),
+    )
+    .await;
+    // Stored in E.164.
+    let stored = app.get(&format!("/api/v1/records/contact/{ada}")).await;
+    assert_eq!(stored.body["data"]["phone"], json!("+33144000000"));
+    app.create(
+        "case",
+        json!({"subject": "broken", "status": "open", "contact": ada}),
+    )
+    .await;
+    app.create(
+        "case",
+        json!({"subject": "old", "status": "closed", "contact": ada}),
+    )
+    .await;
+    app.create("call", json!({"notes": "first call", "contact": ada}))
+        .await;
+
+    for phone in [
+        "+33144000000",
+        "0033 1 44 00 00 00",
+        "%2B33%201%2044%2000%2000%2000",
+        "01.44.00.00.00",
+    ] {
+        let reply = app.get(&format!("/api/v1/lookup?phone={phone}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{phone}: {:?}", reply.body);
+        let matches = reply.body["matches"].as_array().unwrap();
+        assert_eq!(matches.len(), 1, "{phone}: {:?}", reply.body);
+        assert_eq!(matches[0]["entity"], json!("contact"));
+        assert_eq!(matches[0]["record"]["data"]["name"], json!("Ada"));
+        let cases = &matches[0]["related"]["case"];
+        let open: Vec<&str> = cases["open"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|case| case["data"]["subject"].as_str().unwrap())
+            .collect();
+        assert_eq!(open, ["broken"], "{phone}: {cases}");
+        assert_eq!(cases["latest"].as_array().unwrap().len(), 2);
+        // An entity without a state picklist has its latest records only.
+        let calls = &matches[0]["related"]["call"];
+        assert!(calls.get("open").is_none(), "{calls}");
+        assert_eq!(calls["latest"][0]["data"]["notes"], json!("first call"));
+    }
+    assert_eq!(stored.body["data"]["email"], json!("ada@example.com"));
+    let by_email = app.get("/api/v1/lookup?email=ADA@example.com").await;
+    assert_eq!(
+        by_email.body["matches"][0]["record"]["data"]["name"],
+        json!("Ada"),
+        "{:?}",
+        by_email.body
+    );
+    let nobody = app
+        .get("/api/v1/lookup?phone=%2B1%20212%20555%200100")
+        .await;
+    assert_eq!(nobody.body["matches"], json!([]));
+    for query in ["", "phone=1&email=a@b.c", "name=x"] {
+        let reply = app.get(&format!("/api/v1/lookup?{query}")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {:?}",
+            reply.body
+        );
+    }
+    // A user who may not read contacts finds nobody.
+    let role = app
+        .post(
+            "/api/v1/roles",
+            json!({"name": "cases_only", "entities": {"case": {"read": "all"}}}),
+        )
+        .await;
+    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
+    let (agent, _) = app.user_with_roles("agent", &["cases_only"]).await;
+    let theirs = app
+        .send(
+            Method::GET,
+            "/api/v1/lookup?phone=%2B33144000000",
+            &agent,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(theirs.body["matches"], json!([]), "{:?}", theirs.body);
 }

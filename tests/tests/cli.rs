@@ -260,7 +260,7 @@ async fn packs_from_the_command_line(backend: Backend) {
         &["pack", "install", "core", "--tenant", "acme", "--dry-run"],
     ));
     assert!(
-        dry.contains("install core 1.0.0")
+        dry.contains("install core 1.1.0")
             && dry.contains("plugin rfm-score: added")
             && dry.contains("dry run: nothing was changed"),
         "{dry}"

@@ -168,7 +168,7 @@ async fn core_installs_with_its_plugins_workflows_and_sample_data(app: &TestApp)
 
     let report = install_core(app, true).await;
     let installed = &report["packs"][0];
-    assert_eq!(installed["to_version"], "1.0.0");
+    assert_eq!(installed["to_version"], "1.1.0");
     let entities = app.get("/api/v1/entities").await.body["data"].clone();
     assert_eq!(
         entities.as_array().unwrap().len(),
@@ -300,7 +300,7 @@ async fn core_installs_with_its_plugins_workflows_and_sample_data(app: &TestApp)
 
     let shown = app.get("/api/v1/packs/core").await.body;
     assert_eq!(shown["status"], "installed");
-    assert_eq!(shown["installed_version"], "1.0.0");
+    assert_eq!(shown["installed_version"], "1.1.0");
     let again = app.post("/api/v1/packs/core/install", Value::Null).await;
     assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(

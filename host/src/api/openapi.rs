@@ -216,6 +216,19 @@ fn fixed_paths() -> Map<String, Value> {
         "parameters": [entity_param, id_param],
         "get": {"tags": ["records"], "summary": "Who changed what, when", "responses": {"200": {"description": "History"}, "404": error}}
     }));
+    paths.insert("/api/v1/records/{entity}/{id}/timeline".into(), json!({
+        "parameters": [entity_param, id_param,
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                       {"$ref": "#/components/parameters/cursor"}],
+        "get": {"tags": ["records"], "summary": "The customer 360 timeline: every record of every entity that references this one (by any reference field the caller may read), and this record's history, newest first",
+                "responses": {"200": {"description": "`{\"data\": [{\"kind\": \"record\", \"at\", \"entity\", \"via\": [fields], \"record\"} | {\"kind\": \"history\", \"at\", \"entity\", \"history\"}], \"next_cursor\"}`"}, "400": error, "403": error, "404": error}}
+    }));
+    paths.insert("/api/v1/lookup".into(), json!({
+        "get": {"tags": ["records"], "summary": "Screen pop: the records whose phone field (any common format, compared in E.164) or email field holds the value, each with the open and latest records of every entity that references it",
+                "parameters": [{"name": "phone", "in": "query", "schema": {"type": "string"}},
+                               {"name": "email", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "`{\"query\", \"matches\": [{\"entity\", \"record\", \"related\": {\"case\": {\"open\": [...], \"latest\": [...]}}}]}`"}, "400": error}}
+    }));
     paths.insert("/api/v1/records/{entity}/{id}/related/{source}".into(), json!({
         "parameters": [entity_param, id_param, {"name": "source", "in": "path", "required": true, "schema": {"type": "string"}},
                        {"name": "field", "in": "query", "schema": {"type": "string"}, "description": "The reference field of `source`, when it has several"}],

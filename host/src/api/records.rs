@@ -406,3 +406,52 @@ pub async fn aggregate(
             .await?,
     ))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineParams {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// Every record that references this one, and its history, newest first.
+pub async fn timeline(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((entity, id)): Path<(String, String)>,
+    Params(params): Params<TimelineParams>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        state
+            .records
+            .timeline(
+                &principal,
+                &entity,
+                &id,
+                params.limit,
+                params.cursor.as_deref(),
+            )
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupParams {
+    phone: Option<String>,
+    email: Option<String>,
+}
+
+/// The screen pop: who a phone number or email belongs to, with their open records.
+pub async fn lookup(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(params): Params<LookupParams>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        state
+            .records
+            .lookup(&principal, params.phone.as_deref(), params.email.as_deref())
+            .await?,
+    ))
+}

@@ -134,6 +134,10 @@ pub enum PicklistOption {
         value: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         label: Option<String>,
+        /// The record is finished in this state (a case `closed`, an opportunity `won`): lists
+        /// of "open" records, such as the screen pop's, leave it out.
+        #[serde(default, skip_serializing_if = "is_false")]
+        closed: bool,
     },
 }
 
@@ -142,6 +146,10 @@ impl PicklistOption {
         match self {
             Self::Value(value) | Self::Labelled { value, .. } => value,
         }
+    }
+
+    pub fn closed(&self) -> bool {
+        matches!(self, Self::Labelled { closed: true, .. })
     }
 }
 
@@ -188,6 +196,9 @@ pub struct FieldDefinition {
     pub multiple: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity: Option<EntityName>,
+    /// phone: the country (ISO 3166 alpha-2, `CN`) of numbers written without a country code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -227,6 +227,8 @@ fn strip_labels(field: &FieldDefinition) -> FieldDefinition {
     FieldDefinition {
         label: None,
         description: None,
+        // How numbers written later are read: stored values stay as they are.
+        region: None,
         ..field.clone()
     }
 }

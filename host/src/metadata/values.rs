@@ -12,6 +12,13 @@ use super::definition::{FieldDefinition, FieldType};
 pub fn normalize(field: &FieldDefinition, value: &mut Value) -> Result<(), String> {
     match (field.value_type(), &mut *value) {
         (FieldType::Datetime, Value::String(text)) => *text = canonical_datetime(text)?,
+        // Addresses compare without case (uniqueness, lookups): stored in lower case.
+        (FieldType::Email, Value::String(text)) if text.chars().any(char::is_uppercase) => {
+            *text = text.to_lowercase()
+        }
+        (FieldType::Phone, Value::String(text)) => {
+            *text = canonical_phone(text, field.region.as_deref())
+        }
         // JSON Schema counts `1.0` as an integer; store it as `1` so that SQL casts to integers
         // never meet a fraction.
         (FieldType::Integer, Value::Number(number)) if !number.is_i64() => {
@@ -24,6 +31,32 @@ pub fn normalize(field: &FieldDefinition, value: &mut Value) -> Result<(), Strin
         _ => {}
     }
     Ok(())
+}
+
+/// A phone number in E.164 (`+33144000000`, an extension kept as ` x12`) when it parses: with
+/// a country code (`+33 1 44 00 00 00`, `0033 1 44…`) or, given the field's region, in that
+/// country's national format (`01 44 00 00 00` in `FR`). Anything else is kept as written.
+pub fn canonical_phone(text: &str, region: Option<&str>) -> String {
+    use phonenumber::Mode;
+    let trimmed = text.trim();
+    let international = trimmed
+        .strip_prefix("00")
+        .map(|rest| format!("+{rest}"))
+        .unwrap_or_else(|| trimmed.to_owned());
+    let country = region.and_then(|region| region.parse::<phonenumber::country::Id>().ok());
+    if !international.starts_with('+') && country.is_none() {
+        return trimmed.to_owned();
+    }
+    match phonenumber::parse(country, &international) {
+        Ok(number) => {
+            let mut e164 = number.format().mode(Mode::E164).to_string();
+            if let Some(extension) = number.extension() {
+                e164.push_str(&format!(" x{extension}"));
+            }
+            e164
+        }
+        Err(_) => trimmed.to_owned(),
+    }
 }
 
 /// `2026-01-02T03:04:05.678Z`: UTC with exactly three fractional digits.
@@ -116,6 +149,34 @@ pub fn convert(value: &Value, to: &FieldDefinition) -> Option<Value> {
         FieldType::Currency => value.is_object().then(|| value.clone()),
         FieldType::Json => Some(value.clone()),
         FieldType::AutoNumber | FieldType::Computed => None,
+    }
+}
+
+#[cfg(test)]
+mod phone_tests {
+    use super::canonical_phone;
+
+    #[test]
+    fn phones_are_stored_in_e164_when_they_parse() {
+        assert_eq!(canonical_phone("+33 1 44 00 00 00", None), "+33144000000");
+        assert_eq!(
+            canonical_phone("0033 (1) 44-00-00-00", None),
+            "+33144000000"
+        );
+        assert_eq!(
+            canonical_phone("01 44 00 00 00", Some("FR")),
+            "+33144000000"
+        );
+        assert_eq!(
+            canonical_phone("010 6552 9988", Some("CN")),
+            "+861065529988"
+        );
+        assert_eq!(
+            canonical_phone("(212) 555-0100 x12", Some("US")),
+            "+12125550100 x12"
+        );
+        // No country code and no region: kept as written.
+        assert_eq!(canonical_phone(" 01 44 00 00 00 ", None), "01 44 00 00 00");
     }
 }
 

@@ -71,6 +71,17 @@ impl Scoped<'_> {
         rows.into_iter().map(StoredEntity::try_from).collect()
     }
 
+    /// The name, id and version of every entity of the tenant.
+    pub async fn entity_names(&mut self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let tenant = self.tenant.as_str();
+        Ok(on!(self.entered().await?, c => sqlx::query_as(
+            "SELECT name, id, version FROM entities WHERE tenant_id = $1 ORDER BY name",
+        )
+        .bind(tenant)
+        .fetch_all(&mut **c)
+        .await?))
+    }
+
     pub async fn get_entity(&mut self, name: &str) -> Result<Option<StoredEntity>, StoreError> {
         let sql = format!(
             "SELECT id, version, {} AS definition, updated_at FROM entities WHERE tenant_id = $1 AND name = $2",

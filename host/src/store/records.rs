@@ -712,3 +712,31 @@ impl Scoped<'_> {
         }))
     }
 }
+
+/// A record of some entity, as a union over several entities returns it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaggedRecord {
+    /// Which part of the union returned it.
+    pub arm: i64,
+    #[sqlx(flatten)]
+    pub record: StoredRecord,
+}
+
+impl Scoped<'_> {
+    /// Runs `SELECT … UNION ALL …` built by the records layer over [`tagged_columns`] (`$1` is the
+    /// tenant, bound here).
+    pub async fn tagged_records(
+        &mut self,
+        sql: &str,
+        mut binds: Vec<SqlValue>,
+    ) -> Result<Vec<TaggedRecord>, StoreError> {
+        binds[0] = SqlValue::Text(self.tenant.to_string());
+        Ok(on!(self.entered().await?, c =>
+            bind_all_as(sqlx::query_as(sql), &binds).fetch_all(&mut **c).await?))
+    }
+}
+
+/// The columns of [`Scoped::tagged_records`]: an arm number, then a record's.
+pub fn tagged_columns(dialect: super::Dialect, arm: usize) -> String {
+    format!("CAST({arm} AS BIGINT) AS arm, {}", columns(dialect))
+}
