@@ -343,11 +343,16 @@ pub async fn check_query(
         }
         Err(error) => return vec![Problem::new(format!("{at}/entity"), error.to_string())],
     };
-    let filter = query.filter.as_deref().and_then(|filter| {
-        Template::parse(filter)
-            .ok()
-            .map(|template| template.placeholder_filter())
-    });
+    // Templates rendered as they would be now (`now`, `today` and `user` are typed values: a
+    // placeholder text would not compare with a datetime).
+    let filter = match render_filter(
+        query.filter.as_deref(),
+        "00000000-0000-7000-8000-000000000000",
+        OffsetDateTime::now_utc(),
+    ) {
+        Ok(filter) => filter,
+        Err(message) => return vec![Problem::new(format!("{at}/filter"), message)],
+    };
     let mut problems = Vec::new();
     match query.query_type {
         QueryType::Aggregate => {

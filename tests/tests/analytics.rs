@@ -436,6 +436,23 @@ async fn reports_are_saved_checked_and_run_as_the_caller(app: &TestApp) {
     assert_eq!(created.body["kind"], json!("report"));
     let again = app.post("/api/v1/reports", report.clone()).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.body);
+    // Templates compare as typed values: a datetime with `{{now}}`.
+    let overdue = app
+        .post("/api/v1/reports", json!({"name": "closed_before_now", "entity": "deal", "type": "list",
+                                        "filter": "closed_at lt {{now - 1h}}", "fields": ["title"]}))
+        .await;
+    assert_eq!(overdue.status, StatusCode::CREATED, "{:?}", overdue.body);
+    let closed = app.get("/api/v1/reports/closed_before_now/data").await;
+    assert_eq!(
+        closed.body["data"].as_array().unwrap().len(),
+        2,
+        "{:?}",
+        closed.body
+    );
+    assert_eq!(
+        app.delete("/api/v1/reports/closed_before_now").await.status,
+        StatusCode::NO_CONTENT
+    );
     let listed = app.get("/api/v1/reports").await;
     assert_eq!(listed.body["data"][0]["name"], json!("by_stage"));
     // Reports are not views.

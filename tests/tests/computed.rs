@@ -13,6 +13,7 @@ on_both_backends!(
     recompute_fills_a_new_computed_field_for_existing_records,
     a_computed_value_of_the_wrong_type_is_a_plugin_fault,
     computed_field_definitions_are_checked,
+    churn_risk_follows_orders_complaints_and_spending,
 );
 
 /// Where a roll-up over orders recomputes the account.
@@ -466,4 +467,68 @@ async fn computed_field_definitions_are_checked(app: &TestApp) {
         "{:?}",
         reply.body
     );
+}
+
+async fn churn_risk_follows_orders_complaints_and_spending(app: &TestApp) {
+    define_accounts_and_orders(app, Vec::new()).await;
+    app.define(json!({"name": "case", "fields": [
+        {"name": "subject", "type": "text"},
+        {"name": "type", "type": "picklist", "options": ["complaint", "question"]},
+        {"name": "account", "type": "reference", "entity": "account"}
+    ]}))
+    .await;
+    let reply = app
+        .put(
+            "/api/v1/entities/account",
+            json!({"name": "account", "fields": [
+                {"name": "name", "type": "text", "required": true},
+                {"name": "churn_risk", "type": "computed", "returns": "integer",
+                 "plugin": "churn-risk", "function": "churn_risk",
+                 "related": [{"entity": "order", "via": "account", "fields": ["ordered_on", "amount", "status"]},
+                             {"entity": "case", "via": "account", "fields": ["type"]}]}
+            ]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    app.install_plugin("churn-risk", None).await;
+    let risk = |body: Value| body["data"]["churn_risk"].clone();
+
+    // Never ordered: recency at its worst (0.5 of the weight), nothing else.
+    let acme = app.create("account", json!({"name": "Acme"})).await;
+    assert_eq!(risk(account(app, &acme).await), json!(50));
+    // An order today, and a bigger one than the half-year before: safe.
+    app.create("order", order(&acme, 300, 1_000)).await;
+    app.create("order", order(&acme, 0, 2_000)).await;
+    assert_eq!(risk(account(app, &acme).await), json!(0));
+    // Three complaints: the complaints signal is full (0.25); a question does not count.
+    for kind in ["complaint", "complaint", "question", "complaint"] {
+        app.create(
+            "case",
+            json!({"subject": "x", "type": kind, "account": acme}),
+        )
+        .await;
+    }
+    assert_eq!(risk(account(app, &acme).await), json!(25));
+
+    // Another customer who went quiet four months ago after spending more before: recency
+    // 120/365 × 0.5 and a full drop of spending × 0.25.
+    let globex = app.create("account", json!({"name": "Globex"})).await;
+    app.create("order", order(&globex, 300, 5_000)).await;
+    app.create("order", order(&globex, 200, 5_000)).await;
+    let before = risk(account(app, &globex).await).as_i64().unwrap();
+    app.create("order", order(&globex, 120, 1_000)).await;
+    let after = risk(account(app, &globex).await).as_i64().unwrap();
+    // 120/365 × 0.5 = 0.164; spending 1,000 against 10,000: a 90% drop × 0.25 = 0.225.
+    assert_eq!(after, 39, "before the last order it was {before}");
+    // The scores are stored: filter and sort on them.
+    let risky = app
+        .get("/api/v1/records/account?filter=churn_risk%20ge%2030&fields=name")
+        .await;
+    let names: Vec<&str> = risky.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| record["data"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Globex"], "{:?}", risky.body);
 }

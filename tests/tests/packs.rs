@@ -180,6 +180,7 @@ async fn core_installs_with_its_plugins_workflows_and_sample_data(app: &TestApp)
         "complaint-sla",
         "rfm-score",
         "lifecycle-stage",
+        "churn-risk",
     ] {
         let plugin = plugins
             .as_array()
