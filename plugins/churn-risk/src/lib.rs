@@ -45,7 +45,8 @@ impl Settings {
                 .unwrap_or(default)
                 .to_owned()
         };
-        let int = |key: &str, default: i64| config.get(key).and_then(Value::as_i64).unwrap_or(default);
+        let int =
+            |key: &str, default: i64| config.get(key).and_then(Value::as_i64).unwrap_or(default);
         let weights = config.get("weights").and_then(Value::as_object);
         let weight = |key: &str, default: f64| {
             weights
@@ -85,9 +86,9 @@ pub struct Signals {
 
 /// The churn risk, 0 to 100.
 pub fn risk(settings: &Settings, signals: &Signals) -> i64 {
-    let recency = signals
-        .days_since_last
-        .map_or(1.0, |days| (days.max(0) as f64 / settings.recency_horizon_days).min(1.0));
+    let recency = signals.days_since_last.map_or(1.0, |days| {
+        (days.max(0) as f64 / settings.recency_horizon_days).min(1.0)
+    });
     let complaints = (signals.complaints as f64 / settings.complaints_for_full_risk).min(1.0);
     let trend = if signals.previous > 0.0 {
         ((signals.previous - signals.recent) / signals.previous).clamp(0.0, 1.0)
@@ -136,7 +137,10 @@ fn complaints(settings: &Settings, customer: &str, since: Date) -> Result<usize,
 impl Plugin for ChurnRisk {
     fn compute(request: Compute) -> Result<Value, String> {
         if request.function != "churn_risk" {
-            return Err(format!("no function `{}`: use churn_risk", request.function));
+            return Err(format!(
+                "no function `{}`: use churn_risk",
+                request.function
+            ));
         }
         let settings = Settings::from_config(&rapport_sdk::config());
         let customer = request.record.id.clone();
@@ -144,7 +148,12 @@ impl Plugin for ChurnRisk {
             // A customer being created has no orders or cases yet.
             return Ok(risk(
                 &settings,
-                &Signals { days_since_last: None, complaints: 0, recent: 0.0, previous: 0.0 },
+                &Signals {
+                    days_since_last: None,
+                    complaints: 0,
+                    recent: 0.0,
+                    previous: 0.0,
+                },
             )
             .into());
         }
@@ -186,22 +195,42 @@ mod tests {
 
     #[test]
     fn a_customer_who_never_ordered_is_half_way_to_leaving() {
-        let none = Signals { days_since_last: None, complaints: 0, recent: 0.0, previous: 0.0 };
+        let none = Signals {
+            days_since_last: None,
+            complaints: 0,
+            recent: 0.0,
+            previous: 0.0,
+        };
         assert_eq!(risk(&defaults(), &none), 50);
     }
 
     #[test]
     fn a_loyal_growing_customer_is_safe() {
-        let loyal = Signals { days_since_last: Some(0), complaints: 0, recent: 900.0, previous: 500.0 };
+        let loyal = Signals {
+            days_since_last: Some(0),
+            complaints: 0,
+            recent: 900.0,
+            previous: 500.0,
+        };
         assert_eq!(risk(&defaults(), &loyal), 0);
     }
 
     #[test]
     fn silence_complaints_and_falling_spending_add_up() {
-        let leaving = Signals { days_since_last: Some(400), complaints: 5, recent: 0.0, previous: 1000.0 };
+        let leaving = Signals {
+            days_since_last: Some(400),
+            complaints: 5,
+            recent: 0.0,
+            previous: 1000.0,
+        };
         assert_eq!(risk(&defaults(), &leaving), 100);
         // Half a year of silence (0.5 × 0.5), one complaint (1/3 × 0.25), spending halved (0.5 × 0.25).
-        let cooling = Signals { days_since_last: Some(182), complaints: 1, recent: 500.0, previous: 1000.0 };
+        let cooling = Signals {
+            days_since_last: Some(182),
+            complaints: 1,
+            recent: 500.0,
+            previous: 1000.0,
+        };
         assert_eq!(risk(&defaults(), &cooling), 46);
     }
 
@@ -209,7 +238,12 @@ mod tests {
     fn weights_follow_the_configuration() {
         let config = serde_json::json!({"weights": {"recency": 0, "complaints": 1, "trend": 0}});
         let settings = Settings::from_config(config.as_object().unwrap());
-        let one = Signals { days_since_last: None, complaints: 1, recent: 0.0, previous: 0.0 };
+        let one = Signals {
+            days_since_last: None,
+            complaints: 1,
+            recent: 0.0,
+            previous: 0.0,
+        };
         assert_eq!(risk(&settings, &one), 33);
     }
 }
