@@ -145,6 +145,11 @@ impl Target<'_> {
                 (FieldType::Datetime, Literal::Text(text)) => {
                     canonical_datetime(text).map(SqlValue::Text)
                 }
+                // Compared as stored: E.164 when it parses, emails in lower case.
+                (FieldType::Phone, Literal::Text(text)) => Ok(SqlValue::Text(
+                    crate::metadata::values::canonical_phone(text, field.region.as_deref()),
+                )),
+                (FieldType::Email, Literal::Text(text)) => Ok(SqlValue::Text(text.to_lowercase())),
                 (FieldType::Integer, Literal::Int(int)) => Ok(SqlValue::Int(*int)),
                 (FieldType::Integer, Literal::Float(float)) => Ok(SqlValue::Float(*float)),
                 (FieldType::Decimal | FieldType::Currency, Literal::Int(int)) => {
