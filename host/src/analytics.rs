@@ -841,10 +841,16 @@ impl Analytics {
             out.insert("id".into(), json!(widget.id));
             out.insert("title".into(), json!(widget.title));
             out.insert("type".into(), json!(widget.widget_type));
+            let started = std::time::Instant::now();
             let computed = match widget.widget_type {
                 WidgetType::Kpi => self.kpi(principal, widget, zone, now).await,
                 WidgetType::Chart | WidgetType::Table => self.chart(principal, widget, now).await,
             };
+            // How long the widget took: what to look at when a dashboard is slow.
+            out.insert(
+                "ms".into(),
+                json!((started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0),
+            );
             match computed {
                 Ok(Value::Object(values)) => out.extend(values),
                 Ok(other) => {

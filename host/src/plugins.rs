@@ -65,6 +65,8 @@ pub struct Active {
     pub version: String,
     pub manifest: Manifest,
     pub limits: Limits,
+    /// The limits of its workflow steps.
+    pub job_limits: Limits,
     /// The effective configuration (JSON object text): the tenant's, or the manifest's default.
     pub config: String,
     pub component: Arc<LoadedComponent>,
@@ -81,6 +83,7 @@ pub struct PluginView {
     pub provides: manifest::Provides,
     pub capabilities: Capabilities,
     pub limits: Limits,
+    pub job_limits: Limits,
     pub config: Value,
     pub config_schema: Option<Value>,
     pub component_sha256: String,
@@ -368,6 +371,7 @@ impl Plugins {
                 id: plugin.plugin_id,
                 version: plugin.version,
                 limits: manifest.limits(),
+                job_limits: manifest.job_limits(),
                 manifest,
                 config,
                 component: self.component(scoped, &plugin.component).await?,
@@ -515,6 +519,7 @@ fn view(stored: &StoredPlugin) -> Result<PluginView, PluginError> {
         enabled: stored.enabled,
         config: effective_config(stored, &manifest),
         limits: manifest.limits(),
+        job_limits: manifest.job_limits(),
         description: manifest.description,
         contract: manifest.contract,
         provides: manifest.provides,

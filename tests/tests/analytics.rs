@@ -14,6 +14,7 @@ on_both_backends!(
     dashboards_compute_kpis_charts_and_tables,
     the_timeline_pages_through_every_related_record_and_the_history,
     the_screen_pop_finds_a_caller_by_any_phone_format,
+    segmentation_clusters_customers_and_writes_their_segments,
 );
 
 async fn define_sales(app: &TestApp) {
@@ -957,4 +958,146 @@ async fn the_screen_pop_finds_a_caller_by_any_phone_format(app: &TestApp) {
         )
         .await;
     assert_eq!(theirs.body["matches"], json!([]), "{:?}", theirs.body);
+}
+
+/// Starts a manual run of `workflow` and waits for it to end; returns the run.
+async fn run_to_end(app: &TestApp, workflow: &str) -> Value {
+    let started = app
+        .post(&format!("/api/v1/workflows/{workflow}/runs"), json!({}))
+        .await;
+    assert!(started.status.is_success(), "{:?}", started.body);
+    let id = started.body["id"].as_str().unwrap().to_owned();
+    for _ in 0..600 {
+        let run = app
+            .get(&format!("/api/v1/workflows/{workflow}/runs/{id}"))
+            .await
+            .body;
+        if ["succeeded", "failed"].contains(&run["status"].as_str().unwrap_or_default()) {
+            return run;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("run {id} of `{workflow}` did not end");
+}
+
+async fn segmentation_clusters_customers_and_writes_their_segments(app: &TestApp) {
+    app.define(json!({"name": "account", "fields": [
+        {"name": "name", "type": "text", "required": true},
+        {"name": "orders", "type": "integer"},
+        {"name": "revenue", "type": "currency"},
+        {"name": "segment", "type": "integer"}
+    ]}))
+    .await;
+    // Three kinds of customer: 6 big ones, 10 middling, 14 small; one without revenue.
+    let mut batch = Vec::new();
+    for (kind, count, orders, revenue) in [
+        ("big", 6, 40, 90_000),
+        ("mid", 10, 12, 20_000),
+        ("small", 14, 2, 1_000),
+    ] {
+        for i in 0..count {
+            batch.push(
+                json!({"name": format!("{kind}{i}"), "orders": orders + i % 3,
+                              "revenue": {"amount": revenue + 100 * i, "currency": "EUR"}}),
+            );
+        }
+    }
+    batch.push(json!({"name": "unknown", "orders": 5}));
+    let created = app
+        .post("/api/v1/records/account/batch", json!({"records": batch}))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    app.install_plugin(
+        "segmentation",
+        Some(json!({"entity": "account", "features": ["orders", "revenue"], "k": 3, "segment_field": "segment"})),
+    )
+    .await;
+    let workflow = app
+        .post("/api/v1/workflows", json!({"name": "segment_now", "trigger": {"type": "manual"}, "retry": {"max_attempts": 1},
+            "steps": [{"id": "segment", "type": "plugin", "plugin": "segmentation", "step": "segment", "input": {}}]}))
+        .await;
+    assert_eq!(workflow.status, StatusCode::CREATED, "{:?}", workflow.body);
+
+    let run = run_to_end(app, "segment_now").await;
+    assert_eq!(run["status"], json!("succeeded"), "{run:#}");
+    let output = run["steps"][0]["output"].clone();
+    assert_eq!(output["customers"], json!(30), "{output:#}");
+    assert_eq!(output["skipped"], json!(1));
+    assert_eq!(output["converged"], json!(true));
+    assert_eq!(output["written"], json!(30));
+    let sizes: Vec<i64> = output["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|segment| segment["size"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        sizes,
+        [6, 10, 14],
+        "segment 1 is the highest-valued: {output:#}"
+    );
+    let big = &output["segments"][0]["centroid"];
+    assert!(
+        (big["orders"].as_f64().unwrap() - 41.0).abs() < 1.0,
+        "{big}"
+    );
+    assert!(
+        (big["revenue"].as_f64().unwrap() - 90_250.0).abs() < 1.0,
+        "{big}"
+    );
+    // Each customer carries its segment.
+    let by_segment = aggregate(app, "account", "group_by=segment&measures=count,min:orders").await;
+    assert_eq!(
+        rows(&by_segment),
+        vec![
+            json!({"group": {"segment": null}, "count": 1, "min": {"orders": 5}}),
+            json!({"group": {"segment": 1}, "count": 6, "min": {"orders": 40}}),
+            json!({"group": {"segment": 2}, "count": 10, "min": {"orders": 12}}),
+            json!({"group": {"segment": 3}, "count": 14, "min": {"orders": 2}}),
+        ]
+    );
+    // Run again: the same segments, nothing to write; the fuel it took is in the plugin's runs.
+    let again = run_to_end(app, "segment_now").await;
+    assert_eq!(
+        again["steps"][0]["output"]["written"],
+        json!(0),
+        "{again:#}"
+    );
+    let runs = app.get("/api/v1/plugins/segmentation/runs").await;
+    let first = &runs.body["data"][0];
+    assert_eq!(first["outcome"], json!("ok"), "{first}");
+    assert!(first["fuel_used"].as_i64().unwrap() > 0, "{first}");
+
+    // More segments than customers, and a feature that is not a number: the run fails, saying why.
+    let few = app
+        .post("/api/v1/workflows", json!({"name": "segment_big_ones", "trigger": {"type": "manual"}, "retry": {"max_attempts": 1},
+            "steps": [{"id": "segment", "type": "plugin", "plugin": "segmentation", "step": "segment",
+                       "input": {"filter": "orders ge 40", "k": 10}}]}))
+        .await;
+    assert_eq!(few.status, StatusCode::CREATED, "{:?}", few.body);
+    let too_many = run_to_end(app, "segment_big_ones").await;
+    assert_eq!(too_many["status"], json!("failed"), "{too_many:#}");
+    assert!(
+        too_many["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fewer than the 10 segments"),
+        "{too_many:#}"
+    );
+    let configured = app
+        .put(
+            "/api/v1/plugins/segmentation/config",
+            json!({"entity": "account", "features": ["name"], "k": 2}),
+        )
+        .await;
+    assert_eq!(configured.status, StatusCode::OK, "{:?}", configured.body);
+    let text = run_to_end(app, "segment_now").await;
+    assert_eq!(text["status"], json!("failed"));
+    assert!(
+        text["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("a scan reads numbers"),
+        "{text:#}"
+    );
 }

@@ -356,6 +356,42 @@ pub async fn test(
                         .unwrap_or_default();
                     let _ = reply.send(Ok(found));
                 }
+                HostCall::Scan {
+                    entity,
+                    fields,
+                    after,
+                    limit,
+                    reply,
+                    ..
+                } => {
+                    // The fixture's records of the entity after `after`, in id order (the
+                    // filter is not evaluated here).
+                    let mut found: Vec<&FixtureRecord> = fixtures
+                        .get(&entity)
+                        .map(|records| records.iter().filter(|r| r.id > after).collect())
+                        .unwrap_or_default();
+                    found.sort_by(|a, b| a.id.cmp(&b.id));
+                    let scanned = found
+                        .into_iter()
+                        .take(limit as usize)
+                        .map(|r| {
+                            crate::plugins::runtime::bindings::rapport::plugin::records::Scanned {
+                                id: r.id.clone(),
+                                values: fields
+                                    .iter()
+                                    .map(|field| match r.data.get(field) {
+                                        Some(Value::Object(money)) => {
+                                            money.get("amount").and_then(Value::as_f64)
+                                        }
+                                        Some(value) => value.as_f64(),
+                                        None => None,
+                                    })
+                                    .collect(),
+                            }
+                        })
+                        .collect();
+                    let _ = reply.send(Ok(scanned));
+                }
                 HostCall::Create {
                     entity,
                     data,

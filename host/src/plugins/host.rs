@@ -19,6 +19,9 @@ const MAX_LOG_LINES: usize = 100;
 const MAX_ARGUMENT: usize = 1 << 20;
 /// The most records one query returns.
 pub const MAX_QUERY_ROWS: u32 = 1_000;
+/// The most records one `scan` call returns, and the most fields it reads.
+pub const MAX_SCAN_ROWS: u32 = 10_000;
+pub const MAX_SCAN_FIELDS: usize = 16;
 
 /// A record access a plugin asked for, served by the invocation's owner.
 #[derive(Debug)]
@@ -45,6 +48,14 @@ pub enum HostCall {
         id: String,
         patch: String,
         reply: oneshot::Sender<Result<Record, HostError>>,
+    },
+    Scan {
+        entity: String,
+        filter: String,
+        fields: Vec<String>,
+        after: String,
+        limit: u32,
+        reply: oneshot::Sender<Result<Vec<records::Scanned>, HostError>>,
     },
 }
 
@@ -270,6 +281,18 @@ impl records::Host for HostState {
         .await
     }
 
+    async fn scan(
+        &mut self,
+        entity: String,
+        filter: String,
+        fields: Vec<String>,
+        after: String,
+        limit: u32,
+    ) -> Result<Vec<records::Scanned>, HostError> {
+        self.scan_records(entity, filter, fields, after, limit)
+            .await
+    }
+
     async fn update(
         &mut self,
         entity: String,
@@ -287,6 +310,51 @@ impl records::Host for HostState {
             reply,
         })
         .await
+    }
+}
+
+impl HostState {
+    /// `records.scan`, checked here (counts, capabilities, sizes) and served by the owner.
+    pub async fn scan_records(
+        &mut self,
+        entity: String,
+        filter: String,
+        fields: Vec<String>,
+        after: String,
+        limit: u32,
+    ) -> Result<Vec<records::Scanned>, HostError> {
+        self.count_call()?;
+        self.may_read(&entity)?;
+        check_size("the filter", &filter)?;
+        check_size("the cursor", &after)?;
+        if fields.is_empty() || fields.len() > MAX_SCAN_FIELDS {
+            return Err(HostError::Invalid(vec![types::FieldError {
+                field: String::new(),
+                message: format!(
+                    "a scan reads 1 to {MAX_SCAN_FIELDS} fields, not {}",
+                    fields.len()
+                ),
+            }]));
+        }
+        for field in &fields {
+            check_size("a field name", field)?;
+        }
+        let remaining = self.caps.rows.saturating_sub(self.rows);
+        let limit = limit
+            .min(MAX_SCAN_ROWS)
+            .min(u32::try_from(remaining.saturating_add(1)).unwrap_or(u32::MAX));
+        let found = self
+            .call(|reply| HostCall::Scan {
+                entity,
+                filter,
+                fields,
+                after,
+                limit,
+                reply,
+            })
+            .await?;
+        self.count_rows(found.len() as u64)?;
+        Ok(found)
     }
 }
 

@@ -38,6 +38,10 @@ pub struct Manifest {
     pub capabilities: Capabilities,
     #[serde(default)]
     pub limits: RequestedLimits,
+    /// Limits of workflow steps (jobs such as segmentation, outside any record write), within
+    /// the job ceilings; steps of a manifest without them run under `limits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_limits: Option<RequestedLimits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_schema: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,9 +161,28 @@ impl Limits {
         writes: 100,
     };
 
+    /// The ceilings of workflow steps that ask for job limits: a job reads a whole entity
+    /// (`records.scan`) and computes over it, off the request path, in its step's transaction.
+    pub const JOB_MAX: Limits = Limits {
+        fuel: 200_000_000_000,
+        memory_mb: (MAX_MEMORY >> 20) as u64,
+        timeout_ms: 120_000,
+        host_calls: 100_000,
+        rows: 10_000_000,
+        writes: 100_000,
+    };
+
     /// A manifest's limits within the ceilings.
     pub fn from_requested(requested: &RequestedLimits) -> Self {
-        let max = Self::MAX;
+        Self::within(requested, Self::MAX)
+    }
+
+    /// Job limits within the job ceilings.
+    pub fn job_from_requested(requested: &RequestedLimits) -> Self {
+        Self::within(requested, Self::JOB_MAX)
+    }
+
+    fn within(requested: &RequestedLimits, max: Limits) -> Self {
         let pick = |asked: Option<u64>, ceiling: u64| asked.unwrap_or(ceiling).min(ceiling);
         Self {
             fuel: pick(requested.fuel, max.fuel),
@@ -238,6 +261,14 @@ impl Manifest {
         Limits::from_requested(&self.limits)
     }
 
+    /// The limits of its workflow steps: `job_limits` within the job ceilings, or `limits`.
+    pub fn job_limits(&self) -> Limits {
+        match &self.job_limits {
+            Some(requested) => Limits::job_from_requested(requested),
+            None => self.limits(),
+        }
+    }
+
     /// Checks a tenant's configuration against the manifest's configuration schema.
     pub fn check_config(&self, config: &Value) -> Result<(), Vec<ManifestProblem>> {
         if !config.is_object() {
@@ -284,6 +315,19 @@ mod tests {
     fn a_minimal_manifest_gets_the_server_limits() {
         let manifest = Manifest::parse(&minimal()).unwrap();
         assert_eq!(manifest.limits(), Limits::MAX);
+    }
+
+    #[test]
+    fn job_limits_have_their_own_ceilings_and_default_to_the_limits() {
+        let mut value = minimal();
+        assert_eq!(Manifest::parse(&value).unwrap().job_limits(), Limits::MAX);
+        value["job_limits"] =
+            json!({"fuel": u64::MAX / 2, "timeout_ms": 30_000, "rows": 2_000_000});
+        let limits = Manifest::parse(&value).unwrap().job_limits();
+        assert_eq!(limits.fuel, Limits::JOB_MAX.fuel);
+        assert_eq!(limits.timeout_ms, 30_000);
+        assert_eq!(limits.rows, 2_000_000);
+        assert_eq!(limits.writes, Limits::JOB_MAX.writes);
     }
 
     #[test]

@@ -77,6 +77,7 @@ fn empty_records() -> mpsc::Sender<HostCall> {
             match call {
                 HostCall::Get { reply, .. } => drop(reply.send(Ok(None))),
                 HostCall::Query { reply, .. } => drop(reply.send(Ok(Vec::new()))),
+                HostCall::Scan { reply, .. } => drop(reply.send(Ok(Vec::new()))),
                 HostCall::Create { reply, .. } | HostCall::Update { reply, .. } => {
                     drop(reply.send(Err(super::runtime::HostError::Failed("read-only".into()))))
                 }

@@ -17,6 +17,7 @@ use super::{
     check_keys, validate,
 };
 use crate::auth::Principal;
+use crate::metadata::definition::FieldType;
 use crate::metadata::record_schema::FieldErrors;
 use crate::plugins::Active;
 use crate::plugins::host::{HostCall, HostState, OutboxMessage};
@@ -24,9 +25,9 @@ use crate::plugins::manifest::Capabilities;
 use crate::plugins::runtime::{
     Fault, HostError, Operation, Outcome, Record, RecordEvent, Stage, Usage,
 };
-use crate::store::Scoped;
 use crate::store::outbox::NewMessage;
 use crate::store::plugins::NewRun;
+use crate::store::{Scoped, SqlValue};
 
 /// How deep hooks may nest: a client's write is depth 0, a write made by one of its hooks 1…
 pub const MAX_DEPTH: u32 = 4;
@@ -640,6 +641,27 @@ impl Records {
                         .await,
                 );
             }
+            HostCall::Scan {
+                entity,
+                filter,
+                fields,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.plugin_scan(
+                        scoped,
+                        &context.principal,
+                        &entity,
+                        &filter,
+                        &fields,
+                        &after,
+                        limit,
+                    )
+                    .await,
+                );
+            }
             HostCall::Create {
                 entity,
                 data,
@@ -751,6 +773,113 @@ impl Records {
                 id: view.id,
                 version: view.version,
                 data: view.data.get().to_owned(),
+            })
+            .collect())
+    }
+
+    /// `records.scan`: ids and numeric values of the records the principal may read, in id
+    /// order after `after`, in one statement.
+    #[expect(clippy::too_many_arguments, reason = "the host call's arguments")]
+    async fn plugin_scan(
+        &self,
+        scoped: &mut Scoped<'_>,
+        principal: &Principal,
+        entity: &str,
+        filter: &str,
+        fields: &[String],
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<crate::plugins::runtime::bindings::rapport::plugin::records::Scanned>, HostError>
+    {
+        use crate::plugins::runtime::bindings::rapport::plugin::records::Scanned;
+        use crate::store::records::ColumnKind;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let compiled = self
+            .metadata
+            .compiled(scoped, entity)
+            .await
+            .map_err(|error| host_error(error.into()))?;
+        let sight = super::Sight::readable(principal, &compiled)
+            .map_err(|error| HostError::Denied(error.to_string()))?;
+        let definition = sight.definition.as_ref();
+        let dialect = scoped.dialect();
+        let mut builder = crate::store::records::ListQuery::builder(dialect);
+        let mut columns = vec!["id".to_owned()];
+        for name in fields {
+            let field = definition
+                .field(name)
+                .filter(|field| field.active)
+                .ok_or_else(|| {
+                    HostError::Invalid(vec![crate::plugins::runtime::FieldError {
+                        field: name.clone(),
+                        message: format!("`{name}` is not a field of `{entity}`"),
+                    }])
+                })?;
+            if !matches!(
+                field.value_type(),
+                FieldType::Integer | FieldType::Decimal | FieldType::Currency
+            ) {
+                return Err(HostError::Invalid(vec![
+                    crate::plugins::runtime::FieldError {
+                        field: name.clone(),
+                        message: format!(
+                            "`{name}` is a {} field: a scan reads numbers (integer, decimal, currency)",
+                            field.value_type().as_str()
+                        ),
+                    },
+                ]));
+            }
+            let expr = dialect.field_expr(field);
+            columns.push(match dialect {
+                crate::store::Dialect::Sqlite => format!("CAST({expr} AS REAL)"),
+                crate::store::Dialect::Postgres => format!("CAST({expr} AS double precision)"),
+            });
+        }
+        let mut conditions = vec!["deleted_at IS NULL".to_owned()];
+        if let Some(owners) = principal.owners(sight.grant.read) {
+            conditions.push(super::owner_condition(&owners, &mut builder));
+        }
+        if !filter.trim().is_empty() {
+            conditions.push(
+                super::query::filter_condition(definition, filter, &mut builder).map_err(
+                    |message| {
+                        HostError::Invalid(vec![crate::plugins::runtime::FieldError {
+                            field: String::new(),
+                            message,
+                        }])
+                    },
+                )?,
+            );
+        }
+        if !after.is_empty() {
+            let placeholder = builder.bind(SqlValue::Text(after.to_owned()));
+            conditions.push(format!("id > {placeholder}"));
+        }
+        let sql = format!(
+            "SELECT {} FROM records WHERE tenant_id = $1 AND entity_id = {} AND {} ORDER BY id LIMIT {limit}",
+            columns.join(", "),
+            compiled.id,
+            conditions.join(" AND ")
+        );
+        let mut kinds = vec![ColumnKind::Text];
+        kinds.extend(std::iter::repeat_n(ColumnKind::Float, fields.len()));
+        let rows = scoped
+            .aggregate_rows(&sql, builder.binds, &kinds)
+            .await
+            .map_err(|error| host_error(error.into()))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let mut values = row.into_iter();
+                Scanned {
+                    id: values
+                        .next()
+                        .and_then(|id| id.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    values: values.map(|value| value.as_f64()).collect(),
+                }
             })
             .collect())
     }

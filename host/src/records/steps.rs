@@ -237,7 +237,7 @@ impl Records {
         let started_at = crate::store::now();
         let invocation = async {
             let (result, usage, state) = runtime
-                .run_step(&plugin.component, state, &plugin.limits, step, &text)
+                .run_step(&plugin.component, state, &plugin.job_limits, step, &text)
                 .await;
             (result.map(|output| (output, state.outbox)), usage)
         };

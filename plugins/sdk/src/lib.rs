@@ -324,6 +324,52 @@ pub mod records {
             .collect())
     }
 
+    /// A record's id and numeric values, as [`scan`] returns them.
+    pub use crate::bindings::rapport::plugin::records::Scanned;
+
+    /// The ids and numeric values (`fields`: integer, decimal or currency fields; `None` where a
+    /// record has none) of the records matching `filter` ("" for all) with an id after `after`
+    /// ("" to start), in id order, at most `limit` (the host caps a call at 10,000). One host
+    /// call; the rows count against the invocation's row limit.
+    pub fn scan(
+        entity: &str,
+        filter: &str,
+        fields: &[&str],
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<Scanned>, HostError> {
+        let fields: Vec<String> = fields.iter().map(|field| (*field).to_owned()).collect();
+        host::scan(entity, filter, &fields, after, limit)
+    }
+
+    /// Every record [`scan`] finds, page by page (`page` records a call), handed to `each` in id
+    /// order; returns how many there were. Reads until a page comes back short, so nothing is
+    /// left out silently: past the invocation's row limit it is an error.
+    pub fn scan_each(
+        entity: &str,
+        filter: &str,
+        fields: &[&str],
+        page: u32,
+        mut each: impl FnMut(Scanned),
+    ) -> Result<usize, HostError> {
+        let mut after = String::new();
+        let mut count = 0;
+        loop {
+            let batch = scan(entity, filter, fields, &after, page.max(1))?;
+            let full = batch.len() as u32 >= page.max(1);
+            if let Some(last) = batch.last() {
+                after = last.id.clone();
+            }
+            count += batch.len();
+            for scanned in batch {
+                each(scanned);
+            }
+            if !full {
+                return Ok(count);
+            }
+        }
+    }
+
     /// A text as a quoted literal of the filter language: `O'Brien` → `'O''Brien'`. Quote
     /// every value you put into a filter.
     pub fn quote(text: &str) -> String {

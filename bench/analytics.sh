@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The analytics targets of issue 7 on SQLite (release build), with data loaded through the batch
+# API: 1 M contacts, 5 M activities (and 100,000 accounts, 200,000 cases, 200,000 opportunities).
+#   screen pop    GET /lookup?phone=<national number>, a random contact each request, 8 clients
+#   timeline      GET /records/contact/<id>/timeline?limit=20, a random contact, 8 clients
+#   dashboard     GET /dashboards/bench_daily/data (eight widgets), 1 client, then 8
+#
+#   bench/analytics.sh                          # the full sizes (loading takes a while)
+#   CONTACTS=100000 ACTIVITIES=500000 bench/analytics.sh
+#   KEEP=1 bench/analytics.sh                   # reuse the loaded database of a previous run
+# Results: $BENCH_WORK/results/rapport_analytics/results.jsonl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KIT="$(cd "${RAPPORT_BENCH_KIT:-../shared/bench}" && pwd)"
+BENCH_WORK="${BENCH_WORK:-/tmp/rapport-bench}"
+PORT="${PORT:-18183}"
+OUT="$BENCH_WORK/results/rapport_analytics"
+DATA="$BENCH_WORK/rapport-analytics"
+command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk jq" >&2; exit 1; }
+if curl -s "http://127.0.0.1:$PORT/" >/dev/null 2>&1; then echo "port $PORT is in use" >&2; exit 1; fi
+if [ -z "${RAPPORT_BIN:-}" ]; then cargo build --release -p rapport; fi
+BIN="${RAPPORT_BIN:-$PWD/target/release/rapport}"
+export RAPPORT_DATABASE_URL="sqlite:$DATA/analytics.db" RAPPORT_LOG=warn RAPPORT_RATE_LIMIT=0
+mkdir -p "$OUT"; : >"$OUT/results.jsonl"
+if [ -z "${KEEP:-}" ] || [ ! -f "$DATA/token" ]; then
+  rm -rf "$DATA"; mkdir -p "$DATA"
+  "$BIN" tenant create bench --json | jq -r .token >"$DATA/token"
+  "$BIN" schema apply bench/analytics-schema --tenant bench >/dev/null
+  LOAD=1
+fi
+TOKEN=$(cat "$DATA/token")
+record() { echo "$1" | tee -a "$OUT/results.jsonl"; }
+"$BIN" serve --listen "127.0.0.1:$PORT" >"$DATA/server.log" 2>&1 &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do kill -0 "$SERVER" || exit 1; sleep 0.05; done
+export BASE_URL="http://127.0.0.1:$PORT" AUTH="Bearer $TOKEN"
+if [ -n "${LOAD:-}" ]; then
+  BASE_URL=$BASE_URL TOKEN=$TOKEN OUT=$DATA python3 bench/analytics_data.py | tee -a "$OUT/results.jsonl"
+  curl -sf -H "$(printf 'Authorization: Bearer %s' "$TOKEN")" -H 'Content-Type: application/json' \
+    -X POST "$BASE_URL/api/v1/dashboards" -d @bench/analytics-dashboard.json >/dev/null
+  # Planner statistics are refreshed every 30 s by the server; give it one round.
+  sleep 31
+fi
+run() { # mode label [env…]
+  record "$("$KIT/driver/run_wrk.sh" "$1" "$OUT/wrk.log" | jq -c --arg w "$2" '. + {workload: $w}')"
+}
+DURATION=20s IDS_FILE="$DATA/contact_phones.txt" ITEM_PATH='/api/v1/lookup?phone={id}' run read screen_pop
+DURATION=20s IDS_FILE="$DATA/contact_ids.txt" ITEM_PATH='/api/v1/records/contact/{id}/timeline?limit=20' run read timeline_first_page
+DURATION=20s CONC=1 THREADS=1 LIST_PATH='/api/v1/dashboards/bench_daily/data' run list dashboard_8_widgets_1_client
+DURATION=20s LIST_PATH='/api/v1/dashboards/bench_daily/data' run list dashboard_8_widgets_8_clients
+# Where the dashboard's time goes: each widget's own time (`ms`), one request, one client.
+curl -sf -H "Authorization: Bearer $TOKEN" "$BASE_URL/api/v1/dashboards/bench_daily/data" >"$OUT/dashboard.json"
+record "$(jq -c '{mode: "dashboard_widgets", widgets: [.widgets[] | {id, ms, value, rows: (.data // [] | length), error}]}' "$OUT/dashboard.json")"
+record "{\"mode\":\"memory\",\"rss_mb\":$(awk '/^VmRSS/{printf "%.1f", $2/1024}' "/proc/$SERVER/status")}"
+echo "results: $OUT/results.jsonl"
