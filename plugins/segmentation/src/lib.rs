@@ -82,24 +82,74 @@ impl Job {
     }
 }
 
-/// Points in one flat array, `dims` values each.
+/// Points, `dims` values each, in chunks of [`CHUNK`] points: a million points grow without
+/// ever copying the whole set into a twice-as-large array (which the 64 MiB a plugin may use
+/// would not hold).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Points {
     pub dims: usize,
-    pub values: Vec<f32>,
+    chunks: Vec<Vec<f32>>,
+    len: usize,
 }
 
+/// Points per chunk.
+pub const CHUNK: usize = 65_536;
+
 impl Points {
+    pub fn new(dims: usize) -> Self {
+        Self {
+            dims,
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    pub fn from_flat(dims: usize, values: &[f32]) -> Self {
+        let mut points = Self::new(dims);
+        for point in values.chunks_exact(dims) {
+            points.push(point.iter().copied());
+        }
+        points
+    }
+
+    pub fn push(&mut self, point: impl IntoIterator<Item = f32>) {
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK * self.dims));
+        }
+        let chunk = self.chunks.last_mut().expect("a chunk");
+        chunk.extend(point.into_iter().take(self.dims));
+        self.len += 1;
+    }
+
     pub fn len(&self) -> usize {
-        self.values.len() / self.dims
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.len == 0
     }
 
     fn point(&self, index: usize) -> &[f32] {
-        &self.values[index * self.dims..(index + 1) * self.dims]
+        let offset = (index % CHUNK) * self.dims;
+        &self.chunks[index / CHUNK][offset..offset + self.dims]
+    }
+
+    fn all(&self) -> impl Iterator<Item = &[f32]> {
+        self.chunks
+            .iter()
+            .flat_map(|chunk| chunk.chunks_exact(self.dims))
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut [f32]> {
+        let dims = self.dims;
+        self.chunks
+            .iter_mut()
+            .flat_map(move |chunk| chunk.chunks_exact_mut(dims))
+    }
+
+    /// Every value, point after point (for tests).
+    pub fn flat(&self) -> Vec<f32> {
+        self.all().flatten().copied().collect()
     }
 }
 
@@ -115,14 +165,14 @@ impl Scale {
     pub fn normalise(points: &mut Points) -> Self {
         let (n, dims) = (points.len().max(1) as f64, points.dims);
         let mut mean = vec![0.0; dims];
-        for chunk in points.values.chunks_exact(dims) {
+        for chunk in points.all() {
             for (sum, value) in mean.iter_mut().zip(chunk) {
                 *sum += f64::from(*value);
             }
         }
         mean.iter_mut().for_each(|sum| *sum /= n);
         let mut std = vec![0.0; dims];
-        for chunk in points.values.chunks_exact(dims) {
+        for chunk in points.all() {
             for ((sum, value), mean) in std.iter_mut().zip(chunk).zip(&mean) {
                 *sum += (f64::from(*value) - mean).powi(2);
             }
@@ -133,7 +183,7 @@ impl Scale {
                 *sum = 1.0;
             }
         });
-        for chunk in points.values.chunks_exact_mut(dims) {
+        for chunk in points.all_mut() {
             for ((value, mean), std) in chunk.iter_mut().zip(&mean).zip(&std) {
                 *value = ((f64::from(*value) - mean) / std) as f32;
             }
@@ -293,10 +343,7 @@ fn host<T>(what: &str, result: Result<T, rapport_sdk::HostError>) -> Result<T, S
 pub fn run(job: &Job) -> Result<Value, String> {
     let names: Vec<&str> = job.features.iter().map(String::as_str).collect();
     let dims = names.len();
-    let mut points = Points {
-        dims,
-        values: Vec::new(),
-    };
+    let mut points = Points::new(dims);
     let mut skipped = 0usize;
     host(
         &format!("read the `{}` records", job.entity),
@@ -306,7 +353,7 @@ pub fn run(job: &Job) -> Result<Value, String> {
             &names,
             PAGE,
             |scanned| match complete(&scanned, dims) {
-                Some(values) => points.values.extend(values.iter().map(|v| *v as f32)),
+                Some(values) => points.push(values.iter().map(|v| *v as f32)),
                 None => skipped += 1,
             },
         ),
@@ -412,7 +459,7 @@ mod tests {
         .iter()
         .flat_map(|(x, y)| [*x, *y])
         .collect();
-        Points { dims: 2, values }
+        Points::from_flat(2, &values)
     }
 
     #[test]
@@ -434,21 +481,26 @@ mod tests {
     }
 
     #[test]
+    fn points_span_chunks() {
+        let mut points = Points::new(2);
+        for i in 0..(CHUNK + 3) {
+            points.push([i as f32, 1.0]);
+        }
+        assert_eq!(points.len(), CHUNK + 3);
+        assert_eq!(points.point(CHUNK + 1), &[(CHUNK + 1) as f32, 1.0]);
+        assert_eq!(points.all().count(), CHUNK + 3);
+    }
+
+    #[test]
     fn normalising_gives_every_feature_the_same_weight() {
-        let mut points = Points {
-            dims: 2,
-            values: vec![1.0, 1000.0, 3.0, 3000.0],
-        };
+        let mut points = Points::from_flat(2, &[1.0, 1000.0, 3.0, 3000.0]);
         let scale = Scale::normalise(&mut points);
-        assert_eq!(points.values, vec![-1.0, -1.0, 1.0, 1.0]);
+        assert_eq!(points.flat(), vec![-1.0, -1.0, 1.0, 1.0]);
         assert_eq!(scale.unapply(&[0.0, 0.0]), vec![2.0, 2000.0]);
         // A constant feature does not divide by zero.
-        let mut flat = Points {
-            dims: 1,
-            values: vec![5.0, 5.0],
-        };
+        let mut flat = Points::from_flat(1, &[5.0, 5.0]);
         Scale::normalise(&mut flat);
-        assert_eq!(flat.values, vec![0.0, 0.0]);
+        assert_eq!(flat.flat(), vec![0.0, 0.0]);
     }
 
     #[test]
