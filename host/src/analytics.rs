@@ -961,28 +961,45 @@ impl Analytics {
             date_field: widget.date_field.clone(),
         };
         let bounds = widget.period.map(|period| period_bounds(zone, now, period));
-        let current = self
-            .measure(principal, widget, &main, bounds.map(|b| b.current), now)
-            .await?;
-        let previous = match bounds {
-            Some(bounds) => Some(
-                self.measure(principal, widget, &main, Some(bounds.previous), now)
-                    .await?,
-            ),
-            None => None,
+        // The current and the previous period at once.
+        let previous_of = |source: &MeasureSource| {
+            let source = source.clone();
+            async move {
+                match bounds {
+                    Some(bounds) => self
+                        .measure(principal, widget, &source, Some(bounds.previous), zone, now)
+                        .await
+                        .map(Some),
+                    None => Ok(None),
+                }
+            }
         };
+        let (current, previous) = tokio::join!(
+            self.measure(
+                principal,
+                widget,
+                &main,
+                bounds.map(|b| b.current),
+                zone,
+                now
+            ),
+            previous_of(&main)
+        );
+        let (current, previous) = (current?, previous?);
         let (current, previous) = match &widget.divide_by {
             Some(divisor) => {
-                let current_divisor = self
-                    .measure(principal, widget, divisor, bounds.map(|b| b.current), now)
-                    .await?;
-                let previous_divisor = match bounds {
-                    Some(bounds) => Some(
-                        self.measure(principal, widget, divisor, Some(bounds.previous), now)
-                            .await?,
+                let (current_divisor, previous_divisor) = tokio::join!(
+                    self.measure(
+                        principal,
+                        widget,
+                        divisor,
+                        bounds.map(|b| b.current),
+                        zone,
+                        now
                     ),
-                    None => None,
-                };
+                    previous_of(divisor)
+                );
+                let (current_divisor, previous_divisor) = (current_divisor?, previous_divisor?);
                 (
                     divide(&current, &current_divisor),
                     previous
@@ -1053,6 +1070,7 @@ impl Analytics {
         widget: &Widget,
         source: &MeasureSource,
         period: Option<(Date, Date)>,
+        zone: chrono_tz::Tz,
         now: OffsetDateTime,
     ) -> Result<Measured, AnalyticsError> {
         let query = self
@@ -1082,11 +1100,6 @@ impl Analytics {
                         .await
                         .map_err(RecordError::from)?;
                     date_kind(&compiled.definition, field).map_err(AnalyticsError::BadRequest)?
-                };
-                let zone = {
-                    let mut conn = self.store.reader().await?;
-                    let (_, zone) = conn.scoped(&principal.tenant).tenant_settings().await?;
-                    timers::parse_time_zone(&zone).unwrap_or(chrono_tz::UTC)
                 };
                 let bound = |date: Date| match kind {
                     DateKind::Date => date.to_string(),
