@@ -302,6 +302,24 @@ pub async fn serve(
             let _ = stopped.await;
         },
     ));
+    // Planner statistics follow the records table as it grows (SQLite; checked every minute).
+    let statistics = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut analyzed = 0;
+            loop {
+                match store.refresh_statistics(analyzed).await {
+                    Ok(Some(rows)) => {
+                        tracing::info!(rows, "planner statistics refreshed");
+                        analyzed = rows;
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, "planner statistics not refreshed"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            }
+        })
+    };
     let (stop_delivery, delivery_stopped) = tokio::sync::oneshot::channel::<()>();
     let delivery = tokio::spawn(crate::webhooks::delivery::run(
         state.webhooks.clone(),
@@ -314,6 +332,7 @@ pub async fn serve(
         .await;
     // The engine finishes the step it is on and deliveries in flight are settled; then the
     // database closes.
+    statistics.abort();
     let _ = stop.send(());
     let _ = stop_delivery.send(());
     if let Err(error) = engine.await {

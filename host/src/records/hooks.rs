@@ -206,11 +206,20 @@ pub(super) fn host_state(
     plugin: &Active,
     read_only: Option<&'static str>,
 ) -> (HostState, mpsc::Receiver<HostCall>) {
+    host_state_with(plugin, plugin.limits, read_only)
+}
+
+/// A host state whose host calls are counted against `limits` (a workflow step's job limits).
+pub(super) fn host_state_with(
+    plugin: &Active,
+    limits: crate::plugins::manifest::Limits,
+    read_only: Option<&'static str>,
+) -> (HostState, mpsc::Receiver<HostCall>) {
     let (calls, requests) = mpsc::channel(1);
     let mut state = HostState::new(
         plugin.config.clone(),
         plugin.manifest.capabilities.clone(),
-        plugin.limits,
+        limits,
         Some(calls),
     );
     if let Some(who) = read_only {

@@ -231,7 +231,7 @@ impl Records {
                 return Ok(Err(problems.join("; ")));
             }
         }
-        let (state, requests) = super::hooks::host_state(plugin, None);
+        let (state, requests) = super::hooks::host_state_with(plugin, plugin.job_limits, None);
         let runtime = self.plugins.runtime().clone();
         let text = input.to_string();
         let started_at = crate::store::now();
