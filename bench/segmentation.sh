@@ -15,6 +15,7 @@ K="${K:-5}"
 OUT="$BENCH_WORK/results/rapport_analytics"
 DATA="$BENCH_WORK/rapport-analytics"
 [ -f "$DATA/token" ] || { echo "run bench/analytics.sh first" >&2; exit 1; }
+if [ -z "${RAPPORT_BIN:-}" ]; then cargo build --release -p rapport; fi
 BIN="${RAPPORT_BIN:-$PWD/target/release/rapport}"
 scripts/plugins >/dev/null
 export RAPPORT_DATABASE_URL="sqlite:$DATA/analytics.db" RAPPORT_LOG=warn RAPPORT_RATE_LIMIT=0
