@@ -20,8 +20,6 @@ BIN="${RAPPORT_BIN:-$PWD/target/release/rapport}"
 scripts/plugins >/dev/null
 export RAPPORT_DATABASE_URL="sqlite:$DATA/analytics.db" RAPPORT_LOG=warn RAPPORT_RATE_LIMIT=0
 TOKEN=$(cat "$DATA/token")
-"$BIN" plugin install plugins/segmentation/manifest.json target/wasm32-wasip2/release/segmentation.wasm \
-  --tenant bench --enable >/dev/null 2>&1 || true
 "$BIN" serve --listen "127.0.0.1:$PORT" >"$DATA/segmentation-server.log" 2>&1 &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
@@ -29,6 +27,11 @@ until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do kill -0 "$SERVER"
 B="http://127.0.0.1:$PORT/api/v1"
 api() { curl -sS -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' "$@"; }
 record() { echo "$1" | tee -a "$OUT/segmentation.jsonl"; }
+# The plugin as built now (removed first if an earlier run installed it).
+api -X DELETE "$B/plugins/segmentation" >/dev/null
+jq -n --slurpfile m plugins/segmentation/manifest.json --rawfile c <(base64 -w0 target/wasm32-wasip2/release/segmentation.wasm) \
+  '{manifest: $m[0], component: $c}' | api -X POST "$B/plugins" -d @- >/dev/null
+api -X POST "$B/plugins/segmentation/enable" >/dev/null
 : >"$OUT/segmentation.jsonl"
 
 run_job() { # name input-json

@@ -5,7 +5,8 @@
 //!    customers missing a feature are skipped and counted.
 //! 2. Normalises each feature to z-scores, so that no feature weighs more for its units.
 //! 3. Seeds k centroids with k-means++ (a fixed seed: the same data gives the same segments)
-//!    and runs Lloyd iterations until no customer changes segment (or `max_iterations`).
+//!    and runs Lloyd iterations until at most `tolerance` (0.1%) of the customers change segment
+//!    (or `max_iterations`).
 //! 4. Numbers the segments from the highest-valued centroid (the largest sum of z-scores) down,
 //!    so that segment 1 is the best customers' from one run to the next.
 //! 5. Reads the customers again, with their current segment, and writes the new one where it
@@ -31,6 +32,8 @@ pub struct Job {
     pub filter: String,
     pub segment_field: Option<String>,
     pub max_iterations: usize,
+    /// Iterations stop once at most this share of customers changed segment.
+    pub tolerance: f64,
 }
 
 impl Job {
@@ -78,6 +81,10 @@ impl Job {
                 .and_then(Value::as_u64)
                 .unwrap_or(100)
                 .clamp(1, 500) as usize,
+            tolerance: get("tolerance")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.001)
+                .clamp(0.0, 0.5),
         })
     }
 }
@@ -246,8 +253,9 @@ impl Random {
     }
 }
 
-/// k-means with k-means++ seeding over normalised points.
-pub fn kmeans(points: &Points, k: usize, max_iterations: usize) -> Clusters {
+/// k-means with k-means++ seeding over normalised points; iterations stop when at most
+/// `tolerance` of the points changed cluster (0: none), or after `max_iterations`.
+pub fn kmeans(points: &Points, k: usize, max_iterations: usize, tolerance: f64) -> Clusters {
     let n = points.len();
     let dims = points.dims;
     let mut random = Random(0x9e37_79b9_7f4a_7c15);
@@ -313,7 +321,7 @@ pub fn kmeans(points: &Points, k: usize, max_iterations: usize) -> Clusters {
                 *value = (sums[cluster * dims + dim] / sizes[cluster] as f64) as f32;
             }
         }
-        if changed == 0 {
+        if changed as f64 <= tolerance * n as f64 {
             converged = true;
             break;
         }
@@ -368,7 +376,7 @@ pub fn run(job: &Job) -> Result<Value, String> {
         ));
     }
     let scale = Scale::normalise(&mut points);
-    let clusters = kmeans(&points, job.k, job.max_iterations);
+    let clusters = kmeans(&points, job.k, job.max_iterations, job.tolerance);
     let customers = points.len();
     drop(points);
 
@@ -466,7 +474,7 @@ mod tests {
     fn kmeans_finds_separated_groups_and_numbers_the_best_first() {
         let mut points = blobs();
         let scale = Scale::normalise(&mut points);
-        let clusters = kmeans(&points, 3, 100);
+        let clusters = kmeans(&points, 3, 100, 0.0);
         assert!(clusters.converged);
         assert_eq!(clusters.sizes, vec![3, 5, 4]);
         let first = scale.unapply(&clusters.centroids[0]);
@@ -477,7 +485,7 @@ mod tests {
         // The same data gives the same segments.
         let mut again = blobs();
         Scale::normalise(&mut again);
-        assert_eq!(kmeans(&again, 3, 100), clusters);
+        assert_eq!(kmeans(&again, 3, 100, 0.0), clusters);
     }
 
     #[test]
