@@ -245,6 +245,48 @@ async fn core_installs_with_its_plugins_workflows_and_sample_data(app: &TestApp)
             "{data:#}"
         );
     }
+    // Churn risk is computed for every sample account; segmentation on demand gives each a
+    // segment, and the core dashboards compute over the sample data.
+    let accounts = records(app, "account", "").await;
+    assert!(
+        accounts
+            .iter()
+            .all(|account| (0..=100).contains(&account["data"]["churn_risk"].as_i64().unwrap())),
+        "churn-risk ran on every sample account"
+    );
+    let started = app
+        .post("/api/v1/workflows/segment_customers_now/runs", json!({}))
+        .await;
+    assert!(started.status.is_success(), "{:?}", started.body);
+    let run_id = started.body["id"].as_str().unwrap().to_owned();
+    let run = wait_for(
+        app,
+        &format!("/api/v1/workflows/segment_customers_now/runs/{run_id}"),
+        |run| run["status"] == "succeeded" || run["status"] == "failed",
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let segments = run["steps"][0]["output"]["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 4, "{run:#}");
+    let sized: u64 = segments.iter().map(|s| s["size"].as_u64().unwrap()).sum();
+    assert_eq!(sized as usize, accounts.len(), "{run:#}");
+    let segmented = records(app, "account", "&filter=segment%20is%20not%20null").await;
+    assert_eq!(segmented.len(), accounts.len());
+    for dashboard in [
+        "manager_daily",
+        "sales_pipeline",
+        "service",
+        "marketing",
+        "customer_value",
+    ] {
+        let data = app
+            .get(&format!("/api/v1/dashboards/{dashboard}/data"))
+            .await;
+        assert_eq!(data.status, StatusCode::OK, "{dashboard}: {:?}", data.body);
+        for widget in data.body["widgets"].as_array().unwrap() {
+            assert!(widget.get("error").is_none(), "{dashboard}: {widget:#}");
+        }
+    }
     // A campaign's cost per response follows its members' responses (a roll-up).
     let campaign = records(app, "campaign", "&filter=budget%20is%20not%20null").await[0].clone();
     let campaign_id = campaign["id"].as_str().unwrap();

@@ -7,8 +7,9 @@
 //! 3. Seeds k centroids with k-means++ (a fixed seed: the same data gives the same segments)
 //!    and runs Lloyd iterations until at most `tolerance` (0.1%) of the customers change segment
 //!    (or `max_iterations`).
-//! 4. Numbers the segments from the highest-valued centroid (the largest sum of z-scores) down,
-//!    so that segment 1 is the best customers' from one run to the next.
+//! 4. Numbers the segments from the highest-valued centroid (the largest sum of z-scores, those
+//!    of `lower_is_better` features counted negatively) down, so that segment 1 is the best
+//!    customers' from one run to the next.
 //! 5. Reads the customers again, with their current segment, and writes the new one where it
 //!    changed (`segment_field`; none to report only).
 //!
@@ -34,6 +35,9 @@ pub struct Job {
     pub max_iterations: usize,
     /// Iterations stop once at most this share of customers changed segment.
     pub tolerance: f64,
+    /// Features where a higher value is worse (a churn risk): they count against a segment's
+    /// value when segments are numbered.
+    pub lower_is_better: Vec<String>,
 }
 
 impl Job {
@@ -85,6 +89,15 @@ impl Job {
                 .and_then(Value::as_f64)
                 .unwrap_or(0.001)
                 .clamp(0.0, 0.5),
+            lower_is_better: get("lower_is_better")
+                .and_then(Value::as_array)
+                .map(|names| {
+                    names
+                        .iter()
+                        .filter_map(|name| name.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }
@@ -254,8 +267,16 @@ impl Random {
 }
 
 /// k-means with k-means++ seeding over normalised points; iterations stop when at most
-/// `tolerance` of the points changed cluster (0: none), or after `max_iterations`.
-pub fn kmeans(points: &Points, k: usize, max_iterations: usize, tolerance: f64) -> Clusters {
+/// `tolerance` of the points changed cluster (0: none), or after `max_iterations`. Clusters are
+/// numbered by the value of their centroid, the sum of its coordinates times `signs` (-1 for a
+/// feature where higher is worse), highest first.
+pub fn kmeans(
+    points: &Points,
+    k: usize,
+    max_iterations: usize,
+    tolerance: f64,
+    signs: &[f32],
+) -> Clusters {
     let n = points.len();
     let dims = points.dims;
     let mut random = Random(0x9e37_79b9_7f4a_7c15);
@@ -328,7 +349,13 @@ pub fn kmeans(points: &Points, k: usize, max_iterations: usize, tolerance: f64) 
     }
     // Segment 1 is the highest-valued centroid.
     let mut order: Vec<usize> = (0..k).collect();
-    let value = |centroid: &Vec<f32>| centroid.iter().map(|v| f64::from(*v)).sum::<f64>();
+    let value = |centroid: &Vec<f32>| {
+        centroid
+            .iter()
+            .zip(signs.iter().chain(std::iter::repeat(&1.0)))
+            .map(|(v, sign)| f64::from(v * sign))
+            .sum::<f64>()
+    };
     order.sort_by(|a, b| value(&centroids[*b]).total_cmp(&value(&centroids[*a])));
     Clusters {
         centroids: order.iter().map(|i| centroids[*i].clone()).collect(),
@@ -376,7 +403,18 @@ pub fn run(job: &Job) -> Result<Value, String> {
         ));
     }
     let scale = Scale::normalise(&mut points);
-    let clusters = kmeans(&points, job.k, job.max_iterations, job.tolerance);
+    let signs: Vec<f32> = job
+        .features
+        .iter()
+        .map(|name| {
+            if job.lower_is_better.contains(name) {
+                -1.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let clusters = kmeans(&points, job.k, job.max_iterations, job.tolerance, &signs);
     let customers = points.len();
     drop(points);
 
@@ -474,7 +512,7 @@ mod tests {
     fn kmeans_finds_separated_groups_and_numbers_the_best_first() {
         let mut points = blobs();
         let scale = Scale::normalise(&mut points);
-        let clusters = kmeans(&points, 3, 100, 0.0);
+        let clusters = kmeans(&points, 3, 100, 0.0, &[1.0, 1.0]);
         assert!(clusters.converged);
         assert_eq!(clusters.sizes, vec![3, 5, 4]);
         let first = scale.unapply(&clusters.centroids[0]);
@@ -485,7 +523,11 @@ mod tests {
         // The same data gives the same segments.
         let mut again = blobs();
         Scale::normalise(&mut again);
-        assert_eq!(kmeans(&again, 3, 100, 0.0), clusters);
+        assert_eq!(kmeans(&again, 3, 100, 0.0, &[1.0, 1.0]), clusters);
+        // With the second feature counted against value, the group high on it and low on the
+        // first, (0, 10), comes last instead of second.
+        let worse = kmeans(&again, 3, 100, 0.0, &[1.0, -1.0]);
+        assert_eq!(worse.sizes, vec![3, 4, 5], "{worse:?}");
     }
 
     #[test]
