@@ -181,6 +181,9 @@ pub struct Metadata {
     store: Store,
     cache: RwLock<HashMap<(TenantId, String), Arc<CompiledEntity>>>,
     roll_ups: RwLock<HashMap<TenantId, (Instant, Arc<RollUps>)>>,
+    /// Every compiled definition of a tenant, for the reads that look at all of them (the
+    /// timeline, the screen pop), cached like the roll-ups.
+    entity_lists: RwLock<HashMap<TenantId, (Instant, Arc<Vec<Arc<CompiledEntity>>>)>>,
     /// Tenants whose definitions are not cached now (see [`Metadata::uncached`]).
     uncached: crate::domain::Uncached,
 }
@@ -257,6 +260,7 @@ impl Metadata {
             store,
             cache: RwLock::new(HashMap::new()),
             roll_ups: RwLock::new(HashMap::new()),
+            entity_lists: RwLock::new(HashMap::new()),
             uncached: Default::default(),
         }
     }
@@ -296,8 +300,13 @@ impl Metadata {
         Ok(roll_ups.get(entity).cloned().unwrap_or_default())
     }
 
+    /// Forgets what is derived from all of a tenant's definitions (roll-ups, the entity list).
     fn forget_roll_ups(&self, tenant: &TenantId) {
         self.roll_ups.write().expect("roll-ups lock").remove(tenant);
+        self.entity_lists
+            .write()
+            .expect("entity lists lock")
+            .remove(tenant);
     }
 
     /// While the guard lives, the tenant's definitions and roll-ups are read through each
@@ -384,11 +393,24 @@ impl Metadata {
     }
 
     /// Compiled definitions of every entity in the tenant, from the cache where it is current
-    /// (one query when it all is).
+    /// (one query when it all is); the list itself is kept [`ROLL_UPS_TTL`] and forgotten on a
+    /// change made here.
     pub async fn all_current(
         &self,
         scoped: &mut Scoped<'_>,
-    ) -> Result<Vec<Arc<CompiledEntity>>, MetadataError> {
+    ) -> Result<Arc<Vec<Arc<CompiledEntity>>>, MetadataError> {
+        let tenant = scoped.tenant().clone();
+        let uncached = self.uncached.contains(&tenant);
+        if !uncached
+            && let Some((_, list)) = self
+                .entity_lists
+                .read()
+                .expect("entity lists lock")
+                .get(&tenant)
+                .filter(|(at, _)| at.elapsed() < ROLL_UPS_TTL)
+        {
+            return Ok(list.clone());
+        }
         let mut all = Vec::new();
         for (name, id, version) in scoped.entity_names().await? {
             let cached = self
@@ -398,6 +420,13 @@ impl Metadata {
                 Some(cached) => all.push(cached),
                 None => all.push(self.compiled(scoped, &name).await?),
             }
+        }
+        let all = Arc::new(all);
+        if !uncached {
+            self.entity_lists
+                .write()
+                .expect("entity lists lock")
+                .insert(tenant, (Instant::now(), all.clone()));
         }
         Ok(all)
     }

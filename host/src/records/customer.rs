@@ -293,7 +293,7 @@ impl Records {
             Arc<CompiledEntity>,
             crate::metadata::definition::EntityDefinition,
         )> = Vec::new();
-        for compiled in &all {
+        for compiled in all.iter() {
             let sight = Sight::of(principal, compiled);
             if sight.grant.read == crate::auth::Scope::None {
                 continue;
