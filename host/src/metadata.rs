@@ -183,7 +183,7 @@ pub struct Metadata {
     roll_ups: RwLock<HashMap<TenantId, (Instant, Arc<RollUps>)>>,
     /// Every compiled definition of a tenant, for the reads that look at all of them (the
     /// timeline, the screen pop), cached like the roll-ups.
-    entity_lists: RwLock<HashMap<TenantId, (Instant, Arc<Vec<Arc<CompiledEntity>>>)>>,
+    entity_lists: RwLock<HashMap<TenantId, (Instant, EntityList)>>,
     /// Tenants whose definitions are not cached now (see [`Metadata::uncached`]).
     uncached: crate::domain::Uncached,
 }
@@ -191,6 +191,9 @@ pub struct Metadata {
 /// How long the roll-up dependencies of a tenant are cached. A change made on this host
 /// clears them at once; other hosts (PostgreSQL scale-out) see it within this time.
 const ROLL_UPS_TTL: Duration = Duration::from_secs(5);
+
+/// Every compiled definition of a tenant.
+pub type EntityList = Arc<Vec<Arc<CompiledEntity>>>;
 
 /// Computed fields that roll up records of another entity, by that entity.
 pub type RollUps = HashMap<String, Vec<RollUp>>;
@@ -398,7 +401,7 @@ impl Metadata {
     pub async fn all_current(
         &self,
         scoped: &mut Scoped<'_>,
-    ) -> Result<Arc<Vec<Arc<CompiledEntity>>>, MetadataError> {
+    ) -> Result<EntityList, MetadataError> {
         let tenant = scoped.tenant().clone();
         let uncached = self.uncached.contains(&tenant);
         if !uncached
