@@ -398,10 +398,7 @@ impl Metadata {
     /// Compiled definitions of every entity in the tenant, from the cache where it is current
     /// (one query when it all is); the list itself is kept [`ROLL_UPS_TTL`] and forgotten on a
     /// change made here.
-    pub async fn all_current(
-        &self,
-        scoped: &mut Scoped<'_>,
-    ) -> Result<EntityList, MetadataError> {
+    pub async fn all_current(&self, scoped: &mut Scoped<'_>) -> Result<EntityList, MetadataError> {
         let tenant = scoped.tenant().clone();
         let uncached = self.uncached.contains(&tenant);
         if !uncached
