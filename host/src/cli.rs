@@ -263,16 +263,17 @@ pub enum UserCommand {
 #[derive(Debug, Subcommand)]
 pub enum SchemaCommand {
     /// Writes every entity definition of a tenant as `<dir>/<entity>.json`, every workflow as
-    /// `<dir>/workflows/<workflow>.json` and every role (but the built-in `administrator`) as
-    /// `<dir>/roles/<role>.json`.
+    /// `<dir>/workflows/<workflow>.json`, every role (but the built-in `administrator`) as
+    /// `<dir>/roles/<role>.json` and every saved view, report and dashboard as
+    /// `<dir>/views/<name>.json`.
     Export {
         dir: PathBuf,
         #[arg(long, env = "RAPPORT_TENANT")]
         tenant: String,
     },
-    /// Applies every `<dir>/*.json` entity definition, every `<dir>/workflows/*.json` workflow
-    /// and every `<dir>/roles/*.json` role in one transaction: shows the changes, then applies
-    /// them all or none.
+    /// Applies every `<dir>/*.json` entity definition, every `<dir>/workflows/*.json` workflow,
+    /// every `<dir>/roles/*.json` role and every `<dir>/views/*.json` view, report or dashboard
+    /// in one transaction: shows the changes, then applies them all or none.
     Apply {
         dir: PathBuf,
         #[arg(long, env = "RAPPORT_TENANT")]
@@ -643,6 +644,24 @@ async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
                 }
             }
             println!("{} roles exported", roles.len());
+            // Saved views, reports and dashboards (told apart by `kind`).
+            let views = {
+                let mut conn = state.store.reader().await?;
+                conn.scoped(&tenant_id).views().await?
+            };
+            if !views.is_empty() {
+                let dir = dir.join("views");
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create `{}`", dir.display()))?;
+                for view in &views {
+                    let definition: Value = serde_json::from_str(&view.definition)?;
+                    let path = dir.join(format!("{}.json", view.name));
+                    std::fs::write(&path, serde_json::to_string_pretty(&definition)? + "\n")
+                        .with_context(|| format!("cannot write `{}`", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
+            }
+            println!("{} views, reports and dashboards exported", views.len());
             Ok(())
         }
         SchemaCommand::Apply {
@@ -681,6 +700,22 @@ async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
                         );
                     }
                     roles.push(role);
+                }
+            }
+            let view_dir = dir.join("views");
+            let mut views = Vec::new();
+            if view_dir.is_dir() {
+                for (file, json) in read_definitions(&view_dir)? {
+                    let name = crate::analytics::parse_any(&json).map_err(|problems| {
+                        anyhow::anyhow!(
+                            "a view, report or dashboard is invalid:{}\nnothing was changed",
+                            problems
+                                .iter()
+                                .map(|p| format!("\n  views/{file}#{}: {}", p.path, p.message))
+                                .collect::<String>()
+                        )
+                    })?;
+                    views.push((file, name, json));
                 }
             }
             // Entities and workflows in one transaction: a workflow may use a field this apply
@@ -733,6 +768,60 @@ async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
                     role_changes.push(format!("{} {verb}", role.name));
                 }
             }
+            // Views, reports and dashboards, in the same transaction, checked against the
+            // entities as this apply leaves them.
+            let mut view_changes = Vec::new();
+            if applied.is_ok() && !views.is_empty() {
+                let reports: std::collections::BTreeMap<String, Value> = views
+                    .iter()
+                    .filter(|(_, _, json)| {
+                        crate::analytics::Kind::of(json) == crate::analytics::Kind::Report
+                    })
+                    .map(|(_, name, json)| (name.clone(), json.clone()))
+                    .collect();
+                let _uncached = state.metadata.uncached(&tenant_id);
+                let mut scoped = tx.scoped(&tenant_id);
+                for (file, name, json) in &views {
+                    crate::analytics::check_in(
+                        &state.records,
+                        &state.metadata,
+                        &mut scoped,
+                        json,
+                        &reports,
+                    )
+                    .await
+                    .map_err(|problems| {
+                        anyhow::anyhow!(
+                            "a view, report or dashboard does not fit the entities:{}\nnothing was changed",
+                            problems
+                                .iter()
+                                .map(|p| format!("\n  views/{file}#{}: {}", p.path, p.message))
+                                .collect::<String>()
+                        )
+                    })?;
+                    let existing = scoped.view(name).await?;
+                    let verb = match &existing {
+                        None => "create",
+                        Some(stored)
+                            if serde_json::from_str::<Value>(&stored.definition)
+                                .ok()
+                                .as_ref()
+                                == Some(json) =>
+                        {
+                            "unchanged"
+                        }
+                        Some(_) => "update",
+                    };
+                    let pack = existing.as_ref().and_then(|stored| stored.pack_id.clone());
+                    scoped
+                        .put_view(name, &json.to_string(), pack.as_deref())
+                        .await?;
+                    view_changes.push(format!(
+                        "{} {name} {verb}",
+                        crate::analytics::Kind::of(json).noun()
+                    ));
+                }
+            }
             if let Ok((entities, workflows)) = &applied
                 && !dry_run
             {
@@ -745,6 +834,7 @@ async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
                         .map(|(w, verb)| format!("{} {verb}", w.definition["name"].as_str().unwrap_or_default()))
                         .collect::<Vec<_>>(),
                     "roles": role_changes,
+                    "views": view_changes,
                 });
                 tx.scoped(&tenant_id)
                     .audit(None, "schema.apply", Some(&tenant), &detail)
@@ -758,6 +848,15 @@ async fn schema(store: Store, command: SchemaCommand) -> anyhow::Result<()> {
                     for change in &role_changes {
                         let (name, verb) = change.split_once(' ').unwrap_or((change, ""));
                         println!("role {name}: {verb}");
+                    }
+                    for change in &view_changes {
+                        let mut parts = change.splitn(3, ' ');
+                        let (kind, name, verb) = (
+                            parts.next().unwrap_or_default(),
+                            parts.next().unwrap_or_default(),
+                            parts.next().unwrap_or_default(),
+                        );
+                        println!("{kind} {name}: {verb}");
                     }
                     for (workflow, verb) in &workflows {
                         println!(

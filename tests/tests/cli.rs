@@ -204,6 +204,28 @@ async fn metadata_as_code(backend: Backend) {
         "{message}"
     );
     std::fs::remove_file(source.join("roles/administrator.json")).unwrap();
+    // Reports and dashboards live in `views/`, checked against the entities being applied.
+    std::fs::create_dir_all(source.join("views")).unwrap();
+    let report = json!({"kind": "report", "name": "by_size", "entity": "account",
+                        "group_by": ["size"], "measures": ["count"]});
+    std::fs::write(source.join("views/by_size.json"), report.to_string()).unwrap();
+    std::fs::write(
+        source.join("views/accounts.json"),
+        json!({"kind": "dashboard", "name": "accounts",
+               "widgets": [{"id": "sizes", "type": "chart", "chart": "pie", "report": "by_size"},
+                           {"id": "nicknames", "type": "chart", "query": {"entity": "contact", "group_by": ["nope"]}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let refused = rapport(&url, &["schema", "apply", dir, "--tenant", "acme"]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("views/accounts.json") && message.contains("`nope` is not a field"),
+        "{message}"
+    );
+    let dashboard = json!({"kind": "dashboard", "name": "accounts",
+        "widgets": [{"id": "sizes", "type": "chart", "chart": "pie", "report": "by_size"}]});
+    std::fs::write(source.join("views/accounts.json"), dashboard.to_string()).unwrap();
     let changed = stdout(&rapport(
         &url,
         &["schema", "apply", dir, "--tenant", "acme"],
@@ -212,7 +234,9 @@ async fn metadata_as_code(backend: Backend) {
         changed.contains("contact: update (version 2)")
             && changed.contains("\"field\":\"nickname\"")
             && changed.contains("workflow greet: create (version 1)")
-            && changed.contains("role auditor: create"),
+            && changed.contains("role auditor: create")
+            && changed.contains("report by_size: create")
+            && changed.contains("dashboard accounts: create"),
         "{changed}"
     );
 
@@ -235,6 +259,11 @@ async fn metadata_as_code(backend: Backend) {
     .unwrap();
     assert_eq!(round_trip, role, "and roles");
     assert!(exported.join("roles/member.json").exists());
+    let round_trip: Value = serde_json::from_str(
+        &std::fs::read_to_string(exported.join("views/accounts.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(round_trip, dashboard, "and dashboards");
     assert!(!exported.join("roles/administrator.json").exists());
     let _ = std::fs::remove_dir_all(&source);
     let _ = std::fs::remove_dir_all(&exported);
