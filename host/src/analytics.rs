@@ -72,6 +72,18 @@ impl QueryType {
 }
 
 impl Query {
+    /// The aggregation this query asks, with `filter` (its own, rendered and combined).
+    fn aggregate_params(&self, filter: Option<String>) -> AggregateParams {
+        AggregateParams {
+            group_by: Some(self.group_by.join(",")),
+            measures: Some(self.measure_labels().join(",")),
+            filter,
+            q: None,
+            sort: self.sort.clone(),
+            limit: self.limit,
+        }
+    }
+
     /// The measures asked, `count` when none are named.
     fn measure_labels(&self) -> Vec<String> {
         if self.measures.is_empty() {
@@ -356,14 +368,7 @@ pub async fn check_query(
     let mut problems = Vec::new();
     match query.query_type {
         QueryType::Aggregate => {
-            let params = AggregateParams {
-                group_by: Some(query.group_by.join(",")),
-                measures: Some(query.measure_labels().join(",")),
-                filter,
-                q: None,
-                sort: query.sort.clone(),
-                limit: query.limit,
-            };
+            let params = query.aggregate_params(filter);
             if let Err(error) = records
                 .plan_aggregate(scoped, None, &query.entity, &params)
                 .await
@@ -768,11 +773,10 @@ impl Analytics {
         principal: &Principal,
         name: &str,
     ) -> Result<Value, AnalyticsError> {
-        let saved = self.get(principal, Kind::Report, name).await?;
-        let report: ReportDefinition = serde_json::from_value(saved.definition)
-            .map_err(|error| StoreError::Corrupt(format!("report `{name}`: {error}")))?;
-        let now = OffsetDateTime::now_utc();
-        Ok(self.run(principal, &report.query, None, now).await?)
+        let query = self.source_query(principal, Some(name), None).await?;
+        Ok(self
+            .run(principal, &query, None, OffsetDateTime::now_utc())
+            .await?)
     }
 
     /// Runs a query as `principal`, with an extra filter (a period's bounds).
@@ -788,14 +792,7 @@ impl Analytics {
         let filter = and(filter, extra);
         match query.query_type {
             QueryType::Aggregate => {
-                let params = AggregateParams {
-                    group_by: Some(query.group_by.join(",")),
-                    measures: Some(query.measure_labels().join(",")),
-                    filter,
-                    q: None,
-                    sort: query.sort.clone(),
-                    limit: query.limit,
-                };
+                let params = query.aggregate_params(filter);
                 let aggregation = self
                     .records
                     .aggregate(principal, &query.entity, &params)
@@ -900,7 +897,7 @@ impl Analytics {
     async fn source_query(
         &self,
         principal: &Principal,
-        report: Option<&String>,
+        report: Option<&str>,
         query: Option<&Query>,
     ) -> Result<Query, AnalyticsError> {
         match (report, query) {
@@ -924,7 +921,7 @@ impl Analytics {
         now: OffsetDateTime,
     ) -> Result<Value, AnalyticsError> {
         let query = self
-            .source_query(principal, widget.report.as_ref(), widget.query.as_ref())
+            .source_query(principal, widget.report.as_deref(), widget.query.as_ref())
             .await?;
         let mut result = self.run(principal, &query, None, now).await?;
         let chart = widget.chart.clone().unwrap_or_else(|| {
@@ -1074,7 +1071,7 @@ impl Analytics {
         now: OffsetDateTime,
     ) -> Result<Measured, AnalyticsError> {
         let query = self
-            .source_query(principal, source.report.as_ref(), source.query.as_ref())
+            .source_query(principal, source.report.as_deref(), source.query.as_ref())
             .await?;
         let label = source
             .measure

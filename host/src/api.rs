@@ -121,6 +121,9 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let (reports, report, report_data) = analytics::routes(crate::analytics::Kind::Report);
+    let (dashboards, dashboard, dashboard_data) =
+        analytics::routes(crate::analytics::Kind::Dashboard);
     let api = Router::new()
         .route("/openapi.json", get(openapi::document))
         .route("/entities", get(entities::list).post(entities::create))
@@ -152,28 +155,12 @@ pub fn router(state: AppState) -> Router {
         .route("/views", get(packs::views))
         .route("/views/{name}", get(packs::view))
         .route("/views/{name}/records", get(packs::view_records))
-        .route(
-            "/reports",
-            get(analytics::list_reports).post(analytics::create_report),
-        )
-        .route(
-            "/reports/{name}",
-            get(analytics::show_report)
-                .put(analytics::replace_report)
-                .delete(analytics::delete_report),
-        )
-        .route("/reports/{name}/data", get(analytics::report_data))
-        .route(
-            "/dashboards",
-            get(analytics::list_dashboards).post(analytics::create_dashboard),
-        )
-        .route(
-            "/dashboards/{name}",
-            get(analytics::show_dashboard)
-                .put(analytics::replace_dashboard)
-                .delete(analytics::delete_dashboard),
-        )
-        .route("/dashboards/{name}/data", get(analytics::dashboard_data))
+        .route("/reports", reports)
+        .route("/reports/{name}", report)
+        .route("/reports/{name}/data", report_data)
+        .route("/dashboards", dashboards)
+        .route("/dashboards/{name}", dashboard)
+        .route("/dashboards/{name}/data", dashboard_data)
         .route("/tenant", get(tenant::show).patch(tenant::update))
         .route("/me", get(users::me))
         .route("/users", get(users::list_users).post(users::create_user))

@@ -1418,15 +1418,15 @@ impl Records {
         let mut scoped = conn.scoped(&principal.tenant);
         let target = self.metadata.compiled(&mut scoped, entity).await?;
         let target_sight = Sight::readable(principal, &target)?;
-        scoped
-            .get_record(target.id, record_id.as_str())
-            .await?
-            .filter(|record| record.deleted_at.is_none())
-            .filter(|record| access::can_read(principal, &target_sight.grant, record))
-            .ok_or_else(|| RecordError::NotFound {
-                entity: entity.to_owned(),
-                id: id.to_owned(),
-            })?;
+        live_readable(
+            &mut scoped,
+            principal,
+            &target,
+            &target_sight,
+            &record_id,
+            id,
+        )
+        .await?;
         let compiled = self.metadata.compiled(&mut scoped, source).await?;
         // Only reference fields the caller may read: listing by a hidden one would tell its
         // values.
@@ -1634,31 +1634,61 @@ impl Records {
         if !access::can_read(principal, &sight.grant, &stored) {
             return Err(not_found());
         }
-        let rows = scoped.history(compiled.id, record_id.as_str()).await?;
-        if rows.is_empty() {
+        let entries = history_entries(&mut scoped, &compiled, &sight, &record_id).await?;
+        if entries.is_empty() {
             return Err(not_found());
         }
-        let entries: Vec<Value> = rows
-            .into_iter()
-            .map(|row| {
-                let mut changes: Map<String, Value> = serde_json::from_str(&row.changes).unwrap_or_default();
-                // Deactivated and hidden fields stay hidden; `_owner` is the one system field
-                // with history.
-                changes.retain(|key, _| {
-                    key == "_owner"
-                        || sight.definition.field(key).is_some_and(|field| field.active)
-                });
-                json!({
-                    "version": row.version,
-                    "operation": row.operation,
-                    "changed_at": row.changed_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-                    "changed_by": row.changed_by,
-                    "changes": changes,
-                })
-            })
-            .collect();
         Ok(json!({"data": entries}))
     }
+}
+
+/// A live record the principal may read, or not found.
+async fn live_readable(
+    scoped: &mut Scoped<'_>,
+    principal: &Principal,
+    compiled: &CompiledEntity,
+    sight: &Sight<'_>,
+    record_id: &RecordId,
+    id: &str,
+) -> Result<StoredRecord, RecordError> {
+    scoped
+        .get_record(compiled.id, record_id.as_str())
+        .await?
+        .filter(|record| record.deleted_at.is_none())
+        .filter(|record| access::can_read(principal, &sight.grant, record))
+        .ok_or_else(|| RecordError::NotFound {
+            entity: compiled.name().to_owned(),
+            id: id.to_owned(),
+        })
+}
+
+/// A record's history as the API shows it, newest last: deactivated and hidden fields left out
+/// of every change.
+async fn history_entries(
+    scoped: &mut Scoped<'_>,
+    compiled: &CompiledEntity,
+    sight: &Sight<'_>,
+    record_id: &RecordId,
+) -> Result<Vec<Value>, RecordError> {
+    let rows = scoped.history(compiled.id, record_id.as_str()).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let mut changes: Map<String, Value> =
+                serde_json::from_str(&row.changes).unwrap_or_default();
+            // `_owner` is the one system field with history.
+            changes.retain(|key, _| {
+                key == "_owner" || sight.definition.field(key).is_some_and(|field| field.active)
+            });
+            json!({
+                "version": row.version,
+                "operation": row.operation,
+                "changed_at": row.changed_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                "changed_by": row.changed_by,
+                "changes": changes,
+            })
+        })
+        .collect())
 }
 
 /// The key of a field error: `field`, or `records[i].field` in a batch.
@@ -1762,6 +1792,16 @@ fn unique_violation(entity: &CompiledEntity, error: StoreError) -> RecordError {
 
 /// `owner_id IN (…)`: the records of these owners (none: no record).
 fn owner_condition(owners: &[String], builder: &mut crate::store::sql::QueryBuilder) -> String {
+    owner_condition_on("owner_id", owners, builder)
+}
+
+/// `<column> IN (…)` of the owners a principal may see (`owner_id`, or `j.owner_id` of a
+/// joined record); false for nobody.
+pub(crate) fn owner_condition_on(
+    column: &str,
+    owners: &[String],
+    builder: &mut crate::store::sql::QueryBuilder,
+) -> String {
     if owners.is_empty() {
         return "1 = 0".to_owned();
     }
@@ -1769,7 +1809,7 @@ fn owner_condition(owners: &[String], builder: &mut crate::store::sql::QueryBuil
         .iter()
         .map(|owner| builder.bind(SqlValue::Text(owner.clone())))
         .collect();
-    format!("owner_id IN ({})", placeholders.join(", "))
+    format!("{column} IN ({})", placeholders.join(", "))
 }
 
 /// Parses `fields=a,b`: the fields to show.

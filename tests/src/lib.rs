@@ -245,6 +245,11 @@ impl TestApp {
         }
     }
 
+    /// `GET` as the user of `token`.
+    pub async fn get_as(&self, token: &str, path: &str) -> Reply {
+        self.send(Method::GET, path, token, None, &[]).await
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.send(Method::GET, path, &self.token, None, &[]).await
     }

@@ -50,6 +50,14 @@ async fn aggregate(app: &TestApp, entity: &str, query: &str) -> Value {
     reply.body
 }
 
+/// Creates `role` (a role definition) and a user holding it; returns the user's token.
+async fn user_with_role(app: &TestApp, role: Value) -> String {
+    let name = role["name"].as_str().expect("a role name").to_owned();
+    let reply = app.post("/api/v1/roles", role).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    app.user_with_roles(&name, &[&name]).await.0
+}
+
 /// The rows of an aggregation as (group values, the rest) pairs, for compact assertions.
 fn rows(body: &Value) -> Vec<Value> {
     body["data"].as_array().expect("data").clone()
@@ -359,22 +367,19 @@ async fn aggregations_refuse_bad_input_by_name(app: &TestApp) {
 
 async fn aggregations_respect_scope_and_field_security(app: &TestApp) {
     let (small, _) = seed(app).await;
-    let role = app
-        .post(
-            "/api/v1/roles",
-            json!({"name": "rep", "entities": {
-                "deal": {"create": true, "read": "own", "update": "own",
-                         "fields": {"probability": "none"}},
-                "account": {"read": "all", "fields": {"size": "none"}}
-            }}),
-        )
-        .await;
-    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
-    let (rep, _) = app.user_with_roles("rep", &["rep"]).await;
+    let rep = user_with_role(
+        app,
+        json!({"name": "rep", "entities": {
+            "deal": {"create": true, "read": "own", "update": "own",
+                     "fields": {"probability": "none"}},
+            "account": {"read": "all", "fields": {"size": "none"}}
+        }}),
+    )
+    .await;
     let rep = rep.as_str();
     let as_rep = |query: &str| {
         let path = format!("/api/v1/records/deal/aggregate?{query}");
-        async move { app.send(Method::GET, &path, rep, None, &[]).await }
+        async move { app.get_as(rep, &path).await }
     };
     // Records out of scope are not counted: the rep owns none yet, then one.
     let none = as_rep("measures=count").await;
@@ -515,23 +520,12 @@ async fn reports_are_saved_checked_and_run_as_the_caller(app: &TestApp) {
     }
 
     // A member may run it, over their own records only, but not change it.
-    let role = app
-        .post(
-            "/api/v1/roles",
-            json!({"name": "rep", "entities": {"deal": {"create": true, "read": "own"}}}),
-        )
-        .await;
-    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
-    let (rep, _) = app.user_with_roles("rep", &["rep"]).await;
-    let theirs = app
-        .send(
-            Method::GET,
-            "/api/v1/reports/by_stage/data",
-            &rep,
-            None,
-            &[],
-        )
-        .await;
+    let rep = user_with_role(
+        app,
+        json!({"name": "rep", "entities": {"deal": {"create": true, "read": "own"}}}),
+    )
+    .await;
+    let theirs = app.get_as(&rep, "/api/v1/reports/by_stage/data").await;
     assert_eq!(theirs.body["data"], json!([]), "{:?}", theirs.body);
     let edit = app
         .send(
@@ -628,6 +622,12 @@ async fn dashboards_compute_kpis_charts_and_tables(app: &TestApp) {
             .unwrap()
             .clone()
     };
+    for computed in data.body["widgets"].as_array().unwrap() {
+        assert!(
+            computed["ms"].as_f64().is_some(),
+            "each widget says its time: {computed}"
+        );
+    }
     let won_today = widget("won_today");
     assert_eq!(won_today["value"], json!(600.0), "{won_today}");
     assert_eq!(won_today["currency"], json!("EUR"));
@@ -671,23 +671,12 @@ async fn dashboards_compute_kpis_charts_and_tables(app: &TestApp) {
     assert!(latest["next_cursor"].is_string(), "{latest}");
 
     // A member who may read deals but not accounts sees that widget's error in its place.
-    let role = app
-        .post(
-            "/api/v1/roles",
-            json!({"name": "rep", "entities": {"deal": {"read": "all"}}}),
-        )
-        .await;
-    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
-    let (rep, _) = app.user_with_roles("rep", &["rep"]).await;
-    let theirs = app
-        .send(
-            Method::GET,
-            "/api/v1/dashboards/sales/data",
-            &rep,
-            None,
-            &[],
-        )
-        .await;
+    let rep = user_with_role(
+        app,
+        json!({"name": "rep", "entities": {"deal": {"read": "all"}}}),
+    )
+    .await;
+    let theirs = app.get_as(&rep, "/api/v1/dashboards/sales/data").await;
     assert_eq!(theirs.status, StatusCode::OK, "{:?}", theirs.body);
     let accounts = theirs.body["widgets"]
         .as_array()
@@ -796,23 +785,14 @@ async fn the_timeline_pages_through_every_related_record_and_the_history(app: &T
     assert!(times.windows(2).all(|pair| pair[0] >= pair[1]), "{times:?}");
 
     // As a rep who may read accounts but not notes, and only their own deals.
-    let role = app
-        .post(
-            "/api/v1/roles",
-            json!({"name": "rep", "entities": {
+    let rep = user_with_role(
+        app,
+        json!({"name": "rep", "entities": {
             "account": {"read": "all"}, "deal": {"read": "own"}}}),
-        )
-        .await;
-    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
-    let (rep, _) = app.user_with_roles("rep", &["rep"]).await;
+    )
+    .await;
     let theirs = app
-        .send(
-            Method::GET,
-            &format!("/api/v1/records/account/{large}/timeline"),
-            &rep,
-            None,
-            &[],
-        )
+        .get_as(&rep, &format!("/api/v1/records/account/{large}/timeline"))
         .await;
     assert_eq!(theirs.status, StatusCode::OK, "{:?}", theirs.body);
     let entities: Vec<&str> = theirs.body["data"]
@@ -940,22 +920,13 @@ async fn the_screen_pop_finds_a_caller_by_any_phone_format(app: &TestApp) {
         );
     }
     // A user who may not read contacts finds nobody.
-    let role = app
-        .post(
-            "/api/v1/roles",
-            json!({"name": "cases_only", "entities": {"case": {"read": "all"}}}),
-        )
-        .await;
-    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
-    let (agent, _) = app.user_with_roles("agent", &["cases_only"]).await;
+    let agent = user_with_role(
+        app,
+        json!({"name": "cases_only", "entities": {"case": {"read": "all"}}}),
+    )
+    .await;
     let theirs = app
-        .send(
-            Method::GET,
-            "/api/v1/lookup?phone=%2B33144000000",
-            &agent,
-            None,
-            &[],
-        )
+        .get_as(&agent, "/api/v1/lookup?phone=%2B33144000000")
         .await;
     assert_eq!(theirs.body["matches"], json!([]), "{:?}", theirs.body);
 }

@@ -419,18 +419,6 @@ fn bucket_expr(
     }
 }
 
-/// `owner_id IN (…)` of a table, or false for nobody.
-fn owners_condition(owners: &[String], column: &str, builder: &mut QueryBuilder) -> String {
-    if owners.is_empty() {
-        return "1 = 0".to_owned();
-    }
-    let placeholders: Vec<String> = owners
-        .iter()
-        .map(|owner| builder.bind(SqlValue::Text(owner.clone())))
-        .collect();
-    format!("{column} IN ({})", placeholders.join(", "))
-}
-
 /// Compiles an aggregation against the entity as the caller sees it. `through` holds, for each
 /// group with a sub-field of a reference, the referenced entity (resolved by the caller, which
 /// may need the database), keyed by the reference field's name.
@@ -494,7 +482,7 @@ impl Compile<'_> {
 
         let mut conditions = vec!["deleted_at IS NULL".to_owned()];
         if let Some(owners) = &self.owners {
-            conditions.push(owners_condition(owners, "owner_id", &mut builder));
+            conditions.push(super::owner_condition_on("owner_id", owners, &mut builder));
         }
         if let Some(filter) = self
             .params
@@ -577,7 +565,7 @@ impl Compile<'_> {
                 );
                 if let Some(owners) = &through.owners {
                     condition.push_str(" AND ");
-                    condition.push_str(&owners_condition(owners, "j.owner_id", builder));
+                    condition.push_str(&super::owner_condition_on("j.owner_id", owners, builder));
                 }
                 let expr = format!(
                     "(SELECT {} FROM records j WHERE {condition})",

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::access::{self, Sight};
+use super::access::Sight;
 use super::{RecordError, Records, bad, parse_id, view};
 use crate::auth::Principal;
 use crate::metadata::CompiledEntity;
@@ -65,6 +65,24 @@ struct Referrer {
     sight_definition: crate::metadata::definition::EntityDefinition,
 }
 
+impl Referrer {
+    /// Its records that point at the record bound as `id` through any of its reference
+    /// fields, within the caller's read scope.
+    fn condition(&self, id: &str, builder: &mut QueryBuilder) -> String {
+        let references: Vec<String> = self
+            .fields
+            .iter()
+            .map(|field| format!("{} = {id}", builder.dialect.field_expr(field)))
+            .collect();
+        let mut condition = format!("({})", references.join(" OR "));
+        if let Some(owners) = &self.owners {
+            let owned = super::owner_condition(owners, builder);
+            condition.push_str(&format!(" AND {owned}"));
+        }
+        condition
+    }
+}
+
 fn referrers(principal: &Principal, all: &[Arc<CompiledEntity>], target: &str) -> Vec<Referrer> {
     all.iter()
         .filter_map(|compiled| {
@@ -89,17 +107,6 @@ fn referrers(principal: &Principal, all: &[Arc<CompiledEntity>], target: &str) -
             })
         })
         .collect()
-}
-
-fn owners_condition(owners: &[String], builder: &mut QueryBuilder) -> String {
-    if owners.is_empty() {
-        return "1 = 0".to_owned();
-    }
-    let placeholders: Vec<String> = owners
-        .iter()
-        .map(|owner| builder.bind(SqlValue::Text(owner.clone())))
-        .collect();
-    format!("owner_id IN ({})", placeholders.join(", "))
 }
 
 /// One arm of a union: `SELECT * FROM (SELECT … WHERE … ORDER BY … LIMIT n) AS tN`.
@@ -140,15 +147,7 @@ impl Records {
         let mut scoped = conn.scoped(&principal.tenant);
         let target = self.metadata.compiled(&mut scoped, entity).await?;
         let sight = Sight::readable(principal, &target)?;
-        scoped
-            .get_record(target.id, record_id.as_str())
-            .await?
-            .filter(|record| record.deleted_at.is_none())
-            .filter(|record| access::can_read(principal, &sight.grant, record))
-            .ok_or_else(|| RecordError::NotFound {
-                entity: entity.to_owned(),
-                id: id.to_owned(),
-            })?;
+        super::live_readable(&mut scoped, principal, &target, &sight, &record_id, id).await?;
         let all = self.metadata.all_current(&mut scoped).await?;
         let referrers = referrers(principal, &all, entity);
 
@@ -167,18 +166,10 @@ impl Records {
             };
             let mut arms = Vec::new();
             for (index, referrer) in referrers.iter().enumerate() {
-                let references: Vec<String> = referrer
-                    .fields
-                    .iter()
-                    .map(|field| {
-                        format!("{} = {id_placeholder}", builder.dialect.field_expr(field))
-                    })
-                    .collect();
-                let mut condition = format!("({}){seek}", references.join(" OR "));
-                if let Some(owners) = &referrer.owners {
-                    let owned = owners_condition(owners, &mut builder);
-                    condition.push_str(&format!(" AND {owned}"));
-                }
+                let condition = format!(
+                    "{}{seek}",
+                    referrer.condition(&id_placeholder, &mut builder)
+                );
                 arms.push(arm(
                     &builder,
                     index,
@@ -222,8 +213,8 @@ impl Records {
             }
         }
         // The record's own history, as history reads it.
-        let history = self.history(principal, entity, id).await?;
-        for entry in history["data"].as_array().into_iter().flatten() {
+        let history = super::history_entries(&mut scoped, &target, &sight, &record_id).await?;
+        for entry in &history {
             let Some(at) = entry["changed_at"]
                 .as_str()
                 .and_then(|text| OffsetDateTime::parse(text, &Rfc3339).ok())
@@ -329,7 +320,7 @@ impl Records {
             }
             let mut condition = format!("({})", alternatives.join(" OR "));
             if let Some(owners) = principal.owners(sight.grant.read) {
-                let owned = owners_condition(&owners, &mut builder);
+                let owned = super::owner_condition(&owners, &mut builder);
                 condition.push_str(&format!(" AND {owned}"));
             }
             arms.push(arm(
@@ -384,16 +375,7 @@ impl Records {
         // (referrer, open?) of each arm.
         let mut kinds: Vec<(usize, bool)> = Vec::new();
         for (index, referrer) in referrers.iter().enumerate() {
-            let references: Vec<String> = referrer
-                .fields
-                .iter()
-                .map(|field| format!("{} = {id_placeholder}", builder.dialect.field_expr(field)))
-                .collect();
-            let mut condition = format!("({})", references.join(" OR "));
-            if let Some(owners) = &referrer.owners {
-                let owned = owners_condition(owners, &mut builder);
-                condition.push_str(&format!(" AND {owned}"));
-            }
+            let condition = referrer.condition(&id_placeholder, &mut builder);
             // The picklists with closed options: open means at none of them.
             let mut open = Vec::new();
             for field in referrer.sight_definition.active_fields() {
