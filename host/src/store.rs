@@ -253,7 +253,18 @@ impl Store {
     /// Brings the schema up to date; migrations are append-only.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.pools {
-            Pools::Sqlite { write, .. } => sqlx::migrate!("./migrations/sqlite").run(write).await?,
+            Pools::Sqlite { write, .. } => {
+                sqlx::migrate!("./migrations/sqlite").run(write).await?;
+                let started = std::time::Instant::now();
+                let rebuilt = reconcile_record_indexes(write).await?;
+                if rebuilt > 0 {
+                    tracing::info!(
+                        rebuilt,
+                        ms = started.elapsed().as_millis() as u64,
+                        "rebuilt the record indexes of an older layout"
+                    );
+                }
+            }
             Pools::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
         }
         Ok(())
@@ -382,6 +393,56 @@ impl Store {
             .await?;
         Ok(Some(rows))
     }
+}
+
+/// Rebuilds, in one transaction, every per-entity index on `records` whose definition differs
+/// from the one this build creates for it (a database written by an older build: its indexes
+/// would no longer match the queries' expressions, or would not cover them). Indexes are
+/// compared by their SQL as SQLite stores it; an index the definitions do not ask for is left
+/// alone. Returns how many were rebuilt. SQLite only: PostgreSQL's layout has not changed.
+async fn reconcile_record_indexes(pool: &SqlitePool) -> Result<usize, StoreError> {
+    fn normalize(sql: &str) -> String {
+        sql.replace("IF NOT EXISTS ", "")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    let existing: std::collections::HashMap<String, String> = sqlx::query_as(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records' AND sql IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(name, sql): (String, String)| (name, normalize(&sql)))
+    .collect();
+    let entities: Vec<(i64, String)> = sqlx::query_as("SELECT id, definition FROM entities")
+        .fetch_all(pool)
+        .await?;
+    let mut stale = Vec::new();
+    for (id, text) in entities {
+        let definition: crate::metadata::definition::EntityDefinition = serde_json::from_str(&text)
+            .map_err(|error| StoreError::Corrupt(format!("entity definition {id}: {error}")))?;
+        for (name, sql) in entities::entity_index_sql(Dialect::Sqlite, id, &definition) {
+            if existing
+                .get(&name)
+                .is_some_and(|current| *current != normalize(&sql))
+            {
+                stale.push((name, sql));
+            }
+        }
+    }
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = pool.begin().await?;
+    for (name, sql) in &stale {
+        sqlx::query(&format!("DROP INDEX {name}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(stale.len())
 }
 
 /// The group-commit writer of a SQLite store (see [`Store::write`]): runs until every

@@ -497,6 +497,113 @@ async fn sigterm_stops_the_server_without_losing_an_acknowledged_write() {
     database.remove().await;
 }
 
+/// A database written by a build whose per-entity indexes had another shape (here: the
+/// `json_extract` indexes before session 10, which the queries' `->>` no longer match) gets them
+/// rebuilt by `migrate`, once; indexes no definition asks for are left alone.
+#[tokio::test]
+async fn migrate_rebuilds_record_indexes_of_an_older_layout() {
+    let database = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let url = database.url.clone();
+    stdout(&rapport(&url, &["tenant", "create", "acme"]));
+    let source = std::env::temp_dir().join(format!("rapport-layout-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(
+        source.join("deal.json"),
+        json!({"name": "deal", "fields": [
+            {"name": "stage", "type": "picklist", "options": ["open", "won"], "indexed": true},
+            {"name": "amount", "type": "decimal"},
+            {"name": "code", "type": "text", "unique": true}],
+            "indexes": [{"fields": ["stage", "amount"]}]})
+        .to_string(),
+    )
+    .unwrap();
+    stdout(&rapport(
+        &url,
+        &[
+            "schema",
+            "apply",
+            source.to_str().unwrap(),
+            "--tenant",
+            "acme",
+        ],
+    ));
+    // One connection, so that each statement sees the schema the one before left.
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let indexes = |pool: sqlx::SqlitePool| async move {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT name, sql, rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records' \
+             AND sql IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        rows
+    };
+    let fresh = indexes(pool.clone()).await;
+    let names: Vec<&str> = fresh.iter().map(|(name, ..)| name.as_str()).collect();
+    assert_eq!(names.len(), 4, "{fresh:?}"); // the entity index, stage, code, (stage, amount)
+    let stage = fresh
+        .iter()
+        .find(|(name, ..)| name.starts_with("rx_") && name.ends_with("_stage"))
+        .expect("the stage index")
+        .clone();
+    assert!(
+        stage.1.contains("->>") && stage.1.contains("deleted_at IS NULL"),
+        "{}",
+        stage.1
+    );
+
+    // Turn the stage index back into the old layout, and add an index of the operator's own.
+    let entity: i64 = stage.0.split('_').nth(1).unwrap().parse().unwrap();
+    sqlx::raw_sql(&format!(
+        "DROP INDEX {name}; \
+         CREATE INDEX {name} ON records ((json_extract(data, '$.stage')), id) WHERE entity_id = {entity}; \
+         CREATE INDEX operators_own ON records (json_extract(data, '$.code'))",
+        name = stage.0
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let tampered = indexes(pool.clone()).await;
+
+    stdout(&rapport(&url, &["migrate"]));
+    let migrated = indexes(pool.clone()).await;
+    let find = |rows: &[(String, String, i64)], name: &str| {
+        rows.iter()
+            .find(|row| row.0 == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .clone()
+    };
+    assert_eq!(
+        find(&migrated, &stage.0).1,
+        stage.1,
+        "rebuilt as a fresh build creates it"
+    );
+    assert_eq!(
+        find(&migrated, "operators_own"),
+        find(&tampered, "operators_own")
+    );
+    for (name, sql, page) in &tampered {
+        if *name != stage.0 {
+            assert_eq!(
+                (sql, page),
+                (&find(&migrated, name).1, &find(&migrated, name).2),
+                "{name} untouched"
+            );
+        }
+    }
+
+    // Nothing left to rebuild: a second migrate leaves every index where it is.
+    stdout(&rapport(&url, &["migrate"]));
+    assert_eq!(indexes(pool.clone()).await, migrated);
+    pool.close().await;
+    database.remove().await;
+}
+
 fn plugin(args: &[&str]) -> Output {
     Command::new(rapport_binary())
         .args(args)

@@ -540,11 +540,7 @@ impl Compile<'_> {
                     unreachable!("currency is a field's class")
                 };
                 let name = field.name.as_str();
-                let expr = match dialect {
-                    Dialect::Sqlite => format!("json_extract(data, '$.{name}.currency')"),
-                    Dialect::Postgres => format!("(data->'{name}'->>'currency')"),
-                };
-                (ValueClass::Text, expr)
+                (ValueClass::Text, dialect.currency_code(name))
             }
             Some(sub) => {
                 let through = self.through.get(&group.field).ok_or_else(|| {
@@ -721,10 +717,7 @@ fn measure_columns(
         kind: ColumnKind::Float,
     };
     let currency_codes = |name: &str| {
-        let code = match dialect {
-            Dialect::Sqlite => format!("json_extract(data, '$.{name}.currency')"),
-            Dialect::Postgres => format!("(data->'{name}'->>'currency')"),
-        };
+        let code = dialect.currency_code(name);
         vec![
             Column {
                 expr: format!("MIN({code})"),

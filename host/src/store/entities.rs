@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use super::{Scoped, StoreError, on};
 use crate::domain::UserId;
-use crate::metadata::definition::{CompositeIndex, EntityDefinition, FieldDefinition};
+use crate::metadata::definition::{CompositeIndex, EntityDefinition, FieldDefinition, FieldType};
 
 /// A row lock on an entity definition (PostgreSQL only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,103 @@ impl TryFrom<EntityRow> for StoredEntity {
 /// identifiers, so the name is unique and safe to inline.
 pub fn index_name(entity_id: i64, field: &str, unique: bool) -> String {
     format!("{}_{entity_id}_{field}", if unique { "ru" } else { "rx" })
+}
+
+/// The columns every SQLite index on `records` carries after its keys, and the condition of its
+/// part of the table. With them an index *covers* a count, a grouping or a filter on its keys
+/// for live records: the query's every other column — tenant, entity, owner, deletion — is in
+/// the entry, so SQLite never reads the record's row (it reads the indexed values from the entry
+/// too, since the expressions are `->>`, which carries no JSON subtype; see `Dialect::field_expr`).
+/// Soft-deleted records are outside these indexes: only the trash reads them. A currency
+/// field's code comes last, so that a sum can check that it adds one currency.
+fn sqlite_cover(fields: &[&FieldDefinition]) -> String {
+    let mut columns = vec!["id, owner_id, entity_id, deleted_at".to_owned()];
+    columns.extend(
+        fields
+            .iter()
+            .filter(|field| field.value_type() == FieldType::Currency)
+            .map(|field| super::Dialect::Sqlite.currency_code(field.name.as_str())),
+    );
+    columns.join(", ")
+}
+
+/// The `CREATE INDEX` of an indexed or unique field.
+pub fn field_index_sql(dialect: super::Dialect, entity_id: i64, field: &FieldDefinition) -> String {
+    let expr = dialect.field_expr(field);
+    let name = index_name(entity_id, field.name.as_str(), field.unique);
+    match (dialect, field.unique) {
+        (_, true) => format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {name} ON records (({expr})) WHERE entity_id = {entity_id} AND deleted_at IS NULL"
+        ),
+        (super::Dialect::Sqlite, false) => format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON records (tenant_id, ({expr}), {}) \
+             WHERE entity_id = {entity_id} AND deleted_at IS NULL",
+            sqlite_cover(&[field])
+        ),
+        (super::Dialect::Postgres, false) => format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON records (({expr}){}, id) WHERE entity_id = {entity_id}",
+            dialect.nulls(false)
+        ),
+    }
+}
+
+/// The `CREATE INDEX` of a composite index over `fields` (then the record id).
+pub fn composite_index_sql(
+    dialect: super::Dialect,
+    entity_id: i64,
+    index: &CompositeIndex,
+    fields: &[&FieldDefinition],
+) -> String {
+    let columns: Vec<String> = fields
+        .iter()
+        .map(|field| format!("({}){}", dialect.field_expr(field), dialect.nulls(false)))
+        .collect();
+    let name = index.index_name(entity_id);
+    let columns = columns.join(", ");
+    match dialect {
+        super::Dialect::Sqlite => format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON records (tenant_id, {columns}, {}) \
+             WHERE entity_id = {entity_id} AND deleted_at IS NULL",
+            sqlite_cover(fields)
+        ),
+        super::Dialect::Postgres => format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON records ({columns}, id) WHERE entity_id = {entity_id}"
+        ),
+    }
+}
+
+/// Every index `definition` asks for, by name: its active indexed or unique fields and its
+/// composite indexes.
+pub fn entity_index_sql(
+    dialect: super::Dialect,
+    entity_id: i64,
+    definition: &EntityDefinition,
+) -> Vec<(String, String)> {
+    let mut indexes: Vec<(String, String)> = definition
+        .fields
+        .iter()
+        .filter(|field| field.needs_index())
+        .map(|field| {
+            (
+                index_name(entity_id, field.name.as_str(), field.unique),
+                field_index_sql(dialect, entity_id, field),
+            )
+        })
+        .collect();
+    for index in &definition.indexes {
+        let fields: Option<Vec<&FieldDefinition>> = index
+            .fields
+            .iter()
+            .map(|name| definition.field(name.as_str()))
+            .collect();
+        if let Some(fields) = fields {
+            indexes.push((
+                index.index_name(entity_id),
+                composite_index_sql(dialect, entity_id, index, &fields),
+            ));
+        }
+    }
+    indexes
 }
 
 impl Scoped<'_> {
@@ -250,20 +347,7 @@ impl Scoped<'_> {
         entity_id: i64,
         field: &FieldDefinition,
     ) -> Result<(), StoreError> {
-        let dialect = self.dialect();
-        let expr = dialect.field_expr(field);
-        let sql = if field.unique {
-            format!(
-                "CREATE UNIQUE INDEX IF NOT EXISTS {} ON records (({expr})) WHERE entity_id = {entity_id} AND deleted_at IS NULL",
-                index_name(entity_id, field.name.as_str(), true)
-            )
-        } else {
-            format!(
-                "CREATE INDEX IF NOT EXISTS {} ON records (({expr}){}, id) WHERE entity_id = {entity_id}",
-                index_name(entity_id, field.name.as_str(), false),
-                dialect.nulls(false)
-            )
-        };
+        let sql = field_index_sql(self.dialect(), entity_id, field);
         self.as_owner(&sql).await?;
         Ok(())
     }
@@ -275,16 +359,7 @@ impl Scoped<'_> {
         index: &CompositeIndex,
         fields: &[&FieldDefinition],
     ) -> Result<(), StoreError> {
-        let dialect = self.dialect();
-        let columns: Vec<String> = fields
-            .iter()
-            .map(|field| format!("({}){}", dialect.field_expr(field), dialect.nulls(false)))
-            .collect();
-        let sql = format!(
-            "CREATE INDEX IF NOT EXISTS {} ON records ({}, id) WHERE entity_id = {entity_id}",
-            index.index_name(entity_id),
-            columns.join(", ")
-        );
+        let sql = composite_index_sql(self.dialect(), entity_id, index, fields);
         self.as_owner(&sql).await?;
         Ok(())
     }

@@ -93,6 +93,14 @@ impl Dialect {
         self.field_expr_of("data", field)
     }
 
+    /// The currency code of a currency field's value (the amount is [`Dialect::field_expr`]).
+    pub fn currency_code(self, name: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("(data ->> '$.{name}.currency')"),
+            Dialect::Postgres => format!("(data->'{name}'->>'currency')"),
+        }
+    }
+
     /// [`Dialect::field_expr`] over the body column `data` of a named table or alias
     /// (`records.data` in a correlated subquery).
     pub fn field_expr_of(self, data: &str, field: &FieldDefinition) -> String {
@@ -107,8 +115,10 @@ impl Dialect {
             (format!("{data}->'{name}'"), format!("{data}->>'{name}'"))
         };
         match self {
-            Dialect::Sqlite if currency => format!("json_extract({data}, '$.{name}.amount')"),
-            Dialect::Sqlite => format!("json_extract({data}, '$.{name}')"),
+            // `->>`, not `json_extract`: the same value for every scalar, but without a JSON
+            // subtype, so that SQLite reads it from an index entry instead of the record.
+            Dialect::Sqlite if currency => format!("({data} ->> '$.{name}.amount')"),
+            Dialect::Sqlite => format!("({data} ->> '$.{name}')"),
             Dialect::Postgres => match sql_kind(field) {
                 SqlKind::Text => format!("({text})"),
                 SqlKind::Integer | SqlKind::Decimal => {
