@@ -543,10 +543,15 @@ async fn serve(
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     if args.demo {
-        let token = crate::demo::ensure(&state)
+        let access = crate::demo::ensure(&state)
             .await
             .context("cannot create the demo tenant")?;
+        let token = &access.token;
         println!("Rapport is running at http://{address}");
+        println!(
+            "console: http://{address}/ (company `demo`, user `admin`, password `{}`)",
+            access.password
+        );
         println!("demo tenant admin token: {token}");
         println!(
             "try: curl -H 'Authorization: Bearer {token}' http://{address}/api/v1/records/contact?limit=5"

@@ -9,6 +9,7 @@ pub mod analytics;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod console;
 pub mod demo;
 pub mod domain;
 pub mod metadata;

@@ -271,6 +271,24 @@ impl Packs {
         Ok(conn.scoped(&principal.tenant).packs().await?)
     }
 
+    /// The installed pack that brought each of the tenant's entities, by entity name (the
+    /// console groups its navigation by it). Entities an administrator made are not in it.
+    pub async fn entity_owners(
+        &self,
+        scoped: &mut crate::store::Scoped<'_>,
+    ) -> Result<BTreeMap<String, String>, PackError> {
+        let mut owners = BTreeMap::new();
+        for pack in scoped.packs().await? {
+            if pack.status != "installed" {
+                continue;
+            }
+            for entity in contents_of(&pack)?.entities.into_keys() {
+                owners.insert(entity, pack.pack_id.clone());
+            }
+        }
+        Ok(owners)
+    }
+
     /// The bundled packs and the tenant's packs (installed, or removed with data kept).
     pub async fn list(&self, principal: &Principal) -> Result<Vec<PackSummary>, PackError> {
         let stored = self.stored(principal).await?;

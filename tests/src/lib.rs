@@ -1,6 +1,8 @@
 //! Test support: a real Rapport server on port 0 with a fresh database (a SQLite file, or a new
 //! PostgreSQL database), and an HTTP client for it.
 
+pub mod browser;
+
 use std::path::PathBuf;
 
 use rapport::api::{self, AppState};

@@ -1,0 +1,524 @@
+//! The web console: server-rendered pages for admins and end users, generated from metadata,
+//! served by `rapport serve` at `/` (no separate front end, no Node.js).
+//!
+//! Pages call the same services as the API (`Records`, `Metadata`, …) as the signed-in user, so
+//! roles, field-level security and record scope apply exactly as they do to the API: a hidden
+//! field never reaches the page. A session is the token of a password sign-in
+//! (`Users::sign_in`), kept in an `HttpOnly`, `SameSite=Lax` cookie; the API itself never
+//! accepts the cookie (it wants `Authorization`), so a cross-site page cannot drive it. Console
+//! forms that change something are `POST`s whose `Origin`, when the browser sends one, must be
+//! this server.
+
+use axum::Router;
+use axum::extract::{Form, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use serde::Deserialize;
+
+use crate::api::AppState;
+use crate::api::error::ApiError;
+use crate::auth::Principal;
+
+pub mod i18n;
+pub mod records;
+
+use i18n::Lang;
+
+/// The session cookie: the token of a password sign-in.
+pub const SESSION_COOKIE: &str = "rapport_session";
+/// The language cookie (`en`, `zh-CN`).
+pub const LANG_COOKIE: &str = "rapport_lang";
+
+const CSS: &str = include_str!("console/assets/console.css");
+const JS: &str = include_str!("console/assets/console.js");
+
+/// The console's routes. Every page but the sign-in page and the assets needs a session.
+pub fn routes(state: AppState) -> Router<AppState> {
+    let signed_in = Router::new()
+        .route("/", get(home))
+        .route("/r/{entity}", get(records::list))
+        .route(
+            "/r/{entity}/new",
+            get(records::new_form).post(records::create),
+        )
+        .route("/r/{entity}/{id}", get(records::detail))
+        .route(
+            "/r/{entity}/{id}/edit",
+            get(records::edit_form).post(records::update),
+        )
+        .route("/r/{entity}/options", get(records::options))
+        .route("/sign-out", post(sign_out))
+        .route_layer(axum::middleware::from_fn_with_state(state, session));
+    Router::new()
+        .route("/sign-in", get(sign_in_form).post(sign_in))
+        .route("/language", post(language))
+        .route("/assets/console.css", get(css))
+        .route("/assets/console.js", get(js))
+        .merge(signed_in)
+}
+
+/// The value of a cookie of the request.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse_encoded)
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == name)
+        .map(|cookie| cookie.value().to_owned())
+}
+
+/// Resolves the session cookie to the signed-in user (as the API does a bearer token) and
+/// refuses a cross-site `POST`. Without a valid session a page sends the browser to sign in,
+/// and back afterwards.
+async fn session(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if request.method() == Method::POST && !same_origin(request.headers()) {
+        return (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
+    }
+    let back = request
+        .uri()
+        .path_and_query()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let (mut parts, body) = request.into_parts();
+    let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+        return to_sign_in(&back, false);
+    };
+    parts
+        .extensions
+        .insert(crate::api::extract::TokenHash(crate::auth::hash_token(
+            &token,
+        )));
+    use axum::extract::FromRequestParts;
+    match Principal::from_request_parts(&mut parts, &state).await {
+        Ok(_) => next.run(Request::from_parts(parts, body)).await,
+        Err(_) => to_sign_in(&back, true),
+    }
+}
+
+/// A `POST` from a page of another site carries that site's `Origin`; browsers send it on
+/// every cross-origin `POST`. Missing (older clients, tests with plain HTTP clients) passes:
+/// the `SameSite=Lax` cookie already stays home on cross-site posts.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.trim_end_matches('/') == host)
+}
+
+fn to_sign_in(back: &str, expired: bool) -> Response {
+    let mut target = format!("/sign-in?next={}", encode(back));
+    if expired {
+        target.push_str("&expired=1");
+    }
+    let mut response = Redirect::to(&target).into_response();
+    if expired {
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("rapport_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"),
+        );
+    }
+    response
+}
+
+/// Percent-encodes a query parameter's value.
+pub fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// Only a path of this site is a place to go back to (not `//evil.example` or `https://…`).
+fn local_path(next: Option<&str>) -> String {
+    match next {
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+            path.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SignInQuery {
+    next: Option<String>,
+    expired: Option<String>,
+}
+
+async fn sign_in_form(headers: HeaderMap, Query(query): Query<SignInQuery>) -> Markup {
+    let lang = Lang::of(&headers);
+    let notice = query
+        .expired
+        .is_some()
+        .then(|| lang.t("session_expired").to_owned());
+    sign_in_page(
+        lang,
+        &local_path(query.next.as_deref()),
+        notice.as_deref(),
+        None,
+        None,
+    )
+}
+
+fn sign_in_page(
+    lang: Lang,
+    next: &str,
+    notice: Option<&str>,
+    error: Option<&str>,
+    typed: Option<(&str, &str)>,
+) -> Markup {
+    let (tenant, user) = typed.unwrap_or_default();
+    let body = html! {
+        main.narrow {
+            h1 { (lang.t("sign_in")) }
+            @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+            @if let Some(error) = error { p.error-summary role="alert" { (lang.t("sign_in_failed")) ": " (error) } }
+            form method="post" action="/sign-in" {
+                input type="hidden" name="next" value=(next);
+                label { (lang.t("tenant")) input name="tenant" value=(tenant) required autocomplete="organization"; }
+                label { (lang.t("user")) input name="user" value=(user) required autocomplete="username"; }
+                label { (lang.t("password")) input name="password" type="password" required autocomplete="current-password"; }
+                button type="submit" { (lang.t("sign_in")) }
+            }
+            (language_switch(lang, next))
+        }
+    };
+    document(lang, lang.t("sign_in"), None, body)
+}
+
+#[derive(Debug, Deserialize)]
+struct SignInForm {
+    tenant: String,
+    user: String,
+    password: String,
+    next: Option<String>,
+}
+
+async fn sign_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    let lang = Lang::of(&headers);
+    let next = local_path(form.next.as_deref());
+    if !same_origin(&headers) {
+        return (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
+    }
+    let request = crate::users::SignIn {
+        tenant: form.tenant.clone(),
+        user: form.user.clone(),
+        password: form.password,
+    };
+    match state.users.sign_in(&request).await {
+        Ok((_, view)) => {
+            let Some(token) = view.token else {
+                return server_error(lang, "the sign-in returned no token");
+            };
+            let max_age = view
+                .expires_at
+                .as_deref()
+                .and_then(|at| {
+                    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map(|at| (at - crate::store::now()).whole_seconds().max(0))
+                .unwrap_or(8 * 3600);
+            let cookie = format!(
+                "{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
+            );
+            let mut response = Redirect::to(&next).into_response();
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().append(header::SET_COOKIE, value);
+            }
+            response
+        }
+        Err(error) => {
+            let error = ApiError::from(error);
+            let status = error.status;
+            (
+                status,
+                sign_in_page(
+                    lang,
+                    &next,
+                    None,
+                    Some(&error.message),
+                    Some((&form.tenant, &form.user)),
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(token) = cookie(&headers, SESSION_COOKIE) {
+        let id = crate::store::tenants::token_id(&crate::auth::hash_token(&token));
+        if let Err(error) = state.users.revoke_token(&principal, &id).await {
+            tracing::warn!(%error, "could not revoke a console session");
+        }
+    }
+    let mut response = Redirect::to("/sign-in").into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static("rapport_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"),
+    );
+    response
+}
+
+#[derive(Debug, Deserialize)]
+struct LanguageForm {
+    lang: String,
+    next: Option<String>,
+}
+
+async fn language(headers: HeaderMap, Form(form): Form<LanguageForm>) -> Response {
+    if !same_origin(&headers) {
+        return (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
+    }
+    let lang = Lang::parse(&form.lang).unwrap_or(Lang::En);
+    let mut response = Redirect::to(&local_path(form.next.as_deref())).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "{LANG_COOKIE}={}; Path=/; Max-Age=31536000; SameSite=Lax",
+        lang.tag()
+    )) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+fn language_switch(lang: Lang, next: &str) -> Markup {
+    html! {
+        form.language method="post" action="/language" {
+            input type="hidden" name="next" value=(next);
+            label {
+                (lang.t("language")) " "
+                select name="lang" onchange="this.form.submit()" {
+                    @for other in Lang::ALL {
+                        option value=(other.tag()) selected[other == lang] { (other.name()) }
+                    }
+                }
+            }
+            noscript { button type="submit" { (lang.t("apply")) } }
+        }
+    }
+}
+
+async fn css() -> Response {
+    asset(CSS, "text/css; charset=utf-8")
+}
+
+async fn js() -> Response {
+    asset(JS, "text/javascript; charset=utf-8")
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// What every signed-in page shows around its content: the navigation (the tenant's readable
+/// entities, grouped by the pack that brought them) and the user's menu.
+#[derive(Debug, Clone)]
+pub struct Chrome {
+    pub groups: Vec<(String, Vec<(String, String)>)>,
+    pub here: String,
+}
+
+impl Chrome {
+    pub async fn load(
+        state: &AppState,
+        principal: &Principal,
+        here: &str,
+    ) -> Result<Self, ApiError> {
+        let mut conn = state.store.reader().await?;
+        let mut scoped = conn.scoped(&principal.tenant);
+        let all = state.metadata.all_current(&mut scoped).await?;
+        let owners = state
+            .packs
+            .entity_owners(&mut scoped)
+            .await
+            .map_err(ApiError::from)?;
+        let mut groups: Vec<(String, Vec<(String, String)>)> = Vec::new();
+        for compiled in all.iter() {
+            let sight = crate::records::access::Sight::of(principal, compiled);
+            if sight.grant.read == crate::auth::Scope::None {
+                continue;
+            }
+            let name = compiled.definition.name.as_str().to_owned();
+            let label = records::entity_label(&compiled.definition, true);
+            let group = owners.get(&name).cloned().unwrap_or_default();
+            match groups.iter_mut().find(|(pack, _)| *pack == group) {
+                Some((_, entries)) => entries.push((name, label)),
+                None => groups.push((group, vec![(name, label)])),
+            }
+        }
+        groups.sort_by(|a, b| (a.0.is_empty(), &a.0).cmp(&(b.0.is_empty(), &b.0)));
+        for (_, entries) in &mut groups {
+            entries.sort_by(|a, b| a.1.cmp(&b.1));
+        }
+        Ok(Self {
+            groups,
+            here: here.to_owned(),
+        })
+    }
+}
+
+/// A whole page: the document, the navigation when signed in, and `body`.
+pub fn document(lang: Lang, title: &str, chrome: Option<&Chrome>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang=(lang.tag()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · " (lang.t("app")) }
+                link rel="stylesheet" href="/assets/console.css";
+                script src="/assets/console.js" defer {}
+            }
+            body {
+                @if let Some(chrome) = chrome {
+                    header.top {
+                        a.brand href="/" { (lang.t("app")) }
+                        details.menu {
+                            summary { (lang.t("entities")) }
+                            nav {
+                                @for (pack, entries) in &chrome.groups {
+                                    section {
+                                        h2 { @if pack.is_empty() { (lang.t("other")) } @else { (pack) } }
+                                        ul {
+                                            @for (name, label) in entries {
+                                                li { a href={ "/r/" (name) } aria-current=[(chrome.here == *name).then_some("page")] { (label) } }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        (language_switch(lang, "/"))
+                        form.sign-out method="post" action="/sign-out" {
+                            button type="submit" { (lang.t("sign_out")) }
+                        }
+                    }
+                }
+                (body)
+            }
+        }
+    }
+}
+
+async fn home(State(state): State<AppState>, principal: Principal, headers: HeaderMap) -> Response {
+    let lang = Lang::of(&headers);
+    let chrome = match Chrome::load(&state, &principal, "").await {
+        Ok(chrome) => chrome,
+        Err(error) => return error_page(lang, error),
+    };
+    let body = html! {
+        main {
+            h1 { (lang.t("entities_heading")) }
+            @for (pack, entries) in &chrome.groups {
+                section.group {
+                    h2 { @if pack.is_empty() { (lang.t("other")) } @else { (pack) } }
+                    ul.cards {
+                        @for (name, label) in entries {
+                            li { a href={ "/r/" (name) } { (label) } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    document(lang, lang.t("home"), Some(&chrome), body).into_response()
+}
+
+/// A page for an error of a service: not found, forbidden, or the server's fault.
+pub fn error_page(lang: Lang, error: ApiError) -> Response {
+    let title = match error.status {
+        StatusCode::NOT_FOUND => lang.t("not_found"),
+        StatusCode::FORBIDDEN => lang.t("forbidden"),
+        _ => lang.t("error"),
+    };
+    let body = html! {
+        main.narrow {
+            h1 { (title) }
+            p.error-summary role="alert" { (error.message) }
+            p { a href="/" { (lang.t("home")) } }
+        }
+    };
+    (error.status, document(lang, title, None, body)).into_response()
+}
+
+fn server_error(lang: Lang, message: &str) -> Response {
+    error_page(
+        lang,
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+    )
+}
+
+/// Raw HTML that is known to be safe (built by this module, not from user input).
+pub fn trusted(html: &'static str) -> PreEscaped<&'static str> {
+    PreEscaped(html)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_places_to_go_back_to() {
+        assert_eq!(local_path(Some("/r/contact?q=x")), "/r/contact?q=x");
+        assert_eq!(local_path(Some("//evil.example/")), "/");
+        assert_eq!(local_path(Some("https://evil.example/")), "/");
+        assert_eq!(local_path(Some("/\\evil.example")), "/");
+        assert_eq!(local_path(None), "/");
+    }
+
+    #[test]
+    fn a_post_from_another_site_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
+        assert!(same_origin(&headers));
+        headers.insert(header::ORIGIN, "http://127.0.0.1:8080".parse().unwrap());
+        assert!(same_origin(&headers));
+        headers.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert!(!same_origin(&headers));
+    }
+
+    #[test]
+    fn cookies_are_read_by_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            "a=1; rapport_session=rps_abc; rapport_lang=zh-CN"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(cookie(&headers, SESSION_COOKIE).as_deref(), Some("rps_abc"));
+        assert_eq!(cookie(&headers, "missing"), None);
+    }
+}

@@ -1,0 +1,392 @@
+//! The web console: sign-in with a cookie session, pages generated from metadata that respect
+//! roles and field-level security, and forms that show the server's field errors in place —
+//! over HTTP on both backends, and in a real headless Chromium (`chromedriver`).
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use rapport_tests::{TestApp, on_both_backends};
+use serde_json::json;
+
+on_both_backends!(
+    pages_need_a_session_and_send_the_browser_back_after_sign_in,
+    hidden_fields_never_reach_the_page,
+    a_refused_form_keeps_what_was_typed_and_names_the_field,
+);
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A browser-like client over plain HTTP: keeps the session cookie, shows redirects instead of
+/// following them (the tests look at them).
+struct Client {
+    http: reqwest::Client,
+    cookies: std::sync::Mutex<Vec<String>>,
+}
+
+fn browser() -> Client {
+    Client {
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        cookies: Default::default(),
+    }
+}
+
+impl Client {
+    async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Response {
+        let cookie = self.cookies.lock().unwrap().join("; ");
+        let request = if cookie.is_empty() {
+            request
+        } else {
+            request.header("cookie", cookie)
+        };
+        let response = request.send().await.unwrap();
+        for set in response.headers().get_all("set-cookie") {
+            let pair = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+            let name = pair.split('=').next().unwrap().to_owned();
+            let mut cookies = self.cookies.lock().unwrap();
+            cookies.retain(|kept| !kept.starts_with(&format!("{name}=")));
+            if !pair.ends_with('=') {
+                cookies.push(pair);
+            }
+        }
+        response
+    }
+
+    async fn get(&self, url: String) -> reqwest::Response {
+        self.send(self.http.get(url)).await
+    }
+
+    async fn post(&self, url: String, form: &[(&str, &str)]) -> reqwest::Response {
+        self.send(self.http.post(url).form(form)).await
+    }
+}
+
+/// A user with `roles` and a password; returns their name.
+async fn person(app: &TestApp, name: &str, roles: &[&str]) -> String {
+    let (_, id) = app.user_with_roles(name, roles).await;
+    let set = app
+        .put(
+            &format!("/api/v1/users/{id}/password"),
+            json!({"password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::NO_CONTENT, "{:?}", set.body);
+    name.to_owned()
+}
+
+async fn sign_in(app: &TestApp, client: &Client, user: &str, next: &str) -> reqwest::Response {
+    client
+        .post(
+            format!("{}/sign-in", app.base),
+            &[
+                ("tenant", "acme"),
+                ("user", user),
+                ("password", PASSWORD),
+                ("next", next),
+            ],
+        )
+        .await
+}
+
+async fn page(client: &Client, url: String) -> (StatusCode, String) {
+    let response = client.get(url).await;
+    let status = response.status();
+    (status, response.text().await.unwrap())
+}
+
+async fn deals(app: &TestApp) {
+    app.define(
+        json!({"name": "deal", "label": "Deal", "plural_label": "Deals", "fields": [
+            {"name": "title", "type": "text", "required": true},
+            {"name": "stage", "type": "picklist", "options": ["open", "won", "lost"]},
+            {"name": "seats", "type": "integer", "min": 1},
+            {"name": "margin", "type": "decimal"}
+        ]}),
+    )
+    .await;
+}
+
+async fn pages_need_a_session_and_send_the_browser_back_after_sign_in(app: &TestApp) {
+    deals(app).await;
+    let user = person(app, "dana", &["administrator"]).await;
+    let client = browser();
+    let first = client.get(format!("{}/r/deal?q=big", app.base)).await;
+    assert_eq!(first.status(), StatusCode::SEE_OTHER);
+    let to = first.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(to, "/sign-in?next=/r/deal%3Fq%3Dbig");
+
+    let (status, form) = page(&client, format!("{}{to}", app.base)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        form.contains(r#"name="next" value="/r/deal?q=big""#),
+        "{form}"
+    );
+
+    // A wrong password: the form again, with the server's reason and the names kept.
+    let wrong = client
+        .post(
+            format!("{}/sign-in", app.base),
+            &[
+                ("tenant", "acme"),
+                ("user", "dana"),
+                ("password", "nope nope nope"),
+                ("next", "/"),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let text = wrong.text().await.unwrap();
+    assert!(
+        text.contains(r#"value="dana""#) && text.contains("error-summary"),
+        "{text}"
+    );
+
+    let signed = sign_in(app, &client, &user, "/r/deal?q=big").await;
+    assert_eq!(signed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(signed.headers()["location"], "/r/deal?q=big");
+    let cookie = signed.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+
+    app.create("deal", json!({"title": "Big deal", "stage": "open"}))
+        .await;
+    let (status, list) = page(&client, format!("{}/r/deal?q=big", app.base)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        list.contains("Big deal") && list.contains("<h1>Deals</h1>"),
+        "{list}"
+    );
+    // The navigation lists the tenant's entities.
+    assert!(list.contains(r#"href="/r/deal""#));
+
+    // A post from another site is refused, even with the cookie.
+    let forged = client
+        .send(
+            client
+                .http
+                .post(format!("{}/r/deal/new", app.base))
+                .header("origin", "https://evil.example")
+                .form(&[("title", "forged")]),
+        )
+        .await;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+
+    // Signing out ends the session: the next page asks to sign in again.
+    let out = client.post(format!("{}/sign-out", app.base), &[]).await;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let after = client.get(format!("{}/r/deal", app.base)).await;
+    assert_eq!(after.status(), StatusCode::SEE_OTHER);
+    // The API never takes the cookie.
+    let api = client
+        .get(format!("{}/api/v1/records/deal", app.base))
+        .await;
+    assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
+}
+
+async fn hidden_fields_never_reach_the_page(app: &TestApp) {
+    deals(app).await;
+    let role = app
+        .post(
+            "/api/v1/roles",
+            json!({"name": "rep", "entities": {"deal": {"create": true, "read": "all", "update": "all",
+                    "fields": {"margin": "none", "seats": "read"}}}}),
+        )
+        .await;
+    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
+    let user = person(app, "rita", &["rep"]).await;
+    let id = app
+        .create(
+            "deal",
+            json!({"title": "Secret deal", "margin": 0.4217, "seats": 12}),
+        )
+        .await;
+    let client = browser();
+    sign_in(app, &client, &user, "/").await;
+
+    for url in [
+        format!("{}/r/deal", app.base),
+        format!("{}/r/deal/{id}", app.base),
+        format!("{}/r/deal/{id}/edit", app.base),
+        format!("{}/r/deal/new", app.base),
+    ] {
+        let (status, html) = page(&client, url.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {html}");
+        assert!(
+            !html.contains("0.4217") && !html.to_lowercase().contains("margin"),
+            "{url} shows the hidden field: {html}"
+        );
+    }
+    // A read-only field is shown but is no input of the form.
+    let (_, detail) = page(&client, format!("{}/r/deal/{id}", app.base)).await;
+    assert!(detail.contains(r#"data-field="seats""#), "{detail}");
+    let (_, edit) = page(&client, format!("{}/r/deal/{id}/edit", app.base)).await;
+    assert!(!edit.contains(r#"name="seats""#), "{edit}");
+    assert!(edit.contains(r#"name="title""#));
+}
+
+async fn a_refused_form_keeps_what_was_typed_and_names_the_field(app: &TestApp) {
+    deals(app).await;
+    let user = person(app, "dana", &["administrator"]).await;
+    let client = browser();
+    sign_in(app, &client, &user, "/").await;
+
+    // No title (required) and a seat count below the minimum: both named at their fields.
+    let refused = client
+        .post(
+            format!("{}/r/deal/new", app.base),
+            &[
+                ("title", ""),
+                ("stage", "won"),
+                ("seats", "0"),
+                ("margin", "0.25"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = refused.text().await.unwrap();
+    for field in ["title", "seats"] {
+        let at = html
+            .find(&format!(r#"data-field="{field}""#))
+            .unwrap_or_else(|| panic!("no {field} field: {html}"));
+        let block = &html[at..at + html[at..].find("</div>").unwrap()];
+        assert!(
+            block.contains("field-error"),
+            "no error at {field}: {block}"
+        );
+    }
+    assert!(
+        html.contains(r#"value="0.25""#),
+        "the typed margin is lost: {html}"
+    );
+    assert!(
+        html.contains(r#"<option value="won" selected>"#),
+        "the chosen stage is lost: {html}"
+    );
+    let listed = app.get("/api/v1/records/deal").await;
+    assert_eq!(
+        listed.body["data"].as_array().unwrap().len(),
+        0,
+        "nothing was written"
+    );
+
+    // Corrected, it is created and the browser goes to the new record.
+    let created = client
+        .post(
+            format!("{}/r/deal/new", app.base),
+            &[
+                ("title", "Corrected"),
+                ("stage", "won"),
+                ("seats", "3"),
+                ("margin", "0.25"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::SEE_OTHER);
+    let to = created.headers()["location"].to_str().unwrap().to_owned();
+    let (_, detail) = page(&client, format!("{}{to}", app.base)).await;
+    assert!(detail.contains("<h1>Corrected</h1>"), "{detail}");
+
+    // An edit against a stale version says so and keeps the edit.
+    let id = to.rsplit('/').next().unwrap();
+    let moved = app
+        .patch(
+            &format!("/api/v1/records/deal/{id}"),
+            json!({"data": {"stage": "lost"}}),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{:?}", moved.body);
+    let stale = client
+        .post(
+            format!("{}/r/deal/{id}/edit", app.base),
+            &[
+                ("_version", "1"),
+                ("title", "Renamed"),
+                ("stage", "won"),
+                ("seats", "3"),
+                ("margin", "0.25"),
+            ],
+        )
+        .await;
+    assert_eq!(stale.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = stale.text().await.unwrap();
+    assert!(
+        html.contains(r#"value="Renamed""#) && html.contains("error-summary"),
+        "{html}"
+    );
+    let stored = app.get(&format!("/api/v1/records/deal/{id}")).await;
+    assert_eq!(stored.body["data"]["title"], "Corrected");
+}
+
+/// The browser half: a real headless Chromium driven through `chromedriver`. Needs `chromium`
+/// and `chromedriver` (the test command installs them); without them it says it was skipped,
+/// and in CI (`CI=true`) it fails instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_real_browser_sign_in_then_a_form_error_is_shown_at_its_field() {
+    let Some(driver) = rapport_tests::browser::Driver::start().await else {
+        return;
+    };
+    let app = rapport_tests::spawn_app(rapport_tests::Backend::Sqlite)
+        .await
+        .unwrap();
+    deals(&app).await;
+    let user = person(&app, "dana", &["administrator"]).await;
+    let browser = driver.session().await;
+
+    browser.goto(&format!("{}/r/deal", app.base)).await.unwrap();
+    browser.wait_for("input[name=tenant]").await;
+    browser.fill("input[name=tenant]", "acme").await;
+    browser.fill("input[name=user]", &user).await;
+    browser.fill("input[name=password]", PASSWORD).await;
+    browser.shot("console-sign-in").await;
+    browser
+        .click("form[action='/sign-in'] button[type=submit]")
+        .await;
+    browser.wait_for("a.button[href='/r/deal/new']").await;
+    assert!(browser.current_url().await.ends_with("/r/deal"));
+
+    browser.click("a.button[href='/r/deal/new']").await;
+    browser.wait_for("form.record").await;
+    browser.fill("#f-seats", "0").await;
+    browser.fill("#f-margin", "0.25").await;
+    browser.click("form.record button[type=submit]").await;
+    browser
+        .wait_for(".field.invalid[data-field=title] .field-error")
+        .await;
+    let error = browser
+        .text(".field.invalid[data-field=title] .field-error")
+        .await;
+    assert!(!error.is_empty());
+    assert_eq!(
+        browser.value("#f-margin").await,
+        "0.25",
+        "the typed value is kept"
+    );
+    browser.shot("console-form-errors").await;
+
+    browser.fill("#f-title", "Browser deal").await;
+    browser.fill("#f-seats", "4").await;
+    browser.click("form.record button[type=submit]").await;
+    browser.wait_for("dd[data-field=title]").await;
+    assert_eq!(browser.text("dd[data-field=title]").await, "Browser deal");
+    browser.shot("console-record").await;
+
+    browser.goto(&format!("{}/r/deal", app.base)).await.unwrap();
+    browser.wait_for("table.records").await;
+    assert!(browser.text("table.records").await.contains("Browser deal"));
+    browser.shot("console-list").await;
+
+    // Phone width: the list still shows the record (as label–value rows).
+    browser.resize(390, 844).await;
+    browser.goto(&format!("{}/r/deal", app.base)).await.unwrap();
+    browser.wait_for("table.records").await;
+    assert!(browser.text("table.records").await.contains("Browser deal"));
+    browser.shot("console-list-phone").await;
+
+    browser.close().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    app.stop().await;
+}
