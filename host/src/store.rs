@@ -395,11 +395,13 @@ impl Store {
     }
 }
 
-/// Rebuilds, in one transaction, every per-entity index on `records` whose definition differs
-/// from the one this build creates for it (a database written by an older build: its indexes
-/// would no longer match the queries' expressions, or would not cover them). Indexes are
-/// compared by their SQL as SQLite stores it; an index the definitions do not ask for is left
-/// alone. Returns how many were rebuilt. SQLite only: PostgreSQL's layout has not changed.
+/// Rebuilds, in one transaction, every per-entity index on `records` that is missing or whose
+/// definition differs from the one this build creates for it (a database written by an older
+/// build: its indexes would no longer match the queries' expressions, or would not cover them),
+/// so that the indexes are exactly what the entity definitions ask for — aggregations name them
+/// (`INDEXED BY`). Indexes are compared by their SQL as SQLite stores it; an index the
+/// definitions do not ask for is left alone. Returns how many were built. SQLite only:
+/// PostgreSQL's layout has not changed.
 async fn reconcile_record_indexes(pool: &SqlitePool) -> Result<usize, StoreError> {
     fn normalize(sql: &str) -> String {
         sql.replace("IF NOT EXISTS ", "")
@@ -425,7 +427,7 @@ async fn reconcile_record_indexes(pool: &SqlitePool) -> Result<usize, StoreError
         for (name, sql) in entities::entity_index_sql(Dialect::Sqlite, id, &definition) {
             if existing
                 .get(&name)
-                .is_some_and(|current| *current != normalize(&sql))
+                .is_none_or(|current| *current != normalize(&sql))
             {
                 stale.push((name, sql));
             }
@@ -436,7 +438,7 @@ async fn reconcile_record_indexes(pool: &SqlitePool) -> Result<usize, StoreError
     }
     let mut tx = pool.begin().await?;
     for (name, sql) in &stale {
-        sqlx::query(&format!("DROP INDEX {name}"))
+        sqlx::query(&format!("DROP INDEX IF EXISTS {name}"))
             .execute(&mut *tx)
             .await?;
         sqlx::query(sql).execute(&mut *tx).await?;

@@ -319,6 +319,96 @@ fn describe(target: &Target<'_>) -> String {
     }
 }
 
+/// The entity's index that answers this aggregation alone, if one does (SQLite): every field the
+/// statement reads is one of its keys, and it reads no other column the index lacks. SQLite's
+/// planner does not see that an index on `->>` expressions covers a grouping — it estimates the
+/// index as if each entry cost a lookup of the record, and reads the whole entity through
+/// `(entity_id, id)` instead (1.3 s against 0.13 s for a million contacts by stage), so the
+/// statement names the index. When a filter field has an index of its own that this one does
+/// not lead with, the planner keeps the choice: a seek to a few records can beat any scan.
+/// The indexes named exist: `Store::migrate` builds every index the definitions ask for.
+fn covering_index(
+    definition: &EntityDefinition,
+    entity_id: i64,
+    select: &str,
+    conditions: &str,
+) -> Option<String> {
+    let dialect = Dialect::Sqlite;
+    let reads = |text: &str, field: &FieldDefinition| {
+        let name = field.name.as_str();
+        text.contains(&format!("'$.{name}'")) || text.contains(&format!("'$.{name}."))
+    };
+    let read: Vec<&FieldDefinition> = definition
+        .active_fields()
+        .filter(|field| reads(select, field) || reads(conditions, field))
+        .collect();
+    if read.is_empty() {
+        return None;
+    }
+    let filtered: Vec<&str> = read
+        .iter()
+        .filter(|field| reads(conditions, field))
+        .map(|field| field.name.as_str())
+        .collect();
+    // The index candidates: (name, keys).
+    let mut candidates: Vec<(String, Vec<&str>)> = definition
+        .active_fields()
+        .filter(|field| field.indexed && !field.unique)
+        .map(|field| {
+            (
+                crate::store::entities::index_name(entity_id, field.name.as_str(), false),
+                vec![field.name.as_str()],
+            )
+        })
+        .collect();
+    candidates.extend(definition.indexes.iter().map(|index| {
+        (
+            index.index_name(entity_id),
+            index.fields.iter().map(|name| name.as_str()).collect(),
+        )
+    }));
+    // What remains of the statement once the indexed values are taken out must name no column
+    // the index lacks.
+    let columns_left = |keys: &[&str]| {
+        let mut text = format!("{select} {conditions}");
+        for key in keys {
+            if let Some(field) = definition.field(key) {
+                text = text.replace(&dialect.field_expr(field), "");
+                text = text.replace(&dialect.currency_code(key), "");
+            }
+        }
+        [
+            "data",
+            "created_at",
+            "updated_at",
+            "created_by",
+            "updated_by",
+            "version",
+        ]
+        .iter()
+        .any(|column| {
+            text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|word| word == *column)
+        })
+    };
+    let (name, keys) = candidates
+        .into_iter()
+        .filter(|(_, keys)| read.iter().all(|field| keys.contains(&field.name.as_str())))
+        .filter(|(_, keys)| !columns_left(keys))
+        .min_by_key(|(_, keys)| keys.len())?;
+    let leads_with_filter = keys.first().is_some_and(|first| filtered.contains(first));
+    let other_seek = filtered.iter().any(|field| {
+        definition
+            .field(field)
+            .is_some_and(|f| f.indexed || f.unique)
+            || definition
+                .indexes
+                .iter()
+                .any(|index| index.fields.first().map(|f| f.as_str()) == Some(*field))
+    });
+    (leads_with_filter || !other_seek).then_some(name)
+}
+
 /// The SQL of a target's value over the body column `data` and the system columns of `table`
 /// (empty for the unqualified columns of the query's own `records`).
 fn raw_expr(dialect: Dialect, target: &Target<'_>, table: &str) -> String {
@@ -502,8 +592,19 @@ impl Compile<'_> {
             .enumerate()
             .map(|(index, column)| format!("{} AS c{index}", column.expr))
             .collect();
+        let hint = match dialect {
+            Dialect::Sqlite => covering_index(
+                definition,
+                self.entity_id,
+                &select.join(", "),
+                &conditions.join(" AND "),
+            )
+            .map(|name| format!(" INDEXED BY {name}"))
+            .unwrap_or_default(),
+            Dialect::Postgres => String::new(),
+        };
         let mut sql = format!(
-            "SELECT {} FROM records WHERE tenant_id = $1 AND entity_id = {} AND {}",
+            "SELECT {} FROM records{hint} WHERE tenant_id = $1 AND entity_id = {} AND {}",
             select.join(", "),
             self.entity_id,
             conditions.join(" AND ")
@@ -933,5 +1034,61 @@ mod tests {
         assert_eq!(integral(Value::from(3.0)), Value::from(3));
         assert_eq!(integral(Value::from(2.5)), Value::from(2.5));
         assert_eq!(integral(Value::Null), Value::Null);
+    }
+
+    #[test]
+    fn a_grouping_names_the_index_that_answers_it_alone() {
+        let definition: EntityDefinition = serde_json::from_value(serde_json::json!({
+            "name": "deal", "fields": [
+                {"name": "stage", "type": "picklist", "options": ["open", "won"], "indexed": true},
+                {"name": "stage_reason", "type": "text"},
+                {"name": "amount", "type": "currency"},
+                {"name": "contact", "type": "reference", "entity": "contact", "indexed": true},
+                {"name": "email", "type": "email", "unique": true}],
+            "indexes": [{"fields": ["stage", "amount"]}]}))
+        .unwrap();
+        let d = Dialect::Sqlite;
+        let expr = |name: &str| d.field_expr(definition.field(name).unwrap());
+        let live = "deleted_at IS NULL";
+        let by_stage = format!("{} AS c0, COUNT(*) AS c1", expr("stage"));
+        assert_eq!(
+            covering_index(&definition, 7, &by_stage, live).as_deref(),
+            Some("rx_7_stage")
+        );
+        // With the owner scope of a sales rep: the owner is in every index too.
+        let scoped = format!("{live} AND owner_id IN ($2, $3)");
+        assert_eq!(
+            covering_index(&definition, 7, &by_stage, &scoped).as_deref(),
+            Some("rx_7_stage")
+        );
+        // A sum of a currency field needs the composite index, which carries its code.
+        let pipeline = format!(
+            "{} AS c0, SUM({}) AS c1, MIN({}) AS c2, MAX({}) AS c3",
+            expr("stage"),
+            expr("amount"),
+            d.currency_code("amount"),
+            d.currency_code("amount")
+        );
+        let composite = definition.indexes[0].index_name(7);
+        assert_eq!(
+            covering_index(&definition, 7, &pipeline, live),
+            Some(composite.clone())
+        );
+        let open = format!("{live} AND {} IN ($2, $3)", expr("stage"));
+        assert_eq!(
+            covering_index(&definition, 7, &pipeline, &open),
+            Some(composite)
+        );
+        // A field no index has, a system column outside the indexes, or a filter another index
+        // seeks to: the planner chooses.
+        let reason = format!("{live} AND {} = $2", expr("stage_reason"));
+        assert_eq!(covering_index(&definition, 7, &by_stage, &reason), None);
+        let by_day = format!("substr(created_at, 1, 10) AS c0, COUNT(*) AS c1");
+        assert_eq!(covering_index(&definition, 7, &by_day, live), None);
+        let one_contact = format!("{live} AND {} = $2", expr("contact"));
+        assert_eq!(
+            covering_index(&definition, 7, &by_stage, &one_contact),
+            None
+        );
     }
 }
