@@ -1083,8 +1083,8 @@ mod tests {
         // seeks to: the planner chooses.
         let reason = format!("{live} AND {} = $2", expr("stage_reason"));
         assert_eq!(covering_index(&definition, 7, &by_stage, &reason), None);
-        let by_day = format!("substr(created_at, 1, 10) AS c0, COUNT(*) AS c1");
-        assert_eq!(covering_index(&definition, 7, &by_day, live), None);
+        let by_day = "substr(created_at, 1, 10) AS c0, COUNT(*) AS c1";
+        assert_eq!(covering_index(&definition, 7, by_day, live), None);
         let one_contact = format!("{live} AND {} = $2", expr("contact"));
         assert_eq!(
             covering_index(&definition, 7, &by_stage, &one_contact),
