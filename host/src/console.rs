@@ -22,6 +22,7 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::auth::Principal;
 
+pub mod dashboards;
 pub mod i18n;
 pub mod records;
 
@@ -50,6 +51,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
             get(records::edit_form).post(records::update),
         )
         .route("/r/{entity}/options", get(records::options))
+        .route("/d", get(dashboards::list))
+        .route("/d/{name}", get(dashboards::show))
         .route("/sign-out", post(sign_out))
         .route_layer(axum::middleware::from_fn_with_state(state, session));
     Router::new()
@@ -405,6 +408,7 @@ pub fn document(lang: Lang, title: &str, chrome: Option<&Chrome>, body: Markup) 
                 @if let Some(chrome) = chrome {
                     header.top {
                         a.brand href="/" { (lang.t("app")) }
+                        a.nav href="/d" { (lang.t("dashboards")) }
                         details.menu {
                             summary { (lang.t("entities")) }
                             nav {

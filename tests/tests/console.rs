@@ -12,6 +12,7 @@ on_both_backends!(
     pages_need_a_session_and_send_the_browser_back_after_sign_in,
     hidden_fields_never_reach_the_page,
     a_refused_form_keeps_what_was_typed_and_names_the_field,
+    dashboards_draw_kpis_and_charts_as_svg,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -321,6 +322,116 @@ async fn a_refused_form_keeps_what_was_typed_and_names_the_field(app: &TestApp) 
     assert_eq!(stored.body["data"]["title"], "Corrected");
 }
 
+/// Deals in three stages and a dashboard of a KPI against a target, a bar chart, a pie and a
+/// table; plus a widget over an entity the second user may not read.
+async fn sales_dashboard(app: &TestApp) {
+    deals(app).await;
+    sales_dashboard_in(app).await;
+}
+
+/// [`sales_dashboard`] where the `deal` entity exists already.
+async fn sales_dashboard_in(app: &TestApp) {
+    for (title, stage, seats) in [
+        ("A", "open", 5),
+        ("B", "open", 7),
+        ("C", "won", 11),
+        ("D", "lost", 2),
+        ("E", "won", 3),
+    ] {
+        app.create(
+            "deal",
+            json!({"title": title, "stage": stage, "seats": seats}),
+        )
+        .await;
+    }
+    app.define(json!({"name": "secret", "fields": [{"name": "code", "type": "text"}]}))
+        .await;
+    let created = app
+        .post(
+            "/api/v1/dashboards",
+            json!({"name": "sales", "label": "Sales floor", "widgets": [
+                {"id": "won_deals", "type": "kpi", "title": "Won deals",
+                 "query": {"entity": "deal", "filter": "stage eq 'won'"}, "target": 4},
+                {"id": "by_stage", "type": "chart", "chart": "bar", "title": "Deals by stage",
+                 "query": {"entity": "deal", "group_by": ["stage"]}},
+                {"id": "seats", "type": "chart", "chart": "pie",
+                 "query": {"entity": "deal", "group_by": ["stage"], "measures": ["sum:seats"]}},
+                {"id": "latest", "type": "table",
+                 "query": {"entity": "deal", "type": "list", "sort": "-title", "limit": 3, "fields": ["title", "stage"]}},
+                {"id": "secrets", "type": "kpi", "query": {"entity": "secret"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+}
+
+async fn dashboards_draw_kpis_and_charts_as_svg(app: &TestApp) {
+    sales_dashboard(app).await;
+    let user = person(app, "dana", &["administrator"]).await;
+    let client = browser();
+    sign_in(app, &client, &user, "/").await;
+    let (status, list) = page(&client, format!("{}/d", app.base)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        list.contains(r#"href="/d/sales""#) && list.contains("Sales floor"),
+        "{list}"
+    );
+
+    let (status, html) = page(&client, format!("{}/d/sales", app.base)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let widget = |id: &str| {
+        let at = html
+            .find(&format!(r#"data-widget="{id}""#))
+            .unwrap_or_else(|| panic!("no widget {id}: {html}"));
+        let end = html[at..].find("</section>").unwrap();
+        html[at..at + end].to_owned()
+    };
+    // The KPI: 2 won deals against a target of 4, half way.
+    let kpi = widget("won_deals");
+    assert!(
+        kpi.contains(r#"class="kpi-value""#)
+            && kpi.contains(">2</p>")
+            && kpi.contains("Target 4 · 50%"),
+        "{kpi}"
+    );
+    // The bar chart: one bar per stage, labelled.
+    let bars = widget("by_stage");
+    assert_eq!(bars.matches("<rect").count(), 3, "{bars}");
+    for stage in [">open<", ">won<", ">lost<"] {
+        assert!(bars.contains(stage), "{bars}");
+    }
+    // The pie: the seats' shares (open 12, won 14, lost 2 of 28).
+    let pie = widget("seats");
+    assert_eq!(pie.matches("<path").count(), 3, "{pie}");
+    assert!(pie.contains("won — 14 (50%)"), "{pie}");
+    let table = widget("latest");
+    assert!(table.contains(">E<") && !table.contains(">A<"), "{table}");
+
+    // A user who may read deals but not `secret`: that one widget says why; the rest draws.
+    let role = app
+        .post(
+            "/api/v1/roles",
+            json!({"name": "seller", "entities": {"deal": {"read": "all"}}}),
+        )
+        .await;
+    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
+    let seller = person(app, "sam", &["seller"]).await;
+    let other = browser();
+    sign_in(app, &other, &seller, "/").await;
+    let (status, html) = page(&other, format!("{}/d/sales", app.base)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let at = html.find(r#"data-widget="secrets""#).unwrap();
+    assert!(
+        html[at..]
+            .split("</section>")
+            .next()
+            .unwrap()
+            .contains("error-summary"),
+        "{html}"
+    );
+    assert!(html.contains(">2</p>"), "{html}");
+}
+
 /// The browser half: a real headless Chromium driven through `chromedriver`. Needs `chromium`
 /// and `chromedriver` (the test command installs them); without them it says it was skipped,
 /// and in CI (`CI=true`) it fails instead.
@@ -385,6 +496,24 @@ async fn in_a_real_browser_sign_in_then_a_form_error_is_shown_at_its_field() {
     browser.wait_for("table.records").await;
     assert!(browser.text("table.records").await.contains("Browser deal"));
     browser.shot("console-list-phone").await;
+
+    // A dashboard: KPI tiles and SVG charts.
+    browser.resize(1280, 900).await;
+    sales_dashboard_in(&app).await;
+    browser
+        .goto(&format!("{}/d/sales", app.base))
+        .await
+        .unwrap();
+    browser
+        .wait_for("[data-widget=by_stage] svg.chart rect")
+        .await;
+    assert!(
+        browser
+            .text("[data-widget=won_deals] .kpi-value")
+            .await
+            .starts_with('2')
+    );
+    browser.shot("console-dashboard").await;
 
     browser.close().await;
     tokio::time::sleep(Duration::from_millis(10)).await;

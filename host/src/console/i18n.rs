@@ -138,6 +138,11 @@ const EN: &[(&str, &str)] = &[
     ("by", "by"),
     ("more", "More"),
     ("entities_heading", "Your records"),
+    ("dashboards", "Dashboards"),
+    ("no_dashboards", "No dashboards yet."),
+    ("computed_at", "Computed at"),
+    ("target", "Target"),
+    ("vs_previous", "vs the previous period"),
 ];
 
 const ZH: &[(&str, &str)] = &[
@@ -198,6 +203,11 @@ const ZH: &[(&str, &str)] = &[
     ("by", "由"),
     ("more", "更多"),
     ("entities_heading", "您的记录"),
+    ("dashboards", "仪表板"),
+    ("no_dashboards", "还没有仪表板。"),
+    ("computed_at", "计算于"),
+    ("target", "目标"),
+    ("vs_previous", "与上一周期相比"),
 ];
 
 #[cfg(test)]
