@@ -25,6 +25,7 @@ use crate::auth::Principal;
 pub mod dashboards;
 pub mod i18n;
 pub mod records;
+pub mod views;
 
 use i18n::Lang;
 
@@ -51,6 +52,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             get(records::edit_form).post(records::update),
         )
         .route("/r/{entity}/options", get(records::options))
+        .route("/v/{name}", get(views::show))
         .route("/d", get(dashboards::list))
         .route("/d/{name}", get(dashboards::show))
         .route("/sign-out", post(sign_out))

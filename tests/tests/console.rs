@@ -13,6 +13,7 @@ on_both_backends!(
     hidden_fields_never_reach_the_page,
     a_refused_form_keeps_what_was_typed_and_names_the_field,
     dashboards_draw_kpis_and_charts_as_svg,
+    the_booth_map_draws_each_booth_coloured_by_status,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -432,6 +433,80 @@ async fn dashboards_draw_kpis_and_charts_as_svg(app: &TestApp) {
     assert!(html.contains(">2</p>"), "{html}");
 }
 
+/// Installs the exhibition pack with its sample data; returns the sample exhibition's id.
+async fn exhibition(app: &TestApp) -> String {
+    let installed = app
+        .post(
+            "/api/v1/packs/exhibition/install?sample=true",
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(
+        installed.status,
+        StatusCode::CREATED,
+        "{:?}",
+        installed.body
+    );
+    let expos = app.get("/api/v1/records/exhibition?limit=1").await;
+    expos.body["data"][0]["id"].as_str().unwrap().to_owned()
+}
+
+async fn the_booth_map_draws_each_booth_coloured_by_status(app: &TestApp) {
+    let expo = exhibition(app).await;
+    let user = person(app, "dana", &["administrator"]).await;
+    let client = browser();
+    sign_in(app, &client, &user, "/").await;
+    // The exhibition's page links the views that take an exhibition: the booth map among them.
+    let (status, detail) = page(&client, format!("{}/r/exhibition/{expo}", app.base)).await;
+    assert_eq!(status, StatusCode::OK, "{detail}");
+    let link = format!("/v/booth_map?exhibition={expo}");
+    assert!(detail.contains(&format!(r#"href="{link}""#)), "{detail}");
+
+    let (status, map) = page(&client, format!("{}{link}", app.base)).await;
+    assert_eq!(status, StatusCode::OK, "{map}");
+    let booths = app
+        .get(&format!(
+            "/api/v1/views/booth_map/records?exhibition={expo}"
+        ))
+        .await
+        .body["data"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(!booths.is_empty());
+    assert_eq!(
+        map.matches(r#"class="place""#).count(),
+        booths.len(),
+        "{map}"
+    );
+    for state in ["free", "reserved", "sold"] {
+        let count = booths
+            .iter()
+            .filter(|booth| booth["data"]["status"] == state)
+            .count();
+        assert_eq!(
+            map.matches(&format!(r#"data-state="{state}""#)).count(),
+            count,
+            "{state}"
+        );
+    }
+    // One plan per hall: the halls reuse the same coordinates.
+    let mut halls: Vec<&str> = booths
+        .iter()
+        .map(|booth| booth["data"]["hall"].as_str().unwrap())
+        .collect();
+    halls.sort_unstable();
+    halls.dedup();
+    assert_eq!(
+        map.matches(r#"<svg class="plan""#).count(),
+        halls.len(),
+        "{map}"
+    );
+    // Each booth links to its record.
+    let first = booths[0]["id"].as_str().unwrap();
+    assert!(map.contains(&format!(r#"href="/r/booth/{first}""#)));
+}
+
 /// The browser half: a real headless Chromium driven through `chromedriver`. Needs `chromium`
 /// and `chromedriver` (the test command installs them); without them it says it was skipped,
 /// and in CI (`CI=true`) it fails instead.
@@ -514,6 +589,17 @@ async fn in_a_real_browser_sign_in_then_a_form_error_is_shown_at_its_field() {
             .starts_with('2')
     );
     browser.shot("console-dashboard").await;
+
+    // The exhibition pack, installed, and its booth map from the exhibition's page.
+    let expo = exhibition(&app).await;
+    browser
+        .goto(&format!("{}/r/exhibition/{expo}", app.base))
+        .await
+        .unwrap();
+    browser.wait_for("nav.views a[href^='/v/booth_map']").await;
+    browser.click("nav.views a[href^='/v/booth_map']").await;
+    browser.wait_for("svg.plan rect.place").await;
+    browser.shot("console-booth-map").await;
 
     browser.close().await;
     tokio::time::sleep(Duration::from_millis(10)).await;

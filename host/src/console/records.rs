@@ -507,6 +507,7 @@ async fn detail_page(
         .await
         .ok();
     let history = state.records.history(principal, entity, id).await.ok();
+    let views = super::views::views_for(state, principal, entity).await;
     let writable = principal.covers(grant.update, &record.owner);
     let body = html! {
         main {
@@ -516,6 +517,13 @@ async fn detail_page(
                 @if writable { a.button href={ "/r/" (entity) "/" (record.id) "/edit" } { (lang.t("edit")) } }
             }
             @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+            @if !views.is_empty() {
+                nav.views {
+                    @for (name, label, param) in &views {
+                        a.button href={ "/v/" (name) "?" (param) "=" (super::encode(&record.id)) } { (label) }
+                    }
+                }
+            }
             section.card {
                 h2 { (lang.t("details")) }
                 dl.fields {
