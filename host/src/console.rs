@@ -24,6 +24,7 @@ use crate::auth::Principal;
 
 pub mod dashboards;
 pub mod i18n;
+pub mod plugins;
 pub mod records;
 pub mod views;
 
@@ -53,6 +54,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/r/{entity}/options", get(records::options))
         .route("/v/{name}", get(views::show))
+        .route("/p", get(plugins::list))
+        .route("/p/{id}", get(plugins::show))
         .route("/d", get(dashboards::list))
         .route("/d/{name}", get(dashboards::show))
         .route("/sign-out", post(sign_out))
@@ -353,6 +356,8 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 pub struct Chrome {
     pub groups: Vec<(String, Vec<(String, String)>)>,
     pub here: String,
+    /// Whether the user administers the tenant (the administration links).
+    pub admin: bool,
 }
 
 impl Chrome {
@@ -390,6 +395,7 @@ impl Chrome {
         Ok(Self {
             groups,
             here: here.to_owned(),
+            admin: principal.is_admin(),
         })
     }
 }
@@ -411,6 +417,7 @@ pub fn document(lang: Lang, title: &str, chrome: Option<&Chrome>, body: Markup) 
                     header.top {
                         a.brand href="/" { (lang.t("app")) }
                         a.nav href="/d" { (lang.t("dashboards")) }
+                        @if chrome.admin { a.nav href="/p" { (lang.t("plugins")) } }
                         details.menu {
                             summary { (lang.t("entities")) }
                             nav {

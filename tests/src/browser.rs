@@ -183,6 +183,17 @@ impl Browser {
             .unwrap_or_default()
     }
 
+    /// Scrolls the page so that `selector`'s element is at the top (before a screenshot).
+    pub async fn scroll_to(&self, selector: &str) {
+        self.client
+            .execute(
+                "document.querySelector(arguments[0]).scrollIntoView()",
+                vec![serde_json::json!(selector)],
+            )
+            .await
+            .expect("scroll");
+    }
+
     pub async fn resize(&self, width: u32, height: u32) {
         self.client
             .set_window_size(width, height)

@@ -14,6 +14,7 @@ on_both_backends!(
     a_refused_form_keeps_what_was_typed_and_names_the_field,
     dashboards_draw_kpis_and_charts_as_svg,
     the_booth_map_draws_each_booth_coloured_by_status,
+    a_plugin_failure_is_in_its_runs_with_its_error,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -507,6 +508,69 @@ async fn the_booth_map_draws_each_booth_coloured_by_status(app: &TestApp) {
     assert!(map.contains(&format!(r#"href="/r/booth/{first}""#)));
 }
 
+/// The `hostile` test plugin on `target`, set to panic: a write fails and its run is recorded.
+async fn failing_plugin(app: &TestApp) {
+    app.define(json!({"name": "target", "fields": [{"name": "name", "type": "text"}]}))
+        .await;
+    app.install_plugin("hostile", Some(json!({"attack": "panic"})))
+        .await;
+    let refused = app
+        .post("/api/v1/records/target", json!({"data": {"name": "boom"}}))
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::FAILED_DEPENDENCY,
+        "{:?}",
+        refused.body
+    );
+}
+
+async fn a_plugin_failure_is_in_its_runs_with_its_error(app: &TestApp) {
+    failing_plugin(app).await;
+    let admin = person(app, "dana", &["administrator"]).await;
+    let client = browser();
+    sign_in(app, &client, &admin, "/").await;
+    let (status, list) = page(&client, format!("{}/p", app.base)).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(
+        list.contains(r#"href="/p/hostile""#) && list.contains("0.1.0"),
+        "{list}"
+    );
+    // The capabilities it requests, as the manifest says.
+    assert!(list.contains("<strong>read</strong>: target"), "{list}");
+
+    let (status, runs) = page(&client, format!("{}/p/hostile?failures=1", app.base)).await;
+    assert_eq!(status, StatusCode::OK, "{runs}");
+    let stored = app.get("/api/v1/plugins/hostile/runs?failures=true").await;
+    let failed = stored.body["data"].as_array().unwrap();
+    assert!(!failed.is_empty(), "{:?}", stored.body);
+    assert_eq!(
+        runs.matches(r#"<tr class="failed""#).count(),
+        failed.len(),
+        "{runs}"
+    );
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        runs.contains(
+            &error
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        ),
+        "{runs}"
+    );
+
+    // Plugins are for administrators.
+    let member = person(app, "mo", &["member"]).await;
+    let other = browser();
+    sign_in(app, &other, &member, "/").await;
+    let (status, _) = page(&other, format!("{}/p", app.base)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, home) = page(&other, format!("{}/", app.base)).await;
+    assert!(!home.contains(r#"href="/p""#));
+}
+
 /// The browser half: a real headless Chromium driven through `chromedriver`. Needs `chromium`
 /// and `chromedriver` (the test command installs them); without them it says it was skipped,
 /// and in CI (`CI=true`) it fails instead.
@@ -600,6 +664,22 @@ async fn in_a_real_browser_sign_in_then_a_form_error_is_shown_at_its_field() {
     browser.click("nav.views a[href^='/v/booth_map']").await;
     browser.wait_for("svg.plan rect.place").await;
     browser.shot("console-booth-map").await;
+
+    // A plugin's failure, in its runs list.
+    failing_plugin(&app).await;
+    browser.goto(&format!("{}/p", app.base)).await.unwrap();
+    browser.click("a[href='/p/hostile']").await;
+    browser.wait_for("table.runs").await;
+    browser.click("a[href='/p/hostile?failures=1']").await;
+    browser.wait_for("table.runs tr.failed .field-error").await;
+    assert!(
+        !browser
+            .text("table.runs tr.failed .field-error")
+            .await
+            .is_empty()
+    );
+    browser.scroll_to("table.runs").await;
+    browser.shot("console-plugin-runs").await;
 
     browser.close().await;
     tokio::time::sleep(Duration::from_millis(10)).await;
