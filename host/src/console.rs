@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
 use crate::api::AppState;
@@ -66,7 +66,20 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .merge(signed_in)
+        .route_layer(axum::middleware::from_fn(refuse_cross_site))
 }
+
+/// Every console `POST` whose `Origin` names another site is refused, before anything else.
+async fn refuse_cross_site(request: Request, next: Next) -> Response {
+    if request.method() == Method::POST && !same_origin(request.headers()) {
+        return (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
+    }
+    next.run(request).await
+}
+
+/// The `Set-Cookie` that ends a session in the browser.
+const CLEAR_SESSION: HeaderValue =
+    HeaderValue::from_static("rapport_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax");
 
 /// The value of a cookie of the request.
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -80,13 +93,9 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|cookie| cookie.value().to_owned())
 }
 
-/// Resolves the session cookie to the signed-in user (as the API does a bearer token) and
-/// refuses a cross-site `POST`. Without a valid session a page sends the browser to sign in,
-/// and back afterwards.
+/// Resolves the session cookie to the signed-in user (as the API does a bearer token). Without
+/// a valid session a page sends the browser to sign in, and back afterwards.
 async fn session(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if request.method() == Method::POST && !same_origin(request.headers()) {
-        return (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
-    }
     let back = request
         .uri()
         .path_and_query()
@@ -131,10 +140,9 @@ fn to_sign_in(back: &str, expired: bool) -> Response {
     }
     let mut response = Redirect::to(&target).into_response();
     if expired {
-        response.headers_mut().append(
-            header::SET_COOKIE,
-            HeaderValue::from_static("rapport_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"),
-        );
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, CLEAR_SESSION);
     }
     response
 }
@@ -225,9 +233,6 @@ async fn sign_in(
 ) -> Response {
     let lang = Lang::of(&headers);
     let next = local_path(form.next.as_deref());
-    if !same_origin(&headers) {
-        return (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
-    }
     let request = crate::users::SignIn {
         tenant: form.tenant.clone(),
         user: form.user.clone(),
@@ -286,10 +291,9 @@ async fn sign_out(
         }
     }
     let mut response = Redirect::to("/sign-in").into_response();
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        HeaderValue::from_static("rapport_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"),
-    );
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, CLEAR_SESSION);
     response
 }
 
@@ -299,10 +303,7 @@ struct LanguageForm {
     next: Option<String>,
 }
 
-async fn language(headers: HeaderMap, Form(form): Form<LanguageForm>) -> Response {
-    if !same_origin(&headers) {
-        return (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
-    }
+async fn language(Form(form): Form<LanguageForm>) -> Response {
     let lang = Lang::parse(&form.lang).unwrap_or(Lang::En);
     let mut response = Redirect::to(&local_path(form.next.as_deref())).into_response();
     if let Ok(value) = HeaderValue::from_str(&format!(
@@ -493,9 +494,12 @@ fn server_error(lang: Lang, message: &str) -> Response {
     )
 }
 
-/// Raw HTML that is known to be safe (built by this module, not from user input).
-pub fn trusted(html: &'static str) -> PreEscaped<&'static str> {
-    PreEscaped(html)
+/// A page, or the page of its error.
+pub fn respond(lang: Lang, page: Result<Markup, ApiError>) -> Response {
+    match page {
+        Ok(page) => page.into_response(),
+        Err(error) => error_page(lang, error),
+    }
 }
 
 #[cfg(test)]

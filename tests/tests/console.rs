@@ -177,6 +177,17 @@ async fn pages_need_a_session_and_send_the_browser_back_after_sign_in(app: &Test
         )
         .await;
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    // So is a sign-in posted from another site (which would sign the browser in as someone).
+    let forged_sign_in = client
+        .send(
+            client
+                .http
+                .post(format!("{}/sign-in", app.base))
+                .header("origin", "https://evil.example")
+                .form(&[("tenant", "acme"), ("user", "dana"), ("password", PASSWORD)]),
+        )
+        .await;
+    assert_eq!(forged_sign_in.status(), StatusCode::FORBIDDEN);
 
     // Signing out ends the session: the next page asks to sign in again.
     let out = client.post(format!("{}/sign-out", app.base), &[]).await;

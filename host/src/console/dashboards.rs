@@ -3,12 +3,12 @@
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use maud::{Markup, html};
 use serde_json::Value;
 
 use super::i18n::Lang;
-use super::{Chrome, document, error_page};
+use super::{Chrome, document, respond};
 use crate::analytics::Kind;
 use crate::api::AppState;
 use crate::api::error::ApiError;
@@ -48,10 +48,7 @@ pub async fn list(
         Ok::<_, ApiError>(document(lang, lang.t("dashboards"), Some(&chrome), body))
     }
     .await;
-    match result {
-        Ok(page) => page.into_response(),
-        Err(error) => error_page(lang, error),
-    }
+    respond(lang, result)
 }
 
 pub async fn show(
@@ -84,10 +81,7 @@ pub async fn show(
         Ok::<_, ApiError>(document(lang, &title, Some(&chrome), body))
     }
     .await;
-    match result {
-        Ok(page) => page.into_response(),
-        Err(error) => error_page(lang, error),
-    }
+    respond(lang, result)
 }
 
 fn widget_title(widget: &Value) -> String {

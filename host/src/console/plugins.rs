@@ -4,13 +4,13 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::i18n::Lang;
-use super::{Chrome, document, error_page};
+use super::{Chrome, document, respond};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::auth::Principal;
@@ -96,10 +96,7 @@ pub async fn list(
         Ok::<_, ApiError>(document(lang, lang.t("plugins"), Some(&chrome), body))
     }
     .await;
-    match result {
-        Ok(page) => page.into_response(),
-        Err(error) => error_page(lang, error),
-    }
+    respond(lang, result)
 }
 
 /// `2026-12-05 02:57:29` (UTC).
@@ -201,10 +198,7 @@ pub async fn show(
         Ok::<_, ApiError>(document(lang, &plugin.id, Some(&chrome), body))
     }
     .await;
-    match result {
-        Ok(page) => page.into_response(),
-        Err(error) => error_page(lang, error),
-    }
+    respond(lang, result)
 }
 
 #[cfg(test)]

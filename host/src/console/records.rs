@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::i18n::Lang;
-use super::{Chrome, document, encode, error_page};
+use super::{Chrome, document, encode, error_page, respond};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::auth::{FieldAccess, Grant, Principal, Scope};
@@ -344,10 +344,10 @@ pub async fn list(
     Query(query): Query<ListQuery>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    match list_page(&state, &principal, &entity, lang, &query).await {
-        Ok(page) => page.into_response(),
-        Err(error) => error_page(lang, error),
-    }
+    respond(
+        lang,
+        list_page(&state, &principal, &entity, lang, &query).await,
+    )
 }
 
 /// The list page (public for the benchmark of its rendering).
@@ -472,10 +472,10 @@ pub async fn detail(
     headers: HeaderMap,
 ) -> Response {
     let lang = Lang::of(&headers);
-    match detail_page(&state, &principal, &entity, &id, lang, None).await {
-        Ok(page) => page.into_response(),
-        Err(error) => error_page(lang, error),
-    }
+    respond(
+        lang,
+        detail_page(&state, &principal, &entity, &id, lang, None).await,
+    )
 }
 
 async fn detail_page(
@@ -914,6 +914,24 @@ struct Target {
     title: String,
 }
 
+impl Target {
+    /// The new-record form of `entity`, or the edit form of its record `id`.
+    fn of(entity: &str, id: Option<&str>, title: String) -> Self {
+        match id {
+            Some(id) => Self {
+                action: format!("/r/{entity}/{id}/edit"),
+                cancel: format!("/r/{entity}/{id}"),
+                title,
+            },
+            None => Self {
+                action: format!("/r/{entity}/new"),
+                cancel: format!("/r/{entity}"),
+                title,
+            },
+        }
+    }
+}
+
 fn form_page(
     lang: Lang,
     chrome: &Chrome,
@@ -957,11 +975,7 @@ pub async fn new_form(
         let chrome = Chrome::load(&state, &principal, &entity).await?;
         let fields = editable(&definition, &grant);
         let title = format!("{} · {}", lang.t("new"), entity_label(&definition, false));
-        let target = Target {
-            action: format!("/r/{entity}/new"),
-            cancel: format!("/r/{entity}"),
-            title,
-        };
+        let target = Target::of(&entity, None, title);
         Ok::<_, ApiError>(form_page(
             lang,
             &chrome,
@@ -972,10 +986,7 @@ pub async fn new_form(
         ))
     }
     .await;
-    match result {
-        Ok(page) => page.into_response(),
-        Err(error) => error_page(lang, error),
-    }
+    respond(lang, result)
 }
 
 pub async fn create(
@@ -1070,18 +1081,12 @@ async fn refill(
         summary: Some(summary),
         version: version.as_ref().map(|(_, v)| *v),
     };
-    let target = match &version {
-        Some((id, _)) => Target {
-            action: format!("/r/{entity}/{id}/edit"),
-            cancel: format!("/r/{entity}/{id}"),
-            title: format!("{} · {}", lang.t("edit"), entity_label(definition, false)),
-        },
-        None => Target {
-            action: format!("/r/{entity}/new"),
-            cancel: format!("/r/{entity}"),
-            title: format!("{} · {}", lang.t("new"), entity_label(definition, false)),
-        },
-    };
+    let verb = if version.is_some() { "edit" } else { "new" };
+    let target = Target::of(
+        entity,
+        version.as_ref().map(|(id, _)| id.as_str()),
+        format!("{} · {}", lang.t(verb), entity_label(definition, false)),
+    );
     let status = if error.status.is_server_error() {
         error.status
     } else {
@@ -1109,17 +1114,14 @@ pub async fn edit_form(
             .await?;
         let chrome = Chrome::load(&state, &principal, &entity).await?;
         let fields = editable(&definition, &grant);
-        let form = FormState::from_record(&definition, &data_of(&record), record.version);
+        let data = data_of(&record);
+        let form = FormState::from_record(&definition, &data, record.version);
         let title = format!(
             "{} · {}",
             lang.t("edit"),
-            display_name(&definition, &id, &data_of(&record))
+            display_name(&definition, &id, &data)
         );
-        let target = Target {
-            action: format!("/r/{entity}/{id}/edit"),
-            cancel: format!("/r/{entity}/{id}"),
-            title,
-        };
+        let target = Target::of(&entity, Some(&id), title);
         Ok::<_, ApiError>(form_page(
             lang,
             &chrome,
@@ -1130,10 +1132,7 @@ pub async fn edit_form(
         ))
     }
     .await;
-    match result {
-        Ok(page) => page.into_response(),
-        Err(error) => error_page(lang, error),
-    }
+    respond(lang, result)
 }
 
 pub async fn update(

@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use maud::{Markup, html};
 use serde_json::{Map, Value};
 
 use super::i18n::Lang;
 use super::records::{display_name, entity_label, field_label};
-use super::{Chrome, document, encode, error_page};
+use super::{Chrome, document, encode, respond};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::auth::Principal;
@@ -159,10 +159,7 @@ pub async fn show(
         Ok::<_, ApiError>(document(lang, &title, Some(&chrome), body))
     }
     .await;
-    match result {
-        Ok(page) => page.into_response(),
-        Err(error) => error_page(lang, error),
-    }
+    respond(lang, result)
 }
 
 fn cell(value: Option<&Value>) -> String {
