@@ -26,6 +26,7 @@ pub mod dashboards;
 pub mod i18n;
 pub mod plugins;
 pub mod records;
+pub mod schema;
 pub mod views;
 
 use i18n::Lang;
@@ -56,6 +57,32 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/v/{name}", get(views::show))
         .route("/p", get(plugins::list))
         .route("/p/{id}", get(plugins::show))
+        .route("/s", get(schema::entities).post(schema::create_entity))
+        .route(
+            "/s/{entity}",
+            get(schema::entity).post(schema::update_entity),
+        )
+        .route("/s/{entity}/delete", post(schema::delete_entity))
+        .route(
+            "/s/{entity}/fields/new",
+            get(schema::new_field).post(schema::create_field),
+        )
+        .route(
+            "/s/{entity}/fields/{field}",
+            get(schema::edit_field).post(schema::update_field),
+        )
+        .route(
+            "/s/{entity}/fields/{field}/deactivate",
+            post(schema::deactivate_field),
+        )
+        .route(
+            "/s/{entity}/fields/{field}/reactivate",
+            post(schema::reactivate_field),
+        )
+        .route(
+            "/s/{entity}/fields/{field}/purge",
+            post(schema::purge_field),
+        )
         .route("/d", get(dashboards::list))
         .route("/d/{name}", get(dashboards::show))
         .route("/sign-out", post(sign_out))
@@ -418,7 +445,10 @@ pub fn document(lang: Lang, title: &str, chrome: Option<&Chrome>, body: Markup) 
                     header.top {
                         a.brand href="/" { (lang.t("app")) }
                         a.nav href="/d" { (lang.t("dashboards")) }
-                        @if chrome.admin { a.nav href="/p" { (lang.t("plugins")) } }
+                        @if chrome.admin {
+                            a.nav href="/s" { (lang.t("schema")) }
+                            a.nav href="/p" { (lang.t("plugins")) }
+                        }
                         details.menu {
                             summary { (lang.t("entities")) }
                             nav {
@@ -492,6 +522,23 @@ fn server_error(lang: Lang, message: &str) -> Response {
         lang,
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
     )
+}
+
+/// Writes a change made through the console to the audit trail, as the API's guard does for
+/// the API's administrator routes (`detail` says it came from the console).
+pub async fn audit(
+    state: &AppState,
+    principal: &Principal,
+    action: &str,
+    target: &str,
+    mut detail: serde_json::Value,
+) {
+    detail["via"] = serde_json::json!("console");
+    if let Err(error) =
+        crate::api::guard::write_audit(state, principal, action, target, &detail).await
+    {
+        tracing::error!(%error, action, "could not write an audit entry");
+    }
 }
 
 /// A page, or the page of its error.

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cli;
 pub mod console;
 pub mod demo;
+pub mod dependents;
 pub mod domain;
 pub mod metadata;
 pub mod packs;

@@ -154,6 +154,17 @@ impl Browser {
             .expect("click");
     }
 
+    /// Chooses the option of value `value` in the `select` of `selector`.
+    pub async fn select(&self, selector: &str, value: &str) {
+        self.client
+            .find(Locator::Css(selector))
+            .await
+            .expect(selector)
+            .select_by_value(value)
+            .await
+            .expect("select");
+    }
+
     pub async fn text(&self, selector: &str) -> String {
         self.client
             .find(Locator::Css(selector))

@@ -15,6 +15,8 @@ on_both_backends!(
     dashboards_draw_kpis_and_charts_as_svg,
     the_booth_map_draws_each_booth_coloured_by_status,
     a_plugin_failure_is_in_its_runs_with_its_error,
+    the_schema_editor_creates_entities_and_fields_of_every_kind,
+    a_type_change_shows_its_dry_run_and_waits_for_confirmation,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -582,22 +584,351 @@ async fn a_plugin_failure_is_in_its_runs_with_its_error(app: &TestApp) {
     assert!(!home.contains(r#"href="/p""#));
 }
 
+/// The definition of `entity` as the API shows it.
+async fn definition(app: &TestApp, entity: &str) -> serde_json::Value {
+    let got = app.get(&format!("/api/v1/entities/{entity}")).await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    got.body
+}
+
+fn field<'a>(definition: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    definition["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|field| field["name"] == name)
+        .unwrap_or_else(|| panic!("no field {name} in {definition}"))
+}
+
+/// The error shown at one input of a console form.
+fn error_at(page: &str, input: &str) -> Option<String> {
+    let start = page.find(&format!(r#"id="f-{input}-error""#))?;
+    let text = &page[start..];
+    let text = &text[text.find('>')? + 1..];
+    Some(text[..text.find('<')?].to_owned())
+}
+
+async fn the_schema_editor_creates_entities_and_fields_of_every_kind(app: &TestApp) {
+    deals(app).await;
+    let admin = person(app, "dana", &["administrator"]).await;
+    let client = browser();
+    sign_in(app, &client, &admin, "/").await;
+    let (status, list) = page(&client, format!("{}/s", app.base)).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(list.contains(r#"href="/s/deal""#), "{list}");
+
+    // A bad API name is refused at its input, and what was typed stays.
+    let refused = client
+        .post(
+            format!("{}/s", app.base),
+            &[("name", "Ticket Type"), ("label", "Ticket")],
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = refused.text().await.unwrap();
+    assert!(error_at(&body, "name").is_some(), "{body}");
+    assert!(body.contains(r#"value="Ticket Type""#), "{body}");
+    assert_eq!(
+        app.get("/api/v1/entities/ticket").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let created = client
+        .post(
+            format!("{}/s", app.base),
+            &[
+                ("name", "ticket"),
+                ("label", "Ticket"),
+                ("plural_label", "Tickets"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::SEE_OTHER);
+    assert_eq!(created.headers()["location"], "/s/ticket");
+    assert_eq!(definition(app, "ticket").await["plural_label"], "Tickets");
+
+    let add = |form: Vec<(&'static str, &'static str)>| {
+        let client = &client;
+        async move {
+            client
+                .post(format!("{}/s/ticket/fields/new", app.base), &form)
+                .await
+        }
+    };
+    let version = |v: i64| -> &'static str { Box::leak(v.to_string().into_boxed_str()) };
+    let v = definition(app, "ticket").await["version"].as_i64().unwrap();
+    let made = add(vec![
+        ("_version", version(v)),
+        ("name", "subject"),
+        ("label", "Subject"),
+        ("type", "text"),
+        ("required", "true"),
+        ("max_length", "80"),
+        // Settings of other types are left out.
+        ("options", "a\nb"),
+    ])
+    .await;
+    assert_eq!(made.status(), StatusCode::SEE_OTHER);
+    let subject = field(&definition(app, "ticket").await, "subject").clone();
+    assert_eq!(
+        subject,
+        json!({"name": "subject", "label": "Subject", "type": "text", "required": true, "max_length": 80})
+    );
+
+    // A picklist without options: the server's problem is shown at the options input.
+    let v = definition(app, "ticket").await["version"].as_i64().unwrap();
+    let refused = add(vec![
+        ("_version", version(v)),
+        ("name", "priority"),
+        ("type", "picklist"),
+    ])
+    .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = refused.text().await.unwrap();
+    assert!(error_at(&body, "options").is_some(), "{body}");
+    assert!(body.contains(r#"value="priority""#), "{body}");
+
+    let made = add(vec![
+        ("_version", version(v)),
+        ("name", "priority"),
+        ("type", "picklist"),
+        ("options", "low\nurgent | Urgent\ndone | Done | closed"),
+        ("indexed", "true"),
+    ])
+    .await;
+    assert_eq!(made.status(), StatusCode::SEE_OTHER);
+    let made = add(vec![
+        ("_version", version(v + 1)),
+        ("name", "deal"),
+        ("type", "reference"),
+        ("entity", "deal"),
+    ])
+    .await;
+    assert_eq!(made.status(), StatusCode::SEE_OTHER);
+    let ticket = definition(app, "ticket").await;
+    assert_eq!(
+        field(&ticket, "priority")["options"],
+        json!(["low", {"value": "urgent", "label": "Urgent"}, {"value": "done", "label": "Done", "closed": true}])
+    );
+    assert_eq!(field(&ticket, "priority")["indexed"], true);
+    assert_eq!(field(&ticket, "deal")["entity"], "deal");
+
+    // A form of an older version is refused: someone changed the entity meanwhile.
+    let stale = add(vec![
+        ("_version", version(v)),
+        ("name", "due"),
+        ("type", "date"),
+    ])
+    .await;
+    assert_eq!(stale.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = stale.text().await.unwrap();
+    assert!(body.contains("Someone changed this entity"), "{body}");
+    assert!(
+        field_names(&definition(app, "ticket").await)
+            .iter()
+            .all(|f| f != "due")
+    );
+
+    // The records work at once, and the change is in the audit trail.
+    let record = app
+        .post(
+            "/api/v1/records/ticket",
+            json!({"data": {"subject": "Printer", "priority": "urgent"}}),
+        )
+        .await;
+    assert_eq!(record.status, StatusCode::CREATED, "{:?}", record.body);
+    let audit = app.get("/api/v1/audit?action=entity.create").await;
+    assert!(
+        audit.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry["target"] == "ticket" && entry["detail"]["via"] == "console"),
+        "{:?}",
+        audit.body
+    );
+
+    // The editor is for administrators.
+    let member = person(app, "mo", &["member"]).await;
+    let other = browser();
+    sign_in(app, &other, &member, "/").await;
+    let (status, _) = page(&other, format!("{}/s", app.base)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let refused = other
+        .post(format!("{}/s", app.base), &[("name", "sneaky")])
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.get("/api/v1/entities/sneaky").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+fn field_names(definition: &serde_json::Value) -> Vec<String> {
+    definition["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|field| field["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn a_type_change_shows_its_dry_run_and_waits_for_confirmation(app: &TestApp) {
+    app.define(json!({"name": "part", "fields": [
+        {"name": "name", "type": "text"},
+        {"name": "code", "type": "text"}
+    ]}))
+    .await;
+    let mut ids = Vec::new();
+    for code in ["12", "abc", "7"] {
+        let made = app
+            .post(
+                "/api/v1/records/part",
+                json!({"data": {"name": format!("part {code}"), "code": code}}),
+            )
+            .await;
+        ids.push(made.body["id"].as_str().unwrap().to_owned());
+    }
+    let workflow = app
+        .post(
+            "/api/v1/workflows",
+            json!({
+                "name": "big_codes",
+                "trigger": {"type": "record", "entity": "part", "events": ["updated"], "condition": "code is not null"},
+                "steps": [{"id": "tell", "type": "notify", "user": "{{user}}", "message": "code {{record.code}}"}]
+            }),
+        )
+        .await;
+    assert_eq!(workflow.status, StatusCode::CREATED, "{:?}", workflow.body);
+    let admin = person(app, "dana", &["administrator"]).await;
+    let client = browser();
+    sign_in(app, &client, &admin, "/").await;
+    let retype = |version: String, confirm: bool| {
+        let client = &client;
+        async move {
+            let mut form = vec![
+                ("_version", version),
+                ("type", "integer".to_owned()),
+                ("label", "Code".to_owned()),
+            ];
+            if confirm {
+                form.push(("_confirm", "1".to_owned()));
+            }
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            client
+                .post(format!("{}/s/part/fields/code", app.base), &form)
+                .await
+        }
+    };
+    let v = definition(app, "part").await["version"].as_i64().unwrap();
+
+    // One record would not convert: the dry run says which, and there is nothing to confirm.
+    let refused = retype(v.to_string(), false).await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let body = refused.text().await.unwrap();
+    assert!(body.contains(r#"data-failures="1""#), "{body}");
+    assert!(
+        body.contains(&format!(r#"href="/r/part/{}""#, ids[1])),
+        "{body}"
+    );
+    assert!(!body.contains(r#"name="_confirm""#), "{body}");
+    assert_eq!(
+        field(&definition(app, "part").await, "code")["type"],
+        "text"
+    );
+
+    // Once fixed, the dry run shows the change, that all convert, and the workflow that reads
+    // the field; nothing changes until the admin confirms.
+    let fixed = app
+        .patch(
+            &format!("/api/v1/records/part/{}", ids[1]),
+            json!({"data": {"code": "13"}}),
+        )
+        .await;
+    assert_eq!(fixed.status, StatusCode::OK, "{:?}", fixed.body);
+    let dry = retype(v.to_string(), false).await;
+    assert_eq!(dry.status(), StatusCode::OK);
+    let body = dry.text().await.unwrap();
+    assert!(body.contains(r#"data-failures="0""#), "{body}");
+    assert!(body.contains("text → integer"), "{body}");
+    assert!(
+        body.contains(r#"<li data-kind="workflow">"#) && body.contains("big_codes"),
+        "{body}"
+    );
+    assert!(body.contains(r#"name="_confirm""#), "{body}");
+    assert_eq!(
+        field(&definition(app, "part").await, "code")["type"],
+        "text"
+    );
+    // The API's dry run names the same dependents.
+    let mut changed = definition(app, "part").await;
+    changed["fields"][1]["type"] = json!("integer");
+    changed.as_object_mut().unwrap().remove("updated_at");
+    let api = app.put("/api/v1/entities/part?dry_run=true", changed).await;
+    assert_eq!(api.status, StatusCode::OK, "{:?}", api.body);
+    assert_eq!(
+        api.body["dependents"][0]["name"], "big_codes",
+        "{:?}",
+        api.body
+    );
+
+    let confirmed = retype(v.to_string(), true).await;
+    assert_eq!(confirmed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        field(&definition(app, "part").await, "code")["type"],
+        "integer"
+    );
+    let record = app.get(&format!("/api/v1/records/part/{}", ids[0])).await;
+    assert_eq!(record.body["data"]["code"], 12);
+
+    // Deactivating shows what depends on the field first, then keeps the data.
+    let v = definition(app, "part").await["version"].as_i64().unwrap();
+    let url = format!("{}/s/part/fields/code/deactivate", app.base);
+    let asked = client
+        .post(url.clone(), &[("_version", &v.to_string())])
+        .await;
+    assert_eq!(asked.status(), StatusCode::OK);
+    let body = asked.text().await.unwrap();
+    assert!(body.contains("big_codes"), "{body}");
+    assert_eq!(
+        field(&definition(app, "part").await, "code").get("active"),
+        None
+    );
+    let done = client
+        .post(url, &[("_version", &v.to_string()), ("_confirm", "1")])
+        .await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        field(&definition(app, "part").await, "code")["active"],
+        false
+    );
+
+    // Purging asks too, then the field and its values are gone.
+    let url = format!("{}/s/part/fields/code/purge", app.base);
+    assert_eq!(client.post(url.clone(), &[]).await.status(), StatusCode::OK);
+    assert!(field_names(&definition(app, "part").await).contains(&"code".to_owned()));
+    let purged = client.post(url, &[("_confirm", "1")]).await;
+    assert_eq!(purged.status(), StatusCode::SEE_OTHER);
+    assert!(!field_names(&definition(app, "part").await).contains(&"code".to_owned()));
+    let audit = app.get("/api/v1/audit?action=entity.purge_field").await;
+    assert_eq!(audit.body["data"][0]["target"], "part", "{:?}", audit.body);
+}
+
 /// The browser half: a real headless Chromium driven through `chromedriver`. Needs `chromium`
 /// and `chromedriver` (the test command installs them); without them it says it was skipped,
 /// and in CI (`CI=true`) it fails instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_a_real_browser_sign_in_then_a_form_error_is_shown_at_its_field() {
+async fn in_a_real_browser_sign_in_build_an_entity_then_a_form_error_is_shown_at_its_field() {
     let Some(driver) = rapport_tests::browser::Driver::start().await else {
         return;
     };
     let app = rapport_tests::spawn_app(rapport_tests::Backend::Sqlite)
         .await
         .unwrap();
-    deals(&app).await;
     let user = person(&app, "dana", &["administrator"]).await;
     let browser = driver.session().await;
 
-    browser.goto(&format!("{}/r/deal", app.base)).await.unwrap();
+    browser.goto(&format!("{}/s", app.base)).await.unwrap();
     browser.wait_for("input[name=tenant]").await;
     browser.fill("input[name=tenant]", "acme").await;
     browser.fill("input[name=user]", &user).await;
@@ -606,6 +937,75 @@ async fn in_a_real_browser_sign_in_then_a_form_error_is_shown_at_its_field() {
     browser
         .click("form[action='/sign-in'] button[type=submit]")
         .await;
+
+    // The schema editor: the `deal` entity and its fields, made by hand.
+    browser.wait_for("form[action='/s'] #f-name").await;
+    browser.fill("#f-name", "deal").await;
+    browser.fill("#f-label", "Deal").await;
+    browser.fill("#f-plural_label", "Deals").await;
+    browser.click("form[action='/s'] button[type=submit]").await;
+    browser
+        .wait_for("a.button[href='/s/deal/fields/new']")
+        .await;
+    let add_field =
+        |name: &'static str, kind: &'static str, settings: Vec<(&'static str, &'static str)>| {
+            let browser = &browser;
+            async move {
+                browser.click("a.button[href='/s/deal/fields/new']").await;
+                browser.wait_for("form.schema-field #f-name").await;
+                browser.fill("#f-name", name).await;
+                browser.select("#f-type", kind).await;
+                for (setting, text) in settings {
+                    if setting == "required" {
+                        browser.click("input[name=required]").await;
+                    } else {
+                        browser.fill(&format!("#f-{setting}"), text).await;
+                    }
+                }
+                if name == "stage" {
+                    browser.shot("console-schema-field").await;
+                }
+                browser.click("form.schema-field button[type=submit]").await;
+                browser.wait_for(&format!("tr[data-field={name}]")).await;
+            }
+        };
+    add_field("title", "text", vec![("label", "Title"), ("required", "")]).await;
+    // A picklist without options: the server's error is shown at the options input.
+    browser.click("a.button[href='/s/deal/fields/new']").await;
+    browser.wait_for("form.schema-field #f-name").await;
+    browser.fill("#f-name", "stage").await;
+    browser.select("#f-type", "picklist").await;
+    browser.click("form.schema-field button[type=submit]").await;
+    browser
+        .wait_for(".field.invalid[data-field=options] .field-error")
+        .await;
+    assert_eq!(
+        browser.value("#f-name").await,
+        "stage",
+        "the typed name is kept"
+    );
+    browser.goto(&format!("{}/s/deal", app.base)).await.unwrap();
+    add_field(
+        "stage",
+        "picklist",
+        vec![("options", "open\nwon | Won | closed\nlost | Lost | closed")],
+    )
+    .await;
+    add_field("seats", "integer", vec![("min", "1")]).await;
+    add_field("margin", "decimal", vec![]).await;
+    browser.shot("console-schema").await;
+    let deal = app.get("/api/v1/entities/deal").await.body;
+    assert_eq!(
+        deal["fields"],
+        json!([
+            {"name": "title", "label": "Title", "type": "text", "required": true},
+            {"name": "stage", "type": "picklist", "options": ["open", {"value": "won", "label": "Won", "closed": true}, {"value": "lost", "label": "Lost", "closed": true}]},
+            {"name": "seats", "type": "integer", "min": 1.0},
+            {"name": "margin", "type": "decimal"}
+        ])
+    );
+
+    browser.goto(&format!("{}/r/deal", app.base)).await.unwrap();
     browser.wait_for("a.button[href='/r/deal/new']").await;
     assert!(browser.current_url().await.ends_with("/r/deal"));
 

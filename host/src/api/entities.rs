@@ -92,7 +92,11 @@ pub async fn update(
         .update(&principal, &name, &body.value, params.dry_run)
         .await?;
     if params.dry_run {
-        return Ok(Json(json!({ "dry_run": true, "plan": applied })));
+        let dependents =
+            crate::dependents::of_changes(&state, &principal, &name, &applied.changes).await?;
+        return Ok(Json(
+            json!({ "dry_run": true, "plan": applied, "dependents": dependents }),
+        ));
     }
     let entity = state.metadata.get(&principal.tenant, &name).await?;
     Ok(Json(

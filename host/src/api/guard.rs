@@ -222,7 +222,7 @@ fn too_many(seconds: u64) -> Response {
     error.into_response()
 }
 
-async fn write_audit(
+pub(crate) async fn write_audit(
     state: &AppState,
     principal: &Principal,
     action: &str,

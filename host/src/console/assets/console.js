@@ -1,5 +1,6 @@
 // Rapport console: the little JavaScript the pages use. Everything works without it except
-// the search suggestions of reference inputs.
+// the search suggestions of reference inputs and the hiding of settings a field type does not
+// take (without it, the schema editor shows them all and the server ignores the others).
 "use strict";
 
 // A reference input suggests matching records of its entity as the user types; the value
@@ -31,4 +32,18 @@ document.addEventListener("DOMContentLoaded", () => {
       }, 200);
     });
   }
+});
+
+// The schema editor's field form shows only the settings of the chosen type.
+document.addEventListener("DOMContentLoaded", () => {
+  const form = document.querySelector("form.schema-field");
+  if (!form) return;
+  const type = form.querySelector("select[name=type]");
+  const show = () => {
+    for (const setting of form.querySelectorAll("[data-types]")) {
+      setting.hidden = !setting.dataset.types.split(" ").includes(type.value);
+    }
+  };
+  type.addEventListener("change", show);
+  show();
 });
