@@ -24,6 +24,7 @@ use crate::auth::Principal;
 
 pub mod dashboards;
 pub mod i18n;
+pub mod packs;
 pub mod plugins;
 pub mod records;
 pub mod schema;
@@ -83,6 +84,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/s/{entity}/fields/{field}/purge",
             post(schema::purge_field),
         )
+        .route("/k", get(packs::list))
+        .route("/k/{id}", get(packs::show))
+        .route("/k/{id}/install", post(packs::install))
+        .route("/k/{id}/upgrade", post(packs::upgrade))
+        .route("/k/{id}/remove", post(packs::remove))
         .route("/d", get(dashboards::list))
         .route("/d/{name}", get(dashboards::show))
         .route("/sign-out", post(sign_out))
@@ -447,6 +453,7 @@ pub fn document(lang: Lang, title: &str, chrome: Option<&Chrome>, body: Markup) 
                         a.nav href="/d" { (lang.t("dashboards")) }
                         @if chrome.admin {
                             a.nav href="/s" { (lang.t("schema")) }
+                            a.nav href="/k" { (lang.t("packs")) }
                             a.nav href="/p" { (lang.t("plugins")) }
                         }
                         details.menu {

@@ -17,6 +17,7 @@ on_both_backends!(
     a_plugin_failure_is_in_its_runs_with_its_error,
     the_schema_editor_creates_entities_and_fields_of_every_kind,
     a_type_change_shows_its_dry_run_and_waits_for_confirmation,
+    packs_are_installed_and_removed_after_their_dry_run,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -914,6 +915,139 @@ async fn a_type_change_shows_its_dry_run_and_waits_for_confirmation(app: &TestAp
     assert_eq!(audit.body["data"][0]["target"], "part", "{:?}", audit.body);
 }
 
+async fn pack_status(app: &TestApp, id: &str) -> String {
+    let packs = app.get("/api/v1/packs").await;
+    packs.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pack| pack["id"] == id)
+        .map(|pack| pack["status"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+async fn packs_are_installed_and_removed_after_their_dry_run(app: &TestApp) {
+    let admin = person(app, "dana", &["administrator"]).await;
+    let client = browser();
+    sign_in(app, &client, &admin, "/").await;
+    let (status, gallery) = page(&client, format!("{}/k", app.base)).await;
+    assert_eq!(status, StatusCode::OK, "{gallery}");
+    for id in ["core", "exhibition", "real-estate"] {
+        assert!(
+            gallery.contains(&format!(r#"data-pack="{id}" data-status="available""#)),
+            "{gallery}"
+        );
+    }
+    // A pack's page lists the capabilities its plugins request.
+    let (_, detail) = page(&client, format!("{}/k/exhibition", app.base)).await;
+    assert!(
+        detail.contains(r#"data-plugin="booth-guard""#) && detail.contains("read booth"),
+        "{detail}"
+    );
+
+    // The preview is a dry run: what it would add (core comes with it), nothing installed.
+    let preview = client
+        .post(
+            format!("{}/k/exhibition/install", app.base),
+            &[("sample", "true")],
+        )
+        .await;
+    assert_eq!(preview.status(), StatusCode::OK);
+    let body = preview.text().await.unwrap();
+    assert!(
+        body.contains(r#"data-entity="booth" data-change="added""#),
+        "{body}"
+    );
+    assert!(body.contains(r#"data-pack="core""#), "{body}");
+    assert!(body.contains(r#"name="_confirm""#), "{body}");
+    assert_eq!(pack_status(app, "exhibition").await, "available");
+    assert_eq!(
+        app.get("/api/v1/entities/booth").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let confirmed = client
+        .post(
+            format!("{}/k/exhibition/install", app.base),
+            &[("sample", "true"), ("_confirm", "1")],
+        )
+        .await;
+    assert_eq!(confirmed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        confirmed.headers()["location"],
+        "/k/exhibition?done=install"
+    );
+    assert_eq!(pack_status(app, "exhibition").await, "installed");
+    assert_eq!(pack_status(app, "core").await, "installed");
+    let booths = app.get("/api/v1/records/booth?limit=1").await;
+    assert_eq!(
+        booths.body["data"].as_array().unwrap().len(),
+        1,
+        "sample records"
+    );
+    let audit = app.get("/api/v1/audit?action=pack.install").await;
+    assert_eq!(
+        audit.body["data"][0]["target"], "exhibition",
+        "{:?}",
+        audit.body
+    );
+    assert_eq!(audit.body["data"][0]["detail"]["via"], "console");
+
+    // Installing again is refused with the reason; core cannot go while exhibition needs it.
+    let again = client
+        .post(
+            format!("{}/k/exhibition/install", app.base),
+            &[("_confirm", "1")],
+        )
+        .await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert!(again.text().await.unwrap().contains("upgrade it instead"));
+    let core = client
+        .post(format!("{}/k/core/remove", app.base), &[])
+        .await;
+    assert_eq!(core.status(), StatusCode::CONFLICT);
+    assert!(core.text().await.unwrap().contains("remove it first"));
+
+    // Removal: the preview says the entities stay; confirmed, the pack is gone, its data kept.
+    let preview = client
+        .post(format!("{}/k/exhibition/remove", app.base), &[])
+        .await;
+    assert_eq!(preview.status(), StatusCode::OK);
+    let body = preview.text().await.unwrap();
+    assert!(
+        body.contains(r#"data-entity="booth" data-change="kept""#),
+        "{body}"
+    );
+    assert_eq!(pack_status(app, "exhibition").await, "installed");
+    let removed = client
+        .post(
+            format!("{}/k/exhibition/remove", app.base),
+            &[("_confirm", "1")],
+        )
+        .await;
+    assert_eq!(removed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(pack_status(app, "exhibition").await, "removed");
+    assert_eq!(
+        app.get("/api/v1/entities/booth").await.status,
+        StatusCode::OK
+    );
+
+    // Packs are for administrators.
+    let member = person(app, "mo", &["member"]).await;
+    let other = browser();
+    sign_in(app, &other, &member, "/").await;
+    let (status, _) = page(&other, format!("{}/k", app.base)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let refused = other
+        .post(
+            format!("{}/k/real-estate/install", app.base),
+            &[("_confirm", "1")],
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(pack_status(app, "real-estate").await, "available");
+}
+
 /// The browser half: a real headless Chromium driven through `chromedriver`. Needs `chromium`
 /// and `chromedriver` (the test command installs them); without them it says it was skipped,
 /// and in CI (`CI=true`) it fails instead.
@@ -1065,8 +1199,30 @@ async fn in_a_real_browser_sign_in_build_an_entity_then_a_form_error_is_shown_at
     );
     browser.shot("console-dashboard").await;
 
-    // The exhibition pack, installed, and its booth map from the exhibition's page.
-    let expo = exhibition(&app).await;
+    // The exhibition pack, installed from the gallery after its preview, and its booth map
+    // from the exhibition's page.
+    browser.goto(&format!("{}/k", app.base)).await.unwrap();
+    browser.click("[data-pack=exhibition] h2 a").await;
+    browser
+        .wait_for("form[action='/k/exhibition/install'] input[name=sample]")
+        .await;
+    browser
+        .click("form[action='/k/exhibition/install'] input[name=sample]")
+        .await;
+    browser
+        .click("form[action='/k/exhibition/install'] button[type=submit]")
+        .await;
+    browser
+        .wait_for("li[data-entity=booth][data-change=added]")
+        .await;
+    browser.shot("console-pack-preview").await;
+    browser.click("form.confirm button[type=submit]").await;
+    // Installed: the pack's page offers its removal.
+    browser
+        .wait_for("form[action='/k/exhibition/remove']")
+        .await;
+    let expos = app.get("/api/v1/records/exhibition?limit=1").await;
+    let expo = expos.body["data"][0]["id"].as_str().unwrap().to_owned();
     browser
         .goto(&format!("{}/r/exhibition/{expo}", app.base))
         .await
