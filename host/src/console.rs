@@ -42,57 +42,66 @@ const JS: &str = include_str!("console/assets/console.js");
 
 /// The console's routes. Every page but the sign-in page and the assets needs a session.
 pub fn routes(state: AppState) -> Router<AppState> {
-    let signed_in = Router::new()
-        .route("/", get(home))
-        .route("/r/{entity}", get(records::list))
-        .route(
-            "/r/{entity}/new",
-            get(records::new_form).post(records::create),
-        )
-        .route("/r/{entity}/{id}", get(records::detail))
-        .route(
-            "/r/{entity}/{id}/edit",
-            get(records::edit_form).post(records::update),
-        )
-        .route("/r/{entity}/options", get(records::options))
-        .route("/v/{name}", get(views::show))
-        .route("/p", get(plugins::list))
-        .route("/p/{id}", get(plugins::show))
-        .route("/s", get(schema::entities).post(schema::create_entity))
-        .route(
-            "/s/{entity}",
-            get(schema::entity).post(schema::update_entity),
-        )
-        .route("/s/{entity}/delete", post(schema::delete_entity))
-        .route(
-            "/s/{entity}/fields/new",
-            get(schema::new_field).post(schema::create_field),
-        )
-        .route(
-            "/s/{entity}/fields/{field}",
-            get(schema::edit_field).post(schema::update_field),
-        )
-        .route(
-            "/s/{entity}/fields/{field}/deactivate",
-            post(schema::deactivate_field),
-        )
-        .route(
-            "/s/{entity}/fields/{field}/reactivate",
-            post(schema::reactivate_field),
-        )
-        .route(
-            "/s/{entity}/fields/{field}/purge",
-            post(schema::purge_field),
-        )
-        .route("/k", get(packs::list))
-        .route("/k/{id}", get(packs::show))
-        .route("/k/{id}/install", post(packs::install))
-        .route("/k/{id}/upgrade", post(packs::upgrade))
-        .route("/k/{id}/remove", post(packs::remove))
-        .route("/d", get(dashboards::list))
-        .route("/d/{name}", get(dashboards::show))
-        .route("/sign-out", post(sign_out))
-        .route_layer(axum::middleware::from_fn_with_state(state, session));
+    let signed_in =
+        Router::new()
+            .route("/", get(home))
+            .route("/r/{entity}", get(records::list))
+            .route(
+                "/r/{entity}/new",
+                get(records::new_form).post(records::create),
+            )
+            .route("/r/{entity}/{id}", get(records::detail))
+            .route(
+                "/r/{entity}/{id}/edit",
+                get(records::edit_form).post(records::update),
+            )
+            .route("/r/{entity}/options", get(records::options))
+            .route("/v/{name}", get(views::show))
+            .route(
+                "/p",
+                get(plugins::list).post(plugins::upload).layer(
+                    axum::extract::DefaultBodyLimit::max(crate::api::plugins::MAX_UPLOAD_BODY),
+                ),
+            )
+            .route("/p/{id}", get(plugins::show))
+            .route("/p/{id}/enable", post(plugins::enable))
+            .route("/p/{id}/disable", post(plugins::disable))
+            .route("/p/{id}/config", post(plugins::configure))
+            .route("/s", get(schema::entities).post(schema::create_entity))
+            .route(
+                "/s/{entity}",
+                get(schema::entity).post(schema::update_entity),
+            )
+            .route("/s/{entity}/delete", post(schema::delete_entity))
+            .route(
+                "/s/{entity}/fields/new",
+                get(schema::new_field).post(schema::create_field),
+            )
+            .route(
+                "/s/{entity}/fields/{field}",
+                get(schema::edit_field).post(schema::update_field),
+            )
+            .route(
+                "/s/{entity}/fields/{field}/deactivate",
+                post(schema::deactivate_field),
+            )
+            .route(
+                "/s/{entity}/fields/{field}/reactivate",
+                post(schema::reactivate_field),
+            )
+            .route(
+                "/s/{entity}/fields/{field}/purge",
+                post(schema::purge_field),
+            )
+            .route("/k", get(packs::list))
+            .route("/k/{id}", get(packs::show))
+            .route("/k/{id}/install", post(packs::install))
+            .route("/k/{id}/upgrade", post(packs::upgrade))
+            .route("/k/{id}/remove", post(packs::remove))
+            .route("/d", get(dashboards::list))
+            .route("/d/{name}", get(dashboards::show))
+            .route("/sign-out", post(sign_out))
+            .route_layer(axum::middleware::from_fn_with_state(state, session));
     Router::new()
         .route("/sign-in", get(sign_in_form).post(sign_in))
         .route("/language", post(language))

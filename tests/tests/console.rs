@@ -18,6 +18,7 @@ on_both_backends!(
     the_schema_editor_creates_entities_and_fields_of_every_kind,
     a_type_change_shows_its_dry_run_and_waits_for_confirmation,
     packs_are_installed_and_removed_after_their_dry_run,
+    plugins_are_uploaded_configured_and_switched_from_the_console,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -66,6 +67,19 @@ impl Client {
 
     async fn post(&self, url: String, form: &[(&str, &str)]) -> reqwest::Response {
         self.send(self.http.post(url).form(form)).await
+    }
+
+    /// Posts files as a browser's file inputs do (`multipart/form-data`).
+    async fn upload(
+        &self,
+        url: String,
+        files: Vec<(&'static str, &'static str, Vec<u8>)>,
+    ) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, file, bytes) in files {
+            form = form.part(name, reqwest::multipart::Part::bytes(bytes).file_name(file));
+        }
+        self.send(self.http.post(url).multipart(form)).await
     }
 }
 
@@ -1046,6 +1060,163 @@ async fn packs_are_installed_and_removed_after_their_dry_run(app: &TestApp) {
         .await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     assert_eq!(pack_status(app, "real-estate").await, "available");
+}
+
+/// A bundled plugin's manifest and component, as files (the manifest of `manifest_of`).
+fn plugin_files(manifest_of: &str, crate_dir: &str) -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let manifest = std::fs::read(root.join(manifest_of).join("manifest.json")).unwrap();
+    let wasm = rapport_tests::plugins_dir().join(format!("{}.wasm", crate_dir.replace('-', "_")));
+    let component = std::fs::read(&wasm)
+        .unwrap_or_else(|error| panic!("{}: {error}; build the plugins first", wasm.display()));
+    vec![
+        ("manifest", "manifest.json", manifest),
+        ("component", "plugin.wasm", component),
+    ]
+}
+
+async fn plugins_are_uploaded_configured_and_switched_from_the_console(app: &TestApp) {
+    let admin = person(app, "dana", &["administrator"]).await;
+    let client = browser();
+    sign_in(app, &client, &admin, "/").await;
+
+    // A component that imports the filesystem (with a valid manifest) is refused, naming the
+    // import; nothing is installed.
+    let refused = client
+        .upload(
+            format!("{}/p", app.base),
+            plugin_files("complaint-sla", "hostile-fs"),
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("wasi:filesystem"), "{body}");
+    let listed = app.get("/api/v1/plugins").await;
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 0);
+    // A missing file is named.
+    let mut files = plugin_files("credit-terms", "credit-terms");
+    files.pop();
+    let missing = client.upload(format!("{}/p", app.base), files).await;
+    assert_eq!(missing.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(missing.text().await.unwrap().contains("component"));
+
+    let uploaded = client
+        .upload(
+            format!("{}/p", app.base),
+            plugin_files("credit-terms", "credit-terms"),
+        )
+        .await;
+    assert_eq!(uploaded.status(), StatusCode::SEE_OTHER);
+    let to = uploaded.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to.starts_with("/p/credit-terms?done="), "{to}");
+    let (status, detail) = page(&client, format!("{}{to}", app.base)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        detail.contains("read account"),
+        "the capabilities added: {detail}"
+    );
+
+    // The configuration form is generated from the plugin's schema, with its current values.
+    assert!(
+        detail.contains(r#"<input id="f-discount_big_good" name="discount_big_good" value="10""#),
+        "{detail}"
+    );
+    assert!(detail.contains("large\nenterprise</textarea>"), "{detail}");
+    let config = |discount: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .post(
+                    format!("{}/p/credit-terms/config", app.base),
+                    &[
+                        ("size_field", "size"),
+                        ("big_sizes", "large\nenterprise\nglobal"),
+                        ("payment_field", "payment_record"),
+                        ("good_payment", "good\nexcellent"),
+                        ("discount_big_good", discount),
+                        ("discount_small_good", ""),
+                        ("order_account_field", "account"),
+                    ],
+                )
+                .await
+        }
+    };
+    let wrong = config("150").await;
+    assert_eq!(wrong.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = wrong.text().await.unwrap();
+    assert!(
+        body.contains(r#"id="f-discount_big_good-error""#),
+        "the problem at its input: {body}"
+    );
+    assert!(
+        body.contains(r#"value="150""#),
+        "the typed value stays: {body}"
+    );
+    let stored = app.get("/api/v1/plugins/credit-terms").await;
+    assert_eq!(stored.body["config"]["discount_big_good"], 10);
+
+    let saved = config("12.5").await;
+    assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+    let stored = app.get("/api/v1/plugins/credit-terms").await;
+    assert_eq!(stored.body["config"]["discount_big_good"], 12.5);
+    assert_eq!(
+        stored.body["config"]["big_sizes"],
+        json!(["large", "enterprise", "global"])
+    );
+    assert!(
+        stored.body["config"].get("discount_small_good").is_none(),
+        "an empty input leaves the property out: {:?}",
+        stored.body
+    );
+
+    // Enable and disable.
+    assert_eq!(stored.body["enabled"], false);
+    let enabled = client
+        .post(format!("{}/p/credit-terms/enable", app.base), &[])
+        .await;
+    assert_eq!(enabled.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.get("/api/v1/plugins/credit-terms").await.body["enabled"],
+        true
+    );
+    let (_, detail) = page(&client, format!("{}/p/credit-terms", app.base)).await;
+    assert!(
+        detail.contains(r#"action="/p/credit-terms/disable""#),
+        "{detail}"
+    );
+    client
+        .post(format!("{}/p/credit-terms/disable", app.base), &[])
+        .await;
+    assert_eq!(
+        app.get("/api/v1/plugins/credit-terms").await.body["enabled"],
+        false
+    );
+    for action in [
+        "plugin.install",
+        "plugin.configure",
+        "plugin.enable",
+        "plugin.disable",
+    ] {
+        let audit = app.get(&format!("/api/v1/audit?action={action}")).await;
+        assert_eq!(
+            audit.body["data"][0]["target"], "credit-terms",
+            "{action}: {:?}",
+            audit.body
+        );
+    }
+
+    // Members cannot change plugins.
+    let member = person(app, "mo", &["member"]).await;
+    let other = browser();
+    sign_in(app, &other, &member, "/").await;
+    let refused = other
+        .post(format!("{}/p/credit-terms/enable", app.base), &[])
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.get("/api/v1/plugins/credit-terms").await.body["enabled"],
+        false
+    );
 }
 
 /// The browser half: a real headless Chromium driven through `chromedriver`. Needs `chromium`

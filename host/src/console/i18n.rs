@@ -278,6 +278,18 @@ const EN: &[(&str, &str)] = &[
     ("upgrade", "Upgrade"),
     ("remove", "Remove"),
     ("entity_types", "Entities"),
+    ("upload_plugin", "Upload a plugin"),
+    (
+        "upload_hint",
+        "Its manifest (JSON) and its component (.wasm): a new plugin is installed, a new version of an installed one upgrades it.",
+    ),
+    ("manifest", "Manifest"),
+    ("component", "Component"),
+    ("upload", "Upload"),
+    ("enable", "Enable"),
+    ("disable", "Disable"),
+    ("default", "Default"),
+    ("one_per_line", "One per line."),
 ];
 
 const ZH: &[(&str, &str)] = &[
@@ -469,6 +481,18 @@ const ZH: &[(&str, &str)] = &[
     ("upgrade", "升级"),
     ("remove", "移除"),
     ("entity_types", "实体"),
+    ("upload_plugin", "上传插件"),
+    (
+        "upload_hint",
+        "插件的清单（JSON）和组件（.wasm）：新插件会被安装，已安装插件的新版本会升级它。",
+    ),
+    ("manifest", "清单"),
+    ("component", "组件"),
+    ("upload", "上传"),
+    ("enable", "启用"),
+    ("disable", "停用"),
+    ("default", "默认"),
+    ("one_per_line", "每行一个。"),
 ];
 
 #[cfg(test)]

@@ -73,10 +73,10 @@ fn admin_only(principal: &Principal) -> Result<(), ApiError> {
 
 /// A submitted form: every name's values, in order.
 #[derive(Debug, Default, Clone)]
-struct Posted(BTreeMap<String, Vec<String>>);
+pub(super) struct Posted(BTreeMap<String, Vec<String>>);
 
 impl Posted {
-    fn of(pairs: Vec<(String, String)>) -> Self {
+    pub(super) fn of(pairs: Vec<(String, String)>) -> Self {
         let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, value) in pairs {
             values.entry(name).or_default().push(value);
@@ -84,7 +84,7 @@ impl Posted {
         Self(values)
     }
 
-    fn get(&self, name: &str) -> &str {
+    pub(super) fn get(&self, name: &str) -> &str {
         self.0
             .get(name)
             .and_then(|values| values.last())
@@ -110,16 +110,21 @@ impl Posted {
 
 /// Errors of a form, by input name, and what belongs to no input.
 #[derive(Debug, Default)]
-struct Errors {
-    at: BTreeMap<String, Vec<String>>,
-    summary: Option<String>,
+pub(super) struct Errors {
+    pub(super) at: BTreeMap<String, Vec<String>>,
+    pub(super) summary: Option<String>,
 }
 
 impl Errors {
     /// Places the server's problems (keyed by JSON path) at the inputs they name: `/label`, or
     /// `/fields/<index>/<key>` of the field being edited. A problem of the whole field that
     /// quotes a setting (`"options" is a required property`) goes to that setting.
-    fn of(lang: Lang, error: &ApiError, field_index: Option<usize>, inputs: &[&str]) -> Self {
+    pub(super) fn of(
+        lang: Lang,
+        error: &ApiError,
+        field_index: Option<usize>,
+        inputs: &[&str],
+    ) -> Self {
         let mut errors = Self::default();
         let mut elsewhere = Vec::new();
         let prefix = field_index.map(|index| format!("/fields/{index}"));
@@ -163,7 +168,7 @@ impl Errors {
         errors
     }
 
-    fn field(&self, name: &str) -> Markup {
+    pub(super) fn field(&self, name: &str) -> Markup {
         html! {
             @for error in self.at.get(name).into_iter().flatten() {
                 p.field-error id={ "f-" (name) "-error" } role="alert" { (error) }
@@ -171,7 +176,7 @@ impl Errors {
         }
     }
 
-    fn invalid(&self, name: &str) -> Option<&'static str> {
+    pub(super) fn invalid(&self, name: &str) -> Option<&'static str> {
         self.at.contains_key(name).then_some("true")
     }
 }
