@@ -29,6 +29,7 @@ pub mod plugins;
 pub mod records;
 pub mod schema;
 pub mod views;
+pub mod workflows;
 
 use i18n::Lang;
 
@@ -98,6 +99,15 @@ pub fn routes(state: AppState) -> Router<AppState> {
             .route("/k/{id}/install", post(packs::install))
             .route("/k/{id}/upgrade", post(packs::upgrade))
             .route("/k/{id}/remove", post(packs::remove))
+            .route("/w", get(workflows::list))
+            .route("/w/new", get(workflows::new_form).post(workflows::create))
+            .route("/w/{name}", get(workflows::show).post(workflows::update))
+            .route("/w/{name}/enable", post(workflows::enable))
+            .route("/w/{name}/disable", post(workflows::disable))
+            .route("/w/{name}/runs/{id}", get(workflows::run))
+            .route("/w/{name}/runs/{id}/retry", post(workflows::retry))
+            .route("/a", get(workflows::approvals))
+            .route("/a/{id}", post(workflows::decide))
             .route("/d", get(dashboards::list))
             .route("/d/{name}", get(dashboards::show))
             .route("/sign-out", post(sign_out))
@@ -460,7 +470,9 @@ pub fn document(lang: Lang, title: &str, chrome: Option<&Chrome>, body: Markup) 
                     header.top {
                         a.brand href="/" { (lang.t("app")) }
                         a.nav href="/d" { (lang.t("dashboards")) }
+                        a.nav href="/a" { (lang.t("approvals")) }
                         @if chrome.admin {
+                            a.nav href="/w" { (lang.t("workflows")) }
                             a.nav href="/s" { (lang.t("schema")) }
                             a.nav href="/k" { (lang.t("packs")) }
                             a.nav href="/p" { (lang.t("plugins")) }

@@ -19,6 +19,7 @@ on_both_backends!(
     a_type_change_shows_its_dry_run_and_waits_for_confirmation,
     packs_are_installed_and_removed_after_their_dry_run,
     plugins_are_uploaded_configured_and_switched_from_the_console,
+    workflows_are_edited_with_problems_at_their_step_and_runs_retried,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -1217,6 +1218,154 @@ async fn plugins_are_uploaded_configured_and_switched_from_the_console(app: &Tes
         app.get("/api/v1/plugins/credit-terms").await.body["enabled"],
         false
     );
+}
+
+/// The newest run of a workflow once it is `status` (the engine runs in the background).
+async fn run_in(app: &TestApp, workflow: &str, status: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..400 {
+        let runs = app.get(&format!("/api/v1/workflows/{workflow}/runs")).await;
+        last = runs.body["data"][0].clone();
+        if last["status"] == status {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the run of {workflow} is not {status}: {last}");
+}
+
+async fn workflows_are_edited_with_problems_at_their_step_and_runs_retried(app: &TestApp) {
+    app.define(json!({"name": "claim", "fields": [
+        {"name": "title", "type": "text"},
+        {"name": "status", "type": "picklist", "options": ["open", "paid", "closed"]},
+        {"name": "next_status", "type": "text"}
+    ]}))
+    .await;
+    let admin = person(app, "dana", &["administrator"]).await;
+    let client = browser();
+    sign_in(app, &client, &admin, "/").await;
+    let (status, editor) = page(&client, format!("{}/w/new", app.base)).await;
+    assert_eq!(status, StatusCode::OK, "{editor}");
+    let save = |definition: String| {
+        let client = &client;
+        async move {
+            client
+                .post(
+                    format!("{}/w/new", app.base),
+                    &[("definition", definition.as_str())],
+                )
+                .await
+        }
+    };
+
+    // Not JSON: said where, and the text stays.
+    let broken = save("{\"name\": \"pay\",".to_owned()).await;
+    assert_eq!(broken.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = broken.text().await.unwrap();
+    assert!(body.contains("line 1"), "{body}");
+    assert!(
+        body.contains("{&quot;name&quot;: &quot;pay&quot;,"),
+        "{body}"
+    );
+
+    // A step writing a field the entity lacks: the problem is shown at that step.
+    let mut definition = json!({
+        "name": "pay",
+        "retry": {"max_attempts": 1},
+        "trigger": {"type": "record", "entity": "claim", "events": ["created"]},
+        "steps": [
+            {"id": "ok", "type": "approval", "approvers": ["{{record._owner}}"],
+             "message": "Pay {{record.title}}?",
+             "then": [{"id": "pay", "type": "set_fields", "values": {"nope": "x"}}]}
+        ]
+    });
+    let refused = save(definition.to_string()).await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = refused.text().await.unwrap();
+    let at = body
+        .find(r#"data-path="/steps/0/then/0""#)
+        .unwrap_or_else(|| panic!("{body}"));
+    let step = &body[at..];
+    assert!(
+        step[..step.find("</li>").unwrap()].contains("nope"),
+        "the problem is at its step: {body}"
+    );
+    assert!(body.contains(r#"<li class="step invalid""#), "{body}");
+    assert_eq!(
+        app.get("/api/v1/workflows/pay").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    definition["steps"][0]["then"][0]["values"] = json!({"status": "{{record.next_status}}"});
+    let saved = save(definition.to_string()).await;
+    assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+    assert_eq!(saved.headers()["location"], "/w/pay?done=saved");
+    let enabled = app.get("/api/v1/workflows/pay").await;
+    assert_eq!(enabled.body["enabled"], true, "{:?}", enabled.body);
+
+    // A record starts a run that waits for an approval; it is approved on the approvals page.
+    let id = app
+        .create(
+            "claim",
+            json!({"title": "Broken screen", "next_status": "bogus"}),
+        )
+        .await;
+    run_in(app, "pay", "waiting").await;
+    let (_, approvals) = page(&client, format!("{}/a", app.base)).await;
+    assert!(approvals.contains("Pay Broken screen?"), "{approvals}");
+    let pending = app.get("/api/v1/approvals?status=pending").await;
+    let approval = pending.body["data"][0]["id"].as_str().unwrap().to_owned();
+    let decided = client
+        .post(
+            format!("{}/a/{approval}", app.base),
+            &[("decision", "approved"), ("comment", "fine")],
+        )
+        .await;
+    assert_eq!(decided.status(), StatusCode::SEE_OTHER);
+
+    // The step after it fails (`bogus` is no option): the run's page shows the step's error
+    // and offers a retry, which, once the data is fixed, goes on.
+    let run = run_in(app, "pay", "failed").await;
+    let run_id = run["id"].as_str().unwrap();
+    let (_, shown) = page(&client, format!("{}/w/pay/runs/{run_id}", app.base)).await;
+    assert!(
+        shown.contains(r#"<tr class="failed" data-step="pay" data-status="failed">"#),
+        "{shown}"
+    );
+    assert!(shown.contains("bogus"), "{shown}");
+    assert!(shown.contains(r#"/retry""#), "{shown}");
+    let (_, listed) = page(&client, format!("{}/w/pay", app.base)).await;
+    assert!(listed.contains(r#"data-status="failed""#), "{listed}");
+    app.patch(
+        &format!("/api/v1/records/claim/{id}"),
+        json!({"data": {"next_status": "paid"}}),
+    )
+    .await;
+    let retried = client
+        .post(format!("{}/w/pay/runs/{run_id}/retry", app.base), &[])
+        .await;
+    assert_eq!(retried.status(), StatusCode::SEE_OTHER);
+    run_in(app, "pay", "succeeded").await;
+    let claim = app.get(&format!("/api/v1/records/claim/{id}")).await;
+    assert_eq!(claim.body["data"]["status"], "paid");
+    for action in ["workflow.create", "workflow.retry", "approval.approve"] {
+        let audit = app.get(&format!("/api/v1/audit?action={action}")).await;
+        assert_eq!(
+            audit.body["data"].as_array().unwrap().len(),
+            1,
+            "{action}: {:?}",
+            audit.body
+        );
+    }
+
+    // Workflows are the administrators'; approvals are everyone's page.
+    let member = person(app, "mo", &["member"]).await;
+    let other = browser();
+    sign_in(app, &other, &member, "/").await;
+    let (status, _) = page(&other, format!("{}/w", app.base)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = page(&other, format!("{}/a", app.base)).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 /// The browser half: a real headless Chromium driven through `chromedriver`. Needs `chromium`

@@ -316,20 +316,34 @@ pub async fn approvals(
             APPROVAL_STATUSES.join(", ")
         )));
     }
+    let (data, next) = approvals_of(
+        &state,
+        &principal,
+        params.status.as_deref(),
+        params.cursor.as_deref(),
+        params.limit,
+    )
+    .await?;
+    Ok(Json(json!({ "data": data, "next_cursor": next })))
+}
+
+/// Approvals `principal` may decide (an administrator: all of the tenant's), newest first, in
+/// `status` if given; with the cursor of the next page.
+pub async fn approvals_of(
+    state: &AppState,
+    principal: &Principal,
+    status: Option<&str>,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<(Vec<Value>, Option<String>), ApiError> {
     let approver = (!principal.is_admin()).then(|| principal.user.to_string());
     let mut conn = state.store.reader().await?;
     let mut found = conn
         .scoped(&principal.tenant)
-        .approvals(
-            approver.as_deref(),
-            params.status.as_deref(),
-            params.cursor.as_deref(),
-            params.limit + 1,
-        )
+        .approvals(approver.as_deref(), status, cursor, limit + 1)
         .await?;
-    let next = crate::store::next_page(&mut found, params.limit, |a| &a.id);
-    let data: Vec<Value> = found.into_iter().map(approval_view).collect();
-    Ok(Json(json!({ "data": data, "next_cursor": next })))
+    let next = crate::store::next_page(&mut found, limit, |a| &a.id);
+    Ok((found.into_iter().map(approval_view).collect(), next))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -371,11 +385,21 @@ async fn decide(
         serde_json::from_slice(&body)
             .map_err(|error| ApiError::bad_request(format!("the decision body: {error}")))?
     };
-    if decision_body
-        .comment
-        .as_ref()
-        .is_some_and(|comment| comment.len() > 2000)
-    {
+    Ok(Json(
+        decide_approval(&state, &principal, &id, decision, decision_body.comment).await?,
+    ))
+}
+
+/// Decides an approval (`approved` or `rejected`) as one of its approvers or an administrator,
+/// and wakes its run; the approval as decided.
+pub async fn decide_approval(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    decision: &'static str,
+    comment: Option<String>,
+) -> Result<Value, ApiError> {
+    if comment.as_ref().is_some_and(|comment| comment.len() > 2000) {
         return Err(ApiError::bad_request(
             "`comment` is longer than 2,000 bytes",
         ));
@@ -383,7 +407,7 @@ async fn decide(
     let tenant = principal.tenant.clone();
     let user = principal.user.to_string();
     let admin = principal.is_admin();
-    let approval_id = id.clone();
+    let approval_id = id.to_owned();
     let decided = state
         .store
         .write(move |tx: &mut crate::store::Tx| {
@@ -405,13 +429,7 @@ async fn decide(
                 }
                 let now = crate::store::now();
                 if !scoped
-                    .decide_approval(
-                        &approval_id,
-                        decision,
-                        Some(&user),
-                        decision_body.comment.as_deref(),
-                        now,
-                    )
+                    .decide_approval(&approval_id, decision, Some(&user), comment.as_deref(), now)
                     .await?
                 {
                     return Err(ApiError::new(
@@ -431,5 +449,5 @@ async fn decide(
         })
         .await?;
     state.workflows.wake_now();
-    Ok(Json(approval_view(decided)))
+    Ok(approval_view(decided))
 }
