@@ -22,6 +22,7 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::auth::Principal;
 
+pub mod admin;
 pub mod dashboards;
 pub mod i18n;
 pub mod packs;
@@ -108,6 +109,12 @@ pub fn routes(state: AppState) -> Router<AppState> {
             .route("/w/{name}/runs/{id}/retry", post(workflows::retry))
             .route("/a", get(workflows::approvals))
             .route("/a/{id}", post(workflows::decide))
+            .route("/u", get(admin::users).post(admin::create_user))
+            .route("/u/{id}", get(admin::user).post(admin::update_user))
+            .route("/u/{id}/password", post(admin::set_password))
+            .route("/roles", get(admin::roles))
+            .route("/roles/{name}", get(admin::role).post(admin::save_role))
+            .route("/audit", get(admin::audit))
             .route("/d", get(dashboards::list))
             .route("/d/{name}", get(dashboards::show))
             .route("/sign-out", post(sign_out))
@@ -476,6 +483,7 @@ pub fn document(lang: Lang, title: &str, chrome: Option<&Chrome>, body: Markup) 
                             a.nav href="/s" { (lang.t("schema")) }
                             a.nav href="/k" { (lang.t("packs")) }
                             a.nav href="/p" { (lang.t("plugins")) }
+                            a.nav href="/u" { (lang.t("users")) }
                         }
                         details.menu {
                             summary { (lang.t("entities")) }

@@ -20,6 +20,7 @@ on_both_backends!(
     packs_are_installed_and_removed_after_their_dry_run,
     plugins_are_uploaded_configured_and_switched_from_the_console,
     workflows_are_edited_with_problems_at_their_step_and_runs_retried,
+    users_roles_and_the_audit_trail_are_managed_by_administrators,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -1366,6 +1367,137 @@ async fn workflows_are_edited_with_problems_at_their_step_and_runs_retried(app: 
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = page(&other, format!("{}/a", app.base)).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+async fn users_roles_and_the_audit_trail_are_managed_by_administrators(app: &TestApp) {
+    app.define(json!({"name": "lead", "fields": [
+        {"name": "name", "type": "text"},
+        {"name": "budget", "type": "decimal"}
+    ]}))
+    .await;
+    let admin = person(app, "dana", &["administrator"]).await;
+    let client = browser();
+    sign_in(app, &client, &admin, "/").await;
+    let (status, users) = page(&client, format!("{}/u", app.base)).await;
+    assert_eq!(status, StatusCode::OK, "{users}");
+    assert!(users.contains(r#"data-user="dana""#), "{users}");
+
+    // A user: a bad name is named at its input; then created with a password and a role.
+    let refused = client
+        .post(
+            format!("{}/u", app.base),
+            &[
+                ("name", "Rita Bad"),
+                ("email", "rita@example.com"),
+                ("roles", "member"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = refused.text().await.unwrap();
+    assert!(error_at(&body, "name").is_some(), "{body}");
+    assert!(body.contains(r#"value="rita@example.com""#), "{body}");
+    let created = client
+        .post(
+            format!("{}/u", app.base),
+            &[
+                ("name", "rita"),
+                ("email", "rita@example.com"),
+                ("password", PASSWORD),
+                ("roles", "member"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::SEE_OTHER);
+    let to = created.headers()["location"].to_str().unwrap().to_owned();
+    let rita = to
+        .strip_prefix("/u/")
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // A role from the permission matrix; a field access that is no level is named at its row.
+    let role = |fields: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .post(
+                    format!("{}/roles/new", app.base),
+                    &[
+                        ("name", "sales"),
+                        ("label", "Sales"),
+                        ("e.lead.create", "true"),
+                        ("e.lead.read", "all"),
+                        ("e.lead.update", "own"),
+                        ("e.lead.delete", "none"),
+                        ("e.lead.fields", fields),
+                    ],
+                )
+                .await
+        }
+    };
+    let wrong = role("budget:secret").await;
+    assert_eq!(wrong.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = wrong.text().await.unwrap();
+    assert!(error_at(&body, "e.lead.fields").is_some(), "{body}");
+    assert!(body.contains(r#"value="budget:secret""#), "{body}");
+    let made = role("budget:none").await;
+    assert_eq!(made.status(), StatusCode::SEE_OTHER);
+    let sales = app.get("/api/v1/roles/sales").await;
+    assert_eq!(
+        sales.body["entities"]["lead"],
+        json!({"create": true, "read": "all", "update": "own", "fields": {"budget": "none"}}),
+        "{:?}",
+        sales.body
+    );
+
+    let changed = client
+        .post(
+            format!("{}/u/{rita}", app.base),
+            &[("email", "rita@example.com"), ("roles", "sales")],
+        )
+        .await;
+    assert_eq!(changed.status(), StatusCode::SEE_OTHER);
+    let shown = app.get(&format!("/api/v1/users/{rita}")).await;
+    assert_eq!(shown.body["roles"], json!(["sales"]), "{:?}", shown.body);
+    // Rita signs in with the password set for her, and the role applies: no budget.
+    app.create("lead", json!({"name": "Acme", "budget": 5000}))
+        .await;
+    let hers = browser();
+    let signed = sign_in(app, &hers, "rita", "/r/lead").await;
+    assert_eq!(signed.status(), StatusCode::SEE_OTHER);
+    let (status, leads) = page(&hers, format!("{}/r/lead", app.base)).await;
+    assert_eq!(status, StatusCode::OK, "{leads}");
+    assert!(leads.contains("Acme") && !leads.contains("5000"), "{leads}");
+
+    // The audit trail lists what the API lists, filtered by action.
+    let (_, trail) = page(&client, format!("{}/audit?action=user", app.base)).await;
+    let listed = app.get("/api/v1/audit?action=user").await;
+    let entries = listed.body["data"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    assert_eq!(
+        trail.matches("<tr data-action=").count(),
+        entries.len(),
+        "{trail}"
+    );
+    assert!(
+        trail.contains(r#"<tr data-action="user.create">"#),
+        "{trail}"
+    );
+    assert!(!trail.contains(r#"<tr data-action="role."#), "{trail}");
+
+    // All three are the administrators'.
+    let (status, _) = page(&hers, format!("{}/u", app.base)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = page(&hers, format!("{}/audit", app.base)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let refused = hers
+        .post(format!("{}/roles/sales", app.base), &[("admin", "true")])
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(app.get("/api/v1/roles/sales").await.body.get("admin"), None);
 }
 
 /// The browser half: a real headless Chromium driven through `chromedriver`. Needs `chromium`

@@ -92,6 +92,17 @@ impl Posted {
             .unwrap_or_default()
     }
 
+    /// Every value of `name` (checkboxes of one name), empty ones left out.
+    pub(super) fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|value| !value.trim().is_empty())
+            .cloned()
+            .collect()
+    }
+
     fn has(&self, name: &str) -> bool {
         self.0.contains_key(name)
     }
