@@ -298,7 +298,7 @@ async fn sign_in(
         password: form.password,
     };
     match state.users.sign_in(&request).await {
-        Ok((_, view)) => {
+        Ok((principal, view)) => {
             let Some(token) = view.token else {
                 return server_error(lang, "the sign-in returned no token");
             };
@@ -317,6 +317,19 @@ async fn sign_in(
             let mut response = Redirect::to(&next).into_response();
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().append(header::SET_COOKIE, value);
+            }
+            // The language the user chose before, on any browser.
+            let chosen = state
+                .users
+                .get(&principal, "me")
+                .await
+                .ok()
+                .and_then(|user| user.language)
+                .and_then(|tag| Lang::parse(&tag));
+            if let Some(chosen) = chosen {
+                response
+                    .headers_mut()
+                    .append(header::SET_COOKIE, language_cookie(chosen));
             }
             response
         }
@@ -362,16 +375,46 @@ struct LanguageForm {
     next: Option<String>,
 }
 
-async fn language(Form(form): Form<LanguageForm>) -> Response {
+/// Chooses the console's language: a cookie for this browser and, when someone is signed in,
+/// their own setting, which their next sign-in anywhere brings back.
+async fn language(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LanguageForm>,
+) -> Response {
     let lang = Lang::parse(&form.lang).unwrap_or(Lang::En);
+    if let Some(principal) = signed_in(&state, &headers).await
+        && let Err(error) = state.users.set_language(&principal, Some(lang.tag())).await
+    {
+        tracing::warn!(%error, "could not keep a user's language");
+    }
     let mut response = Redirect::to(&local_path(form.next.as_deref())).into_response();
-    if let Ok(value) = HeaderValue::from_str(&format!(
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, language_cookie(lang));
+    response
+}
+
+fn language_cookie(lang: Lang) -> HeaderValue {
+    HeaderValue::from_str(&format!(
         "{LANG_COOKIE}={}; Path=/; Max-Age=31536000; SameSite=Lax",
         lang.tag()
-    )) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-    response
+    ))
+    .expect("a language tag is a header value")
+}
+
+/// The user of the request's session, if it has a valid one.
+async fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<Principal> {
+    use axum::extract::FromRequestParts;
+    let token = cookie(headers, SESSION_COOKIE)?;
+    let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+    parts.headers = headers.clone();
+    parts
+        .extensions
+        .insert(crate::api::extract::TokenHash(crate::auth::hash_token(
+            &token,
+        )));
+    Principal::from_request_parts(&mut parts, state).await.ok()
 }
 
 fn language_switch(lang: Lang, next: &str) -> Markup {
@@ -422,6 +465,7 @@ pub struct Chrome {
 
 impl Chrome {
     pub async fn load(
+        lang: Lang,
         state: &AppState,
         principal: &Principal,
         here: &str,
@@ -441,7 +485,7 @@ impl Chrome {
                 continue;
             }
             let name = compiled.definition.name.as_str().to_owned();
-            let label = records::entity_label(&compiled.definition, true);
+            let label = records::entity_label(lang, &compiled.definition, true);
             let group = owners.get(&name).cloned().unwrap_or_default();
             match groups.iter_mut().find(|(pack, _)| *pack == group) {
                 Some((_, entries)) => entries.push((name, label)),
@@ -514,7 +558,7 @@ pub fn document(lang: Lang, title: &str, chrome: Option<&Chrome>, body: Markup) 
 
 async fn home(State(state): State<AppState>, principal: Principal, headers: HeaderMap) -> Response {
     let lang = Lang::of(&headers);
-    let chrome = match Chrome::load(&state, &principal, "").await {
+    let chrome = match Chrome::load(lang, &state, &principal, "").await {
         Ok(chrome) => chrome,
         Err(error) => return error_page(lang, error),
     };

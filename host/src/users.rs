@@ -83,6 +83,9 @@ pub struct UserView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locked_until: Option<String>,
     pub created_at: String,
+    /// The console language the user chose, if any (a BCP 47 tag).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 /// A token as the API lists it; `token` only in the answer that creates it.
@@ -223,6 +226,38 @@ impl Users {
         let user = scoped.user(&id).await?.ok_or_else(|| no_user(&id))?;
         let (roles, teams) = memberships(&mut scoped).await?;
         Ok(user_view(user, &roles, &teams))
+    }
+
+    /// Sets the caller's own console language (`None`: the browser's). A preference, not a
+    /// permission: not audited.
+    pub async fn set_language(
+        &self,
+        principal: &Principal,
+        language: Option<&str>,
+    ) -> Result<(), UserError> {
+        if let Some(tag) = language {
+            let valid = tag.len() <= 35
+                && tag.split('-').enumerate().all(|(index, part)| {
+                    let length_ok = if index == 0 {
+                        (2..=3).contains(&part.len())
+                    } else {
+                        (2..=8).contains(&part.len())
+                    };
+                    length_ok && part.chars().all(|c| c.is_ascii_alphanumeric())
+                });
+            if !valid {
+                return Err(invalid(
+                    "/language",
+                    format!("`{tag}` is not a language tag such as `zh-CN`"),
+                ));
+            }
+        }
+        let mut tx = self.store.begin().await?;
+        tx.scoped(&principal.tenant)
+            .set_user_language(principal.user.as_str(), language)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn create(
@@ -1031,6 +1066,7 @@ fn user_view(
             .filter(|until| *until > crate::store::now())
             .map(rfc3339),
         created_at: rfc3339(user.created_at),
+        language: user.language,
     }
 }
 

@@ -21,6 +21,7 @@ on_both_backends!(
     plugins_are_uploaded_configured_and_switched_from_the_console,
     workflows_are_edited_with_problems_at_their_step_and_runs_retried,
     users_roles_and_the_audit_trail_are_managed_by_administrators,
+    labels_are_translated_and_the_language_follows_the_user,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -1498,6 +1499,102 @@ async fn users_roles_and_the_audit_trail_are_managed_by_administrators(app: &Tes
         .await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     assert_eq!(app.get("/api/v1/roles/sales").await.body.get("admin"), None);
+}
+
+async fn labels_are_translated_and_the_language_follows_the_user(app: &TestApp) {
+    app.define(
+        json!({"name": "deal", "label": "Deal", "plural_label": "Deals",
+        "labels": {"zh-CN": "交易"}, "plural_labels": {"zh-CN": "交易列表"},
+        "fields": [
+            {"name": "title", "type": "text", "label": "Title", "labels": {"zh-CN": "标题"}},
+            {"name": "seats", "type": "integer"}
+        ]}),
+    )
+    .await;
+    app.create("deal", json!({"title": "Big one"})).await;
+    let admin = person(app, "dana", &["administrator"]).await;
+    let client = browser();
+    sign_in(app, &client, &admin, "/").await;
+    let (_, english) = page(&client, format!("{}/r/deal", app.base)).await;
+    assert!(
+        english.contains("<h1>Deals</h1>") && english.contains(">Title<"),
+        "{english}"
+    );
+
+    // Choosing Chinese: labels come from the translations, the console's words from its own.
+    let chosen = client
+        .post(
+            format!("{}/language", app.base),
+            &[("lang", "zh-CN"), ("next", "/r/deal")],
+        )
+        .await;
+    assert_eq!(chosen.status(), StatusCode::SEE_OTHER);
+    let (_, chinese) = page(&client, format!("{}/r/deal", app.base)).await;
+    assert!(chinese.contains("<h1>交易列表</h1>"), "{chinese}");
+    assert!(
+        chinese.contains(">标题<") && chinese.contains(">新建<"),
+        "{chinese}"
+    );
+    assert!(
+        chinese.contains(">Seats<"),
+        "untranslated labels stay: {chinese}"
+    );
+
+    // The choice is the user's: another browser gets it at sign-in.
+    let other = browser();
+    let signed = sign_in(app, &other, &admin, "/r/deal").await;
+    let cookies: Vec<&str> = signed
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(
+        cookies.iter().any(|c| c.starts_with("rapport_lang=zh-CN")),
+        "{cookies:?}"
+    );
+    let (_, again) = page(&other, format!("{}/r/deal", app.base)).await;
+    assert!(again.contains("<h1>交易列表</h1>"), "{again}");
+
+    // The schema editor edits the translations.
+    let v = definition(app, "deal").await["version"].as_i64().unwrap();
+    let saved = client
+        .post(
+            format!("{}/s/deal", app.base),
+            &[
+                ("_version", &v.to_string()),
+                ("label", "Deal"),
+                ("labels.zh-CN", "商机"),
+                ("plural_label", "Deals"),
+                ("plural_labels.zh-CN", ""),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+    let deal = definition(app, "deal").await;
+    assert_eq!(deal["labels"], json!({"zh-CN": "商机"}));
+    assert!(deal.get("plural_labels").is_none(), "{deal}");
+
+    // A translation keyed by something that is no language tag is refused, with its path.
+    let mut wrong = deal.clone();
+    wrong.as_object_mut().unwrap().remove("updated_at");
+    wrong["labels"] = json!({"Chinese": "商机"});
+    let refused = app.put("/api/v1/entities/deal", wrong).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        refused.body
+    );
+    assert!(
+        refused.body["error"]["fields"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|path| path.starts_with("/labels")),
+        "{:?}",
+        refused.body
+    );
 }
 
 /// The browser half: a real headless Chromium driven through `chromedriver`. Needs `chromium`

@@ -94,7 +94,7 @@ async fn users_page(
     errors: &Errors,
 ) -> Result<Markup, ApiError> {
     admin_only(principal)?;
-    let chrome = Chrome::load(state, principal, "").await?;
+    let chrome = Chrome::load(lang, state, principal, "").await?;
     let users = state.users.list(principal).await?;
     let roles = role_names(state, principal).await?;
     let chosen: Vec<String> = match typed {
@@ -215,7 +215,7 @@ async fn user_page(
     done: Option<&str>,
 ) -> Result<Markup, ApiError> {
     admin_only(principal)?;
-    let chrome = Chrome::load(state, principal, "").await?;
+    let chrome = Chrome::load(lang, state, principal, "").await?;
     let user: UserView = state.users.get(principal, id).await?;
     let roles = role_names(state, principal).await?;
     let chosen = match typed {
@@ -340,7 +340,7 @@ pub async fn roles(
     let lang = Lang::of(&headers);
     let result = async {
         admin_only(&principal)?;
-        let chrome = Chrome::load(&state, &principal, "").await?;
+        let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let roles = state.users.roles(&principal).await?;
         let body = html! {
             main {
@@ -499,7 +499,7 @@ async fn role_page(
     done: Option<&str>,
 ) -> Result<Markup, ApiError> {
     admin_only(principal)?;
-    let chrome = Chrome::load(state, principal, "").await?;
+    let chrome = Chrome::load(lang, state, principal, "").await?;
     let entities = entity_names(state, principal).await?;
     let name = existing
         .and_then(|role| role["name"].as_str())
@@ -666,7 +666,7 @@ pub async fn audit(
     let lang = Lang::of(&headers);
     let result = async {
         admin_only(&principal)?;
-        let chrome = Chrome::load(&state, &principal, "").await?;
+        let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let users = state.users.list(&principal).await?;
         let names: BTreeMap<&str, &str> = users
             .iter()

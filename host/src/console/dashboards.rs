@@ -26,7 +26,7 @@ pub async fn list(
 ) -> Response {
     let lang = Lang::of(&headers);
     let result = async {
-        let chrome = Chrome::load(&state, &principal, "").await?;
+        let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let saved = state
             .analytics
             .list(&principal, Kind::Dashboard)
@@ -59,7 +59,7 @@ pub async fn show(
 ) -> Response {
     let lang = Lang::of(&headers);
     let result = async {
-        let chrome = Chrome::load(&state, &principal, "").await?;
+        let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let data = state
             .analytics
             .dashboard_data(&principal, &name)

@@ -47,7 +47,7 @@ pub async fn list(
     let lang = Lang::of(&headers);
     let result = async {
         admin_only(&principal)?;
-        let chrome = Chrome::load(&state, &principal, "").await?;
+        let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let packs = state.packs.list(&principal).await?;
         let body = html! {
             main {
@@ -92,7 +92,7 @@ pub async fn show(
     let lang = Lang::of(&headers);
     let result = async {
         admin_only(&principal)?;
-        let chrome = Chrome::load(&state, &principal, "").await?;
+        let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let pack = state.packs.show(&principal, &id).await?;
         let summary = &pack.summary;
         let upgradable = summary.status == "installed"
@@ -305,7 +305,7 @@ async fn operate(
         return Redirect::to(&format!("/k/{id}?done={action}")).into_response();
     }
     let page = async {
-        let chrome = Chrome::load(&state, &principal, "").await?;
+        let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let title = format!("{} · {id}", lang.t(action));
         let body = html! {
             main {
@@ -343,7 +343,7 @@ async fn refused(
     if matches!(error.status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) {
         return error_page(lang, error);
     }
-    let chrome = match Chrome::load(state, principal, "").await {
+    let chrome = match Chrome::load(lang, state, principal, "").await {
         Ok(chrome) => chrome,
         Err(error) => return error_page(lang, error),
     };

@@ -73,7 +73,7 @@ async fn list_page(
     refused: Option<&ApiError>,
 ) -> Result<Markup, ApiError> {
     {
-        let chrome = Chrome::load(state, principal, "").await?;
+        let chrome = Chrome::load(lang, state, principal, "").await?;
         let plugins = state
             .plugins
             .list(principal)
@@ -176,7 +176,7 @@ async fn show_page(
     done: Option<&str>,
 ) -> Result<Markup, ApiError> {
     {
-        let chrome = Chrome::load(state, principal, "").await?;
+        let chrome = Chrome::load(lang, state, principal, "").await?;
         let plugin = state
             .plugins
             .show(principal, id)

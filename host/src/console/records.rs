@@ -17,7 +17,7 @@ use super::{Chrome, document, encode, error_page, respond};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::auth::{FieldAccess, Grant, Principal, Scope};
-use crate::metadata::definition::{EntityDefinition, FieldDefinition, FieldType};
+use crate::metadata::definition::{EntityDefinition, FieldDefinition, FieldType, translated};
 use crate::records::access::Sight;
 use crate::records::{BatchUpdate, Deleted, ListParams, RecordView, Shape};
 
@@ -29,20 +29,29 @@ const LIST_COLUMNS: usize = 6;
 const RELATED_ROWS: i64 = 10;
 
 /// An entity's label: its plural label for navigation and lists, else its label, else its name.
-pub fn entity_label(definition: &EntityDefinition, plural: bool) -> String {
+/// In the user's language when the definition has a translation (`labels`, `plural_labels`).
+pub fn entity_label(lang: Lang, definition: &EntityDefinition, plural: bool) -> String {
     let name = definition.name.as_str();
-    let singular = definition.label.clone().unwrap_or_else(|| humanize(name));
+    let tag = lang.tag();
+    let singular = translated(&definition.labels, tag)
+        .map(str::to_owned)
+        .or_else(|| definition.label.clone())
+        .unwrap_or_else(|| humanize(name));
     if plural {
-        definition.plural_label.clone().unwrap_or(singular)
+        translated(&definition.plural_labels, tag)
+            .map(str::to_owned)
+            .or_else(|| definition.plural_label.clone())
+            .unwrap_or(singular)
     } else {
         singular
     }
 }
 
-pub fn field_label(field: &FieldDefinition) -> String {
-    field
-        .label
-        .clone()
+/// In the user's language when the field has a translation (`labels`).
+pub fn field_label(lang: Lang, field: &FieldDefinition) -> String {
+    translated(&field.labels, lang.tag())
+        .map(str::to_owned)
+        .or_else(|| field.label.clone())
         .unwrap_or_else(|| humanize(field.name.as_str()))
 }
 
@@ -359,7 +368,7 @@ pub async fn list_page(
     query: &ListQuery,
 ) -> Result<Markup, ApiError> {
     let (_, definition, grant) = sight_of(state, principal, entity).await?;
-    let chrome = Chrome::load(state, principal, entity).await?;
+    let chrome = Chrome::load(lang, state, principal, entity).await?;
     let columns = list_columns(&definition);
     let params = ListParams {
         filter: query.filter(&definition),
@@ -385,7 +394,7 @@ pub async fn list_page(
         }
     };
     let targets = targets_of(state, principal, &definition).await;
-    let title = entity_label(&definition, true);
+    let title = entity_label(lang, &definition, true);
     let sorted = query.sort.as_deref().unwrap_or_default();
     let body = html! {
         main {
@@ -400,7 +409,7 @@ pub async fn list_page(
                 select name="ff" aria-label=(lang.t("any_field")) {
                     option value="" { (lang.t("any_field")) }
                     @for field in definition.active_fields() {
-                        option value=(field.name.as_str()) selected[query.ff.as_deref() == Some(field.name.as_str())] { (field_label(field)) }
+                        option value=(field.name.as_str()) selected[query.ff.as_deref() == Some(field.name.as_str())] { (field_label(lang, field)) }
                     }
                 }
                 select name="fo" aria-label=(lang.t("filter")) {
@@ -431,7 +440,7 @@ pub async fn list_page(
                                     @let name = field.name.as_str();
                                     @let next = if sorted == name { format!("-{name}") } else { name.to_owned() };
                                     th scope="col" aria-sort=[(sorted == name).then_some("ascending").or((sorted.strip_prefix('-') == Some(name)).then_some("descending"))] {
-                                        a href=(query.link(entity, &[("sort", Some(&next))])) { (field_label(field)) }
+                                        a href=(query.link(entity, &[("sort", Some(&next))])) { (field_label(lang, field)) }
                                     }
                                 }
                             } }
@@ -441,7 +450,7 @@ pub async fn list_page(
                                     tr {
                                         @for (index, field) in columns.iter().enumerate() {
                                             @let value = show_value(lang, field, data.get(field.name.as_str()), record.expanded.as_ref().and_then(|e| e.get(field.name.as_str())), &targets);
-                                            td data-label=(field_label(field)) {
+                                            td data-label=(field_label(lang, field)) {
                                                 @if index == 0 {
                                                     a href={ "/r/" (entity) "/" (record.id) } { (value) }
                                                 } @else { (value) }
@@ -497,10 +506,10 @@ async fn detail_page(
         .get(principal, entity, id, &shape, false)
         .await?;
     let data = data_of(&record);
-    let chrome = Chrome::load(state, principal, entity).await?;
+    let chrome = Chrome::load(lang, state, principal, entity).await?;
     let targets = targets_of(state, principal, &definition).await;
     let name = display_name(&definition, &record.id, &data);
-    let related = related_lists(state, principal, entity, id).await;
+    let related = related_lists(lang, state, principal, entity, id).await;
     let timeline = state
         .records
         .timeline(principal, entity, id, Some(20), None)
@@ -511,7 +520,7 @@ async fn detail_page(
     let writable = principal.covers(grant.update, &record.owner);
     let body = html! {
         main {
-            p.crumbs { a href={ "/r/" (entity) } { (entity_label(&definition, true)) } }
+            p.crumbs { a href={ "/r/" (entity) } { (entity_label(lang, &definition, true)) } }
             div.heading {
                 h1 { (name) }
                 @if writable { a.button href={ "/r/" (entity) "/" (record.id) "/edit" } { (lang.t("edit")) } }
@@ -528,7 +537,7 @@ async fn detail_page(
                 h2 { (lang.t("details")) }
                 dl.fields {
                     @for field in &fields {
-                        dt { (field_label(field)) }
+                        dt { (field_label(lang, field)) }
                         dd data-field=(field.name.as_str()) { (show_value(lang, field, data.get(field.name.as_str()), record.expanded.as_ref().and_then(|e| e.get(field.name.as_str())), &targets)) }
                     }
                     dt { (lang.t("updated")) } dd { (record.updated_at.date().to_string()) }
@@ -603,6 +612,7 @@ fn changed_fields(entry: &Value) -> String {
 /// For every readable entity with a reference field to `entity`: its latest records that point
 /// at this one.
 async fn related_lists(
+    lang: Lang,
     state: &AppState,
     principal: &Principal,
     entity: &str,
@@ -659,8 +669,8 @@ async fn related_lists(
                     .collect();
                 let label = format!(
                     "{} ({})",
-                    entity_label(&sight.definition, true),
-                    field_label(field)
+                    entity_label(lang, &sight.definition, true),
+                    field_label(lang, field)
                 );
                 lists.push((label, source.to_owned(), rows));
             }
@@ -897,7 +907,7 @@ fn input(lang: Lang, field: &FieldDefinition, form: &FormState) -> Markup {
     };
     html! {
         div.field.invalid[invalid] data-field=(name) {
-            label for=(id) { (field_label(field)) @if field.required { span.required aria-hidden="true" { " *" } } }
+            label for=(id) { (field_label(lang, field)) @if field.required { span.required aria-hidden="true" { " *" } } }
             (control)
             @if let Some(description) = &field.description { small.hint { (description) } }
             @if let Some(errors) = errors {
@@ -947,7 +957,7 @@ fn form_page(
     } = target;
     let body = html! {
         main {
-            p.crumbs { a href={ "/r/" (definition.name.as_str()) } { (entity_label(definition, true)) } }
+            p.crumbs { a href={ "/r/" (definition.name.as_str()) } { (entity_label(lang, definition, true)) } }
             h1 { (title) }
             @if let Some(summary) = &form.summary { p.error-summary role="alert" { (summary) } }
             form.record method="post" action=(action) novalidate {
@@ -972,9 +982,13 @@ pub async fn new_form(
     let lang = Lang::of(&headers);
     let result = async {
         let (_, definition, grant) = sight_of(&state, &principal, &entity).await?;
-        let chrome = Chrome::load(&state, &principal, &entity).await?;
+        let chrome = Chrome::load(lang, &state, &principal, &entity).await?;
         let fields = editable(&definition, &grant);
-        let title = format!("{} · {}", lang.t("new"), entity_label(&definition, false));
+        let title = format!(
+            "{} · {}",
+            lang.t("new"),
+            entity_label(lang, &definition, false)
+        );
         let target = Target::of(&entity, None, title);
         Ok::<_, ApiError>(form_page(
             lang,
@@ -1044,7 +1058,7 @@ async fn refill(
     version: Option<(String, i64)>,
     error: ApiError,
 ) -> Response {
-    let chrome = match Chrome::load(state, principal, entity).await {
+    let chrome = match Chrome::load(lang, state, principal, entity).await {
         Ok(chrome) => chrome,
         Err(error) => return error_page(lang, error),
     };
@@ -1085,7 +1099,11 @@ async fn refill(
     let target = Target::of(
         entity,
         version.as_ref().map(|(id, _)| id.as_str()),
-        format!("{} · {}", lang.t(verb), entity_label(definition, false)),
+        format!(
+            "{} · {}",
+            lang.t(verb),
+            entity_label(lang, definition, false)
+        ),
     );
     let status = if error.status.is_server_error() {
         error.status
@@ -1112,7 +1130,7 @@ pub async fn edit_form(
             .records
             .get(&principal, &entity, &id, &Shape::default(), false)
             .await?;
-        let chrome = Chrome::load(&state, &principal, &entity).await?;
+        let chrome = Chrome::load(lang, &state, &principal, &entity).await?;
         let fields = editable(&definition, &grant);
         let data = data_of(&record);
         let form = FormState::from_record(&definition, &data, record.version);

@@ -103,7 +103,7 @@ impl Posted {
             .collect()
     }
 
-    fn has(&self, name: &str) -> bool {
+    pub(super) fn has(&self, name: &str) -> bool {
         self.0.contains_key(name)
     }
 
@@ -216,6 +216,62 @@ fn text_input(label: &str, name: &str, value: &str, errors: &Errors, extra: Mark
     }
 }
 
+/// The languages a label can be translated into here (the console's, but English, which is
+/// what `label` holds).
+fn translation_langs() -> impl Iterator<Item = Lang> {
+    Lang::ALL.into_iter().filter(|lang| *lang != Lang::En)
+}
+
+/// An input per language for the translations of `key` (`labels`, `plural_labels`) of
+/// `object`, named `<key>.<tag>`; `typed` when the form comes back.
+fn translation_inputs(
+    word: &str,
+    key: &str,
+    object: &Value,
+    typed: Option<&Posted>,
+    errors: &Errors,
+) -> Markup {
+    html! {
+        @for other in translation_langs() {
+            @let name = format!("{key}.{}", other.tag());
+            @let value = match typed {
+                Some(typed) => typed.get(&name).to_owned(),
+                None => str_of(&object[key], other.tag()).to_owned(),
+            };
+            (text_input(&format!("{word} ({})", other.name()), &name, &value, errors, html! {}))
+        }
+    }
+}
+
+/// Sets the translations of `key` the form has inputs for; other languages stay.
+fn set_translations(object: &mut Map<String, Value>, key: &str, posted: &Posted) {
+    let mut map = object
+        .get(key)
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut touched = false;
+    for other in translation_langs() {
+        let name = format!("{key}.{}", other.tag());
+        if !posted.has(&name) {
+            continue;
+        }
+        touched = true;
+        match posted.get(&name).trim() {
+            "" => map.remove(other.tag()),
+            typed => map.insert(other.tag().to_owned(), json!(typed)),
+        };
+    }
+    if !touched {
+        return;
+    }
+    if map.is_empty() {
+        object.remove(key);
+    } else {
+        object.insert(key.to_owned(), Value::Object(map));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Entities
 
@@ -249,7 +305,7 @@ async fn entities_page(
     errors: &Errors,
 ) -> Result<Markup, ApiError> {
     admin_only(principal)?;
-    let chrome = Chrome::load(state, principal, "").await?;
+    let chrome = Chrome::load(lang, state, principal, "").await?;
     let entities = state.metadata.list(&principal.tenant).await?;
     let body = html! {
         main {
@@ -396,7 +452,7 @@ async fn entity_page(
     saved: Option<&str>,
 ) -> Result<Markup, ApiError> {
     admin_only(principal)?;
-    let chrome = Chrome::load(state, principal, entity).await?;
+    let chrome = Chrome::load(lang, state, principal, entity).await?;
     let (definition, version) = definition_of(state, principal, entity).await?;
     let value = |key: &str| match typed {
         Some(typed) => typed.get(key).to_owned(),
@@ -461,7 +517,9 @@ async fn entity_page(
                 form.schema method="post" action={ "/s/" (entity) } novalidate {
                     input type="hidden" name="_version" value=(version);
                     (text_input(lang.t("label"), "label", &value("label"), errors, html! {}))
+                    (translation_inputs(lang.t("label"), "labels", &definition, typed, errors))
                     (text_input(lang.t("plural_label"), "plural_label", &value("plural_label"), errors, html! {}))
+                    (translation_inputs(lang.t("plural_label"), "plural_labels", &definition, typed, errors))
                     div.field.invalid[errors.invalid("description").is_some()] data-field="description" {
                         label for="f-description" { (lang.t("description")) }
                         textarea id="f-description" name="description" rows="2" { (value("description")) }
@@ -500,6 +558,8 @@ pub async fn update_entity(
         for key in ["label", "plural_label", "description"] {
             set_text(object, key, posted.get(key));
         }
+        set_translations(object, "labels", &posted);
+        set_translations(object, "plural_labels", &posted);
         object.insert("version".into(), json!(posted.version().unwrap_or(version)));
         state
             .metadata
@@ -624,6 +684,7 @@ fn field_json(existing: Option<&Value>, name: &str, posted: &Posted) -> Value {
     for key in ["label", "description", "prefix", "entity"] {
         set_text(&mut field, key, posted.get(key));
     }
+    set_translations(&mut field, "labels", posted);
     set_text(&mut field, "region", &posted.get("region").to_uppercase());
     for flag in ["required", "unique", "indexed", "multiple"] {
         if posted.get(flag) == "true" {
@@ -758,6 +819,7 @@ fn field_page(
                     },
                 }
                 (text_input(lang.t("label"), "label", &value("label"), errors, html! {}))
+                (translation_inputs(lang.t("label"), "labels", field, None, errors))
                 div.field.invalid[errors.invalid("type").is_some()] data-field="type" {
                     label for="f-type" { (lang.t("type")) }
                     select id="f-type" name="type" aria-invalid=[errors.invalid("type")] {
@@ -842,7 +904,7 @@ pub async fn new_field(
     let lang = Lang::of(&headers);
     let result = async {
         admin_only(&principal)?;
-        let chrome = Chrome::load(&state, &principal, &entity).await?;
+        let chrome = Chrome::load(lang, &state, &principal, &entity).await?;
         let (_, version) = definition_of(&state, &principal, &entity).await?;
         let entities = entity_names(&state, &principal).await?;
         Ok(field_page(
@@ -869,7 +931,7 @@ pub async fn edit_field(
     let lang = Lang::of(&headers);
     let result = async {
         admin_only(&principal)?;
-        let chrome = Chrome::load(&state, &principal, &entity).await?;
+        let chrome = Chrome::load(lang, &state, &principal, &entity).await?;
         let (definition, version) = definition_of(&state, &principal, &entity).await?;
         let (_, existing) = find_field(&definition, &entity, &field)?;
         let entities = entity_names(&state, &principal).await?;
@@ -952,7 +1014,7 @@ async fn save_field(
     let posted = Posted::of(pairs);
     let prepared = async {
         admin_only(&principal)?;
-        let chrome = Chrome::load(&state, &principal, &entity).await?;
+        let chrome = Chrome::load(lang, &state, &principal, &entity).await?;
         let (definition, version) = definition_of(&state, &principal, &entity).await?;
         let entities = entity_names(&state, &principal).await?;
         Ok::<_, ApiError>((chrome, definition, version, entities))
@@ -1258,6 +1320,7 @@ fn confirm_page(
 
 /// The definition of `entity` with one field's `active` set, for deactivation and reactivation.
 async fn with_active(
+    lang: Lang,
     state: &AppState,
     principal: &Principal,
     entity: &str,
@@ -1266,7 +1329,7 @@ async fn with_active(
     posted: &Posted,
 ) -> Result<(Value, Chrome), ApiError> {
     admin_only(principal)?;
-    let chrome = Chrome::load(state, principal, entity).await?;
+    let chrome = Chrome::load(lang, state, principal, entity).await?;
     let (mut definition, version) = definition_of(state, principal, entity).await?;
     let (index, _) = find_field(&definition, entity, field)?;
     let object = definition["fields"][index]
@@ -1313,7 +1376,7 @@ async fn set_active(
     let lang = Lang::of(&headers);
     let posted = Posted::of(pairs);
     let (definition, chrome) =
-        match with_active(&state, &principal, &entity, &field, active, &posted).await {
+        match with_active(lang, &state, &principal, &entity, &field, active, &posted).await {
             Ok(prepared) => prepared,
             Err(error) => return error_page(lang, error),
         };
@@ -1350,7 +1413,7 @@ pub async fn purge_field(
         return error_page(lang, error);
     }
     if !posted.has("_confirm") {
-        let chrome = match Chrome::load(&state, &principal, &entity).await {
+        let chrome = match Chrome::load(lang, &state, &principal, &entity).await {
             Ok(chrome) => chrome,
             Err(error) => return error_page(lang, error),
         };
@@ -1396,7 +1459,7 @@ pub async fn delete_entity(
     if let Err(error) = admin_only(&principal) {
         return error_page(lang, error);
     }
-    let chrome = match Chrome::load(&state, &principal, &entity).await {
+    let chrome = match Chrome::load(lang, &state, &principal, &entity).await {
         Ok(chrome) => chrome,
         Err(error) => return error_page(lang, error),
     };

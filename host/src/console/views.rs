@@ -83,7 +83,7 @@ pub async fn show(
 ) -> Response {
     let lang = Lang::of(&headers);
     let result = async {
-        let chrome = Chrome::load(&state, &principal, "").await?;
+        let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let view = state
             .views
             .get(&principal, &name)
@@ -122,7 +122,7 @@ pub async fn show(
         };
         let body = html! {
             main {
-                p.crumbs { a href={ "/r/" (view.entity) } { (entity_label(&definition, true)) } }
+                p.crumbs { a href={ "/r/" (view.entity) } { (entity_label(lang, &definition, true)) } }
                 h1 { (title) }
                 @if let Some(description) = &view.description { p.hint { (description) } }
                 @for (space, rows) in spaces(&definition, &rows) {
@@ -135,13 +135,13 @@ pub async fn show(
                 }
                 div.table-wrap {
                     table.records {
-                        thead { tr { @for field in &columns { th scope="col" { (field_label(field)) } } } }
+                        thead { tr { @for field in &columns { th scope="col" { (field_label(lang, field)) } } } }
                         tbody {
                             @for (id, data) in &rows {
                                 tr {
                                     @for (index, field) in columns.iter().enumerate() {
                                         @let text = cell(data.get(field.name.as_str()));
-                                        td data-label=(field_label(field)) {
+                                        td data-label=(field_label(lang, field)) {
                                             @if index == 0 { a href={ "/r/" (view.entity) "/" (id) } { (text) } } @else { (text) }
                                         }
                                     }

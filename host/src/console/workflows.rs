@@ -53,7 +53,7 @@ pub async fn list(
     let lang = Lang::of(&headers);
     let result = async {
         admin_only(&principal)?;
-        let chrome = Chrome::load(&state, &principal, "").await?;
+        let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let workflows = state.workflows.list(&principal.tenant).await?;
         let body = html! {
             main {
@@ -201,7 +201,7 @@ async fn editor_page(
     done: Option<&str>,
 ) -> Result<Markup, ApiError> {
     admin_only(principal)?;
-    let chrome = Chrome::load(state, principal, "").await?;
+    let chrome = Chrome::load(lang, state, principal, "").await?;
     let workflow = match name {
         Some(name) => Some(state.workflows.get(&principal.tenant, name).await?),
         None => None,
@@ -505,7 +505,7 @@ pub async fn run(
     let lang = Lang::of(&headers);
     let result = async {
         admin_only(&principal)?;
-        let chrome = Chrome::load(&state, &principal, "").await?;
+        let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let run = state.workflows.run_for(&principal, &name, &id).await?;
         let title = format!("{} · {name}", lang.t("run"));
         let body = html! {
@@ -599,7 +599,7 @@ pub async fn approvals(
 ) -> Response {
     let lang = Lang::of(&headers);
     let result = async {
-        let chrome = Chrome::load(&state, &principal, "").await?;
+        let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let (pending, _) =
             crate::api::workflows::approvals_of(&state, &principal, Some("pending"), None, 100)
                 .await?;

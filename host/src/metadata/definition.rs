@@ -1,5 +1,7 @@
 //! The typed form of an entity definition, as admins write it (`schemas/entity.schema.json`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -17,6 +19,11 @@ pub struct EntityDefinition {
     pub label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plural_label: Option<String>,
+    /// The label in other languages, by BCP 47 tag (`zh-CN`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plural_labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub fields: Vec<FieldDefinition>,
@@ -172,6 +179,9 @@ pub struct FieldDefinition {
     pub name: FieldName,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// The label in other languages, by BCP 47 tag (`zh-CN`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(rename = "type")]
@@ -293,6 +303,19 @@ impl FieldDefinition {
         let digits = usize::from(self.digits.unwrap_or(1));
         format!("{}{n:0digits$}", self.prefix.as_deref().unwrap_or(""))
     }
+}
+
+/// The translation of a label for a language tag: the tag itself (`zh-CN`), else one of its
+/// language (`zh`, `zh-Hans`), else none.
+pub fn translated<'a>(labels: &'a BTreeMap<String, String>, tag: &str) -> Option<&'a str> {
+    if let Some(label) = labels.get(tag) {
+        return Some(label);
+    }
+    let language = tag.split('-').next().unwrap_or(tag);
+    labels
+        .iter()
+        .find(|(key, _)| key.split('-').next() == Some(language))
+        .map(|(_, label)| label.as_str())
 }
 
 /// Names no field may take: they would clash with the system columns in filters and sorts.

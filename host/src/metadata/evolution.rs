@@ -90,9 +90,19 @@ pub fn diff(old: &EntityDefinition, new: &EntityDefinition) -> Result<Vec<Change
     }
     let mut problems = Vec::new();
     let mut changes = Vec::new();
-    if (&old.label, &old.plural_label, &old.description)
-        != (&new.label, &new.plural_label, &new.description)
-    {
+    if (
+        &old.label,
+        &old.plural_label,
+        &old.description,
+        &old.labels,
+        &old.plural_labels,
+    ) != (
+        &new.label,
+        &new.plural_label,
+        &new.description,
+        &new.labels,
+        &new.plural_labels,
+    ) {
         changes.push(Change::EntityDescribed);
     }
     for field in &new.fields {
@@ -136,9 +146,17 @@ pub fn diff(old: &EntityDefinition, new: &EntityDefinition) -> Result<Vec<Change
                 from: describe_type(before),
                 to: describe_type(field),
             });
-        } else if (&before.label, &before.description, before.required)
-            != (&field.label, &field.description, field.required)
-            || before.options != field.options
+        } else if (
+            &before.label,
+            &before.labels,
+            &before.description,
+            before.required,
+        ) != (
+            &field.label,
+            &field.labels,
+            &field.description,
+            field.required,
+        ) || before.options != field.options
             || (before.prefix.as_ref(), before.digits) != (field.prefix.as_ref(), field.digits)
         {
             changes.push(Change::FieldDescribed {
@@ -226,6 +244,7 @@ fn comparable(before: &FieldDefinition, after: &FieldDefinition) -> FieldDefinit
 fn strip_labels(field: &FieldDefinition) -> FieldDefinition {
     FieldDefinition {
         label: None,
+        labels: Default::default(),
         description: None,
         // How numbers written later are read: stored values stay as they are.
         region: None,

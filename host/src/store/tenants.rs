@@ -40,6 +40,8 @@ pub struct StoredUser {
     pub failed_sign_ins: i64,
     pub locked_until: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
+    /// The console language the user chose (a BCP 47 tag).
+    pub language: Option<String>,
 }
 
 /// A stored role.
@@ -282,7 +284,7 @@ impl Store {
 }
 
 const USER_COLUMNS: &str = "id, name, email, password_hash IS NOT NULL AS has_password, \
-     disabled_at, failed_sign_ins, locked_until, created_at";
+     disabled_at, failed_sign_ins, locked_until, created_at, language";
 
 impl super::Scoped<'_> {
     /// The principal of a user of this tenant by id, with their roles and teams; `None` if the
@@ -486,6 +488,25 @@ impl super::Scoped<'_> {
         .bind(tenant)
         .fetch_all(&mut **c)
         .await?))
+    }
+
+    /// Sets the console language a user chose (`None`: the browser's).
+    pub async fn set_user_language(
+        &mut self,
+        id: &str,
+        language: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let tenant = self.tenant.as_str();
+        let done = on!(self.entered().await?, c => sqlx::query(
+            "UPDATE users SET language = $3 WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(language)
+        .execute(&mut **c)
+        .await
+        .map(|result| result.rows_affected())?);
+        Ok(done == 1)
     }
 
     /// Sets a user's email and whether they are disabled.
