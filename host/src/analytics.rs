@@ -938,6 +938,12 @@ impl Analytics {
         }
         if let Value::Object(object) = &mut result {
             object.insert("chart".into(), json!(chart));
+            // A list's columns, in the order the report names them.
+            if query.query_type == QueryType::List
+                && let Some(fields) = &query.fields
+            {
+                object.insert("fields".into(), json!(fields));
+            }
             object.insert("group_by".into(), json!(query.group_by));
             object.insert("measures".into(), json!(query.measure_labels()));
         }

@@ -439,6 +439,12 @@ async fn dashboards_draw_kpis_and_charts_as_svg(app: &TestApp) {
     assert!(pie.contains("won — 14 (50%)"), "{pie}");
     let table = widget("latest");
     assert!(table.contains(">E<") && !table.contains(">A<"), "{table}");
+    // Its columns in the report's order (title before stage), not alphabetically.
+    let (title, stage) = (
+        table.find(">title<").unwrap(),
+        table.find(">stage<").unwrap(),
+    );
+    assert!(title < stage, "{table}");
 
     // A user who may read deals but not `secret`: that one widget says why; the rest draws.
     let role = app

@@ -366,11 +366,19 @@ fn pie(label: &str, rows: &[(String, f64)]) -> Markup {
 
 fn table(widget: &Value) -> Markup {
     let rows = widget["data"].as_array().cloned().unwrap_or_default();
-    let columns: Vec<String> = rows
-        .first()
-        .and_then(|row| row["data"].as_object())
-        .map(|data| data.keys().cloned().collect())
-        .unwrap_or_default();
+    // The report's fields in its order; without them, what the first row has.
+    let named: Option<Vec<String>> = widget["fields"].as_array().map(|fields| {
+        fields
+            .iter()
+            .filter_map(|field| field.as_str().map(str::to_owned))
+            .collect()
+    });
+    let columns: Vec<String> = named.unwrap_or_else(|| {
+        rows.first()
+            .and_then(|row| row["data"].as_object())
+            .map(|data| data.keys().cloned().collect())
+            .unwrap_or_default()
+    });
     html! {
         div.table-wrap {
             table.records {
