@@ -162,7 +162,7 @@ async fn session(State(state): State<AppState>, request: Request, next: Next) ->
         .unwrap_or_else(|| "/".to_owned());
     let (mut parts, body) = request.into_parts();
     let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
-        return to_sign_in(&back, false);
+        return signed_out(&parts, body, &back, false).await;
     };
     parts
         .extensions
@@ -172,8 +172,47 @@ async fn session(State(state): State<AppState>, request: Request, next: Next) ->
     use axum::extract::FromRequestParts;
     match Principal::from_request_parts(&mut parts, &state).await {
         Ok(_) => next.run(Request::from_parts(parts, body)).await,
-        Err(_) => to_sign_in(&back, true),
+        Err(_) => signed_out(&parts, body, &back, true).await,
     }
+}
+
+/// The largest form a sign-in carries over to send after it.
+const MAX_REPLAY: usize = 256 * 1024;
+
+/// Without a session: a page is sent to sign in and back; a submitted form is kept, as the
+/// sign-in page's hidden `replay`, to be sent again once signed in (nothing typed is lost).
+async fn signed_out(
+    parts: &axum::http::request::Parts,
+    body: axum::body::Body,
+    back: &str,
+    expired: bool,
+) -> Response {
+    let form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if parts.method != Method::POST || !form {
+        return to_sign_in(back, expired);
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_REPLAY).await else {
+        return to_sign_in(back, expired);
+    };
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(&bytes).into_owned().collect();
+    let replay = serde_json::to_string(&pairs).unwrap_or_default();
+    let lang = Lang::of(&parts.headers);
+    let notice = lang.t("session_expired_form");
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        sign_in_page(lang, back, Some(notice), None, None, Some(&replay)),
+    )
+        .into_response();
+    if expired {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, CLEAR_SESSION);
+    }
+    response
 }
 
 /// A `POST` from a page of another site carries that site's `Origin`; browsers send it on
@@ -248,6 +287,7 @@ async fn sign_in_form(headers: HeaderMap, Query(query): Query<SignInQuery>) -> M
         notice.as_deref(),
         None,
         None,
+        None,
     )
 }
 
@@ -257,6 +297,7 @@ fn sign_in_page(
     notice: Option<&str>,
     error: Option<&str>,
     typed: Option<(&str, &str)>,
+    replay: Option<&str>,
 ) -> Markup {
     let (tenant, user) = typed.unwrap_or_default();
     let body = html! {
@@ -266,6 +307,7 @@ fn sign_in_page(
             @if let Some(error) = error { p.error-summary role="alert" { (lang.t("sign_in_failed")) ": " (error) } }
             form method="post" action="/sign-in" {
                 input type="hidden" name="next" value=(next);
+                @if let Some(replay) = replay { input type="hidden" name="replay" value=(replay); }
                 label { (lang.t("tenant")) input name="tenant" value=(tenant) required autocomplete="organization"; }
                 label { (lang.t("user")) input name="user" value=(user) required autocomplete="username"; }
                 label { (lang.t("password")) input name="password" type="password" required autocomplete="current-password"; }
@@ -283,6 +325,8 @@ struct SignInForm {
     user: String,
     password: String,
     next: Option<String>,
+    /// A form submitted when the session had ended (JSON pairs), sent again after sign-in.
+    replay: Option<String>,
 }
 
 async fn sign_in(
@@ -314,7 +358,14 @@ async fn sign_in(
             let cookie = format!(
                 "{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
             );
-            let mut response = Redirect::to(&next).into_response();
+            let replay: Option<Vec<(String, String)>> = form
+                .replay
+                .as_deref()
+                .and_then(|text| serde_json::from_str(text).ok());
+            let mut response = match replay {
+                Some(pairs) => replay_page(lang, &next, &pairs).into_response(),
+                None => Redirect::to(&next).into_response(),
+            };
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().append(header::SET_COOKIE, value);
             }
@@ -344,11 +395,31 @@ async fn sign_in(
                     None,
                     Some(&error.message),
                     Some((&form.tenant, &form.user)),
+                    form.replay.as_deref(),
                 ),
             )
                 .into_response()
         }
     }
+}
+
+/// After a sign-in that carried a form: the form, as it was typed, sent again to where it was
+/// going (at once with JavaScript; with a button without). The page it answers with shows the
+/// outcome, errors at their fields included.
+fn replay_page(lang: Lang, action: &str, pairs: &[(String, String)]) -> Markup {
+    let body = html! {
+        main.narrow {
+            h1 { (lang.t("signed_in")) }
+            form.replay method="post" action=(action) data-autosubmit {
+                @for (name, value) in pairs {
+                    input type="hidden" name=(name) value=(value);
+                }
+                p { (lang.t("replay_hint")) }
+                button type="submit" { (lang.t("continue")) }
+            }
+        }
+    };
+    document(lang, lang.t("signed_in"), None, body)
 }
 
 async fn sign_out(

@@ -22,6 +22,7 @@ on_both_backends!(
     workflows_are_edited_with_problems_at_their_step_and_runs_retried,
     users_roles_and_the_audit_trail_are_managed_by_administrators,
     labels_are_translated_and_the_language_follows_the_user,
+    a_form_sent_after_the_session_ended_is_kept_through_sign_in,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -1601,6 +1602,75 @@ async fn labels_are_translated_and_the_language_follows_the_user(app: &TestApp) 
         "{:?}",
         refused.body
     );
+}
+
+/// The value of the hidden input `name` of a page, unescaped.
+fn hidden(page: &str, name: &str) -> Option<String> {
+    let marker = format!(r#"name="{name}" value=""#);
+    let start = page.find(&marker)? + marker.len();
+    let value = &page[start..start + page[start..].find('"')?];
+    Some(
+        value
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&"),
+    )
+}
+
+async fn a_form_sent_after_the_session_ended_is_kept_through_sign_in(app: &TestApp) {
+    deals(app).await;
+    let user = person(app, "dana", &["administrator"]).await;
+    // The session ends (signed out elsewhere, or expired) while a form is being typed.
+    let stale = browser();
+    stale
+        .cookies
+        .lock()
+        .unwrap()
+        .push("rapport_session=rps_ended".to_owned());
+    let typed = [("title", "Typed before"), ("seats", "3")];
+    let sent = stale.post(format!("{}/r/deal/new", app.base), &typed).await;
+    assert_eq!(sent.status(), StatusCode::UNAUTHORIZED);
+    let body = sent.text().await.unwrap();
+    assert!(body.contains(r#"action="/sign-in""#), "{body}");
+    let replay = hidden(&body, "replay").unwrap_or_else(|| panic!("{body}"));
+    assert!(replay.contains("Typed before"), "{replay}");
+    assert_eq!(
+        app.get("/api/v1/records/deal").await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "nothing was written"
+    );
+
+    // Signed in, the form comes back as it was typed, on its way to where it was going.
+    let signed = stale
+        .post(
+            format!("{}/sign-in", app.base),
+            &[
+                ("tenant", "acme"),
+                ("user", &user),
+                ("password", PASSWORD),
+                ("next", "/r/deal/new"),
+                ("replay", &replay),
+            ],
+        )
+        .await;
+    assert_eq!(signed.status(), StatusCode::OK);
+    let body = signed.text().await.unwrap();
+    assert!(
+        body.contains(
+            r#"<form class="replay" method="post" action="/r/deal/new" data-autosubmit>"#
+        ),
+        "{body}"
+    );
+    assert_eq!(hidden(&body, "title").as_deref(), Some("Typed before"));
+    assert_eq!(hidden(&body, "seats").as_deref(), Some("3"));
+    let created = stale.post(format!("{}/r/deal/new", app.base), &typed).await;
+    assert_eq!(created.status(), StatusCode::SEE_OTHER);
+    let deals = app.get("/api/v1/records/deal").await;
+    assert_eq!(deals.body["data"][0]["data"]["title"], "Typed before");
 }
 
 /// The browser half: a real headless Chromium driven through `chromedriver`. Needs `chromium`

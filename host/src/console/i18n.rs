@@ -341,6 +341,16 @@ const EN: &[(&str, &str)] = &[
     ("audit_action", "Action"),
     ("audit_target", "Target"),
     ("no_audit", "No entries."),
+    (
+        "session_expired_form",
+        "Your session has ended. Sign in, and what you typed will be sent.",
+    ),
+    ("signed_in", "Signed in"),
+    (
+        "replay_hint",
+        "Sending what you typed before the session ended…",
+    ),
+    ("continue", "Continue"),
 ];
 
 const ZH: &[(&str, &str)] = &[
@@ -595,6 +605,13 @@ const ZH: &[(&str, &str)] = &[
     ("audit_action", "操作"),
     ("audit_target", "对象"),
     ("no_audit", "没有记录。"),
+    (
+        "session_expired_form",
+        "会话已结束。请登录，您输入的内容将随后提交。",
+    ),
+    ("signed_in", "已登录"),
+    ("replay_hint", "正在提交会话结束前您输入的内容……"),
+    ("continue", "继续"),
 ];
 
 #[cfg(test)]

@@ -47,3 +47,9 @@ document.addEventListener("DOMContentLoaded", () => {
   type.addEventListener("change", show);
   show();
 });
+
+// After a sign-in, the form the ended session interrupted is sent again as typed.
+document.addEventListener("DOMContentLoaded", () => {
+  const form = document.querySelector("form[data-autosubmit]");
+  if (form) form.submit();
+});
