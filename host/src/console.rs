@@ -198,7 +198,11 @@ async fn signed_out(
     let Ok(bytes) = axum::body::to_bytes(body, MAX_REPLAY).await else {
         return to_sign_in(back, expired);
     };
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(&bytes).into_owned().collect();
+    // A confirmation is not carried over: a change that asked for one shows its dry run again.
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(&bytes)
+        .into_owned()
+        .filter(|(name, _)| name != "_confirm")
+        .collect();
     let replay = serde_json::to_string(&pairs).unwrap_or_default();
     let lang = Lang::of(&parts.headers);
     let notice = lang.t("session_expired_form");
@@ -262,7 +266,14 @@ pub fn encode(value: &str) -> String {
 /// Only a path of this site is a place to go back to (not `//evil.example` or `https://…`).
 fn local_path(next: Option<&str>) -> String {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+        // Browsers drop tabs and line breaks from URLs (`/\t/evil.example` is `//evil.example`
+        // to them): no control character or space is part of a place to go back to.
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path.contains('\\')
+                && !path.bytes().any(|byte| byte <= 0x20 || byte == 0x7f) =>
+        {
             path.to_owned()
         }
         _ => "/".to_owned(),
@@ -361,7 +372,13 @@ async fn sign_in(
             let replay: Option<Vec<(String, String)>> = form
                 .replay
                 .as_deref()
-                .and_then(|text| serde_json::from_str(text).ok());
+                .and_then(|text| serde_json::from_str::<Vec<(String, String)>>(text).ok())
+                .map(|pairs| {
+                    pairs
+                        .into_iter()
+                        .filter(|(name, _)| name != "_confirm")
+                        .collect()
+                });
             let mut response = match replay {
                 Some(pairs) => replay_page(lang, &next, &pairs).into_response(),
                 None => Redirect::to(&next).into_response(),
@@ -710,6 +727,8 @@ mod tests {
         assert_eq!(local_path(Some("//evil.example/")), "/");
         assert_eq!(local_path(Some("https://evil.example/")), "/");
         assert_eq!(local_path(Some("/\\evil.example")), "/");
+        assert_eq!(local_path(Some("/\t/evil.example")), "/");
+        assert_eq!(local_path(Some("/\n")), "/");
         assert_eq!(local_path(None), "/");
     }
 

@@ -65,6 +65,86 @@ pub async fn of_field(
     Ok(Found::load(state, principal).await?.on(entity, field))
 }
 
+/// What depends on an entity as a whole (before it is deleted): other entities' reference
+/// fields that point at it, roll-ups over it, plugins bound to it, and the workflows, views,
+/// reports and dashboards about it.
+pub async fn of_entity(
+    state: &Services,
+    principal: &Principal,
+    entity: &str,
+) -> Result<Vec<Dependent>, ApiError> {
+    let found = Found::load(state, principal).await?;
+    let mut dependents = Vec::new();
+    let mut add = |kind, name: String, how: String| {
+        dependents.push(Dependent {
+            field: String::new(),
+            kind,
+            name,
+            how,
+        })
+    };
+    for definition in &found.entities {
+        if definition.name.as_str() == entity {
+            continue;
+        }
+        for field in definition.active_fields() {
+            if field
+                .entity
+                .as_ref()
+                .is_some_and(|target| target.as_str() == entity)
+            {
+                add(
+                    "reference_field",
+                    format!("{}.{}", definition.name, field.name),
+                    format!("points at `{entity}` records"),
+                );
+            }
+            if field
+                .related
+                .iter()
+                .any(|related| related.entity.as_str() == entity)
+            {
+                add(
+                    "computed_field",
+                    format!("{}.{}", definition.name, field.name),
+                    format!("rolls up `{entity}` records"),
+                );
+            }
+        }
+    }
+    for (id, provides) in &found.plugins {
+        let bound = provides.validators.iter().any(|b| b.entity == entity)
+            || provides.hooks.iter().any(|h| h.entity == entity);
+        if bound {
+            add("plugin", id.clone(), format!("runs on `{entity}` writes"));
+        }
+    }
+    for (name, definition) in &found.workflows {
+        if about_entity(definition, entity) {
+            add("workflow", name.clone(), format!("works on `{entity}`"));
+        }
+    }
+    for (name, definition) in &found.views {
+        if about_entity(definition, entity) {
+            let kind = crate::analytics::Kind::of(definition).noun();
+            add(kind, name.clone(), format!("reads `{entity}`"));
+        }
+    }
+    Ok(dependents)
+}
+
+/// Whether some part of a definition is about `entity` (`"entity": "<entity>"`).
+fn about_entity(json: &Value, entity: &str) -> bool {
+    match json {
+        Value::Array(items) => items.iter().any(|item| about_entity(item, entity)),
+        Value::Object(object) => {
+            object.get("entity").and_then(Value::as_str) == Some(entity)
+                || object.values().any(|value| about_entity(value, entity))
+        }
+        _ => false,
+    }
+}
+
 /// The tenant's definitions that may depend on fields.
 struct Found {
     entities: Vec<crate::metadata::definition::EntityDefinition>,
@@ -199,12 +279,12 @@ impl Found {
         }
         for (name, definition) in &self.workflows {
             let trigger = definition["trigger"]["entity"].as_str();
-            if mentions(definition, trigger, entity, field) {
+            if mentions(definition, trigger, trigger, entity, field) {
                 add("workflow", name.clone(), format!("mentions `{field}`"));
             }
         }
         for (name, definition) in &self.views {
-            if mentions(definition, None, entity, field) {
+            if mentions(definition, None, None, entity, field) {
                 let kind = crate::analytics::Kind::of(definition).noun();
                 add(kind, name.clone(), format!("mentions `{field}`"));
             }
@@ -214,12 +294,21 @@ impl Found {
 }
 
 /// Whether `json` names `field` of `entity` where a definition names fields. `about` is the
-/// entity the current part is about (a nested `entity` changes it for its object).
-fn mentions(json: &Value, about: Option<&str>, entity: &str, field: &str) -> bool {
+/// entity the current part is about (a nested `entity` changes it for its object); `trigger` is
+/// the entity of a workflow's trigger, whose record templates read anywhere (`{{record.f}}`).
+fn mentions(
+    json: &Value,
+    about: Option<&str>,
+    trigger: Option<&str>,
+    entity: &str,
+    field: &str,
+) -> bool {
+    let reads_record = trigger == Some(entity);
     match json {
         Value::Array(items) => items
             .iter()
-            .any(|item| mentions(item, about, entity, field)),
+            .any(|item| mentions(item, about, trigger, entity, field)),
+        Value::String(_) => reads_record && template_mentions(json, field),
         Value::Object(object) => {
             let about = object.get("entity").and_then(Value::as_str).or(about);
             let here = about == Some(entity);
@@ -229,45 +318,41 @@ fn mentions(json: &Value, about: Option<&str>, entity: &str, field: &str) -> boo
                         ("if" | "condition" | "filter" | "having", Value::String(text)) => {
                             condition_names(text).any(|name| name == field)
                         }
-                        ("values" | "targets", Value::Object(values)) => {
-                            values.contains_key(field)
-                                || values.values().any(|v| template_mentions(v, field))
-                        }
+                        ("values" | "targets", Value::Object(values)) => values.contains_key(field),
                         ("fields" | "group_by" | "depends_on", Value::Array(items)) => {
-                            items.iter().any(|item| field_name_of(item) == Some(field))
+                            items.iter().any(|item| field_names(item).contains(&field))
                         }
                         ("measures", Value::Array(items)) => items.iter().any(|item| {
                             item.as_str()
                                 .and_then(|text| text.split_once(':'))
                                 .is_some_and(|(_, name)| name == field)
-                                || field_name_of(item) == Some(field) && item.is_object()
+                                || item.is_object() && field_names(item).contains(&field)
                         }),
                         (
                             "field" | "sort" | "order_by" | "date_field" | "via" | "divide_by",
                             value,
-                        ) => field_name_of(value) == Some(field),
-                        (_, value) => template_mentions(value, field),
+                        ) => field_names(value).contains(&field),
+                        _ => false,
                     };
-                named
-                    || (value.is_object() || value.is_array())
-                        && mentions(value, about, entity, field)
+                named || mentions(value, about, trigger, entity, field)
             })
         }
         _ => false,
     }
 }
 
-/// The field a name in a field list or a sort stands for: `-amount` and `account.size` name
-/// `amount` and `account`; a measure `{"field": "amount"}` names `amount`.
-fn field_name_of(value: &Value) -> Option<&str> {
+/// The fields a name, a field list or a sort stands for: `-amount, name` names `amount` and
+/// `name`; `account.size` names `account`; a measure `{"field": "amount"}` names `amount`.
+fn field_names(value: &Value) -> Vec<&str> {
     match value {
         Value::String(text) => text
             .split(',')
-            .next()
-            .map(|first| first.trim().trim_start_matches(['-', '+']))
-            .and_then(|name| name.split(['.', ' ', ':']).next()),
-        Value::Object(object) => object.get("field").and_then(field_name_of),
-        _ => None,
+            .map(|item| item.trim().trim_start_matches(['-', '+']))
+            .filter_map(|name| name.split(['.', ' ', ':']).next())
+            .filter(|name| !name.is_empty())
+            .collect(),
+        Value::Object(object) => object.get("field").map(field_names).unwrap_or_default(),
+        _ => Vec::new(),
     }
 }
 
@@ -328,14 +413,8 @@ mod tests {
                 {"id": "other", "type": "create_record", "entity": "task", "values": {"title": "{{record.owner_note}}"}}
             ]
         });
-        let on = |field| {
-            mentions(
-                &workflow,
-                workflow["trigger"]["entity"].as_str(),
-                "case",
-                field,
-            )
-        };
+        let trigger = workflow["trigger"]["entity"].as_str();
+        let on = |field| mentions(&workflow, trigger, trigger, "case", field);
         assert!(on("type"), "a condition's field");
         assert!(on("sla_due_at"), "a condition and a template");
         assert!(on("status"), "a value written");
@@ -343,9 +422,14 @@ mod tests {
         assert!(!on("priority"), "a quoted literal is no field");
         assert!(!on("title"), "a value of another entity's record");
         assert!(
-            !mentions(&workflow, Some("case"), "task", "subject"),
+            on("owner_note"),
+            "the trigger's record read in a step about another entity"
+        );
+        assert!(
+            !mentions(&workflow, trigger, trigger, "task", "subject"),
             "fields of the trigger's record are not the other entity's"
         );
+        assert!(mentions(&workflow, trigger, trigger, "task", "title"));
     }
 
     #[test]
@@ -355,10 +439,10 @@ mod tests {
             "widgets": [
                 {"report": {"entity": "opportunity", "group_by": ["stage", "close_date:month"],
                             "measures": ["sum:amount", {"fn": "avg", "field": "probability"}], "filter": "owner is not null"}},
-                {"report": {"entity": "case", "sort": "-opened_at"}}
+                {"report": {"entity": "case", "sort": "priority,-opened_at"}}
             ]
         });
-        let on = |entity, field| mentions(&dashboard, None, entity, field);
+        let on = |entity, field| mentions(&dashboard, None, None, entity, field);
         assert!(on("opportunity", "stage"));
         assert!(on("opportunity", "close_date"));
         assert!(on("opportunity", "amount"));

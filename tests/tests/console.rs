@@ -937,6 +937,26 @@ async fn a_type_change_shows_its_dry_run_and_waits_for_confirmation(app: &TestAp
     assert!(!field_names(&definition(app, "part").await).contains(&"code".to_owned()));
     let audit = app.get("/api/v1/audit?action=entity.purge_field").await;
     assert_eq!(audit.body["data"][0]["target"], "part", "{:?}", audit.body);
+
+    // Deleting the entity: first what depends on it (the workflow on its records).
+    let url = format!("{}/s/part/delete", app.base);
+    let asked = client.post(url.clone(), &[]).await;
+    assert_eq!(asked.status(), StatusCode::OK);
+    let body = asked.text().await.unwrap();
+    assert!(
+        body.contains(r#"<li data-kind="workflow">"#) && body.contains("big_codes"),
+        "{body}"
+    );
+    assert_eq!(
+        app.get("/api/v1/entities/part").await.status,
+        StatusCode::OK
+    );
+    let deleted = client.post(url, &[("_confirm", "1")]).await;
+    assert_eq!(deleted.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.get("/api/v1/entities/part").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 async fn pack_status(app: &TestApp, id: &str) -> String {
@@ -1629,12 +1649,18 @@ async fn a_form_sent_after_the_session_ended_is_kept_through_sign_in(app: &TestA
         .unwrap()
         .push("rapport_session=rps_ended".to_owned());
     let typed = [("title", "Typed before"), ("seats", "3")];
+    let mut confirmed = typed.to_vec();
+    confirmed.push(("_confirm", "1"));
     let sent = stale.post(format!("{}/r/deal/new", app.base), &typed).await;
     assert_eq!(sent.status(), StatusCode::UNAUTHORIZED);
     let body = sent.text().await.unwrap();
     assert!(body.contains(r#"action="/sign-in""#), "{body}");
     let replay = hidden(&body, "replay").unwrap_or_else(|| panic!("{body}"));
     assert!(replay.contains("Typed before"), "{replay}");
+    assert!(
+        !replay.contains("_confirm"),
+        "a confirmation is not carried over: {replay}"
+    );
     assert_eq!(
         app.get("/api/v1/records/deal").await.body["data"]
             .as_array()

@@ -381,9 +381,38 @@ fn fields_text(fields: &Value) -> String {
         .join(", ")
 }
 
-/// The role a submitted matrix describes. Text that does not read as field access goes as
-/// typed, so that the role's schema names it.
-fn role_json(name: &str, entities: &[String], posted: &Posted) -> Value {
+/// The grant a matrix row describes. Text that does not read as field access goes as typed,
+/// so that the role's schema names it.
+fn row_grant(entity: &str, posted: &Posted) -> Map<String, Value> {
+    let mut grant = Map::new();
+    if posted.get(&format!("e.{entity}.create")) == "true" {
+        grant.insert("create".into(), json!(true));
+    }
+    for action in ACTIONS {
+        let scope = posted.get(&format!("e.{entity}.{action}"));
+        if !scope.is_empty() && scope != "none" {
+            grant.insert((*action).into(), json!(scope));
+        }
+    }
+    let fields = posted.get(&format!("e.{entity}.fields"));
+    if !fields.trim().is_empty() {
+        let mut access = Map::new();
+        for pair in fields.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match pair.split_once(':') {
+                Some((field, level)) => access.insert(field.trim().to_owned(), json!(level.trim())),
+                None => access.insert(pair.to_owned(), json!("")),
+            };
+        }
+        grant.insert("fields".into(), Value::Object(access));
+    }
+    grant
+}
+
+/// The role a submitted matrix describes. Its rows are `*` (every entity) and the tenant's
+/// entities; an entity's row is written as its own grant only where it differs from the `*`
+/// row (an explicit grant, even an empty one, replaces `*` for its entity), so saving a role
+/// changes nothing it did not show. Grants of entities the matrix has no row for are kept.
+fn role_json(name: &str, entities: &[String], posted: &Posted, existing: Option<&Value>) -> Value {
     let mut role = Map::new();
     role.insert("name".into(), json!(name));
     for key in ["label", "description"] {
@@ -396,32 +425,20 @@ fn role_json(name: &str, entities: &[String], posted: &Posted) -> Value {
             role.insert(flag.into(), json!(true));
         }
     }
-    let mut grants = Map::new();
+    let mut grants: Map<String, Value> = existing
+        .and_then(|role| role["entities"].as_object())
+        .cloned()
+        .unwrap_or_default();
+    let wildcard = row_grant("*", posted);
+    grants.remove("*");
+    if !wildcard.is_empty() {
+        grants.insert("*".into(), Value::Object(wildcard.clone()));
+    }
     for entity in entities {
-        let mut grant = Map::new();
-        if posted.get(&format!("e.{entity}.create")) == "true" {
-            grant.insert("create".into(), json!(true));
-        }
-        for action in ACTIONS {
-            let scope = posted.get(&format!("e.{entity}.{action}"));
-            if !scope.is_empty() && scope != "none" {
-                grant.insert((*action).into(), json!(scope));
-            }
-        }
-        let fields = posted.get(&format!("e.{entity}.fields"));
-        if !fields.trim().is_empty() {
-            let mut access = Map::new();
-            for pair in fields.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                match pair.split_once(':') {
-                    Some((field, level)) => {
-                        access.insert(field.trim().to_owned(), json!(level.trim()))
-                    }
-                    None => access.insert(pair.to_owned(), json!("")),
-                };
-            }
-            grant.insert("fields".into(), Value::Object(access));
-        }
-        if !grant.is_empty() {
+        let grant = row_grant(entity, posted);
+        if grant == wildcard {
+            grants.remove(entity);
+        } else {
             grants.insert(entity.clone(), Value::Object(grant));
         }
     }
@@ -513,11 +530,21 @@ async fn role_page(
         Some(typed) => typed.get(key) == "true",
         None => existing.is_some_and(|role| role[key] == json!(true)),
     };
+    // A row shows the entity's own grant, else what `*` gives it.
     let grant_of = |entity: &str| {
         existing
-            .map(|role| role["entities"][entity].clone())
+            .map(|role| {
+                let grants = &role["entities"];
+                match grants.get(entity) {
+                    Some(grant) => grant.clone(),
+                    None => grants.get("*").cloned().unwrap_or(Value::Null),
+                }
+            })
             .unwrap_or(Value::Null)
     };
+    let rows: Vec<String> = std::iter::once("*".to_owned())
+        .chain(entities.iter().cloned())
+        .collect();
     let action = match &name {
         Some(name) => format!("/roles/{name}"),
         None => "/roles/new".to_owned(),
@@ -547,10 +574,13 @@ async fn role_page(
                             th scope="col" { (lang.t("field_access")) }
                         } }
                         tbody {
-                            @for entity in &entities {
+                            @for entity in &rows {
                                 @let grant = grant_of(entity);
                                 tr data-entity=(entity) {
-                                    th scope="row" { code { (entity) } }
+                                    th scope="row" {
+                                        @if entity == "*" { (lang.t("every_entity")) " " code { "*" } }
+                                        @else { code { (entity) } }
+                                    }
                                     td data-label=(lang.t("grant_create")) {
                                         @let key = format!("e.{entity}.create");
                                         input type="checkbox" name=(key) value="true" aria-label={ (entity) " " (lang.t("grant_create")) }
@@ -616,12 +646,12 @@ pub async fn save_role(
         Ok(entities) => entities,
         Err(error) => return error_page(lang, error),
     };
-    let json = role_json(&role_name, &entities, &posted);
     let existing = if creating {
         None
     } else {
         state.users.role(&principal, &name).await.ok()
     };
+    let json = role_json(&role_name, &entities, &posted, existing.as_ref());
     let target = (!creating).then_some(name.as_str());
     match state.users.put_role(&principal, target, &json).await {
         Ok(_) => Redirect::to(&format!("/roles/{}?done=saved", encode(&role_name))).into_response(),
@@ -770,6 +800,7 @@ mod tests {
             "sales",
             &["contact".to_owned(), "account".to_owned()],
             &posted,
+            None,
         );
         assert_eq!(
             role,
@@ -782,5 +813,39 @@ mod tests {
             fields_text(&role["entities"]["contact"]["fields"]),
             "phone:read, salary:none"
         );
+    }
+
+    #[test]
+    fn saving_a_role_keeps_its_wildcard_and_what_the_matrix_does_not_show() {
+        let existing = json!({"name": "member", "entities": {
+            "*": {"create": true, "read": "all", "update": "own"},
+            "secret": {},
+            "gone": {"read": "all"}
+        }});
+        let row = |entity: &str, read: &str| {
+            vec![
+                (format!("e.{entity}.create"), "true".to_owned()),
+                (format!("e.{entity}.read"), read.to_owned()),
+                (format!("e.{entity}.update"), "own".to_owned()),
+                (format!("e.{entity}.delete"), "none".to_owned()),
+            ]
+        };
+        // The page as shown, saved with a new label: every row as `*` gives it, `secret` empty.
+        let mut pairs = vec![("label".to_owned(), "Members".to_owned())];
+        pairs.extend(row("*", "all"));
+        pairs.extend(row("contact", "all"));
+        pairs.extend([("e.secret.read".to_owned(), "none".to_owned())]);
+        let role = role_json(
+            "member",
+            &["contact".to_owned(), "secret".to_owned()],
+            &Posted::of(pairs),
+            Some(&existing),
+        );
+        assert_eq!(
+            role["entities"],
+            json!({"*": {"create": true, "read": "all", "update": "own"}, "secret": {}, "gone": {"read": "all"}}),
+            "the wildcard stays, the carve-out stays, an entity without a row keeps its grant"
+        );
+        assert_eq!(role["label"], "Members");
     }
 }

@@ -233,7 +233,7 @@ const EN: &[(&str, &str)] = &[
     ("conversion", "Conversion"),
     ("records_with_value", "records with a value"),
     ("would_not_convert_count", "would not convert"),
-    ("dependents", "What depends on this field"),
+    ("dependents", "What depends on it"),
     ("no_dependents", "Nothing depends on it."),
     ("confirm", "Confirm"),
     ("computed_field", "computed field"),
@@ -351,6 +351,9 @@ const EN: &[(&str, &str)] = &[
         "Sending what you typed before the session ended…",
     ),
     ("continue", "Continue"),
+    ("every_entity", "Every entity"),
+    ("reference_field", "reference field"),
+    ("records_share_value", "records have this value"),
 ];
 
 const ZH: &[(&str, &str)] = &[
@@ -500,7 +503,7 @@ const ZH: &[(&str, &str)] = &[
     ("conversion", "转换"),
     ("records_with_value", "条记录有值"),
     ("would_not_convert_count", "条无法转换"),
-    ("dependents", "依赖此字段的内容"),
+    ("dependents", "依赖它的内容"),
     ("no_dependents", "没有内容依赖它。"),
     ("confirm", "确认"),
     ("computed_field", "计算字段"),
@@ -612,6 +615,9 @@ const ZH: &[(&str, &str)] = &[
     ("signed_in", "已登录"),
     ("replay_hint", "正在提交会话结束前您输入的内容……"),
     ("continue", "继续"),
+    ("every_entity", "所有实体"),
+    ("reference_field", "引用字段"),
+    ("records_share_value", "条记录使用此值"),
 ];
 
 #[cfg(test)]

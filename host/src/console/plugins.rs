@@ -552,7 +552,7 @@ pub async fn configure(
                 None,
             )
             .await;
-            (StatusCode::UNPROCESSABLE_ENTITY, respond(lang, page)).into_response()
+            (super::schema::refused_status(&error), respond(lang, page)).into_response()
         }
     }
 }
@@ -608,6 +608,17 @@ pub async fn upload(
     mut multipart: Multipart,
 ) -> Response {
     let lang = Lang::of(&headers);
+    // Refused before the body is read: only administrators upload.
+    if !principal.is_admin() {
+        return error_page(
+            lang,
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "plugins are uploaded by administrators",
+            ),
+        );
+    }
     let mut manifest = None;
     let mut component = None;
     let read = async {

@@ -138,6 +138,30 @@ impl Errors {
     ) -> Self {
         let mut errors = Self::default();
         let mut elsewhere = Vec::new();
+        // Values used more than once, for a field that is to become unique: at the checkbox.
+        if error.code == "duplicate_values" && inputs.contains(&"unique") {
+            for duplicates in error
+                .fields
+                .iter()
+                .flat_map(Value::as_object)
+                .flat_map(|f| f.values())
+            {
+                for duplicate in duplicates.as_array().into_iter().flatten() {
+                    errors
+                        .at
+                        .entry("unique".to_owned())
+                        .or_default()
+                        .push(format!(
+                            "`{}`: {} {}",
+                            text(&duplicate["value"]),
+                            duplicate["records"],
+                            lang.t("records_share_value")
+                        ));
+                }
+            }
+            errors.summary = Some(error.message.clone());
+            return errors;
+        }
         let prefix = field_index.map(|index| format!("/fields/{index}"));
         for (path, messages) in error.fields.iter().flat_map(|f| f.as_object()).flatten() {
             let messages: Vec<String> = match messages {
@@ -155,10 +179,13 @@ impl Errors {
                 if inputs.contains(&key) {
                     return Some(key.to_owned());
                 }
+                // `"options" is a required property`: the setting that is missing.
                 messages.iter().find_map(|message| {
                     inputs
                         .iter()
-                        .find(|input| message.contains(&format!("\"{input}\"")))
+                        .find(|input| {
+                            message.starts_with(&format!("\"{input}\" is a required property"))
+                        })
                         .map(|input| (*input).to_owned())
                 })
             });
@@ -189,6 +216,15 @@ impl Errors {
 
     pub(super) fn invalid(&self, name: &str) -> Option<&'static str> {
         self.at.contains_key(name).then_some("true")
+    }
+}
+
+/// The status of a page that shows a refused change: 422, or the server's own failure.
+pub(super) fn refused_status(error: &ApiError) -> StatusCode {
+    if error.status.is_server_error() {
+        error.status
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
     }
 }
 
@@ -388,7 +424,7 @@ pub async fn create_entity(
         Err(error) => {
             let errors = Errors::of(lang, &error, None, &["name", "label", "plural_label"]);
             let page = entities_page(&state, &principal, lang, &posted, &errors).await;
-            (StatusCode::UNPROCESSABLE_ENTITY, respond(lang, page)).into_response()
+            (refused_status(&error), respond(lang, page)).into_response()
         }
     }
 }
@@ -599,7 +635,7 @@ pub async fn update_entity(
                 &errors,
                 None,
             );
-            (StatusCode::UNPROCESSABLE_ENTITY, respond(lang, page.await)).into_response()
+            (refused_status(&error), respond(lang, page.await)).into_response()
         }
     }
 }
@@ -607,37 +643,52 @@ pub async fn update_entity(
 // ---------------------------------------------------------------------------------------------
 // Fields
 
+/// One option as a line of the form: `value`, or `value | label [| closed]`.
+fn option_line(option: &Value) -> String {
+    match option {
+        Value::String(value) => value.clone(),
+        object => {
+            let mut line = str_of(object, "value").to_owned();
+            let label = str_of(object, "label");
+            let closed = object["closed"] == json!(true);
+            if !label.is_empty() || closed {
+                line.push_str(&format!(" | {label}"));
+            }
+            if closed {
+                line.push_str(" | closed");
+            }
+            line
+        }
+    }
+}
+
 /// Options as the form shows them: one per line, `value | label | closed`.
 fn options_text(field: &Value) -> String {
     field["options"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|option| match option {
-            Value::String(value) => value.clone(),
-            object => {
-                let mut line = str_of(object, "value").to_owned();
-                let label = str_of(object, "label");
-                let closed = object["closed"] == json!(true);
-                if !label.is_empty() || closed {
-                    line.push_str(&format!(" | {label}"));
-                }
-                if closed {
-                    line.push_str(" | closed");
-                }
-                line
-            }
-        })
+        .map(option_line)
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-/// The options of the form's text: a bare value, or `value | label [| closed]`.
-fn parse_options(text: &str) -> Vec<Value> {
+/// The options of the form's text: a bare value, or `value | label [| closed]`. A line that
+/// reads exactly as an existing option stays that option (a value may hold a `|`).
+fn parse_options(text: &str, existing: &Value) -> Vec<Value> {
+    let kept: Vec<(String, &Value)> = existing
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|option| (option_line(option), option))
+        .collect();
     text.lines()
         .map(str::trim)
         .filter(|line| !line.is_empty())
         .map(|line| {
+            if let Some((_, option)) = kept.iter().find(|(shown, _)| shown == line) {
+                return (*option).clone();
+            }
             let parts: Vec<&str> = line.split('|').map(str::trim).collect();
             let closed = parts.get(2).is_some_and(|flag| *flag == "closed");
             let label = parts.get(1).copied().unwrap_or_default();
@@ -699,7 +750,10 @@ fn field_json(existing: Option<&Value>, name: &str, posted: &Posted) -> Value {
             None => field.remove(key),
         };
     }
-    let options = parse_options(posted.get("options"));
+    let options = parse_options(
+        posted.get("options"),
+        &field.get("options").cloned().unwrap_or_default(),
+    );
     if options.is_empty() {
         field.remove("options");
     } else {
@@ -845,6 +899,10 @@ fn field_page(
                     label for="f-entity" { (lang.t("references")) }
                     select id="f-entity" name="entity" aria-invalid=[errors.invalid("entity")] {
                         option value="" { (lang.t("none")) }
+                        @let referenced = str_of(field, "entity");
+                        @if !referenced.is_empty() && !entities.iter().any(|name| name == referenced) {
+                            option value=(referenced) selected { (referenced) }
+                        }
                         @for name in entities {
                             option value=(name) selected[str_of(field, "entity") == name] { (name) }
                         }
@@ -1049,8 +1107,14 @@ async fn save_field(
         Some(name) => FieldTarget::Existing(name),
         None => FieldTarget::New,
     };
+    // An existing field's name is shown, not an input: its problems go to the summary.
+    let inputs: Vec<&str> = FIELD_INPUTS
+        .iter()
+        .copied()
+        .filter(|input| *input != "name" || field.is_none())
+        .collect();
     let refused = |error: ApiError| {
-        let errors = Errors::of(lang, &error, Some(index), FIELD_INPUTS);
+        let errors = Errors::of(lang, &error, Some(index), &inputs);
         let page = field_page(
             lang,
             &chrome,
@@ -1465,8 +1529,14 @@ pub async fn delete_entity(
     };
     let title = format!("{} · {entity}", lang.t("delete_entity"));
     if !posted.has("_confirm") {
+        let dependents = crate::dependents::of_entity(&state, &principal, &entity)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(error = %error.message, "could not list what depends on an entity");
+                Vec::new()
+            });
         let page = html! {
-            (confirm_page(lang, &chrome, &title, &entity, Plan { changes: &[], conversions: &[], dependents: &[] }, Some((&format!("/s/{entity}/delete"), &posted))))
+            (confirm_page(lang, &chrome, &title, &entity, Plan { changes: &[], conversions: &[], dependents: &dependents }, Some((&format!("/s/{entity}/delete"), &posted))))
         };
         return page.into_response();
     }
@@ -1505,7 +1575,16 @@ mod tests {
         let field = json!({"options": ["new", {"value": "won", "label": "Won", "closed": true}, {"value": "lost", "closed": true}]});
         let text = options_text(&field);
         assert_eq!(text, "new\nwon | Won | closed\nlost |  | closed");
-        assert_eq!(Value::Array(parse_options(&text)), field["options"]);
+        assert_eq!(
+            Value::Array(parse_options(&text, &Value::Null)),
+            field["options"]
+        );
+        // A value with a `|` stays as it was when its line is unchanged.
+        let piped = json!(["A|B", "c"]);
+        assert_eq!(
+            Value::Array(parse_options("A|B\nc\nd", &piped)),
+            json!(["A|B", "c", "d"])
+        );
     }
 
     #[test]
