@@ -236,10 +236,10 @@ const EN: &[(&str, &str)] = &[
     ("dependents", "What depends on it"),
     ("no_dependents", "Nothing depends on it."),
     ("confirm", "Confirm"),
-    ("computed_field", "computed field"),
-    ("view", "view"),
-    ("report", "report"),
-    ("dashboard", "dashboard"),
+    ("computed_field", "Computed field"),
+    ("view", "View"),
+    ("report", "Report"),
+    ("dashboard", "Dashboard"),
     ("change_entity_described", "Labels of the entity"),
     ("change_field_added", "New field"),
     ("change_field_described", "Labels of"),
@@ -352,7 +352,7 @@ const EN: &[(&str, &str)] = &[
     ),
     ("continue", "Continue"),
     ("every_entity", "Every entity"),
-    ("reference_field", "reference field"),
+    ("reference_field", "Reference field"),
     ("records_share_value", "records have this value"),
 ];
 
