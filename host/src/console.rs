@@ -161,19 +161,28 @@ async fn session(State(state): State<AppState>, request: Request, next: Next) ->
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
     let (mut parts, body) = request.into_parts();
-    let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+    if !with_session_token(&mut parts) {
         return signed_out(&parts, body, &back, false).await;
+    }
+    use axum::extract::FromRequestParts;
+    match Principal::from_request_parts(&mut parts, &state).await {
+        Ok(_) => next.run(Request::from_parts(parts, body)).await,
+        Err(_) => signed_out(&parts, body, &back, true).await,
+    }
+}
+
+/// Puts the hash of the session cookie's token where the principal extractor looks for a
+/// bearer token's; `false` without a session cookie.
+fn with_session_token(parts: &mut axum::http::request::Parts) -> bool {
+    let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+        return false;
     };
     parts
         .extensions
         .insert(crate::api::extract::TokenHash(crate::auth::hash_token(
             &token,
         )));
-    use axum::extract::FromRequestParts;
-    match Principal::from_request_parts(&mut parts, &state).await {
-        Ok(_) => next.run(Request::from_parts(parts, body)).await,
-        Err(_) => signed_out(&parts, body, &back, true).await,
-    }
+    true
 }
 
 /// The largest form a sign-in carries over to send after it.
@@ -494,14 +503,11 @@ fn language_cookie(lang: Lang) -> HeaderValue {
 /// The user of the request's session, if it has a valid one.
 async fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<Principal> {
     use axum::extract::FromRequestParts;
-    let token = cookie(headers, SESSION_COOKIE)?;
     let (mut parts, ()) = axum::http::Request::new(()).into_parts();
     parts.headers = headers.clone();
-    parts
-        .extensions
-        .insert(crate::api::extract::TokenHash(crate::auth::hash_token(
-            &token,
-        )));
+    if !with_session_token(&mut parts) {
+        return None;
+    }
     Principal::from_request_parts(&mut parts, state).await.ok()
 }
 
@@ -706,6 +712,72 @@ pub async fn audit(
         crate::api::guard::write_audit(state, principal, action, target, &detail).await
     {
         tracing::error!(%error, action, "could not write an audit entry");
+    }
+}
+
+/// Refuses anyone but an administrator of the tenant: `what` names the pages
+/// ("the schema editor", "packs"…). The services check again.
+pub fn admin_only(principal: &Principal, what: &str) -> Result<(), ApiError> {
+    if principal.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{what}: for administrators"),
+        ))
+    }
+}
+
+/// The status of a page that shows a refused change again: 422, or the server's own failure.
+pub fn refused_status(error: &ApiError) -> StatusCode {
+    if error.status.is_server_error() {
+        error.status
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    }
+}
+
+/// A change made: written to the audit trail, then the browser goes to `location`.
+pub async fn audited_redirect(
+    state: &AppState,
+    principal: &Principal,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+    location: &str,
+) -> Response {
+    audit(state, principal, action, target, detail).await;
+    Redirect::to(location).into_response()
+}
+
+/// `?done=…`: what a page's last change did, shown as a notice.
+#[derive(Debug, Default, Deserialize)]
+pub struct Done {
+    pub done: Option<String>,
+}
+
+/// `2026-12-05 02:57:29` (UTC).
+pub fn when(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .map(|text| text.get(..19).unwrap_or(&text).replace('T', " "))
+        .unwrap_or_default()
+}
+
+/// The problems of a refused change, each with where it was found.
+pub fn problems(error: &ApiError) -> Markup {
+    html! {
+        @if let Some(fields) = error.fields.as_ref().and_then(serde_json::Value::as_object) {
+            ul.problems {
+                @for (path, messages) in fields {
+                    li { code { (path) } ": "
+                        @for message in messages.as_array().into_iter().flatten() {
+                            (message.as_str().map(str::to_owned).unwrap_or_else(|| message.to_string())) " "
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -13,32 +13,15 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::i18n::Lang;
-use super::schema::{Errors, Posted};
-use super::{Chrome, document, encode, error_page, respond};
+use super::schema::{Errors, Posted, entity_names, text_input};
+use super::{Chrome, Done, admin_only, document, encode, error_page, refused_status, respond};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::auth::Principal;
 use crate::users::{NewUserBody, UserPatch, UserView};
 
-fn admin_only(principal: &Principal) -> Result<(), ApiError> {
-    if principal.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "users, roles and the audit trail are for administrators",
-        ))
-    }
-}
-
-fn refused_status(error: &ApiError) -> StatusCode {
-    if error.status.is_server_error() {
-        error.status
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    }
-}
+/// What these pages are, in a refusal.
+const PAGES: &str = "users, roles and the audit trail";
 
 async fn role_names(state: &AppState, principal: &Principal) -> Result<Vec<String>, ApiError> {
     Ok(state
@@ -62,13 +45,13 @@ fn role_boxes(roles: &[String], chosen: &[String], errors: &Errors) -> Markup {
     }
 }
 
-fn text_field(label: &str, name: &str, kind: &str, value: &str, errors: &Errors) -> Markup {
-    let id = format!("f-{name}");
+/// The links between the users, roles and audit pages.
+fn admin_nav(lang: Lang, here: &str) -> Markup {
     html! {
-        div.field.invalid[errors.invalid(name).is_some()] data-field=(name) {
-            label for=(id) { (label) }
-            input id=(id) name=(name) type=(kind) value=(value) aria-invalid=[errors.invalid(name)];
-            (errors.field(name))
+        nav.views {
+            @for (key, href) in [("users", "/u"), ("roles", "/roles"), ("audit", "/audit")] {
+                a href=(href) aria-current=[(key == here).then_some("page")] { (lang.t(key)) }
+            }
         }
     }
 }
@@ -93,7 +76,7 @@ async fn users_page(
     typed: Option<&Posted>,
     errors: &Errors,
 ) -> Result<Markup, ApiError> {
-    admin_only(principal)?;
+    admin_only(principal, PAGES)?;
     let chrome = Chrome::load(lang, state, principal, "").await?;
     let users = state.users.list(principal).await?;
     let roles = role_names(state, principal).await?;
@@ -104,7 +87,7 @@ async fn users_page(
     let typed_value = |name: &str| typed.map(|t| t.get(name).to_owned()).unwrap_or_default();
     let body = html! {
         main {
-            nav.views { a href="/u" aria-current="page" { (lang.t("users")) } a href="/roles" { (lang.t("roles")) } a href="/audit" { (lang.t("audit")) } }
+            (admin_nav(lang, "users"))
             h1 { (lang.t("users")) }
             div.table-wrap {
                 table.records.users {
@@ -135,9 +118,9 @@ async fn users_page(
                 h2 { (lang.t("new_user")) }
                 @if let Some(summary) = &errors.summary { p.error-summary role="alert" { (summary) } }
                 form.record method="post" action="/u" novalidate {
-                    (text_field(lang.t("user"), "name", "text", &typed_value("name"), errors))
-                    (text_field(lang.t("email"), "email", "email", &typed_value("email"), errors))
-                    (text_field(lang.t("password"), "password", "password", "", errors))
+                    (text_input(lang.t("user"), "name", "text", &typed_value("name"), errors, html! {}))
+                    (text_input(lang.t("email"), "email", "email", &typed_value("email"), errors, html! {}))
+                    (text_input(lang.t("password"), "password", "password", "", errors, html! {}))
                     (role_boxes(&roles, &chosen, errors))
                     div.actions { button type="submit" { (lang.t("create_user")) } }
                 }
@@ -179,11 +162,6 @@ pub async fn create_user(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct Done {
-    done: Option<String>,
-}
-
 pub async fn user(
     State(state): State<AppState>,
     principal: Principal,
@@ -214,7 +192,7 @@ async fn user_page(
     errors: &Errors,
     done: Option<&str>,
 ) -> Result<Markup, ApiError> {
-    admin_only(principal)?;
+    admin_only(principal, PAGES)?;
     let chrome = Chrome::load(lang, state, principal, "").await?;
     let user: UserView = state.users.get(principal, id).await?;
     let roles = role_names(state, principal).await?;
@@ -238,7 +216,7 @@ async fn user_page(
             section.card {
                 @if let Some(summary) = &errors.summary { p.error-summary role="alert" { (summary) } }
                 form.record method="post" action={ "/u/" (user.id) } novalidate {
-                    (text_field(lang.t("email"), "email", "email", &email, errors))
+                    (text_input(lang.t("email"), "email", "email", &email, errors, html! {}))
                     (role_boxes(&roles, &chosen, errors))
                     label.inline { input type="checkbox" name="disabled" value="true" checked[disabled]; " " (lang.t("user_disabled")) }
                     div.actions { button type="submit" { (lang.t("save")) } }
@@ -247,7 +225,7 @@ async fn user_page(
             section.card {
                 h2 { (lang.t("set_password")) }
                 form.record method="post" action={ "/u/" (user.id) "/password" } novalidate {
-                    (text_field(lang.t("password"), "password", "password", "", errors))
+                    (text_input(lang.t("password"), "password", "password", "", errors, html! {}))
                     div.actions { button type="submit" { (lang.t("set_password")) } }
                 }
             }
@@ -339,12 +317,12 @@ pub async fn roles(
 ) -> Response {
     let lang = Lang::of(&headers);
     let result = async {
-        admin_only(&principal)?;
+        admin_only(&principal, PAGES)?;
         let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let roles = state.users.roles(&principal).await?;
         let body = html! {
             main {
-                nav.views { a href="/u" { (lang.t("users")) } a href="/roles" aria-current="page" { (lang.t("roles")) } a href="/audit" { (lang.t("audit")) } }
+                (admin_nav(lang, "roles"))
                 div.heading {
                     h1 { (lang.t("roles")) }
                     a.button href="/roles/new" { (lang.t("new_role")) }
@@ -515,7 +493,7 @@ async fn role_page(
     errors: &Errors,
     done: Option<&str>,
 ) -> Result<Markup, ApiError> {
-    admin_only(principal)?;
+    admin_only(principal, PAGES)?;
     let chrome = Chrome::load(lang, state, principal, "").await?;
     let entities = entity_names(state, principal).await?;
     let name = existing
@@ -560,9 +538,9 @@ async fn role_page(
             @if built_in { p.notice { (lang.t("built_in_role")) } }
             @if let Some(summary) = &errors.summary { p.error-summary role="alert" { (summary) } }
             form.record.role method="post" action=(action) novalidate {
-                @if name.is_none() { (text_field(lang.t("api_name"), "name", "text", &value("name", &|_| String::new()), errors)) }
-                (text_field(lang.t("label"), "label", "text", &value("label", &|role| role["label"].as_str().unwrap_or_default().to_owned()), errors))
-                (text_field(lang.t("description"), "description", "text", &value("description", &|role| role["description"].as_str().unwrap_or_default().to_owned()), errors))
+                @if name.is_none() { (text_input(lang.t("api_name"), "name", "text", &value("name", &|_| String::new()), errors, html! {})) }
+                (text_input(lang.t("label"), "label", "text", &value("label", &|role| role["label"].as_str().unwrap_or_default().to_owned()), errors, html! {}))
+                (text_input(lang.t("description"), "description", "text", &value("description", &|role| role["description"].as_str().unwrap_or_default().to_owned()), errors, html! {}))
                 label.inline { input type="checkbox" name="admin" value="true" checked[flag("admin")]; " " (lang.t("administers")) }
                 label.inline { input type="checkbox" name="reassign" value="true" checked[flag("reassign")]; " " (lang.t("reassigns")) }
                 div.table-wrap {
@@ -614,16 +592,6 @@ async fn role_page(
     Ok(document(lang, &title, Some(&chrome), body))
 }
 
-async fn entity_names(state: &AppState, principal: &Principal) -> Result<Vec<String>, ApiError> {
-    Ok(state
-        .metadata
-        .list(&principal.tenant)
-        .await?
-        .iter()
-        .filter_map(|entity| entity.definition["name"].as_str().map(str::to_owned))
-        .collect())
-}
-
 pub async fn save_role(
     State(state): State<AppState>,
     principal: Principal,
@@ -633,7 +601,7 @@ pub async fn save_role(
 ) -> Response {
     let lang = Lang::of(&headers);
     let posted = Posted::of(pairs);
-    if let Err(error) = admin_only(&principal) {
+    if let Err(error) = admin_only(&principal, PAGES) {
         return error_page(lang, error);
     }
     let creating = name == "new";
@@ -695,7 +663,7 @@ pub async fn audit(
 ) -> Response {
     let lang = Lang::of(&headers);
     let result = async {
-        admin_only(&principal)?;
+        admin_only(&principal, PAGES)?;
         let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let users = state.users.list(&principal).await?;
         let names: BTreeMap<&str, &str> = users
@@ -733,7 +701,7 @@ pub async fn audit(
         });
         let body = html! {
             main {
-                nav.views { a href="/u" { (lang.t("users")) } a href="/roles" { (lang.t("roles")) } a href="/audit" aria-current="page" { (lang.t("audit")) } }
+                (admin_nav(lang, "audit"))
                 h1 { (lang.t("audit")) }
                 form.filters method="get" action="/audit" {
                     input name="action" value=(query.action.as_deref().unwrap_or_default()) placeholder=(lang.t("audit_action")) aria-label=(lang.t("audit_action"));

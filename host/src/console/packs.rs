@@ -5,31 +5,20 @@
 
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::i18n::Lang;
-use super::{Chrome, audit, document, error_page, respond};
+use super::{Chrome, Done, admin_only, audited_redirect, document, error_page, problems, respond};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::auth::Principal;
 use crate::packs::{PackError, Report, Source};
 
-/// The pack pages are the administrators' (the API lets everyone list packs; only
-/// administrators change them).
-fn admin_only(principal: &Principal) -> Result<(), ApiError> {
-    if principal.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "packs are installed and removed by administrators",
-        ))
-    }
-}
+/// What these pages are, in a refusal.
+const PAGES: &str = "installing and removing packs";
 
 fn status_label(lang: Lang, status: &str) -> &'static str {
     match status {
@@ -46,7 +35,7 @@ pub async fn list(
 ) -> Response {
     let lang = Lang::of(&headers);
     let result = async {
-        admin_only(&principal)?;
+        admin_only(&principal, PAGES)?;
         let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let packs = state.packs.list(&principal).await?;
         let body = html! {
@@ -77,11 +66,6 @@ pub async fn list(
     respond(lang, result)
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct Done {
-    done: Option<String>,
-}
-
 pub async fn show(
     State(state): State<AppState>,
     principal: Principal,
@@ -91,7 +75,7 @@ pub async fn show(
 ) -> Response {
     let lang = Lang::of(&headers);
     let result = async {
-        admin_only(&principal)?;
+        admin_only(&principal, PAGES)?;
         let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let pack = state.packs.show(&principal, &id).await?;
         let summary = &pack.summary;
@@ -294,15 +278,15 @@ async fn operate(
         Err(error) => return refused(&state, &principal, lang, &id, action, error).await,
     };
     if !dry_run {
-        audit(
+        return audited_redirect(
             &state,
             &principal,
             &format!("pack.{action}"),
             &id,
             json!({"sample": sample, "purge": purge}),
+            &format!("/k/{id}?done={action}"),
         )
         .await;
-        return Redirect::to(&format!("/k/{id}?done={action}")).into_response();
     }
     let page = async {
         let chrome = Chrome::load(lang, &state, &principal, "").await?;
@@ -353,18 +337,7 @@ async fn refused(
             p.crumbs { a href="/k" { (lang.t("packs")) } " · " a href={ "/k/" (id) } { (id) } }
             h1 { (title) }
             p.error-summary role="alert" { (error.message) }
-            @if let Some(fields) = error.fields.as_ref().and_then(|f| f.as_object()) {
-                ul.problems {
-                    @for (path, messages) in fields {
-                        li { code { (path) } ": "
-                            @match messages.as_array() {
-                                Some(items) => @for item in items { (item.as_str().map(str::to_owned).unwrap_or_else(|| item.to_string())) " " },
-                                None => (messages.to_string()),
-                            }
-                        }
-                    }
-                }
-            }
+            (problems(&error))
             p { a href={ "/k/" (id) } { (lang.t("back")) } }
         }
     };

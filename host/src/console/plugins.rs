@@ -14,7 +14,10 @@ use serde_json::{Map, Value, json};
 
 use super::i18n::Lang;
 use super::schema::{Errors, Posted};
-use super::{Chrome, audit, document, error_page, respond};
+use super::{
+    Chrome, admin_only, audit, audited_redirect, document, error_page, problems, refused_status,
+    respond, when,
+};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::auth::Principal;
@@ -125,13 +128,6 @@ async fn list_page(
         };
         Ok(document(lang, lang.t("plugins"), Some(&chrome), body))
     }
-}
-
-/// `2026-12-05 02:57:29` (UTC).
-fn when(at: time::OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .map(|text| text.get(..19).unwrap_or(&text).replace('T', " "))
-        .unwrap_or_default()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -266,23 +262,6 @@ async fn show_page(
             }
         };
         Ok(document(lang, &plugin.id, Some(&chrome), body))
-    }
-}
-
-/// The problems of a refused change, each with where it was found.
-fn problems(error: &ApiError) -> Markup {
-    html! {
-        @if let Some(fields) = error.fields.as_ref().and_then(Value::as_object) {
-            ul.problems {
-                @for (path, messages) in fields {
-                    li { code { (path) } ": "
-                        @for message in messages.as_array().into_iter().flatten() {
-                            (message.as_str().map(str::to_owned).unwrap_or_else(|| message.to_string())) " "
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -529,8 +508,15 @@ pub async fn configure(
     let config = config_of(plugin.config_schema.as_ref(), &plugin.config, &posted);
     match state.plugins.configure(&principal, &id, &config).await {
         Ok(_) => {
-            audit(&state, &principal, "plugin.configure", &id, json!({})).await;
-            Redirect::to(&format!("/p/{id}?done=configured")).into_response()
+            audited_redirect(
+                &state,
+                &principal,
+                "plugin.configure",
+                &id,
+                json!({}),
+                &format!("/p/{id}?done=configured"),
+            )
+            .await
         }
         Err(error) => {
             let error = ApiError::from(error);
@@ -552,7 +538,7 @@ pub async fn configure(
                 None,
             )
             .await;
-            (super::schema::refused_status(&error), respond(lang, page)).into_response()
+            (refused_status(&error), respond(lang, page)).into_response()
         }
     }
 }
@@ -586,15 +572,15 @@ async fn set_enabled(
     match state.plugins.set_enabled(&principal, &id, enabled).await {
         Ok(_) => {
             let verb = if enabled { "enable" } else { "disable" };
-            audit(
+            audited_redirect(
                 &state,
                 &principal,
                 &format!("plugin.{verb}"),
                 &id,
                 json!({}),
+                &format!("/p/{id}?done={verb}d"),
             )
-            .await;
-            Redirect::to(&format!("/p/{id}?done={verb}d")).into_response()
+            .await
         }
         Err(error) => error_page(lang, ApiError::from(error)),
     }
@@ -609,15 +595,8 @@ pub async fn upload(
 ) -> Response {
     let lang = Lang::of(&headers);
     // Refused before the body is read: only administrators upload.
-    if !principal.is_admin() {
-        return error_page(
-            lang,
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "plugins are uploaded by administrators",
-            ),
-        );
+    if let Err(error) = admin_only(&principal, "uploading plugins") {
+        return error_page(lang, error);
     }
     let mut manifest = None;
     let mut component = None;
@@ -682,11 +661,7 @@ pub async fn upload(
         }
         Err(error) if error.status == StatusCode::FORBIDDEN => error_page(lang, error),
         Err(error) => {
-            let status = if error.status.is_server_error() {
-                error.status
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
+            let status = refused_status(&error);
             let page = list_page(&state, &principal, lang, Some(&error)).await;
             (status, respond(lang, page)).into_response()
         }

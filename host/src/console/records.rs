@@ -1105,11 +1105,7 @@ async fn refill(
             entity_label(lang, definition, false)
         ),
     );
-    let status = if error.status.is_server_error() {
-        error.status
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
+    let status = super::refused_status(&error);
     (
         status,
         form_page(lang, &chrome, definition, fields, &target, &form),

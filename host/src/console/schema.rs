@@ -15,13 +15,18 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::i18n::Lang;
-use super::{Chrome, audit, document, error_page, respond};
+use super::{
+    Chrome, admin_only, audit, audited_redirect, document, error_page, refused_status, respond,
+};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::auth::Principal;
 use crate::dependents::Dependent;
 use crate::metadata::evolution::Change;
 use crate::metadata::{Applied, FieldCheck, MetadataError};
+
+/// What these pages are, in a refusal.
+const PAGES: &str = "the schema editor";
 
 /// The field types an admin can pick (a computed field names a plugin: it is defined in JSON).
 const TYPES: &[&str] = &[
@@ -58,18 +63,6 @@ const SETTINGS: &[(&str, &[&str])] = &[
 
 /// Keys only a computed field carries; they stay as they are while it stays computed.
 const COMPUTED_KEYS: &[&str] = &["returns", "plugin", "function", "depends_on", "related"];
-
-fn admin_only(principal: &Principal) -> Result<(), ApiError> {
-    if principal.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the schema editor is for administrators",
-        ))
-    }
-}
 
 /// A submitted form: every name's values, in order.
 #[derive(Debug, Default, Clone)]
@@ -219,15 +212,6 @@ impl Errors {
     }
 }
 
-/// The status of a page that shows a refused change: 422, or the server's own failure.
-pub(super) fn refused_status(error: &ApiError) -> StatusCode {
-    if error.status.is_server_error() {
-        error.status
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    }
-}
-
 fn text(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
@@ -240,12 +224,19 @@ fn str_of<'a>(object: &'a Value, key: &str) -> &'a str {
 }
 
 /// A labelled text input with its errors.
-fn text_input(label: &str, name: &str, value: &str, errors: &Errors, extra: Markup) -> Markup {
+pub(super) fn text_input(
+    label: &str,
+    name: &str,
+    kind: &str,
+    value: &str,
+    errors: &Errors,
+    extra: Markup,
+) -> Markup {
     let id = format!("f-{name}");
     html! {
         div.field.invalid[errors.invalid(name).is_some()] data-field=(name) {
             label for=(id) { (label) }
-            input id=(id) name=(name) value=(value) aria-invalid=[errors.invalid(name)];
+            input id=(id) name=(name) type=(kind) value=(value) aria-invalid=[errors.invalid(name)];
             (extra)
             (errors.field(name))
         }
@@ -274,7 +265,7 @@ fn translation_inputs(
                 Some(typed) => typed.get(&name).to_owned(),
                 None => str_of(&object[key], other.tag()).to_owned(),
             };
-            (text_input(&format!("{word} ({})", other.name()), &name, &value, errors, html! {}))
+            (text_input(&format!("{word} ({})", other.name()), &name, "text", &value, errors, html! {}))
         }
     }
 }
@@ -340,7 +331,7 @@ async fn entities_page(
     typed: &Posted,
     errors: &Errors,
 ) -> Result<Markup, ApiError> {
-    admin_only(principal)?;
+    admin_only(principal, PAGES)?;
     let chrome = Chrome::load(lang, state, principal, "").await?;
     let entities = state.metadata.list(&principal.tenant).await?;
     let body = html! {
@@ -371,9 +362,9 @@ async fn entities_page(
                 h2 { (lang.t("new_entity")) }
                 @if let Some(summary) = &errors.summary { p.error-summary role="alert" { (summary) } }
                 form.schema method="post" action="/s" novalidate {
-                    (text_input(lang.t("api_name"), "name", typed.get("name"), errors, html! { small.hint { (lang.t("api_name_hint")) } }))
-                    (text_input(lang.t("label"), "label", typed.get("label"), errors, html! {}))
-                    (text_input(lang.t("plural_label"), "plural_label", typed.get("plural_label"), errors, html! {}))
+                    (text_input(lang.t("api_name"), "name", "text", typed.get("name"), errors, html! { small.hint { (lang.t("api_name_hint")) } }))
+                    (text_input(lang.t("label"), "label", "text", typed.get("label"), errors, html! {}))
+                    (text_input(lang.t("plural_label"), "plural_label", "text", typed.get("plural_label"), errors, html! {}))
                     div.actions { button type="submit" { (lang.t("create_entity")) } }
                 }
             }
@@ -406,7 +397,7 @@ pub async fn create_entity(
         set_text(&mut definition, key, posted.get(key));
     }
     definition.insert("fields".into(), json!([]));
-    let result = match admin_only(&principal) {
+    let result = match admin_only(&principal, PAGES) {
         Ok(()) => state
             .metadata
             .create(&principal, &Value::Object(definition))
@@ -417,8 +408,15 @@ pub async fn create_entity(
     match result {
         Ok(entity) => {
             let name = str_of(&entity.definition, "name").to_owned();
-            audit(&state, &principal, "entity.create", &name, json!({})).await;
-            Redirect::to(&format!("/s/{name}")).into_response()
+            audited_redirect(
+                &state,
+                &principal,
+                "entity.create",
+                &name,
+                json!({}),
+                &format!("/s/{name}"),
+            )
+            .await
         }
         Err(error) if error.status == StatusCode::FORBIDDEN => error_page(lang, error),
         Err(error) => {
@@ -487,7 +485,7 @@ async fn entity_page(
     errors: &Errors,
     saved: Option<&str>,
 ) -> Result<Markup, ApiError> {
-    admin_only(principal)?;
+    admin_only(principal, PAGES)?;
     let chrome = Chrome::load(lang, state, principal, entity).await?;
     let (definition, version) = definition_of(state, principal, entity).await?;
     let value = |key: &str| match typed {
@@ -552,9 +550,9 @@ async fn entity_page(
                 @if let Some(summary) = &errors.summary { p.error-summary role="alert" { (summary) } }
                 form.schema method="post" action={ "/s/" (entity) } novalidate {
                     input type="hidden" name="_version" value=(version);
-                    (text_input(lang.t("label"), "label", &value("label"), errors, html! {}))
+                    (text_input(lang.t("label"), "label", "text", &value("label"), errors, html! {}))
                     (translation_inputs(lang.t("label"), "labels", &definition, typed, errors))
-                    (text_input(lang.t("plural_label"), "plural_label", &value("plural_label"), errors, html! {}))
+                    (text_input(lang.t("plural_label"), "plural_label", "text", &value("plural_label"), errors, html! {}))
                     (translation_inputs(lang.t("plural_label"), "plural_labels", &definition, typed, errors))
                     div.field.invalid[errors.invalid("description").is_some()] data-field="description" {
                         label for="f-description" { (lang.t("description")) }
@@ -586,7 +584,7 @@ pub async fn update_entity(
     let lang = Lang::of(&headers);
     let posted = Posted::of(pairs);
     let result = async {
-        admin_only(&principal)?;
+        admin_only(&principal, PAGES)?;
         let (mut definition, version) = definition_of(&state, &principal, &entity).await?;
         let object = definition
             .as_object_mut()
@@ -606,15 +604,15 @@ pub async fn update_entity(
     .await;
     match result {
         Ok(applied) => {
-            audit(
+            audited_redirect(
                 &state,
                 &principal,
                 "entity.update",
                 &entity,
                 json!({"changes": applied.changes}),
+                &format!("/s/{entity}?saved={entity}"),
             )
-            .await;
-            Redirect::to(&format!("/s/{entity}?saved={entity}")).into_response()
+            .await
         }
         Err(error) if matches!(error.status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) => {
             error_page(lang, error)
@@ -867,12 +865,12 @@ fn field_page(
             form.record.schema-field method="post" action=(target.action(entity)) novalidate {
                 input type="hidden" name="_version" value=(version);
                 @match target {
-                    FieldTarget::New => (text_input(lang.t("api_name"), "name", &value("name"), errors, html! { small.hint { (lang.t("api_name_hint")) } })),
+                    FieldTarget::New => (text_input(lang.t("api_name"), "name", "text", &value("name"), errors, html! { small.hint { (lang.t("api_name_hint")) } })),
                     FieldTarget::Existing(name) => {
                         div.field { label { (lang.t("api_name")) } code { (name) } }
                     },
                 }
-                (text_input(lang.t("label"), "label", &value("label"), errors, html! {}))
+                (text_input(lang.t("label"), "label", "text", &value("label"), errors, html! {}))
                 (translation_inputs(lang.t("label"), "labels", field, None, errors))
                 div.field.invalid[errors.invalid("type").is_some()] data-field="type" {
                     label for="f-type" { (lang.t("type")) }
@@ -943,7 +941,10 @@ fn field_page(
     document(lang, &title, Some(chrome), body)
 }
 
-async fn entity_names(state: &AppState, principal: &Principal) -> Result<Vec<String>, ApiError> {
+pub(super) async fn entity_names(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<Vec<String>, ApiError> {
     Ok(state
         .metadata
         .list(&principal.tenant)
@@ -961,7 +962,7 @@ pub async fn new_field(
 ) -> Response {
     let lang = Lang::of(&headers);
     let result = async {
-        admin_only(&principal)?;
+        admin_only(&principal, PAGES)?;
         let chrome = Chrome::load(lang, &state, &principal, &entity).await?;
         let (_, version) = definition_of(&state, &principal, &entity).await?;
         let entities = entity_names(&state, &principal).await?;
@@ -988,7 +989,7 @@ pub async fn edit_field(
 ) -> Response {
     let lang = Lang::of(&headers);
     let result = async {
-        admin_only(&principal)?;
+        admin_only(&principal, PAGES)?;
         let chrome = Chrome::load(lang, &state, &principal, &entity).await?;
         let (definition, version) = definition_of(&state, &principal, &entity).await?;
         let (_, existing) = find_field(&definition, &entity, &field)?;
@@ -1071,7 +1072,7 @@ async fn save_field(
     let lang = Lang::of(&headers);
     let posted = Posted::of(pairs);
     let prepared = async {
-        admin_only(&principal)?;
+        admin_only(&principal, PAGES)?;
         let chrome = Chrome::load(lang, &state, &principal, &entity).await?;
         let (definition, version) = definition_of(&state, &principal, &entity).await?;
         let entities = entity_names(&state, &principal).await?;
@@ -1125,11 +1126,7 @@ async fn save_field(
             &entities,
             &errors,
         );
-        let status = if error.status.is_server_error() {
-            error.status
-        } else {
-            StatusCode::UNPROCESSABLE_ENTITY
-        };
+        let status = refused_status(&error);
         (status, page).into_response()
     };
     let title = match target {
@@ -1392,7 +1389,7 @@ async fn with_active(
     active: bool,
     posted: &Posted,
 ) -> Result<(Value, Chrome), ApiError> {
-    admin_only(principal)?;
+    admin_only(principal, PAGES)?;
     let chrome = Chrome::load(lang, state, principal, entity).await?;
     let (mut definition, version) = definition_of(state, principal, entity).await?;
     let (index, _) = find_field(&definition, entity, field)?;
@@ -1473,7 +1470,7 @@ pub async fn purge_field(
 ) -> Response {
     let lang = Lang::of(&headers);
     let posted = Posted::of(pairs);
-    if let Err(error) = admin_only(&principal) {
+    if let Err(error) = admin_only(&principal, PAGES) {
         return error_page(lang, error);
     }
     if !posted.has("_confirm") {
@@ -1484,10 +1481,19 @@ pub async fn purge_field(
         let dependents = dependents_of(&state, &principal, &entity, &field).await;
         let title = format!("{} · {entity}.{field}", lang.t("purge"));
         let action = format!("/s/{entity}/fields/{field}/purge");
-        let page = html! {
-            (confirm_page(lang, &chrome, &title, &entity, Plan { changes: &[], conversions: &[], dependents: &dependents }, Some((&action, &posted))))
-        };
-        return page.into_response();
+        return confirm_page(
+            lang,
+            &chrome,
+            &title,
+            &entity,
+            Plan {
+                changes: &[],
+                conversions: &[],
+                dependents: &dependents,
+            },
+            Some((&action, &posted)),
+        )
+        .into_response();
     }
     match state
         .metadata
@@ -1495,15 +1501,15 @@ pub async fn purge_field(
         .await
     {
         Ok(_) => {
-            audit(
+            audited_redirect(
                 &state,
                 &principal,
                 "entity.purge_field",
                 &entity,
                 json!({"field": field}),
+                &format!("/s/{entity}?saved={field}"),
             )
-            .await;
-            Redirect::to(&format!("/s/{entity}?saved={field}")).into_response()
+            .await
         }
         Err(error) => error_page(lang, ApiError::from(error)),
     }
@@ -1520,7 +1526,7 @@ pub async fn delete_entity(
 ) -> Response {
     let lang = Lang::of(&headers);
     let posted = Posted::of(pairs);
-    if let Err(error) = admin_only(&principal) {
+    if let Err(error) = admin_only(&principal, PAGES) {
         return error_page(lang, error);
     }
     let chrome = match Chrome::load(lang, &state, &principal, &entity).await {
@@ -1535,23 +1541,32 @@ pub async fn delete_entity(
                 tracing::warn!(error = %error.message, "could not list what depends on an entity");
                 Vec::new()
             });
-        let page = html! {
-            (confirm_page(lang, &chrome, &title, &entity, Plan { changes: &[], conversions: &[], dependents: &dependents }, Some((&format!("/s/{entity}/delete"), &posted))))
-        };
-        return page.into_response();
+        return confirm_page(
+            lang,
+            &chrome,
+            &title,
+            &entity,
+            Plan {
+                changes: &[],
+                conversions: &[],
+                dependents: &dependents,
+            },
+            Some((&format!("/s/{entity}/delete"), &posted)),
+        )
+        .into_response();
     }
     let force = posted.get("force") == "true";
     match state.metadata.delete(&principal, &entity, force).await {
         Ok(deactivated) => {
-            audit(
+            audited_redirect(
                 &state,
                 &principal,
                 "entity.delete",
                 &entity,
                 json!({"force": force, "deactivated_fields": deactivated}),
+                "/s",
             )
-            .await;
-            Redirect::to("/s").into_response()
+            .await
         }
         Err(error) => error_page(lang, ApiError::from(error)),
     }

@@ -7,39 +7,26 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::i18n::Lang;
-use super::{Chrome, audit, document, error_page, respond};
+use super::{
+    Chrome, Done, admin_only, audited_redirect, document, error_page, refused_status, respond, when,
+};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::auth::Principal;
 use crate::store::workflows::RunFilter;
 use crate::workflows::WorkflowView;
 
+/// What these pages are, in a refusal.
+const PAGES: &str = "editing workflows";
+
 /// Runs a workflow's page lists.
 const RUNS: i64 = 50;
-
-fn admin_only(principal: &Principal) -> Result<(), ApiError> {
-    if principal.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "workflows are edited by administrators",
-        ))
-    }
-}
-
-fn when(at: time::OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .map(|text| text.get(..19).unwrap_or(&text).replace('T', " "))
-        .unwrap_or_default()
-}
 
 fn name_of(workflow: &WorkflowView) -> &str {
     workflow.definition["name"].as_str().unwrap_or_default()
@@ -52,7 +39,7 @@ pub async fn list(
 ) -> Response {
     let lang = Lang::of(&headers);
     let result = async {
-        admin_only(&principal)?;
+        admin_only(&principal, PAGES)?;
         let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let workflows = state.workflows.list(&principal.tenant).await?;
         let body = html! {
@@ -200,7 +187,7 @@ async fn editor_page(
     error: Option<&ApiError>,
     done: Option<&str>,
 ) -> Result<Markup, ApiError> {
-    admin_only(principal)?;
+    admin_only(principal, PAGES)?;
     let chrome = Chrome::load(lang, state, principal, "").await?;
     let workflow = match name {
         Some(name) => Some(state.workflows.get(&principal.tenant, name).await?),
@@ -305,11 +292,6 @@ async fn editor_page(
     Ok(document(lang, &title, Some(&chrome), body))
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct Done {
-    done: Option<String>,
-}
-
 pub async fn new_form(
     State(state): State<AppState>,
     principal: Principal,
@@ -383,7 +365,7 @@ async fn save(
     text: String,
 ) -> Response {
     let lang = Lang::of(&headers);
-    if let Err(error) = admin_only(&principal) {
+    if let Err(error) = admin_only(&principal, PAGES) {
         return error_page(lang, error);
     }
     let saved = match serde_json::from_str::<Value>(&text) {
@@ -410,15 +392,15 @@ async fn save(
             } else {
                 "workflow.create"
             };
-            audit(
+            audited_redirect(
                 &state,
                 &principal,
                 action,
                 &saved_name,
                 json!({"version": workflow.version}),
+                &format!("/w/{saved_name}?done=saved"),
             )
-            .await;
-            Redirect::to(&format!("/w/{saved_name}?done=saved")).into_response()
+            .await
         }
         Err(error) if error.status == StatusCode::NOT_FOUND => error_page(lang, error),
         Err(error) => {
@@ -432,11 +414,7 @@ async fn save(
                 None,
             )
             .await;
-            let status = if error.status.is_server_error() {
-                error.status
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
+            let status = refused_status(&error);
             (status, respond(lang, page)).into_response()
         }
     }
@@ -475,15 +453,15 @@ async fn set_enabled(
     {
         Ok(_) => {
             let verb = if enabled { "enable" } else { "disable" };
-            audit(
+            audited_redirect(
                 &state,
                 &principal,
                 &format!("workflow.{verb}"),
                 &name,
                 json!({}),
+                &format!("/w/{name}?done={verb}d"),
             )
-            .await;
-            Redirect::to(&format!("/w/{name}?done={verb}d")).into_response()
+            .await
         }
         Err(error) => error_page(lang, ApiError::from(error)),
     }
@@ -504,7 +482,7 @@ pub async fn run(
 ) -> Response {
     let lang = Lang::of(&headers);
     let result = async {
-        admin_only(&principal)?;
+        admin_only(&principal, PAGES)?;
         let chrome = Chrome::load(lang, &state, &principal, "").await?;
         let run = state.workflows.run_for(&principal, &name, &id).await?;
         let title = format!("{} · {name}", lang.t("run"));
@@ -575,15 +553,15 @@ pub async fn retry(
     let lang = Lang::of(&headers);
     match state.workflows.retry(&principal, &name, &id).await {
         Ok(_) => {
-            audit(
+            audited_redirect(
                 &state,
                 &principal,
                 "workflow.retry",
                 &name,
                 json!({"run": id}),
+                &format!("/w/{name}/runs/{id}?done=retried"),
             )
-            .await;
-            Redirect::to(&format!("/w/{name}/runs/{id}?done=retried")).into_response()
+            .await
         }
         Err(error) => error_page(lang, ApiError::from(error)),
     }
@@ -690,15 +668,15 @@ pub async fn decide(
             } else {
                 "reject"
             };
-            audit(
+            audited_redirect(
                 &state,
                 &principal,
                 &format!("approval.{verb}"),
                 &id,
                 json!({}),
+                &format!("/a?done={decision}"),
             )
-            .await;
-            Redirect::to(&format!("/a?done={decision}")).into_response()
+            .await
         }
         Err(error) => error_page(lang, error),
     }
