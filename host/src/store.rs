@@ -34,6 +34,10 @@ pub use sql::{Dialect, SqlValue};
 /// walk took 20% of the writer's time. Pages the writer misses come from the OS page cache.
 const WRITER_CACHE_SIZE: &str = "-8192";
 
+/// How often the background checkpointer looks for new commits to copy from the WAL into the
+/// database (see [`checkpointer`]).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -144,6 +148,8 @@ enum Pools {
         read: SqlitePool,
         write: SqlitePool,
         writer: mpsc::Sender<Job>,
+        /// The one connection that checkpoints the WAL, off the write path.
+        checkpoint: SqlitePool,
     },
     Postgres(PgPool),
 }
@@ -223,11 +229,20 @@ impl Store {
             // ANALYZE samples at most this many rows per index: statistics stay cheap to refresh.
             .pragma("analysis_limit", "1000")
             .pragma("temp_store", "memory");
+        // Commits never checkpoint: copying the WAL into the database (and syncing it) inside a
+        // commit stalled every request waiting on the writer. `checkpointer` does it instead.
+        let options = options.pragma("wal_autocheckpoint", "0");
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .connect_with(options.clone().pragma("cache_size", WRITER_CACHE_SIZE))
             .await?;
+        let checkpoint = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options.clone().pragma("cache_size", "-1024"))
+            .await?;
+        tokio::spawn(checkpointer(checkpoint.clone()));
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options.read_only(true))
@@ -239,6 +254,7 @@ impl Store {
                 read,
                 write,
                 writer,
+                checkpoint,
             },
         })
     }
@@ -343,8 +359,14 @@ impl Store {
     /// Waits for in-flight work and closes every connection (SQLite checkpoints its WAL).
     pub async fn close(&self) {
         match &self.pools {
-            Pools::Sqlite { read, write, .. } => {
+            Pools::Sqlite {
+                read,
+                write,
+                checkpoint,
+                ..
+            } => {
                 read.close().await;
+                checkpoint.close().await;
                 write.close().await;
             }
             Pools::Postgres(pool) => pool.close().await,
@@ -445,6 +467,44 @@ async fn reconcile_record_indexes(pool: &SqlitePool) -> Result<usize, StoreError
     }
     tx.commit().await?;
     Ok(stale.len())
+}
+
+/// Copies committed WAL frames into the database file, on its own connection, whenever other
+/// connections have committed since it last looked (`PRAGMA data_version`), at most every
+/// [`CHECKPOINT_EVERY`]. `PASSIVE` waits for nobody: the writer keeps committing meanwhile, and
+/// the WAL starts over from its beginning once everything in it has been copied. Durability is
+/// unchanged: a commit is durable once its WAL frames are synced; this only moves the database
+/// file's writes and sync out of the commits. Runs until the pool is closed.
+async fn checkpointer(pool: SqlitePool) {
+    let mut seen = None;
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if pool.is_closed() {
+            return;
+        }
+        let version = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+            .fetch_one(&pool)
+            .await;
+        let version = match version {
+            Ok(version) => version,
+            Err(_) if pool.is_closed() => return,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the database's data version");
+                continue;
+            }
+        };
+        if seen == Some(version) {
+            continue;
+        }
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            Ok(_) => seen = Some(version),
+            Err(_) if pool.is_closed() => return,
+            Err(error) => tracing::warn!(%error, "a WAL checkpoint failed; it is retried"),
+        }
+    }
 }
 
 /// The group-commit writer of a SQLite store (see [`Store::write`]): runs until every
@@ -843,6 +903,46 @@ mod tests {
                 })
             })
             .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_writes_reach_the_database_file_while_the_store_is_open() {
+        let dir = std::env::temp_dir().join(format!("rapport-store-{}", uuid::Uuid::now_v7()));
+        let path = dir.join("checkpoint.db");
+        let url = format!("sqlite:{}", path.display());
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        // Commits do not checkpoint: only the background checkpointer copies the WAL (here the
+        // migrations, then 2,000 tenants) into the database file.
+        for n in 0..2_000 {
+            insert_tenant(&store, format!("tenant {n:04} {}", "x".repeat(200)), false)
+                .await
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while size() < 400 << 10 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            size() >= 400 << 10,
+            "the database file holds {} bytes: the WAL was not checkpointed",
+            size()
+        );
+        // Nothing was lost on the way: a fresh connection reads every row from the file.
+        store.close().await;
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        let mut conn = store.reader().await.unwrap();
+        let Conn::Sqlite(c) = &mut conn else {
+            unreachable!("a SQLite store")
+        };
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
+            .fetch_one(&mut **c)
+            .await
+            .unwrap();
+        assert_eq!(count, 2_000);
+        drop(conn);
+        store.close().await;
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
