@@ -82,6 +82,13 @@ fn bad(message: impl Into<String>) -> RecordError {
     RecordError::BadRequest(message.into())
 }
 
+/// The records of a batch as the API answers them, `{"data": [...]}`: serialized straight from
+/// the views (through a `json!` value, each record's raw JSON was parsed into a tree again).
+#[derive(Serialize)]
+struct Batch<'a> {
+    data: &'a [RecordView],
+}
+
 /// A record as the API shows it.
 #[derive(Debug, Serialize)]
 pub struct RecordView {
@@ -306,6 +313,30 @@ fn changes(before: &Map<String, Value>, after: &Map<String, Value>) -> Map<Strin
     changes
 }
 
+/// A new record's history entry, as [`changes`] from nothing gives it (`{field: {"from": null,
+/// "to": value}}`), serialized without copying the record's values: a bulk import writes a
+/// thousand of them per request.
+struct Created<'a>(&'a Map<String, Value>);
+
+impl Serialize for Created<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Change<'a> {
+            from: (),
+            to: &'a Value,
+        }
+        serializer.collect_map(self.0.iter().map(|(field, value)| {
+            (
+                field,
+                Change {
+                    from: (),
+                    to: value,
+                },
+            )
+        }))
+    }
+}
+
 impl Records {
     pub fn new(
         store: Store,
@@ -452,7 +483,7 @@ impl Records {
         let ids: Vec<RecordId> = bodies.iter().map(|_| RecordId::generate()).collect();
         let texts: Vec<String> = bodies
             .iter()
-            .map(|body| Value::Object(body.clone()).to_string())
+            .map(|body| serde_json::to_string(body).expect("a JSON object serializes"))
             .collect();
         let rows: Vec<NewRecord<'_>> = ids
             .iter()
@@ -474,7 +505,7 @@ impl Records {
                 operation: "create",
                 user,
                 now,
-                changes: Value::Object(changes(&Map::new(), body)).to_string(),
+                changes: serde_json::to_string(&Created(body)).expect("a JSON object serializes"),
             })
             .collect();
         scoped
@@ -880,7 +911,7 @@ impl Records {
                         .map(|record| view(record, &sight.definition, scoped.dialect(), None))
                         .collect::<Result<Vec<_>, _>>()?;
                     let body = if batch {
-                        serde_json::to_string(&json!({"data": views}))
+                        serde_json::to_string(&Batch { data: &views })
                     } else {
                         serde_json::to_string(&views[0])
                     }
@@ -1898,4 +1929,27 @@ pub fn view(
         data,
         expanded: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_created_records_history_entry_is_its_changes_from_nothing() {
+        let body = json!({
+            "name": "Ada \"the first\"",
+            "score": 3.5,
+            "tags": ["a", "b"],
+            "address": {"city": "London"},
+            "active": false,
+            "empty": null,
+        });
+        let body = body.as_object().expect("an object");
+        let expected = Value::Object(changes(&Map::new(), body)).to_string();
+        assert_eq!(serde_json::to_string(&Created(body)).unwrap(), expected);
+        assert!(expected.contains(r#""score":{"from":null,"to":3.5}"#));
+        let empty = Map::new();
+        assert_eq!(serde_json::to_string(&Created(&empty)).unwrap(), "{}");
+    }
 }
