@@ -715,18 +715,10 @@ pub async fn audit(
     }
 }
 
-/// Refuses anyone but an administrator of the tenant: `what` names the pages
+/// Refuses anyone but an administrator of the tenant, as the API does: `what` names the pages
 /// ("the schema editor", "packs"…). The services check again.
 pub fn admin_only(principal: &Principal, what: &str) -> Result<(), ApiError> {
-    if principal.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("{what}: for administrators"),
-        ))
-    }
+    ApiError::unless_admin(principal, what)
 }
 
 /// The status of a page that shows a refused change again: 422, or the server's own failure.

@@ -1254,12 +1254,38 @@ async fn dependents_of(
     entity: &str,
     field: &str,
 ) -> Vec<Dependent> {
-    crate::dependents::of_field(state, principal, entity, field)
-        .await
-        .unwrap_or_else(|error| {
-            tracing::warn!(error = %error.message, "could not list what depends on a field");
-            Vec::new()
-        })
+    listed(
+        crate::dependents::of_field(state, principal, entity, field).await,
+        "a field",
+    )
+}
+
+/// What depends on a field or an entity, for a confirmation page: none, and a warning in the
+/// log, when it cannot be listed (the page still confirms the change).
+fn listed(found: Result<Vec<Dependent>, ApiError>, of: &str) -> Vec<Dependent> {
+    found.unwrap_or_else(|error| {
+        tracing::warn!(error = %error.message, "could not list what depends on {of}");
+        Vec::new()
+    })
+}
+
+/// The confirmation of a removal (purging a field, deleting an entity): no change to the
+/// definition to list, only what depends on what goes.
+fn confirm_removal(
+    lang: Lang,
+    chrome: &Chrome,
+    title: &str,
+    entity: &str,
+    dependents: &[Dependent],
+    action: &str,
+    posted: &Posted,
+) -> Response {
+    let plan = Plan {
+        changes: &[],
+        conversions: &[],
+        dependents,
+    };
+    confirm_page(lang, chrome, title, entity, plan, Some((action, posted))).into_response()
 }
 
 /// What a confirmation page shows.
@@ -1481,19 +1507,15 @@ pub async fn purge_field(
         let dependents = dependents_of(&state, &principal, &entity, &field).await;
         let title = format!("{} · {entity}.{field}", lang.t("purge"));
         let action = format!("/s/{entity}/fields/{field}/purge");
-        return confirm_page(
+        return confirm_removal(
             lang,
             &chrome,
             &title,
             &entity,
-            Plan {
-                changes: &[],
-                conversions: &[],
-                dependents: &dependents,
-            },
-            Some((&action, &posted)),
-        )
-        .into_response();
+            &dependents,
+            &action,
+            &posted,
+        );
     }
     match state
         .metadata
@@ -1535,25 +1557,20 @@ pub async fn delete_entity(
     };
     let title = format!("{} · {entity}", lang.t("delete_entity"));
     if !posted.has("_confirm") {
-        let dependents = crate::dependents::of_entity(&state, &principal, &entity)
-            .await
-            .unwrap_or_else(|error| {
-                tracing::warn!(error = %error.message, "could not list what depends on an entity");
-                Vec::new()
-            });
-        return confirm_page(
+        let dependents = listed(
+            crate::dependents::of_entity(&state, &principal, &entity).await,
+            "an entity",
+        );
+        let action = format!("/s/{entity}/delete");
+        return confirm_removal(
             lang,
             &chrome,
             &title,
             &entity,
-            Plan {
-                changes: &[],
-                conversions: &[],
-                dependents: &dependents,
-            },
-            Some((&format!("/s/{entity}/delete"), &posted)),
-        )
-        .into_response();
+            &dependents,
+            &action,
+            &posted,
+        );
     }
     let force = posted.get("force") == "true";
     match state.metadata.delete(&principal, &entity, force).await {
