@@ -352,7 +352,9 @@ impl Records {
         }
     }
 
-    /// Checks uniqueness and references of the fields in `changed` before a write.
+    /// Checks uniqueness and references of the fields in `changed` before a write; with
+    /// `stored`, also whether stored records hold its unique values (see
+    /// [`unique_after_write`]).
     async fn check_constraints(
         &self,
         scoped: &mut Scoped<'_>,
@@ -360,6 +362,7 @@ impl Records {
         data: &Map<String, Value>,
         changed: &[&String],
         record_id: &str,
+        stored: bool,
     ) -> Result<(), RecordError> {
         let checked = Checked {
             fields: Some(changed),
@@ -369,8 +372,37 @@ impl Records {
         let key = |_: usize, field: &str| field.to_owned();
         self.check_references(scoped, entity, bodies, &key, &checked)
             .await?;
-        self.check_unique(scoped, entity, bodies, &key, &checked)
+        self.check_unique(scoped, entity, bodies, &key, &checked, stored)
             .await
+    }
+
+    /// The answer to a write the database refused. When a unique index refused it and the
+    /// stored holders of its values were not looked up before (`looked_up`), they are now, in
+    /// the same transaction, so that the answer names every offending field and value as the
+    /// check before a write does.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of the refused write's check"
+    )]
+    async fn refused_write(
+        &self,
+        scoped: &mut Scoped<'_>,
+        entity: &CompiledEntity,
+        bodies: &[Map<String, Value>],
+        key: &impl Fn(usize, &str) -> String,
+        checked: &Checked<'_>,
+        looked_up: bool,
+        error: StoreError,
+    ) -> RecordError {
+        if !looked_up
+            && error.violated_unique_index().is_some()
+            && let Err(refusal) = self
+                .check_unique(scoped, entity, bodies, key, checked, true)
+                .await
+        {
+            return refusal;
+        }
+        unique_violation(entity, error)
     }
 
     /// Checks the bodies of new records against the entity's schema (keys, types, required
@@ -462,7 +494,8 @@ impl Records {
         };
         self.check_references(scoped, entity, &bodies, &key, &checked)
             .await?;
-        self.check_unique(scoped, entity, &bodies, &key, &checked)
+        let looked_up = !unique_after_write(scoped);
+        self.check_unique(scoped, entity, &bodies, &key, &checked, looked_up)
             .await?;
         let count = bodies.len() as i64;
         for field in entity
@@ -508,10 +541,14 @@ impl Records {
                 changes: serde_json::to_string(&Created(body)).expect("a JSON object serializes"),
             })
             .collect();
-        scoped
+        if let Err(error) = scoped
             .insert_records_with_history(entity.id, &rows, &history)
             .await
-            .map_err(|error| unique_violation(entity, error))?;
+        {
+            return Err(self
+                .refused_write(scoped, entity, &bodies, &key, &checked, looked_up, error)
+                .await);
+        }
         let stored: Vec<StoredRecord> = ids
             .into_iter()
             .zip(texts)
@@ -611,7 +648,8 @@ impl Records {
         }
     }
 
-    /// Refuses values of unique fields that repeat within `bodies` or that live records hold.
+    /// Refuses values of unique fields that repeat within `bodies` or, with `stored`, that live
+    /// records hold.
     async fn check_unique(
         &self,
         scoped: &mut Scoped<'_>,
@@ -619,6 +657,7 @@ impl Records {
         bodies: &[Map<String, Value>],
         key: &impl Fn(usize, &str) -> String,
         checked: &Checked<'_>,
+        stored: bool,
     ) -> Result<(), RecordError> {
         let mut conflicts = FieldErrors::new();
         for field in entity
@@ -643,7 +682,7 @@ impl Records {
                 first_at.insert(text, index);
                 values.extend(to_sql_value(value));
             }
-            if values.is_empty() {
+            if values.is_empty() || !stored {
                 continue;
             }
             for (value, holder) in scoped
@@ -758,12 +797,12 @@ impl Records {
             return Ok(stored);
         }
         let changed: Vec<&String> = history.keys().collect();
-        self.check_constraints(scoped, entity, &after, &changed, id.as_str())
+        let looked_up = !unique_after_write(scoped);
+        self.check_constraints(scoped, entity, &after, &changed, id.as_str(), looked_up)
             .await?;
-        let after_body = after.clone();
-        let text = Value::Object(after).to_string();
-        let changes = Value::Object(history).to_string();
-        let updated = scoped
+        let text = serde_json::to_string(&after).expect("a JSON object serializes");
+        let changes = serde_json::to_string(&history).expect("a JSON object serializes");
+        let written = scoped
             .update_record(
                 entity.id,
                 id.as_str(),
@@ -773,8 +812,21 @@ impl Records {
                 now,
                 &changes,
             )
-            .await
-            .map_err(|error| unique_violation(entity, error))?;
+            .await;
+        let updated = match written {
+            Ok(updated) => updated,
+            Err(error) => {
+                let checked = Checked {
+                    fields: Some(&changed),
+                    except: Some(id.as_str()),
+                };
+                let key = |_: usize, field: &str| field.to_owned();
+                let bodies = std::slice::from_ref(&after);
+                return Err(self
+                    .refused_write(scoped, entity, bodies, &key, &checked, looked_up, error)
+                    .await);
+            }
+        };
         if !updated {
             let current = scoped
                 .get_record(entity.id, id.as_str())
@@ -800,7 +852,7 @@ impl Records {
                 entity,
                 Operation::Update,
                 &[Stage::After],
-                after_body,
+                after,
                 Some(&updated),
                 Some(&before),
             )
@@ -1100,6 +1152,7 @@ impl Records {
                             &body,
                             &keys,
                             record_id.as_str(),
+                            true,
                         )
                         .await?;
                     }
@@ -1803,6 +1856,15 @@ fn labelled(label: &str, error: RecordError) -> RecordError {
 }
 
 /// Maps a unique index violation (a race the pre-check could not see) to a field error.
+/// Whether a write may leave uniqueness to the unique indexes and look up the holders of its
+/// values only when one refuses it ([`Records::refused_write`]): one query, and on SQLite one
+/// round trip to the writer thread, fewer per write. On SQLite a statement that breaks a unique
+/// index fails alone and its transaction goes on. On PostgreSQL the failed statement would abort
+/// the transaction, so the lookup comes before the write there.
+fn unique_after_write(scoped: &Scoped<'_>) -> bool {
+    scoped.dialect() == Dialect::Sqlite
+}
+
 fn unique_violation(entity: &CompiledEntity, error: StoreError) -> RecordError {
     let prefix = format!("ru_{}_", entity.id);
     match error

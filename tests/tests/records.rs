@@ -246,8 +246,84 @@ async fn unique_fields_are_enforced_and_name_the_holder(app: &TestApp) {
         message.contains("`ada@example.com`") && message.contains(&holder),
         "{message}"
     );
-    // Another record may take the value once the holder lets it go.
+    // An update to a held value, and a batch with one held value, are refused the same way,
+    // naming the record of the batch; nothing of them is written.
     let other = app.create("contact", json!({"first_name": "Eve"})).await;
+    let taken = app
+        .patch(
+            &format!("/api/v1/records/contact/{other}"),
+            json!({"data": {"email": "ada@example.com", "stage": "lead"}}),
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT, "{:?}", taken.body);
+    let message = taken.fields()["email"][0].as_str().unwrap();
+    assert!(message.contains(&holder), "{message}");
+    let batch = json!({"records": [
+        {"first_name": "Bo", "email": "bo@example.com"},
+        {"first_name": "Cy", "email": "cy@example.com"},
+        {"first_name": "Di", "email": "ADA@example.com"}
+    ]});
+    let reply = app.post("/api/v1/records/contact/batch", batch).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{:?}", reply.body);
+    let fields = reply.fields().as_object().unwrap();
+    assert_eq!(
+        fields.keys().collect::<Vec<_>>(),
+        ["records[2].email"],
+        "{:?}",
+        reply.body
+    );
+    let listed = app.get("/api/v1/records/contact?limit=100").await;
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 2);
+    let after = app.get(&format!("/api/v1/records/contact/{other}")).await;
+    assert_eq!(after.body["version"], json!(1), "{:?}", after.body);
+    assert_eq!(
+        app.get(&format!("/api/v1/records/contact/{other}/history"))
+            .await
+            .body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "only the create is in the history"
+    );
+    // Every unique field a write breaks is listed, each with its holder.
+    app.define(json!({"name": "badge", "fields": [
+        {"name": "code", "type": "text", "unique": true},
+        {"name": "email", "type": "email", "unique": true},
+        {"name": "label", "type": "text"}
+    ]}))
+    .await;
+    let first = app
+        .create("badge", json!({"code": "B-1", "email": "one@example.com"}))
+        .await;
+    let second = app
+        .create("badge", json!({"code": "B-2", "email": "two@example.com"}))
+        .await;
+    let reply = app
+        .post(
+            "/api/v1/records/badge",
+            json!({"data": {"code": "B-1", "email": "two@example.com", "label": "x"}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{:?}", reply.body);
+    let code = reply.fields()["code"][0].as_str().unwrap();
+    let email = reply.fields()["email"][0].as_str().unwrap();
+    assert!(code.contains(&first), "{code}");
+    assert!(email.contains(&second), "{email}");
+    let reply = app
+        .patch(
+            &format!("/api/v1/records/badge/{second}"),
+            json!({"data": {"code": "B-1", "email": "one@example.com"}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{:?}", reply.body);
+    assert_eq!(
+        reply.fields().as_object().unwrap().len(),
+        2,
+        "{:?}",
+        reply.body
+    );
+    // Another record may take the value once the holder lets it go.
     app.patch(
         &format!("/api/v1/records/contact/{holder}"),
         json!({"data": {"email": "ada@new.example"}}),
