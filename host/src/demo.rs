@@ -13,8 +13,9 @@ pub struct Access {
     pub password: String,
 }
 
-/// Creates the demo tenant with the `core` pack and its sample records unless it exists; gives
-/// its `admin` a new API token and a new console password either way.
+/// Creates the demo tenant unless it exists, and installs the `core` pack with its sample records
+/// unless the tenant ever had it; gives its `admin` a new API token and a new console password
+/// either way.
 pub async fn ensure(state: &AppState) -> anyhow::Result<Access> {
     let token = create(state).await?;
     let password = new_password(state).await?;
@@ -48,26 +49,43 @@ async fn new_password(state: &AppState) -> anyhow::Result<String> {
 }
 
 async fn create(state: &AppState) -> anyhow::Result<String> {
-    if state.store.tenant_id(TENANT).await?.is_some() {
-        let token = state.store.issue_token(TENANT, "admin").await?;
-        return token.ok_or_else(|| anyhow::anyhow!("the demo tenant has no `admin` user"));
-    }
-    let created = state
-        .store
-        .create_tenant(TENANT, "UTC")
-        .await?
-        .expect("the tenant did not exist");
+    let token = match state.store.tenant_id(TENANT).await? {
+        Some(_) => state
+            .store
+            .issue_token(TENANT, "admin")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the demo tenant has no `admin` user"))?,
+        None => {
+            state
+                .store
+                .create_tenant(TENANT, "UTC")
+                .await?
+                .expect("the tenant did not exist")
+                .token
+        }
+    };
     let principal = state
         .store
-        .principal_for_token_hash(&crate::auth::hash_token(&created.token))
+        .principal_for_token_hash(&crate::auth::hash_token(&token))
         .await?
         .expect("the new token resolves");
+    // A start that could not install the pack (its plugins not built yet, say) left the tenant
+    // without it: it is installed now. A pack the admin removed stays removed.
+    let never_installed = state
+        .packs
+        .list(&principal)
+        .await?
+        .iter()
+        .any(|pack| pack.id == "core" && pack.status == "available");
+    if !never_installed {
+        return Ok(token);
+    }
     match state
         .packs
         .install(&principal, &Source::Bundled("core".to_owned()), true, false)
         .await
     {
-        Ok(_) => Ok(created.token),
+        Ok(_) => Ok(token),
         Err(PackError::Refused(problems)) => Err(anyhow::anyhow!(
             "the demo tenant cannot install the `core` pack:{}",
             problems

@@ -656,3 +656,82 @@ fn plugin_test_runs_a_component_against_a_fixture_without_a_server() {
     assert!(stderr.contains("wasi:filesystem/"), "{stderr}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `serve --demo` that cannot install the `core` pack (its plugins not built) stops with the
+/// reason, and the next start with the plugins installs it: the demo is never left empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_whose_pack_could_not_be_installed_gets_it_on_the_next_start() {
+    use tokio::io::AsyncBufReadExt;
+    let database = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let url = database.url.clone();
+    let empty = std::env::temp_dir().join(format!("rapport-no-plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let failed = Command::new(rapport_binary())
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+        .env("RAPPORT_DATABASE_URL", &url)
+        .env("RAPPORT_LOG", "warn")
+        .env("RAPPORT_PLUGINS_DIR", &empty)
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("cannot install the `core` pack") && stderr.contains("is missing"),
+        "{stderr}"
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = tokio::process::Command::new(rapport_binary())
+        .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
+        .env("RAPPORT_DATABASE_URL", &url)
+        .env("RAPPORT_LOG", "warn")
+        .env("RAPPORT_PLUGINS_DIR", rapport_tests::plugins_dir())
+        .env(
+            "RAPPORT_CACHE_DIR",
+            std::env::temp_dir().join("rapport-cli-tests-cache"),
+        )
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let token = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(token) = line.strip_prefix("demo tenant admin token: ") {
+                return token.to_owned();
+            }
+        }
+        panic!("the server ended without printing the demo token");
+    })
+    .await
+    .expect("the demo starts in time");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let get = |path: String| {
+        let (client, token, url) = (client.clone(), token.clone(), format!("{base}{path}"));
+        async move {
+            let reply = client.get(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(reply.status(), 200, "{path}");
+            reply.json::<Value>().await.unwrap()
+        }
+    };
+    let entities = get("/api/v1/entities".into()).await;
+    let names: Vec<&str> = entities["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|entity| entity["name"].as_str())
+        .collect();
+    assert!(names.contains(&"contact"), "{names:?}");
+    let contacts = get("/api/v1/records/contact?limit=5".into()).await;
+    assert!(
+        !contacts["data"].as_array().unwrap().is_empty(),
+        "the sample records are there"
+    );
+    server.kill().await.unwrap();
+    std::fs::remove_dir_all(empty).ok();
+}
