@@ -50,29 +50,54 @@ pub fn canonical_phone(text: &str, region: Option<&str>) -> String {
     parsed_phone(trimmed, &international, region)
 }
 
-/// The E.164 form of `+1` and ten digits whose first is 2–9 (an area code), with only spaces,
-/// dots, hyphens and parentheses between them; `None` for anything else.
+/// The E.164 form of `+1` and ten digits whose first is 2–9 (an area code), spelled
+/// `+1 AAA EEE LLLL` with a space, dot or hyphen after `+1`, then at most one after each of the
+/// next two groups and the area code optionally in parentheses, or as bare digits (`+1 (415) 555-0199`, `+1-415-555-0199`, `+14155550199`); `None`
+/// for anything else, which the parser handles.
 ///
-/// `phonenumber` answers the same for these (a test compares the two over every area code and
-/// random spellings), but finds it by trying the number against the patterns of each of the 25
-/// regions that share calling code 1, one after the other, each pattern looked up in a global
-/// regex cache behind a mutex: for a number valid in none of them (the `555` numbers of test
-/// and demo data) that was 15% of a bulk import's CPU. Whichever region it picks, a ten-digit
-/// number after `+1` keeps its digits: no region's national prefix (`1`) or prefix rules match
-/// a number that starts with 2–9 and has ten digits.
+/// `phonenumber` answers the same for these (a test compares the two over every area code, and
+/// property tests over random spellings), but finds it by trying the number against the
+/// patterns of each of the 25 regions that share calling code 1, one after the other, each
+/// pattern looked up in a global regex cache behind a mutex: for a number valid in none of them
+/// (the `555` numbers of test and demo data) that was 15% of a bulk import's CPU. Whichever
+/// region it picks, a ten-digit number after `+1` keeps its digits: no region's national prefix
+/// (`1`) or prefix rules match a number that starts with 2–9 and has ten digits.
 fn nanp_e164(international: &str) -> Option<String> {
-    let rest = international.strip_prefix('+')?;
-    let mut e164 = String::with_capacity(12);
-    e164.push('+');
-    for c in rest.chars() {
-        match c {
-            '0'..='9' => e164.push(c),
-            ' ' | '-' | '.' | '(' | ')' => {}
-            _ => return None,
-        }
+    fn separator(text: &[u8], at: &mut usize) -> bool {
+        let found = matches!(text.get(*at), Some(b' ' | b'-' | b'.'));
+        *at += usize::from(found);
+        found
     }
-    let national = e164.strip_prefix("+1")?;
-    (national.len() == 10 && matches!(national.as_bytes()[0], b'2'..=b'9')).then_some(e164)
+    fn digits<'t>(text: &'t str, at: &mut usize, count: usize) -> Option<&'t str> {
+        let group = text.get(*at..*at + count)?;
+        group.bytes().all(|b| b.is_ascii_digit()).then(|| {
+            *at += count;
+            group
+        })
+    }
+    let rest = international.strip_prefix("+1")?;
+    let bytes = rest.as_bytes();
+    let mut at = 0;
+    let after_code = separator(bytes, &mut at);
+    let parenthesized = bytes.get(at) == Some(&b'(');
+    let area = if parenthesized {
+        at += 1;
+        let area = digits(rest, &mut at, 3)?;
+        (bytes.get(at) == Some(&b')')).then_some(())?;
+        at += 1;
+        area
+    } else {
+        digits(rest, &mut at, 3)?
+    };
+    let after_area = separator(bytes, &mut at);
+    let exchange = digits(rest, &mut at, 3)?;
+    let after_exchange = separator(bytes, &mut at);
+    let line = digits(rest, &mut at, 4)?;
+    // Without a separator after `+1`, the parser keeps a spelling with separators further on as
+    // written (`+1200-000-0000`): there, only the bare digits.
+    let consistent = after_code || !(parenthesized || after_area || after_exchange);
+    (at == rest.len() && consistent && matches!(area.as_bytes()[0], b'2'..=b'9'))
+        .then(|| format!("+1{area}{exchange}{line}"))
 }
 
 /// [`canonical_phone`] by `phonenumber`'s parser.
@@ -255,6 +280,8 @@ mod tests {
             |a: &str, b: &str, c: &str| format!("+1 ({a}) {b}-{c}"),
             |a: &str, b: &str, c: &str| format!("+1-{a}-{b}-{c}"),
             |a: &str, b: &str, c: &str| format!("+1.{a}.{b}.{c}"),
+            |a: &str, b: &str, c: &str| format!("+1-{a}-{b}{c}"),
+            |a: &str, b: &str, c: &str| format!("+1 {a} {b} {c}"),
         ];
         // Every area code, with subscriber numbers valid and invalid in the regions of code 1
         // (`555-01xx` is reserved for fiction; `242`, `876`, `787`… belong to other regions).
@@ -277,6 +304,14 @@ mod tests {
             "+1 555 012 3456 x12",
             "+44 20 7946 0958",
             "+1/555/012/3456",
+            "+12000000000-",
+            "+1 555 012 3456.",
+            "+1 555  012 3456",
+            "+1 (555 012 3456",
+            "+15550123456(",
+            "+1200000-0000",
+            "+1200-000-0000",
+            "+1(200)000-0000",
         ] {
             assert_eq!(nanp_e164(text), None, "{text}");
         }
@@ -288,6 +323,15 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn the_usual_spellings_of_a_nanp_number_get_the_parsers_e164(
+            text in "\\+1([-. ](\\([2-9][0-9]{2}\\)|[2-9][0-9]{2})[-. ]?[0-9]{3}[-. ]?|[2-9][0-9]{5})[0-9]{4}",
+        ) {
+            let fast = nanp_e164(&text);
+            proptest::prop_assert!(fast.is_some(), "{}", text);
+            proptest::prop_assert_eq!(fast.unwrap(), parsed(&text), "{}", text);
+        }
+
         #[test]
         fn any_spelling_of_a_nanp_number_gets_the_parsers_e164(
             text in "\\+[-. ()]{0,2}1([-. ()]{0,2}[0-9]){10}[-. ()]{0,2}",
