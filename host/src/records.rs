@@ -377,13 +377,9 @@ impl Records {
     }
 
     /// The answer to a write the database refused. When a unique index refused it and the
-    /// stored holders of its values were not looked up before (`looked_up`), they are now, in
-    /// the same transaction, so that the answer names every offending field and value as the
-    /// check before a write does.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the parts of the refused write's check"
-    )]
+    /// stored holders of its values were left to the index ([`unique_after_write`]), they are
+    /// looked up now, in the same transaction, so that the answer names every offending field
+    /// and value as the check before a write does.
     async fn refused_write(
         &self,
         scoped: &mut Scoped<'_>,
@@ -391,10 +387,9 @@ impl Records {
         bodies: &[Map<String, Value>],
         key: &impl Fn(usize, &str) -> String,
         checked: &Checked<'_>,
-        looked_up: bool,
         error: StoreError,
     ) -> RecordError {
-        if !looked_up
+        if unique_after_write(scoped)
             && error.violated_unique_index().is_some()
             && let Err(refusal) = self
                 .check_unique(scoped, entity, bodies, key, checked, true)
@@ -494,8 +489,8 @@ impl Records {
         };
         self.check_references(scoped, entity, &bodies, &key, &checked)
             .await?;
-        let looked_up = !unique_after_write(scoped);
-        self.check_unique(scoped, entity, &bodies, &key, &checked, looked_up)
+        let stored = !unique_after_write(scoped);
+        self.check_unique(scoped, entity, &bodies, &key, &checked, stored)
             .await?;
         let count = bodies.len() as i64;
         for field in entity
@@ -546,7 +541,7 @@ impl Records {
             .await
         {
             return Err(self
-                .refused_write(scoped, entity, &bodies, &key, &checked, looked_up, error)
+                .refused_write(scoped, entity, &bodies, &key, &checked, error)
                 .await);
         }
         let stored: Vec<StoredRecord> = ids
@@ -797,9 +792,16 @@ impl Records {
             return Ok(stored);
         }
         let changed: Vec<&String> = history.keys().collect();
-        let looked_up = !unique_after_write(scoped);
-        self.check_constraints(scoped, entity, &after, &changed, id.as_str(), looked_up)
-            .await?;
+        let against_stored = !unique_after_write(scoped);
+        self.check_constraints(
+            scoped,
+            entity,
+            &after,
+            &changed,
+            id.as_str(),
+            against_stored,
+        )
+        .await?;
         let text = serde_json::to_string(&after).expect("a JSON object serializes");
         let changes = serde_json::to_string(&history).expect("a JSON object serializes");
         let written = scoped
@@ -823,7 +825,7 @@ impl Records {
                 let key = |_: usize, field: &str| field.to_owned();
                 let bodies = std::slice::from_ref(&after);
                 return Err(self
-                    .refused_write(scoped, entity, bodies, &key, &checked, looked_up, error)
+                    .refused_write(scoped, entity, bodies, &key, &checked, error)
                     .await);
             }
         };
@@ -1855,7 +1857,6 @@ fn labelled(label: &str, error: RecordError) -> RecordError {
     }
 }
 
-/// Maps a unique index violation (a race the pre-check could not see) to a field error.
 /// Whether a write may leave uniqueness to the unique indexes and look up the holders of its
 /// values only when one refuses it ([`Records::refused_write`]): one query, and on SQLite one
 /// round trip to the writer thread, fewer per write. On SQLite a statement that breaks a unique
@@ -1865,6 +1866,8 @@ fn unique_after_write(scoped: &Scoped<'_>) -> bool {
     scoped.dialect() == Dialect::Sqlite
 }
 
+/// Maps a unique index violation the lookup of holders could not explain (a race on PostgreSQL,
+/// a deactivated field) to a field error.
 fn unique_violation(entity: &CompiledEntity, error: StoreError) -> RecordError {
     let prefix = format!("ru_{}_", entity.id);
     match error

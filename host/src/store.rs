@@ -949,6 +949,17 @@ mod tests {
             .await
     }
 
+    async fn tenant_count(store: &Store) -> i64 {
+        let mut conn = store.reader().await.unwrap();
+        let Conn::Sqlite(c) = &mut conn else {
+            unreachable!("a SQLite store")
+        };
+        sqlx::query_scalar("SELECT count(*) FROM tenants")
+            .fetch_one(&mut **c)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn committed_writes_reach_the_database_file_while_the_store_is_open() {
         let dir = std::env::temp_dir().join(format!("rapport-store-{}", uuid::Uuid::now_v7()));
@@ -975,16 +986,7 @@ mod tests {
         // Nothing was lost on the way: a fresh connection reads every row from the file.
         store.close().await;
         let store = Store::connect(&url, Durability::Normal).await.unwrap();
-        let mut conn = store.reader().await.unwrap();
-        let Conn::Sqlite(c) = &mut conn else {
-            unreachable!("a SQLite store")
-        };
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
-            .fetch_one(&mut **c)
-            .await
-            .unwrap();
-        assert_eq!(count, 2_000);
-        drop(conn);
+        assert_eq!(tenant_count(&store).await, 2_000);
         store.close().await;
         std::fs::remove_dir_all(dir).ok();
     }
@@ -1039,16 +1041,7 @@ mod tests {
             "the WAL started over {restarted} times in {written} writes"
         );
         // Nothing was lost when it started over.
-        let mut conn = store.reader().await.unwrap();
-        let Conn::Sqlite(c) = &mut conn else {
-            unreachable!("a SQLite store")
-        };
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
-            .fetch_one(&mut **c)
-            .await
-            .unwrap();
-        assert_eq!(count, written);
-        drop(conn);
+        assert_eq!(tenant_count(&store).await, written);
         store.close().await;
         std::fs::remove_dir_all(dir).ok();
     }

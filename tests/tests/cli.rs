@@ -22,6 +22,15 @@ fn rapport(database_url: &str, args: &[&str]) -> Output {
         .expect("rapport runs")
 }
 
+/// A port nothing listens on, for a server started as a process.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
@@ -399,11 +408,7 @@ async fn sigterm_stops_the_server_without_losing_an_acknowledged_write() {
     )))
     .unwrap();
     let token = token["token"].as_str().unwrap().to_owned();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut server = tokio::process::Command::new(rapport_binary())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("RAPPORT_DATABASE_URL", &url)
@@ -680,11 +685,7 @@ async fn a_demo_whose_pack_could_not_be_installed_gets_it_on_the_next_start() {
         "{stderr}"
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut server = tokio::process::Command::new(rapport_binary())
         .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
         .env("RAPPORT_DATABASE_URL", &url)
