@@ -246,19 +246,19 @@ impl Store {
         let options = options
             .pragma("wal_autocheckpoint", "0")
             .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string());
-        let write = SqlitePoolOptions::new()
+        let write = sqlite_pool()
             .max_connections(1)
             .min_connections(1)
             .connect_with(options.clone().pragma("cache_size", WRITER_CACHE_SIZE))
             .await?;
-        let checkpoint = SqlitePoolOptions::new()
+        let checkpoint = sqlite_pool()
             .max_connections(1)
             .min_connections(1)
             .connect_with(options.clone().pragma("cache_size", "-1024"))
             .await?;
         let restart = Arc::new(AtomicBool::new(false));
         tokio::spawn(checkpointer(checkpoint.clone(), restart.clone()));
-        let read = SqlitePoolOptions::new()
+        let read = sqlite_pool()
             .max_connections(8)
             .connect_with(options.read_only(true))
             .await?;
@@ -533,6 +533,15 @@ async fn checkpointer(pool: SqlitePool, restart: Arc<AtomicBool>) {
             Err(error) => tracing::warn!(%error, "a WAL checkpoint failed; it is retried"),
         }
     }
+}
+
+/// A pool of SQLite connections that hands out an idle connection without pinging it first.
+/// sqlx's default (`test_before_acquire`) asks the connection's worker thread whether it is
+/// alive before every acquire: a round trip between threads in front of every read and every
+/// group commit. A SQLite connection is a file handle that does not go stale; the ping on
+/// release, which sqlx always runs, still retires a connection whose worker has gone.
+fn sqlite_pool() -> SqlitePoolOptions {
+    SqlitePoolOptions::new().test_before_acquire(false)
 }
 
 /// The group-commit writer of a SQLite store (see [`Store::write`]): runs until every
