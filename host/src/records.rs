@@ -33,6 +33,7 @@ use crate::plugins::runtime::{Operation, Stage};
 use crate::plugins::{PluginError, Plugins};
 pub use access::Sight;
 use computed::Change;
+pub use customer::Lookup;
 use hooks::{PluginFailure, WriteContext};
 
 /// The most records one batch request may hold.

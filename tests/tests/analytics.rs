@@ -929,6 +929,29 @@ async fn the_screen_pop_finds_a_caller_by_any_phone_format(app: &TestApp) {
         .get_as(&agent, "/api/v1/lookup?phone=%2B33144000000")
         .await;
     assert_eq!(theirs.body["matches"], json!([]), "{:?}", theirs.body);
+    // Field-level security: a user who may not read contacts' emails nor cases' subjects, nor
+    // calls at all, finds Ada without her email, her cases without their subjects, no calls.
+    let clerk = user_with_role(
+        app,
+        json!({"name": "clerk", "entities": {
+            "contact": {"read": "all", "fields": {"email": "none"}},
+            "case": {"read": "all", "fields": {"subject": "none"}}}}),
+    )
+    .await;
+    let seen = app
+        .get_as(&clerk, "/api/v1/lookup?phone=%2B33144000000")
+        .await;
+    assert_eq!(seen.status, StatusCode::OK, "{:?}", seen.body);
+    let found = &seen.body["matches"][0];
+    assert_eq!(found["record"]["data"]["name"], json!("Ada"), "{found}");
+    assert!(found["record"]["data"].get("email").is_none(), "{found}");
+    let cases = &found["related"]["case"];
+    assert_eq!(cases["latest"].as_array().unwrap().len(), 2, "{cases}");
+    assert_eq!(cases["open"][0]["data"]["status"], json!("open"), "{cases}");
+    for case in cases["latest"].as_array().unwrap() {
+        assert!(case["data"].get("subject").is_none(), "{case}");
+    }
+    assert!(found["related"].get("call").is_none(), "{found}");
 }
 
 /// Starts a manual run of `workflow` and waits for it to end; returns the run.

@@ -447,7 +447,7 @@ pub async fn lookup(
     State(state): State<AppState>,
     principal: Principal,
     Params(params): Params<LookupParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::records::Lookup>, ApiError> {
     Ok(Json(
         state
             .records

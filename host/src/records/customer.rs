@@ -4,6 +4,8 @@
 //! caller: entities and reference fields they may not read are left out, record scopes apply,
 //! hidden fields are dropped.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -13,10 +15,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::access::Sight;
-use super::{RecordError, Records, bad, parse_id, view};
+use super::{RecordError, RecordView, Records, bad, parse_id, view};
 use crate::auth::Principal;
 use crate::metadata::CompiledEntity;
-use crate::metadata::definition::{FieldDefinition, FieldType};
+use crate::metadata::definition::{EntityDefinition, FieldDefinition, FieldType};
 use crate::metadata::values::canonical_phone;
 use crate::store::records::{ListQuery, StoredRecord, tagged_columns};
 use crate::store::sql::QueryBuilder;
@@ -57,21 +59,28 @@ impl TimelineCursor {
     }
 }
 
-/// The entities and reference fields that point at `target`, as `principal` sees them.
-struct Referrer {
-    compiled: Arc<CompiledEntity>,
-    fields: Vec<FieldDefinition>,
+/// An entity whose reference fields point at a target entity, as `principal` sees it: borrowed
+/// from the tenant's compiled entities, so that a request copies no definition it only reads.
+struct Referrer<'a> {
+    compiled: &'a CompiledEntity,
+    /// The entity as the principal sees it (fields they may not read are inactive).
+    sight: Cow<'a, EntityDefinition>,
+    /// Which of `sight`'s fields point at the target (indices into its fields).
+    fields: Vec<usize>,
     owners: Option<Vec<String>>,
-    sight_definition: crate::metadata::definition::EntityDefinition,
 }
 
-impl Referrer {
+impl Referrer<'_> {
+    /// Its active reference fields that point at the target.
+    fn fields(&self) -> impl Iterator<Item = &FieldDefinition> {
+        self.fields.iter().map(|&index| &self.sight.fields[index])
+    }
+
     /// Its records that point at the record bound as `id` through any of its reference
     /// fields, within the caller's read scope.
     fn condition(&self, id: &str, builder: &mut QueryBuilder) -> String {
         let references: Vec<String> = self
-            .fields
-            .iter()
+            .fields()
             .map(|field| format!("{} = {id}", builder.dialect.field_expr(field)))
             .collect();
         let mut condition = format!("({})", references.join(" OR "));
@@ -83,27 +92,34 @@ impl Referrer {
     }
 }
 
-fn referrers(principal: &Principal, all: &[Arc<CompiledEntity>], target: &str) -> Vec<Referrer> {
+fn referrers<'a>(
+    principal: &Principal,
+    all: &'a [Arc<CompiledEntity>],
+    target: &str,
+) -> Vec<Referrer<'a>> {
     all.iter()
         .filter_map(|compiled| {
             let sight = Sight::of(principal, compiled);
             if sight.grant.read == crate::auth::Scope::None {
                 return None;
             }
-            let fields: Vec<FieldDefinition> = sight
+            let fields: Vec<usize> = sight
                 .definition
-                .active_fields()
-                .filter(|field| {
-                    field.field_type == FieldType::Reference
+                .fields
+                .iter()
+                .enumerate()
+                .filter(|(_, field)| {
+                    field.active
+                        && field.field_type == FieldType::Reference
                         && field.entity.as_ref().is_some_and(|e| e.as_str() == target)
                 })
-                .cloned()
+                .map(|(index, _)| index)
                 .collect();
             (!fields.is_empty()).then(|| Referrer {
-                compiled: compiled.clone(),
-                fields,
+                compiled: compiled.as_ref(),
                 owners: principal.owners(sight.grant.read),
-                sight_definition: sight.definition.into_owned(),
+                sight: sight.definition,
+                fields,
             })
         })
         .collect()
@@ -187,12 +203,11 @@ impl Records {
             let dialect = scoped.dialect();
             for row in scoped.tagged_records(&sql, builder.binds).await? {
                 let referrer = &referrers[row.arm as usize];
-                let record = view(&row.record, &referrer.sight_definition, dialect, None)?;
+                let record = view(&row.record, &referrer.sight, dialect, None)?;
                 let body: Map<String, Value> =
                     serde_json::from_str(&row.record.data).unwrap_or_default();
                 let via: Vec<&str> = referrer
-                    .fields
-                    .iter()
+                    .fields()
                     .filter(|field| {
                         body.get(field.name.as_str()).and_then(Value::as_str)
                             == Some(record_id.as_str())
@@ -264,7 +279,7 @@ impl Records {
         principal: &Principal,
         phone: Option<&str>,
         email: Option<&str>,
-    ) -> Result<Value, RecordError> {
+    ) -> Result<Lookup, RecordError> {
         let (field_type, value) = match (phone, email) {
             (Some(phone), None) => (FieldType::Phone, phone.trim()),
             (None, Some(email)) => (FieldType::Email, email.trim()),
@@ -273,6 +288,16 @@ impl Records {
         if value.is_empty() || value.len() > 254 {
             return Err(bad("the value to look up must be 1 to 254 characters"));
         }
+        let query = match field_type {
+            FieldType::Phone => LookupQuery {
+                phone: Some(value.to_owned()),
+                email: None,
+            },
+            _ => LookupQuery {
+                phone: None,
+                email: Some(value.to_owned()),
+            },
+        };
         let mut conn = self.store.reader().await?;
         let mut scoped = conn.scoped(&principal.tenant);
         let all = self.metadata.all_current(&mut scoped).await?;
@@ -280,10 +305,7 @@ impl Records {
         // Every readable entity with a field of that type: one statement.
         let mut builder = ListQuery::builder(scoped.dialect());
         let mut arms = Vec::new();
-        let mut entities: Vec<(
-            Arc<CompiledEntity>,
-            crate::metadata::definition::EntityDefinition,
-        )> = Vec::new();
+        let mut entities: Vec<(&CompiledEntity, Cow<EntityDefinition>)> = Vec::new();
         for compiled in all.iter() {
             let sight = Sight::of(principal, compiled);
             if sight.grant.read == crate::auth::Scope::None {
@@ -331,7 +353,7 @@ impl Records {
                 "updated_at DESC, id DESC",
                 LOOKUP_MATCHES,
             ));
-            entities.push((compiled.clone(), sight.definition.into_owned()));
+            entities.push((compiled.as_ref(), sight.definition));
         }
         let mut matches = Vec::new();
         if !arms.is_empty() {
@@ -342,17 +364,14 @@ impl Records {
                 let related = self
                     .related_summary(&mut scoped, principal, &all, compiled, &row.record)
                     .await?;
-                matches.push(json!({
-                    "entity": compiled.definition.name.as_str(),
-                    "record": view(&row.record, definition, scoped.dialect(), None)?,
-                    "related": related,
-                }));
+                matches.push(LookupMatch {
+                    entity: compiled.definition.name.to_string(),
+                    record: view(&row.record, definition, scoped.dialect(), None)?,
+                    related,
+                });
             }
         }
-        Ok(json!({
-            "query": if field_type == FieldType::Phone { json!({"phone": value}) } else { json!({"email": value}) },
-            "matches": matches,
-        }))
+        Ok(Lookup { matches, query })
     }
 
     /// For each entity referencing `record`: its open records (when it has a state picklist
@@ -364,10 +383,11 @@ impl Records {
         all: &[Arc<CompiledEntity>],
         target: &CompiledEntity,
         record: &StoredRecord,
-    ) -> Result<Value, RecordError> {
+    ) -> Result<BTreeMap<String, Related>, RecordError> {
         let referrers = referrers(principal, all, target.definition.name.as_str());
+        let mut related: Vec<Related> = Vec::with_capacity(referrers.len());
         if referrers.is_empty() {
-            return Ok(json!({}));
+            return Ok(BTreeMap::new());
         }
         let mut builder = ListQuery::builder(scoped.dialect());
         let id_placeholder = builder.bind(SqlValue::Text(record.id.clone()));
@@ -378,7 +398,7 @@ impl Records {
             let condition = referrer.condition(&id_placeholder, &mut builder);
             // The picklists with closed options: open means at none of them.
             let mut open = Vec::new();
-            for field in referrer.sight_definition.active_fields() {
+            for field in referrer.sight.active_fields() {
                 let closed: Vec<&str> = field
                     .options
                     .iter()
@@ -399,6 +419,10 @@ impl Records {
                     placeholders.join(", ")
                 ));
             }
+            related.push(Related {
+                latest: Vec::new(),
+                open: (!open.is_empty()).then(Vec::new),
+            });
             if !open.is_empty() {
                 arms.push(arm(
                     &builder,
@@ -422,39 +446,56 @@ impl Records {
         }
         let sql = arms.join(" UNION ALL ");
         let rows = scoped.tagged_records(&sql, builder.binds).await?;
-        let mut related = Map::new();
-        for (index, referrer) in referrers.iter().enumerate() {
-            let mut entry = Map::new();
-            if kinds.iter().any(|(i, open)| *i == index && *open) {
-                entry.insert("open".into(), json!([]));
-            }
-            entry.insert("latest".into(), json!([]));
-            related.insert(
-                referrer.compiled.definition.name.to_string(),
-                Value::Object(entry),
-            );
-        }
         for row in rows {
             let (index, open) = kinds[row.arm as usize];
-            let referrer = &referrers[index];
-            let shown = view(
-                &row.record,
-                &referrer.sight_definition,
-                scoped.dialect(),
-                None,
-            )?;
-            let list = related[referrer.compiled.definition.name.as_str()]
-                [if open { "open" } else { "latest" }]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-            let mut list = list;
-            list.push(serde_json::to_value(shown).expect("views serialize"));
-            related[referrer.compiled.definition.name.as_str()]
-                [if open { "open" } else { "latest" }] = Value::Array(list);
+            let shown = view(&row.record, &referrers[index].sight, scoped.dialect(), None)?;
+            let entry = &mut related[index];
+            match (open, entry.open.as_mut()) {
+                (true, Some(list)) => list.push(shown),
+                _ => entry.latest.push(shown),
+            }
         }
-        Ok(Value::Object(related))
+        Ok(referrers
+            .iter()
+            .map(|referrer| referrer.compiled.definition.name.to_string())
+            .zip(related)
+            .collect())
     }
+}
+
+/// The screen pop's answer: what was looked up, and every record it matched.
+#[derive(Debug, Serialize)]
+pub struct Lookup {
+    pub matches: Vec<LookupMatch>,
+    pub query: LookupQuery,
+}
+
+/// The value a screen pop looked for: its phone number or its email address, as given.
+#[derive(Debug, Serialize)]
+pub struct LookupQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+/// A record a screen pop matched, with the records of each entity that references it.
+#[derive(Debug, Serialize)]
+pub struct LookupMatch {
+    pub entity: String,
+    pub record: RecordView,
+    /// By referring entity.
+    pub related: BTreeMap<String, Related>,
+}
+
+/// The records of one entity that reference a screen pop's match.
+#[derive(Debug, Serialize)]
+pub struct Related {
+    /// Its newest records.
+    pub latest: Vec<RecordView>,
+    /// Its newest open records; absent when the entity has no picklist with closed options.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open: Option<Vec<RecordView>>,
 }
 
 fn format_time(moment: OffsetDateTime) -> String {
