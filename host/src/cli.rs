@@ -66,6 +66,16 @@ pub struct Global {
         default_value = "target/wasm32-wasip2/release"
     )]
     pub plugins_dir: PathBuf,
+    /// MiB of the SQLite database file each read connection maps into memory instead of
+    /// reading it into its page cache (0 turns it off). An I/O error on a mapped page ends the
+    /// process instead of failing one request.
+    #[arg(
+        long,
+        global = true,
+        env = "RAPPORT_SQLITE_MMAP_MIB",
+        default_value_t = crate::store::READER_MMAP_MIB
+    )]
+    pub sqlite_mmap_mib: u64,
     /// Log lines as `text` or `json`.
     #[arg(
         long,
@@ -311,14 +321,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             return plugin::test(component, event, manifest.as_deref(), config.as_deref()).await;
         }
     }
-    let store = Store::connect(&cli.global.database_url, cli.global.durability)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database `{}`",
-                redact(&cli.global.database_url)
-            )
-        })?;
+    let store = Store::connect_with(
+        &cli.global.database_url,
+        cli.global.durability,
+        cli.global.sqlite_mmap_mib,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open the database `{}`",
+            redact(&cli.global.database_url)
+        )
+    })?;
     match cli.command {
         Command::Serve(args) => {
             serve(

@@ -141,6 +141,14 @@ pub fn now() -> time::OffsetDateTime {
         .expect("a valid nanosecond")
 }
 
+/// How much of the SQLite database file each read connection maps into memory by default, in
+/// MiB: 64 GiB, enough for any database this host is meant for. Reads of mapped pages skip
+/// the `pread` into the connection's page cache (the screen pop over a 9.2 GB database: 8% of
+/// the SQLite threads' time); the mapping is address space, and the pages it touches are the OS
+/// page cache's, shared, counted in the process's RSS. SQLite is built to allow it
+/// (`SQLITE_MAX_MMAP_SIZE`, `.cargo/config.toml`); the writer does not map (measured: no gain).
+pub const READER_MMAP_MIB: u64 = 64 << 10;
+
 /// How durable an acknowledged write is on SQLite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
@@ -190,8 +198,18 @@ pub struct Store {
 impl Store {
     /// Connects to `sqlite:<path>` (created if missing) or `postgres://…` and runs migrations.
     pub async fn connect(url: &str, durability: Durability) -> Result<Self, StoreError> {
+        Self::connect_with(url, durability, READER_MMAP_MIB).await
+    }
+
+    /// [`Store::connect`], with each SQLite read connection mapping up to `reader_mmap_mib` MiB
+    /// of the database file into memory (0: none; ignored on PostgreSQL).
+    pub async fn connect_with(
+        url: &str,
+        durability: Durability,
+        reader_mmap_mib: u64,
+    ) -> Result<Self, StoreError> {
         let store = if url.starts_with("sqlite:") {
-            Self::connect_sqlite(url, durability).await?
+            Self::connect_sqlite(url, durability, reader_mmap_mib).await?
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -219,7 +237,11 @@ impl Store {
         Ok(store)
     }
 
-    async fn connect_sqlite(url: &str, durability: Durability) -> Result<Self, StoreError> {
+    async fn connect_sqlite(
+        url: &str,
+        durability: Durability,
+        reader_mmap_mib: u64,
+    ) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?;
         if let Some(parent) = options
             .get_filename()
@@ -260,7 +282,11 @@ impl Store {
         tokio::spawn(checkpointer(checkpoint.clone(), restart.clone()));
         let read = sqlite_pool()
             .max_connections(8)
-            .connect_with(options.read_only(true))
+            .connect_with(
+                options
+                    .read_only(true)
+                    .pragma("mmap_size", (reader_mmap_mib << 20).to_string()),
+            )
             .await?;
         let (writer, jobs) = mpsc::channel(4 * MAX_GROUP);
         tokio::spawn(group_commit(write.clone(), jobs, restart));
