@@ -984,6 +984,14 @@ mod tests {
             .await
     }
 
+    /// A fresh directory for a test database named `file`: (the directory, the file, its URL).
+    fn temp_database(file: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("rapport-store-{}", uuid::Uuid::now_v7()));
+        let path = dir.join(file);
+        let url = format!("sqlite:{}", path.display());
+        (dir, path, url)
+    }
+
     async fn tenant_count(store: &Store) -> i64 {
         let mut conn = store.reader().await.unwrap();
         let Conn::Sqlite(c) = &mut conn else {
@@ -997,9 +1005,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn committed_writes_reach_the_database_file_while_the_store_is_open() {
-        let dir = std::env::temp_dir().join(format!("rapport-store-{}", uuid::Uuid::now_v7()));
-        let path = dir.join("checkpoint.db");
-        let url = format!("sqlite:{}", path.display());
+        let (dir, path, url) = temp_database("checkpoint.db");
         let store = Store::connect(&url, Durability::Normal).await.unwrap();
         let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         // Commits do not checkpoint: only the background checkpointer copies the WAL (here the
@@ -1029,9 +1035,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_under_a_steady_stream_of_writes() {
         use std::io::Read;
-        let dir = std::env::temp_dir().join(format!("rapport-store-{}", uuid::Uuid::now_v7()));
-        let path = dir.join("restart.db");
-        let url = format!("sqlite:{}", path.display());
+        let (dir, _, url) = temp_database("restart.db");
         let store = Store::connect(&url, Durability::Normal).await.unwrap();
         // The WAL header's checkpoint sequence number counts the times the WAL started over.
         let wal = dir.join("restart.db-wal");
@@ -1083,8 +1087,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_request_rolls_back_alone_within_a_group_commit() {
-        let dir = std::env::temp_dir().join(format!("rapport-store-{}", uuid::Uuid::now_v7()));
-        let url = format!("sqlite:{}", dir.join("group.db").display());
+        let (dir, _, url) = temp_database("group.db");
         let store = Store::connect(&url, Durability::Normal).await.unwrap();
         // The first and the last request of the group fail, and every third between them.
         const REQUESTS: usize = 199;

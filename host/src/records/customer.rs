@@ -288,15 +288,9 @@ impl Records {
         if value.is_empty() || value.len() > 254 {
             return Err(bad("the value to look up must be 1 to 254 characters"));
         }
-        let query = match field_type {
-            FieldType::Phone => LookupQuery {
-                phone: Some(value.to_owned()),
-                email: None,
-            },
-            _ => LookupQuery {
-                phone: None,
-                email: Some(value.to_owned()),
-            },
+        let query = LookupQuery {
+            phone: phone.map(|_| value.to_owned()),
+            email: email.map(|_| value.to_owned()),
         };
         let mut conn = self.store.reader().await?;
         let mut scoped = conn.scoped(&principal.tenant);
@@ -385,10 +379,11 @@ impl Records {
         record: &StoredRecord,
     ) -> Result<BTreeMap<String, Related>, RecordError> {
         let referrers = referrers(principal, all, target.definition.name.as_str());
-        let mut related: Vec<Related> = Vec::with_capacity(referrers.len());
         if referrers.is_empty() {
             return Ok(BTreeMap::new());
         }
+        // Each referrer's lists, in the order of `referrers`.
+        let mut related: Vec<Related> = Vec::with_capacity(referrers.len());
         let mut builder = ListQuery::builder(scoped.dialect());
         let id_placeholder = builder.bind(SqlValue::Text(record.id.clone()));
         let mut arms = Vec::new();
