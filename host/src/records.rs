@@ -1477,6 +1477,7 @@ impl Records {
         };
         aggregate::Compile {
             dialect: scoped.dialect(),
+            tenant: scoped.tenant().as_str(),
             entity_id: compiled.id,
             definition: &definition,
             owners,

@@ -480,14 +480,15 @@ async fn reconcile_record_indexes(pool: &SqlitePool) -> Result<usize, StoreError
     .into_iter()
     .map(|(name, sql): (String, String)| (name, normalize(&sql)))
     .collect();
-    let entities: Vec<(i64, String)> = sqlx::query_as("SELECT id, definition FROM entities")
-        .fetch_all(pool)
-        .await?;
+    let entities: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT id, tenant_id, definition FROM entities")
+            .fetch_all(pool)
+            .await?;
     let mut stale = Vec::new();
-    for (id, text) in entities {
+    for (id, tenant, text) in entities {
         let definition: crate::metadata::definition::EntityDefinition = serde_json::from_str(&text)
             .map_err(|error| StoreError::Corrupt(format!("entity definition {id}: {error}")))?;
-        for (name, sql) in entities::entity_index_sql(Dialect::Sqlite, id, &definition) {
+        for (name, sql) in entities::entity_index_sql(Dialect::Sqlite, &tenant, id, &definition) {
             if existing
                 .get(&name)
                 .is_none_or(|current| *current != normalize(&sql))
@@ -1141,6 +1142,77 @@ mod tests {
             .collect();
         assert_eq!(names, expected);
         drop(conn);
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The per-entity indexes hold one tenant's entries, and a statement can use them only if it
+    /// names the tenant as a literal (`sql::entity_rows`): with the tenant bound alone, SQLite
+    /// cannot match the index's `WHERE` when it plans, and would read the whole entity.
+    #[tokio::test]
+    async fn statements_over_an_entity_reach_its_indexes() {
+        let (dir, _, url) = temp_database("plans.db");
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        let definition = crate::metadata::definition::from_json(&serde_json::json!({
+            "name": "contact",
+            "fields": [
+                {"name": "stage", "type": "picklist", "options": ["lead", "customer"], "indexed": true},
+                {"name": "amount", "type": "decimal"}
+            ],
+            "indexes": [{"fields": ["stage", "amount"]}]
+        }))
+        .unwrap();
+        let tenant = "0190c0de-0000-7000-8000-000000000001";
+        let Pools::Sqlite { write, read, .. } = &store.pools else {
+            unreachable!("a SQLite store")
+        };
+        for (_, sql) in entities::entity_index_sql(Dialect::Sqlite, tenant, 7, &definition) {
+            sqlx::query(&sql).execute(write).await.unwrap();
+        }
+        let plan = |from: String, condition: String| async move {
+            let sql = format!("EXPLAIN QUERY PLAN SELECT count(*) FROM {from} WHERE {condition}");
+            sqlx::query_as::<_, (i64, i64, i64, String)>(&sql)
+                .bind(tenant)
+                .bind("lead")
+                .fetch_all(read)
+                .await
+                .map(|rows| {
+                    rows.into_iter()
+                        .map(|(.., detail)| detail)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+        };
+        let field = |name: &str| Dialect::Sqlite.field_expr(definition.field(name).unwrap());
+        let (stage, amount) = (field("stage"), field("amount"));
+        let scoped = sql::entity_rows(Dialect::Sqlite, tenant, 7);
+        let bound_only = "tenant_id = $1 AND entity_id = 7".to_owned();
+        // A filter on the indexed field can seek its index; with the tenant bound alone, the
+        // index is unusable (`INDEXED BY` makes the planner say so instead of choosing another).
+        let filter = |scope: &str| format!("{scope} AND deleted_at IS NULL AND {stage} = $2");
+        let by_stage = "records INDEXED BY rx_7_stage".to_owned();
+        let found = plan(by_stage.clone(), filter(&scoped)).await.unwrap();
+        assert!(found.contains("USING INDEX rx_7_stage"), "{found}");
+        let refused = plan(by_stage, filter(&bound_only)).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("no query solution"),
+            "{refused}"
+        );
+        // The same for a grouping through the composite index, as aggregations name it.
+        let composite = definition.indexes[0].index_name(7);
+        let grouping = |scope: &str| {
+            format!(
+                "{scope} AND deleted_at IS NULL AND owner_id <> $2 AND {amount} > 0 GROUP BY {stage}"
+            )
+        };
+        let hinted = format!("records INDEXED BY {composite}");
+        let found = plan(hinted.clone(), grouping(&scoped)).await.unwrap();
+        assert!(found.contains(&composite), "{found}");
+        let refused = plan(hinted, grouping(&bound_only)).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("no query solution"),
+            "{refused}"
+        );
         store.close().await;
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -536,6 +536,7 @@ enum MeasureShape {
 
 pub struct Compile<'a> {
     pub dialect: Dialect,
+    pub tenant: &'a str,
     pub entity_id: i64,
     /// The entity as the caller sees it.
     pub definition: &'a EntityDefinition,
@@ -604,9 +605,9 @@ impl Compile<'_> {
             Dialect::Postgres => String::new(),
         };
         let mut sql = format!(
-            "SELECT {} FROM records{hint} WHERE tenant_id = $1 AND entity_id = {} AND {}",
+            "SELECT {} FROM records{hint} WHERE {} AND {}",
             select.join(", "),
-            self.entity_id,
+            crate::store::sql::entity_rows(dialect, self.tenant, self.entity_id),
             conditions.join(" AND ")
         );
         if !self.groups.is_empty() {

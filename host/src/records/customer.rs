@@ -128,6 +128,7 @@ fn referrers<'a>(
 /// One arm of a union: `SELECT * FROM (SELECT … WHERE … ORDER BY … LIMIT n) AS tN`.
 fn arm(
     builder: &QueryBuilder,
+    tenant: &str,
     index: usize,
     entity_id: i64,
     condition: &str,
@@ -135,8 +136,9 @@ fn arm(
     limit: i64,
 ) -> String {
     format!(
-        "SELECT * FROM (SELECT {} FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} AND deleted_at IS NULL AND {condition} ORDER BY {order} LIMIT {limit}) AS t{index}",
-        tagged_columns(builder.dialect, index)
+        "SELECT * FROM (SELECT {} FROM records WHERE {} AND deleted_at IS NULL AND {condition} ORDER BY {order} LIMIT {limit}) AS t{index}",
+        tagged_columns(builder.dialect, index),
+        crate::store::sql::entity_rows(builder.dialect, tenant, entity_id)
     )
 }
 
@@ -188,6 +190,7 @@ impl Records {
                 );
                 arms.push(arm(
                     &builder,
+                    principal.tenant.as_str(),
                     index,
                     referrer.compiled.id,
                     &condition,
@@ -341,6 +344,7 @@ impl Records {
             }
             arms.push(arm(
                 &builder,
+                principal.tenant.as_str(),
                 entities.len(),
                 compiled.id,
                 &condition,
@@ -421,6 +425,7 @@ impl Records {
             if !open.is_empty() {
                 arms.push(arm(
                     &builder,
+                    principal.tenant.as_str(),
                     arms.len(),
                     referrer.compiled.id,
                     &format!("{condition} AND {}", open.join(" AND ")),
@@ -431,6 +436,7 @@ impl Records {
             }
             arms.push(arm(
                 &builder,
+                principal.tenant.as_str(),
                 arms.len(),
                 referrer.compiled.id,
                 &condition,

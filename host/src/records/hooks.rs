@@ -867,9 +867,9 @@ impl Records {
             conditions.push(format!("id > {placeholder}"));
         }
         let sql = format!(
-            "SELECT {} FROM records WHERE tenant_id = $1 AND entity_id = {} AND {} ORDER BY id LIMIT {limit}",
+            "SELECT {} FROM records WHERE {} AND {} ORDER BY id LIMIT {limit}",
             columns.join(", "),
-            compiled.id,
+            crate::store::sql::entity_rows(dialect, scoped.tenant().as_str(), compiled.id),
             conditions.join(" AND ")
         );
         let mut kinds = vec![ColumnKind::Text];

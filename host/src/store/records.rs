@@ -145,8 +145,9 @@ impl Scoped<'_> {
         query: ListQuery,
     ) -> Result<Vec<StoredRecord>, StoreError> {
         let sql = format!(
-            "SELECT {} FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} AND ({}) ORDER BY {} LIMIT {}",
+            "SELECT {} FROM records WHERE {} AND ({}) ORDER BY {} LIMIT {}",
             columns(self.dialect()),
+            super::sql::entity_rows(self.dialect(), self.tenant.as_str(), entity_id),
             query.condition,
             query.order,
             query.limit
@@ -395,7 +396,8 @@ impl Scoped<'_> {
         expr: &str,
     ) -> Result<bool, StoreError> {
         let sql = format!(
-            "SELECT 1 FROM records WHERE tenant_id = $1 AND entity_id = {referencing_entity} AND {expr} IS NOT NULL LIMIT 1"
+            "SELECT 1 FROM records WHERE {} AND {expr} IS NOT NULL LIMIT 1",
+            super::sql::entity_rows(self.dialect(), self.tenant.as_str(), referencing_entity)
         );
         let tenant = self.tenant.as_str();
         let found: Option<i32> = on!(self.entered().await?, c => sqlx::query_scalar(&sql).bind(tenant).fetch_optional(&mut **c).await?);
@@ -563,8 +565,9 @@ impl Scoped<'_> {
             let placeholders: Vec<String> =
                 (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
             let sql = format!(
-                "SELECT CAST({expr} AS TEXT), id FROM records{hint} WHERE tenant_id = $1 AND entity_id = {entity_id} \
+                "SELECT CAST({expr} AS TEXT), id FROM records{hint} WHERE {} \
                  AND deleted_at IS NULL AND id <> $2 AND {expr} IN ({})",
+                super::sql::entity_rows(self.dialect(), self.tenant.as_str(), entity_id),
                 placeholders.join(", ")
             );
             let mut binds = vec![

@@ -216,6 +216,30 @@ impl QueryBuilder {
     }
 }
 
+/// `text` as an SQL string literal (quotes doubled; backslashes are not special in either
+/// dialect).
+pub fn text_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The condition that selects the records of one entity of one tenant, for the statements that
+/// name an entity.
+///
+/// On SQLite the tenant is a literal, not the bound `$1` of other statements (which these bind
+/// too, unused). The per-entity indexes hold one tenant's entries (`tenant_id = '…'` in their
+/// `WHERE`, see `store::entities::sqlite_cover`), and SQLite uses a partial index only if the
+/// statement's condition implies the index's when it plans the statement, before any value is
+/// bound. Given a bound tenant, it looks at the value when it can and marks the statement to
+/// be planned again whenever the value is bound anew: sqlx binds on every execution, so a
+/// screen pop was planned again each time (2.6 times slower). PostgreSQL binds the tenant.
+pub fn entity_rows(dialect: Dialect, tenant: &str, entity_id: i64) -> String {
+    let tenant = match dialect {
+        Dialect::Sqlite => text_literal(tenant),
+        Dialect::Postgres => "$1".to_owned(),
+    };
+    format!("tenant_id = {tenant} AND entity_id = {entity_id}")
+}
+
 /// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
 pub fn escape_like(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len() + 2);
