@@ -656,9 +656,10 @@ impl Compile<'_> {
                 let inner = query::resolve(through.definition, sub)
                     .map_err(|message| bad(format!("`group_by` `{}`: {message}", group.label)))?;
                 let class = class_of(&inner);
+                // `entity_rows`' unqualified columns are `j`'s, the innermost table.
                 let mut condition = format!(
-                    "j.tenant_id = $1 AND j.entity_id = {} AND j.id = {} AND j.deleted_at IS NULL",
-                    through.entity_id,
+                    "{} AND j.id = {} AND j.deleted_at IS NULL",
+                    crate::store::sql::entity_rows(dialect, self.tenant, through.entity_id),
                     dialect.field_expr_of("records.data", through.reference)
                 );
                 if let Some(owners) = &through.owners {

@@ -105,8 +105,9 @@ impl Scoped<'_> {
         }
         let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
-            "SELECT {} FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} AND deleted_at IS NULL AND id IN ({})",
+            "SELECT {} FROM records WHERE {} AND deleted_at IS NULL AND id IN ({})",
             columns(self.dialect()),
+            super::sql::entity_rows(self.dialect(), self.tenant.as_str(), entity_id),
             placeholders.join(", ")
         );
         let binds: Vec<SqlValue> = std::iter::once(SqlValue::Text(self.tenant.to_string()))
@@ -127,7 +128,8 @@ impl Scoped<'_> {
         }
         let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
-            "SELECT id FROM records WHERE tenant_id = $1 AND entity_id = {entity_id} AND deleted_at IS NULL AND id IN ({})",
+            "SELECT id FROM records WHERE {} AND deleted_at IS NULL AND id IN ({})",
+            super::sql::entity_rows(self.dialect(), self.tenant.as_str(), entity_id),
             placeholders.join(", ")
         );
         let binds: Vec<SqlValue> = std::iter::once(SqlValue::Text(self.tenant.to_string()))
