@@ -857,6 +857,11 @@ impl Scoped<'_> {
     pub fn tenant(&self) -> &TenantId {
         self.tenant
     }
+
+    /// The condition selecting this tenant's records of one entity ([`sql::entity_rows`]).
+    pub fn entity_rows(&self, entity_id: i64) -> String {
+        sql::entity_rows(self.dialect(), self.tenant.as_str(), entity_id)
+    }
 }
 
 /// Runs `$body` with `$conn` bound to the backend's concrete connection type. The body is

@@ -125,20 +125,19 @@ fn referrers<'a>(
         .collect()
 }
 
-/// One arm of a union: `SELECT * FROM (SELECT … WHERE … ORDER BY … LIMIT n) AS tN`.
+/// One arm of a union: `SELECT * FROM (SELECT … WHERE … ORDER BY … LIMIT n) AS tN`, over the
+/// records `rows` selects (`Scoped::entity_rows`).
 fn arm(
     builder: &QueryBuilder,
-    tenant: &str,
     index: usize,
-    entity_id: i64,
+    rows: &str,
     condition: &str,
     order: &str,
     limit: i64,
 ) -> String {
     format!(
-        "SELECT * FROM (SELECT {} FROM records WHERE {} AND deleted_at IS NULL AND {condition} ORDER BY {order} LIMIT {limit}) AS t{index}",
+        "SELECT * FROM (SELECT {} FROM records WHERE {rows} AND deleted_at IS NULL AND {condition} ORDER BY {order} LIMIT {limit}) AS t{index}",
         tagged_columns(builder.dialect, index),
-        crate::store::sql::entity_rows(builder.dialect, tenant, entity_id)
     )
 }
 
@@ -190,9 +189,8 @@ impl Records {
                 );
                 arms.push(arm(
                     &builder,
-                    principal.tenant.as_str(),
                     index,
-                    referrer.compiled.id,
+                    &scoped.entity_rows(referrer.compiled.id),
                     &condition,
                     "created_at DESC, id DESC",
                     limit + 1,
@@ -344,9 +342,8 @@ impl Records {
             }
             arms.push(arm(
                 &builder,
-                principal.tenant.as_str(),
                 entities.len(),
-                compiled.id,
+                &scoped.entity_rows(compiled.id),
                 &condition,
                 "updated_at DESC, id DESC",
                 LOOKUP_MATCHES,
@@ -425,9 +422,8 @@ impl Records {
             if !open.is_empty() {
                 arms.push(arm(
                     &builder,
-                    principal.tenant.as_str(),
                     arms.len(),
-                    referrer.compiled.id,
+                    &scoped.entity_rows(referrer.compiled.id),
                     &format!("{condition} AND {}", open.join(" AND ")),
                     "updated_at DESC, id DESC",
                     LOOKUP_RELATED,
@@ -436,9 +432,8 @@ impl Records {
             }
             arms.push(arm(
                 &builder,
-                principal.tenant.as_str(),
                 arms.len(),
-                referrer.compiled.id,
+                &scoped.entity_rows(referrer.compiled.id),
                 &condition,
                 "created_at DESC, id DESC",
                 LOOKUP_RELATED,

@@ -869,7 +869,7 @@ impl Records {
         let sql = format!(
             "SELECT {} FROM records WHERE {} AND {} ORDER BY id LIMIT {limit}",
             columns.join(", "),
-            crate::store::sql::entity_rows(dialect, scoped.tenant().as_str(), compiled.id),
+            scoped.entity_rows(compiled.id),
             conditions.join(" AND ")
         );
         let mut kinds = vec![ColumnKind::Text];

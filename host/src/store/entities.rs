@@ -431,7 +431,7 @@ impl Scoped<'_> {
             "SELECT CAST({expr} AS TEXT) AS value, COUNT(*) AS n FROM records \
              WHERE {} AND deleted_at IS NULL AND {expr} IS NOT NULL \
              GROUP BY {expr} HAVING COUNT(*) > 1 ORDER BY n DESC, value LIMIT $2",
-            super::sql::entity_rows(dialect, self.tenant.as_str(), entity_id)
+            self.entity_rows(entity_id)
         );
         let tenant = self.tenant.as_str();
         Ok(on!(self.entered().await?, c =>

@@ -107,7 +107,7 @@ impl Scoped<'_> {
         let sql = format!(
             "SELECT {} FROM records WHERE {} AND deleted_at IS NULL AND id IN ({})",
             columns(self.dialect()),
-            super::sql::entity_rows(self.dialect(), self.tenant.as_str(), entity_id),
+            self.entity_rows(entity_id),
             placeholders.join(", ")
         );
         let binds: Vec<SqlValue> = std::iter::once(SqlValue::Text(self.tenant.to_string()))
@@ -129,7 +129,7 @@ impl Scoped<'_> {
         let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
             "SELECT id FROM records WHERE {} AND deleted_at IS NULL AND id IN ({})",
-            super::sql::entity_rows(self.dialect(), self.tenant.as_str(), entity_id),
+            self.entity_rows(entity_id),
             placeholders.join(", ")
         );
         let binds: Vec<SqlValue> = std::iter::once(SqlValue::Text(self.tenant.to_string()))
@@ -149,7 +149,7 @@ impl Scoped<'_> {
         let sql = format!(
             "SELECT {} FROM records WHERE {} AND ({}) ORDER BY {} LIMIT {}",
             columns(self.dialect()),
-            super::sql::entity_rows(self.dialect(), self.tenant.as_str(), entity_id),
+            self.entity_rows(entity_id),
             query.condition,
             query.order,
             query.limit
@@ -399,7 +399,7 @@ impl Scoped<'_> {
     ) -> Result<bool, StoreError> {
         let sql = format!(
             "SELECT 1 FROM records WHERE {} AND {expr} IS NOT NULL LIMIT 1",
-            super::sql::entity_rows(self.dialect(), self.tenant.as_str(), referencing_entity)
+            self.entity_rows(referencing_entity)
         );
         let tenant = self.tenant.as_str();
         let found: Option<i32> = on!(self.entered().await?, c => sqlx::query_scalar(&sql).bind(tenant).fetch_optional(&mut **c).await?);
@@ -569,7 +569,7 @@ impl Scoped<'_> {
             let sql = format!(
                 "SELECT CAST({expr} AS TEXT), id FROM records{hint} WHERE {} \
                  AND deleted_at IS NULL AND id <> $2 AND {expr} IN ({})",
-                super::sql::entity_rows(self.dialect(), self.tenant.as_str(), entity_id),
+                self.entity_rows(entity_id),
                 placeholders.join(", ")
             );
             let mut binds = vec![

@@ -227,7 +227,7 @@ pub fn text_literal(text: &str) -> String {
 ///
 /// On SQLite the tenant is a literal, not the bound `$1` of other statements (which these bind
 /// too, unused). The per-entity indexes hold one tenant's entries (`tenant_id = '…'` in their
-/// `WHERE`, see `store::entities::sqlite_cover`), and SQLite uses a partial index only if the
+/// `WHERE`, see `store::entities::sqlite_part`), and SQLite uses a partial index only if the
 /// statement's condition implies the index's when it plans the statement, before any value is
 /// bound. Given a bound tenant, it looks at the value when it can and marks the statement to
 /// be planned again whenever the value is bound anew: sqlx binds on every execution, so a
