@@ -1403,7 +1403,12 @@ impl Records {
             .plan_aggregate(&mut scoped, Some(principal), entity, params)
             .await?;
         let rows = scoped
-            .aggregate_rows(&plan.sql, plan.binds.clone(), plan.kinds())
+            .aggregate_rows(
+                &plan.sql,
+                plan.apart.as_deref(),
+                plan.binds.clone(),
+                plan.kinds(),
+            )
             .await?;
         plan.result(rows)
     }

@@ -1221,4 +1221,115 @@ mod tests {
         store.close().await;
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    /// An aggregation SQLite answers by sorting reads its values from the index in a subquery
+    /// of their own (`aggregate::Plan::apart`): the sorter then gets those values, not the
+    /// record's body. A grouping the index's order answers needs no sort.
+    #[tokio::test]
+    async fn an_aggregation_that_sorts_reads_its_values_from_the_index() {
+        use crate::records::aggregate::{self, AggregateParams, Compile};
+        use sqlx::Row;
+        let (dir, _, url) = temp_database("aggregate.db");
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        let definition = crate::metadata::definition::from_json(&serde_json::json!({
+            "name": "case",
+            "fields": [
+                {"name": "status", "type": "picklist", "options": ["open", "closed"], "indexed": true},
+                {"name": "priority", "type": "picklist", "options": ["low", "high"]}
+            ],
+            "indexes": [{"fields": ["status", "priority"]}]
+        }))
+        .unwrap();
+        let tenant = "0190c0de-0000-7000-8000-000000000001";
+        let Pools::Sqlite { write, read, .. } = &store.pools else {
+            unreachable!("a SQLite store")
+        };
+        for (_, sql) in entities::entity_index_sql(Dialect::Sqlite, tenant, 7, &definition) {
+            sqlx::query(&sql).execute(write).await.unwrap();
+        }
+        let compile = |group_by: &str, filter: Option<&str>| {
+            let params = AggregateParams {
+                group_by: Some(group_by.to_owned()),
+                filter: filter.map(str::to_owned),
+                ..AggregateParams::default()
+            };
+            Compile {
+                dialect: Dialect::Sqlite,
+                tenant,
+                entity_id: 7,
+                definition: &definition,
+                owners: None,
+                params: &params,
+                groups: aggregate::parse_groups(params.group_by.as_deref()).unwrap(),
+                measures: aggregate::parse_measures(None).unwrap(),
+                through: Default::default(),
+                offset: 0,
+            }
+            .plan()
+            .unwrap()
+        };
+        // (opcode, p1, p2) of each instruction, and the query plan's lines.
+        let explain = |sql: String, binds: Vec<SqlValue>| async move {
+            let rows = bind_all(sqlx::query(&format!("EXPLAIN {sql}")), &binds)
+                .fetch_all(read)
+                .await
+                .unwrap();
+            let program: Vec<(String, i64, i64)> = rows
+                .iter()
+                .map(|row| (row.get(1), row.get(2), row.get(3)))
+                .collect();
+            let plan: Vec<String> =
+                bind_all(sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}")), &binds)
+                    .fetch_all(read)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| row.get(3))
+                    .collect();
+            (program, plan.join("; "))
+        };
+        let root: i64 =
+            sqlx::query_scalar("SELECT rootpage FROM sqlite_master WHERE name = 'records'")
+                .fetch_one(read)
+                .await
+                .unwrap();
+        let reads_records = |program: &[(String, i64, i64)]| {
+            let cursors: Vec<i64> = program
+                .iter()
+                .filter(|(opcode, _, page)| opcode == "OpenRead" && *page == root)
+                .map(|(_, cursor, _)| *cursor)
+                .collect();
+            program
+                .iter()
+                .any(|(opcode, cursor, _)| opcode == "Column" && cursors.contains(cursor))
+        };
+        let binds = |plan: &aggregate::Plan| {
+            let mut binds = plan.binds.clone();
+            binds[0] = SqlValue::Text(tenant.to_owned());
+            binds
+        };
+
+        // Open cases by priority: the composite index answers the filter and holds the
+        // priorities, in status order; grouping them sorts.
+        let by_priority = compile("priority", Some("status in ('open', 'closed')"));
+        let (program, plan) = explain(by_priority.sql.clone(), binds(&by_priority)).await;
+        assert!(plan.contains("USE TEMP B-TREE FOR GROUP BY"), "{plan}");
+        assert!(reads_records(&program), "merged, the sorter reads the body");
+        let apart = by_priority
+            .apart
+            .clone()
+            .expect("SQLite groups have a statement apart");
+        let (program, plan) = explain(apart, binds(&by_priority)).await;
+        assert!(plan.contains("USING INDEX rc_7_"), "{plan}");
+        assert!(!reads_records(&program), "{program:?}");
+
+        // Cases by status: the index's order is the groups' order; nothing sorts, and the store
+        // keeps the merged statement.
+        let by_status = compile("status", None);
+        let (_, plan) = explain(by_status.sql.clone(), binds(&by_status)).await;
+        assert!(plan.contains("USING INDEX rx_7_status"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -875,7 +875,7 @@ impl Records {
         let mut kinds = vec![ColumnKind::Text];
         kinds.extend(std::iter::repeat_n(ColumnKind::Float, fields.len()));
         let rows = scoped
-            .aggregate_rows(&sql, builder.binds, &kinds)
+            .aggregate_rows(&sql, None, builder.binds, &kinds)
             .await
             .map_err(|error| host_error(error.into()))?;
         Ok(rows

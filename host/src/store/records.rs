@@ -701,14 +701,34 @@ where
 
 impl Scoped<'_> {
     /// Runs an aggregate query over records built by the records layer (`$1` is the tenant,
-    /// bound here) and decodes each row's columns by `kinds`.
+    /// bound here) and decodes each row's columns by `kinds`. On SQLite, `apart` replaces `sql`
+    /// when SQLite's plan for `sql` groups by sorting (the records layer's
+    /// `aggregate::Compile::plan` says why).
     pub async fn aggregate_rows(
         &mut self,
         sql: &str,
+        apart: Option<&str>,
         mut binds: Vec<SqlValue>,
         kinds: &[ColumnKind],
     ) -> Result<Vec<Vec<serde_json::Value>>, StoreError> {
         binds[0] = SqlValue::Text(self.tenant.to_string());
+        let sql = match (apart, &mut *self.entered().await?) {
+            (Some(apart), Exec::Sqlite(c)) => {
+                let plan: Vec<(i64, i64, i64, String)> =
+                    bind_all_as(sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}")), &binds)
+                        .fetch_all(&mut **c)
+                        .await?;
+                if plan
+                    .iter()
+                    .any(|(.., detail)| detail.starts_with("USE TEMP B-TREE FOR GROUP BY"))
+                {
+                    apart
+                } else {
+                    sql
+                }
+            }
+            _ => sql,
+        };
         Ok(on!(self.entered().await?, c => {
             let rows = bind_all(sqlx::query(sql), &binds).fetch_all(&mut **c).await?;
             rows.iter()
