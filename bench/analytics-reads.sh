@@ -3,15 +3,17 @@
 # after a warm-up (analytics.sh measures right after the server starts), for A/B runs of builds:
 #   screen pop   GET /lookup?phone=<national number>, 8 clients then 2, DURATION each
 #   dashboard    GET /dashboards/bench_daily/data, 1 client, DURATION
+#   widgets      each widget of that dashboard alone (a one-widget dashboard `one_<id>`, saved
+#                once), N requests after three warm ones: the server's own `ms`, min/p50/max
 #
 #   RAPPORT_BIN=/path/to/rapport bench/analytics-reads.sh [label]
-#   WARM=10s DURATION=20s WHAT="pop dashboard" …     # the defaults
+#   WARM=10s DURATION=20s WHAT="pop dashboard" N=9 …  # the defaults (WHAT=widgets: not run unless asked)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT="$(cd "${RAPPORT_BENCH_KIT:-../shared/bench}" && pwd)"
 DATA="${BENCH_WORK:-/tmp/rapport-bench}/rapport-analytics"
 PORT="${PORT:-18184}"
-WARM="${WARM:-10s}" DUR="${DURATION:-20s}" WHAT="${WHAT:-pop dashboard}"
+WARM="${WARM:-10s}" DUR="${DURATION:-20s}" WHAT="${WHAT:-pop dashboard}" N="${N:-9}"
 [ -f "$DATA/token" ] || { echo "no loaded database in $DATA: run bench/analytics.sh first" >&2; exit 1; }
 if curl -s "http://127.0.0.1:$PORT/" >/dev/null 2>&1; then echo "port $PORT is in use" >&2; exit 1; fi
 BIN="${RAPPORT_BIN:-$PWD/target/release/rapport}"
@@ -29,6 +31,17 @@ pop() { # clients duration
 dashboard() { # duration
   CONC=1 THREADS=1 DURATION=$1 LIST_PATH='/api/v1/dashboards/bench_daily/data' "$KIT/driver/run_wrk.sh" list
 }
+widgets() { # label
+  local api="$BASE_URL/api/v1" board=bench/analytics-dashboard.json id
+  for id in $(jq -r '.widgets[].id' "$board"); do
+    curl -sf -o /dev/null -H "Authorization: $AUTH" "$api/dashboards/one_$id" ||
+      jq -c --arg id "$id" '{name: ("one_" + $id), label: $id, widgets: [.widgets[] | select(.id == $id)]}' "$board" |
+        curl -sf -o /dev/null -H "Authorization: $AUTH" -H 'Content-Type: application/json' -X POST "$api/dashboards" -d @-
+    for _ in 1 2 3; do curl -sf -o /dev/null -H "Authorization: $AUTH" "$api/dashboards/one_$id/data"; done
+    for _ in $(seq "$N"); do curl -sf -H "Authorization: $AUTH" "$api/dashboards/one_$id/data" | jq '.widgets[0].ms'; done |
+      sort -n | jq -sc --arg l "$1" --arg w "$id" '{label: $l, widget: $w, min: .[0], p50: .[(length - 1) / 2 | floor], max: .[-1]}'
+  done
+}
 for what in $WHAT; do
   case "$what" in
     pop)
@@ -38,6 +51,8 @@ for what in $WHAT; do
     dashboard)
       dashboard "$WARM" >/dev/null
       dashboard "$DUR" | show "${1:-}" dashboard_8_widgets_1_client ;;
+    widgets)
+      widgets "${1:-}" ;;
     *) echo "unknown: $what" >&2; exit 1 ;;
   esac
 done

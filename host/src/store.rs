@@ -998,6 +998,48 @@ mod tests {
         (dir, path, url)
     }
 
+    /// The tenant of the planner tests' entity 7.
+    const PLAN_TENANT: &str = "0190c0de-0000-7000-8000-000000000001";
+
+    /// A SQLite store in which entity 7 of [`PLAN_TENANT`] has the indexes `definition` asks for
+    /// (and no records): enough for SQLite to plan statements over it.
+    async fn store_with_indexes(
+        file: &str,
+        definition: serde_json::Value,
+    ) -> (
+        std::path::PathBuf,
+        Store,
+        crate::metadata::definition::EntityDefinition,
+    ) {
+        let (dir, _, url) = temp_database(file);
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        let definition = crate::metadata::definition::from_json(&definition).unwrap();
+        let Pools::Sqlite { write, .. } = &store.pools else {
+            unreachable!("a SQLite store")
+        };
+        for (_, sql) in entities::entity_index_sql(Dialect::Sqlite, PLAN_TENANT, 7, &definition) {
+            sqlx::query(&sql).execute(write).await.unwrap();
+        }
+        (dir, store, definition)
+    }
+
+    /// SQLite's query plan of `sql` with `binds`, its lines joined by `; `.
+    async fn query_plan(
+        pool: &SqlitePool,
+        sql: &str,
+        binds: &[SqlValue],
+    ) -> Result<String, sqlx::Error> {
+        let rows: Vec<(i64, i64, i64, String)> =
+            bind_all_as(sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}")), binds)
+                .fetch_all(pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(.., detail)| detail)
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+
     async fn tenant_count(store: &Store) -> i64 {
         let mut conn = store.reader().await.unwrap();
         let Conn::Sqlite(c) = &mut conn else {
@@ -1156,37 +1198,30 @@ mod tests {
     /// cannot match the index's `WHERE` when it plans, and would read the whole entity.
     #[tokio::test]
     async fn statements_over_an_entity_reach_its_indexes() {
-        let (dir, _, url) = temp_database("plans.db");
-        let store = Store::connect(&url, Durability::Normal).await.unwrap();
-        let definition = crate::metadata::definition::from_json(&serde_json::json!({
-            "name": "contact",
-            "fields": [
-                {"name": "stage", "type": "picklist", "options": ["lead", "customer"], "indexed": true},
-                {"name": "amount", "type": "decimal"}
-            ],
-            "indexes": [{"fields": ["stage", "amount"]}]
-        }))
-        .unwrap();
-        let tenant = "0190c0de-0000-7000-8000-000000000001";
-        let Pools::Sqlite { write, read, .. } = &store.pools else {
+        let (dir, store, definition) = store_with_indexes(
+            "plans.db",
+            serde_json::json!({
+                "name": "contact",
+                "fields": [
+                    {"name": "stage", "type": "picklist", "options": ["lead", "customer"], "indexed": true},
+                    {"name": "amount", "type": "decimal"}
+                ],
+                "indexes": [{"fields": ["stage", "amount"]}]
+            }),
+        )
+        .await;
+        let tenant = PLAN_TENANT;
+        let Pools::Sqlite { read, .. } = &store.pools else {
             unreachable!("a SQLite store")
         };
-        for (_, sql) in entities::entity_index_sql(Dialect::Sqlite, tenant, 7, &definition) {
-            sqlx::query(&sql).execute(write).await.unwrap();
-        }
-        let plan = |from: String, condition: String| async move {
-            let sql = format!("EXPLAIN QUERY PLAN SELECT count(*) FROM {from} WHERE {condition}");
-            sqlx::query_as::<_, (i64, i64, i64, String)>(&sql)
-                .bind(tenant)
-                .bind("lead")
-                .fetch_all(read)
-                .await
-                .map(|rows| {
-                    rows.into_iter()
-                        .map(|(.., detail)| detail)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
+        let binds = [
+            SqlValue::Text(tenant.to_owned()),
+            SqlValue::Text("lead".to_owned()),
+        ];
+        let binds = &binds;
+        let plan = |from: String, condition: String| {
+            let sql = format!("SELECT count(*) FROM {from} WHERE {condition}");
+            async move { query_plan(read, &sql, binds).await }
         };
         let field = |name: &str| Dialect::Sqlite.field_expr(definition.field(name).unwrap());
         let (stage, amount) = (field("stage"), field("amount"));
@@ -1229,24 +1264,22 @@ mod tests {
     async fn an_aggregation_that_sorts_reads_its_values_from_the_index() {
         use crate::records::aggregate::{self, AggregateParams, Compile};
         use sqlx::Row;
-        let (dir, _, url) = temp_database("aggregate.db");
-        let store = Store::connect(&url, Durability::Normal).await.unwrap();
-        let definition = crate::metadata::definition::from_json(&serde_json::json!({
-            "name": "case",
-            "fields": [
-                {"name": "status", "type": "picklist", "options": ["open", "closed"], "indexed": true},
-                {"name": "priority", "type": "picklist", "options": ["low", "high"]}
-            ],
-            "indexes": [{"fields": ["status", "priority"]}]
-        }))
-        .unwrap();
-        let tenant = "0190c0de-0000-7000-8000-000000000001";
-        let Pools::Sqlite { write, read, .. } = &store.pools else {
+        let (dir, store, definition) = store_with_indexes(
+            "aggregate.db",
+            serde_json::json!({
+                "name": "case",
+                "fields": [
+                    {"name": "status", "type": "picklist", "options": ["open", "closed"], "indexed": true},
+                    {"name": "priority", "type": "picklist", "options": ["low", "high"]}
+                ],
+                "indexes": [{"fields": ["status", "priority"]}]
+            }),
+        )
+        .await;
+        let tenant = PLAN_TENANT;
+        let Pools::Sqlite { read, .. } = &store.pools else {
             unreachable!("a SQLite store")
         };
-        for (_, sql) in entities::entity_index_sql(Dialect::Sqlite, tenant, 7, &definition) {
-            sqlx::query(&sql).execute(write).await.unwrap();
-        }
         let compile = |group_by: &str, filter: Option<&str>| {
             let params = AggregateParams {
                 group_by: Some(group_by.to_owned()),
@@ -1278,15 +1311,8 @@ mod tests {
                 .iter()
                 .map(|row| (row.get(1), row.get(2), row.get(3)))
                 .collect();
-            let plan: Vec<String> =
-                bind_all(sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}")), &binds)
-                    .fetch_all(read)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|row| row.get(3))
-                    .collect();
-            (program, plan.join("; "))
+            let plan = query_plan(read, &sql, &binds).await.unwrap();
+            (program, plan)
         };
         let root: i64 =
             sqlx::query_scalar("SELECT rootpage FROM sqlite_master WHERE name = 'records'")
