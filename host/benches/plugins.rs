@@ -18,6 +18,11 @@ use rapport::plugins::runtime::{
     LoadedComponent, Meters, Operation, Record, RecordEvent, Runtime, Stage,
 };
 
+/// The server's allocator (`host/src/main.rs`), so that the invocations allocate as they do
+/// there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn component(runtime: &Runtime, file: &str) -> LoadedComponent {
     let dir = std::env::var_os("RAPPORT_PLUGINS_DIR")
         .map(PathBuf::from)
