@@ -7,6 +7,7 @@
 # then once more without (to see the drift of the machine between runs).
 #
 #   bench/plugins.sh                      # TOTAL=20000 records per run
+#   RAPPORT_BIN=/path/to/rapport bench/plugins.sh   # another build (A/B)
 #   cargo bench -p rapport --bench plugins   # the in-process cost of one invocation (criterion)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +20,8 @@ DATA="$BENCH_WORK/rapport-plugins-data"
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk jq sqlite3" >&2; exit 1; }
 
 scripts/plugins >/dev/null
-cargo build --release -p rapport
-BIN="$PWD/target/release/rapport"
+if [ -z "${RAPPORT_BIN:-}" ]; then cargo build --release -p rapport; fi
+BIN="${RAPPORT_BIN:-$PWD/target/release/rapport}"
 rm -rf "$DATA" "$OUT"; mkdir -p "$DATA" "$OUT"
 # The load comes from one token: its rate limit is off.
 export RAPPORT_DATABASE_URL="sqlite:$DATA/bench.db" RAPPORT_LOG=warn RAPPORT_CACHE_DIR="$DATA/cache" RAPPORT_RATE_LIMIT=0

@@ -276,6 +276,30 @@ impl TestApp {
             .await
     }
 
+    /// A plugin's runs (`GET /api/v1/plugins/{plugin}/runs?{query}`, newest first) once `done`
+    /// holds for them. Runs are recorded in the background, batched (at most every 100 ms), so
+    /// a run shows a little after the write that made it; after 5 s the runs are returned as
+    /// they are, for the caller's assertion to name them.
+    pub async fn plugin_runs(
+        &self,
+        plugin: &str,
+        query: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let path = format!("/api/v1/plugins/{plugin}/runs?{query}");
+        let mut runs = Vec::new();
+        for _ in 0..100 {
+            let reply = self.get(&path).await;
+            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+            runs = reply.body["data"].as_array().cloned().unwrap_or_default();
+            if done(&runs) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        runs
+    }
+
     /// Creates an entity and asserts it was created.
     pub async fn define(&self, definition: Value) {
         let reply = self.post("/api/v1/entities", definition).await;

@@ -254,13 +254,11 @@ async fn rfm_scores_value_tiers_and_lifecycle_stages_follow_the_orders_of_an_acc
     assert_eq!(second["changes"]["rfm_recency"]["to"], 5);
 
     // Every computation is a run of its plugin.
-    let runs = app.get("/api/v1/plugins/rfm-score/runs").await;
-    let runs = runs.body["data"].as_array().unwrap();
-    assert!(
-        runs.iter()
-            .any(|run| run["stage"] == "compute" && run["outcome"] == "ok"),
-        "{runs:?}"
-    );
+    let computed = |run: &Value| run["stage"] == "compute" && run["outcome"] == "ok";
+    let runs = app
+        .plugin_runs("rfm-score", "", |runs| runs.iter().any(computed))
+        .await;
+    assert!(runs.iter().any(computed), "{runs:?}");
 }
 
 async fn a_computed_field_without_its_plugin_refuses_the_write_and_writes_nothing(app: &TestApp) {

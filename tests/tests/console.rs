@@ -561,6 +561,10 @@ async fn failing_plugin(app: &TestApp) {
         "{:?}",
         refused.body
     );
+    let failed = app
+        .plugin_runs("hostile", "failures=true", |runs| !runs.is_empty())
+        .await;
+    assert!(!failed.is_empty(), "the failed run was not recorded");
 }
 
 async fn a_plugin_failure_is_in_its_runs_with_its_error(app: &TestApp) {
