@@ -281,6 +281,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store = state.store.clone();
+    let plugins = state.plugins.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let engine = tokio::spawn(crate::workflows::engine::run(
         state.workflows.clone(),
@@ -329,6 +330,8 @@ pub async fn serve(
     if let Err(error) = delivery.await {
         tracing::error!(%error, "the webhook delivery worker panicked");
     }
+    // The plugin runs of the last requests and steps, before the database closes.
+    plugins.flush_runs().await;
     store.close().await;
     served
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Principal;
 use crate::domain::TenantId;
@@ -109,6 +109,17 @@ pub struct Installed {
 /// about this time.
 const RUNS_EVERY: Duration = Duration::from_millis(100);
 
+/// What the run recorder receives: a run, or a request to write what it holds now.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every message is a run; boxing it would allocate for each"
+)]
+enum ToRecorder {
+    Run(NewRun),
+    Flush(oneshot::Sender<()>),
+}
+
 /// The plugins of every tenant: registry, compiled components and run records.
 #[derive(Debug, Clone)]
 pub struct Plugins {
@@ -118,7 +129,7 @@ pub struct Plugins {
     active: Arc<RwLock<HashMap<TenantId, ActiveEntry>>>,
     /// Tenants whose plugin list is not cached now (see [`Plugins::uncached`]).
     uncached: crate::domain::Uncached,
-    runs: mpsc::Sender<NewRun>,
+    runs: mpsc::Sender<ToRecorder>,
 }
 
 /// A plugin checked and compiled for an install (see [`Plugins::prepare`]).
@@ -134,16 +145,32 @@ impl Plugins {
     pub fn new(store: Store, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Self> {
         let runtime = Runtime::new(cache_dir)
             .map_err(|error| anyhow::anyhow!("cannot start the plugin engine: {error:#}"))?;
-        let (runs, mut pending) = mpsc::channel::<NewRun>(10_000);
+        let (runs, mut pending) = mpsc::channel::<ToRecorder>(10_000);
         let recorder = store.clone();
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while pending.recv_many(&mut batch, 500).await > 0 {
                 let started = tokio::time::Instant::now();
-                let runs = std::mem::take(&mut batch);
+                let mut flushed = Vec::new();
+                let runs: Vec<NewRun> = batch
+                    .drain(..)
+                    .filter_map(|message| match message {
+                        ToRecorder::Run(run) => Some(run),
+                        ToRecorder::Flush(done) => {
+                            flushed.push(done);
+                            None
+                        }
+                    })
+                    .collect();
                 let count = runs.len();
                 if let Err(error) = recorder.insert_runs(runs).await {
                     tracing::warn!(%error, runs = count, "cannot record plugin runs");
+                }
+                if !flushed.is_empty() {
+                    for done in flushed {
+                        let _ = done.send(());
+                    }
+                    continue;
                 }
                 // At most one write of runs per `RUNS_EVERY`: written as soon as they came, the
                 // runs of each hooked write were a write of their own, and on SQLite the next
@@ -167,8 +194,17 @@ impl Plugins {
 
     /// Records a run; dropped with a warning if the recorder is far behind.
     pub fn record(&self, run: NewRun) {
-        if self.runs.try_send(run).is_err() {
+        if self.runs.try_send(ToRecorder::Run(run)).is_err() {
             tracing::warn!("plugin run records are behind; one was dropped");
+        }
+    }
+
+    /// Writes the runs recorded so far now, without waiting for the next batch; returns once
+    /// they are stored (at shut-down, so that the last runs are not lost).
+    pub async fn flush_runs(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.runs.send(ToRecorder::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
         }
     }
 

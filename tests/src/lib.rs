@@ -30,6 +30,8 @@ pub struct TestApp {
     pub database_url: String,
     /// The server's pack service (for installing pack directories, which the API does not).
     pub packs: rapport::packs::Packs,
+    /// The server's plugin service (to write its recorded runs now, as at shut-down).
+    pub plugins: rapport::plugins::Plugins,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     cleanup: Cleanup,
@@ -176,6 +178,7 @@ pub async fn spawn_app_with(
     state.limiter = rapport::api::guard::Limiter::new(None);
     configure(&mut state);
     let packs = state.packs.clone();
+    let plugins = state.plugins.clone();
     let server = tokio::spawn(async move {
         api::serve(listener, state, async {
             let _ = signal.await;
@@ -190,6 +193,7 @@ pub async fn spawn_app_with(
         store,
         database_url,
         packs,
+        plugins,
         shutdown: Some(shutdown),
         server: Some(server),
         cleanup,

@@ -19,7 +19,33 @@ on_both_backends!(
     only_administrators_manage_plugins,
     a_plugin_without_capabilities_runs_once_with_the_same_outcomes_before_the_transaction,
     outbox_messages_exist_exactly_when_their_write_commits,
+    runs_are_written_at_once_when_flushed,
 );
+
+/// Runs are written in batches (at most every 100 ms); at shut-down the server flushes them, so
+/// the run of the last request before a stop is stored.
+async fn runs_are_written_at_once_when_flushed(app: &TestApp) {
+    app.define(json!({"name": "target", "fields": [{"name": "name", "type": "text"}]}))
+        .await;
+    app.install_plugin("hostile", Some(json!({"attack": "panic"})))
+        .await;
+    for round in 1..=3 {
+        let refused = app
+            .post("/api/v1/records/target", json!({"data": {"name": "boom"}}))
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::FAILED_DEPENDENCY,
+            "{:?}",
+            refused.body
+        );
+        app.plugins.flush_runs().await;
+        let failures = app.get("/api/v1/plugins/hostile/runs?failures=true").await;
+        let failures = failures.body["data"].as_array().unwrap();
+        assert_eq!(failures.len(), round, "{failures:?}");
+        assert_eq!(failures[0]["outcome"], "trap", "{failures:?}");
+    }
+}
 
 /// A plugin that requests no capabilities runs before the write's transaction (it cannot tell):
 /// its faults, rejections and patches must still decide the write, and a plugin that does need
