@@ -108,6 +108,8 @@ pub struct Installed {
 /// How often run records are written, at most: a run shows in `/plugins/{id}/runs` within
 /// about this time.
 const RUNS_EVERY: Duration = Duration::from_millis(100);
+/// The most runs written at once.
+const BATCH: usize = 500;
 
 /// What the run recorder receives: a run, or a request to write what it holds now.
 #[derive(Debug)]
@@ -149,7 +151,11 @@ impl Plugins {
         let recorder = store.clone();
         tokio::spawn(async move {
             let mut batch = Vec::new();
-            while pending.recv_many(&mut batch, 500).await > 0 {
+            loop {
+                let received = pending.recv_many(&mut batch, BATCH).await;
+                if received == 0 {
+                    break;
+                }
                 let started = tokio::time::Instant::now();
                 let mut flushed = Vec::new();
                 let runs: Vec<NewRun> = batch
@@ -174,8 +180,11 @@ impl Plugins {
                 }
                 // At most one write of runs per `RUNS_EVERY`: written as soon as they came, the
                 // runs of each hooked write were a write of their own, and on SQLite the next
-                // write waited for its commit (one more fsync per hooked create).
-                tokio::time::sleep_until(started + RUNS_EVERY).await;
+                // write waited for its commit (one more fsync per hooked create). A full batch
+                // means more are waiting: those are written at once.
+                if received < BATCH {
+                    tokio::time::sleep_until(started + RUNS_EVERY).await;
+                }
             }
         });
         Ok(Self {
