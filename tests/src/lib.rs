@@ -474,4 +474,31 @@ impl TestApp {
             .await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     }
+
+    /// An entity `target` and the `hostile` test plugin set to panic on it: every write to
+    /// `target` fails (see [`TestApp::refused_by_plugin`]) and is recorded as a failed run.
+    pub async fn install_panicking_plugin(&self) {
+        self.define(
+            serde_json::json!({"name": "target", "fields": [{"name": "name", "type": "text"}]}),
+        )
+        .await;
+        self.install_plugin("hostile", Some(serde_json::json!({"attack": "panic"})))
+            .await;
+    }
+
+    /// Creates a `target` record, which the panicking plugin refuses (424, plugin fault).
+    pub async fn refused_by_plugin(&self) {
+        let refused = self
+            .post(
+                "/api/v1/records/target",
+                serde_json::json!({"data": {"name": "boom"}}),
+            )
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::FAILED_DEPENDENCY,
+            "{:?}",
+            refused.body
+        );
+    }
 }

@@ -548,19 +548,8 @@ async fn the_booth_map_draws_each_booth_coloured_by_status(app: &TestApp) {
 
 /// The `hostile` test plugin on `target`, set to panic: a write fails and its run is recorded.
 async fn failing_plugin(app: &TestApp) {
-    app.define(json!({"name": "target", "fields": [{"name": "name", "type": "text"}]}))
-        .await;
-    app.install_plugin("hostile", Some(json!({"attack": "panic"})))
-        .await;
-    let refused = app
-        .post("/api/v1/records/target", json!({"data": {"name": "boom"}}))
-        .await;
-    assert_eq!(
-        refused.status,
-        StatusCode::FAILED_DEPENDENCY,
-        "{:?}",
-        refused.body
-    );
+    app.install_panicking_plugin().await;
+    app.refused_by_plugin().await;
     let failed = app
         .plugin_runs("hostile", "failures=true", |runs| !runs.is_empty())
         .await;

@@ -25,20 +25,9 @@ on_both_backends!(
 /// Runs are written in batches (at most every 100 ms); at shut-down the server flushes them, so
 /// the run of the last request before a stop is stored.
 async fn runs_are_written_at_once_when_flushed(app: &TestApp) {
-    app.define(json!({"name": "target", "fields": [{"name": "name", "type": "text"}]}))
-        .await;
-    app.install_plugin("hostile", Some(json!({"attack": "panic"})))
-        .await;
+    app.install_panicking_plugin().await;
     for round in 1..=3 {
-        let refused = app
-            .post("/api/v1/records/target", json!({"data": {"name": "boom"}}))
-            .await;
-        assert_eq!(
-            refused.status,
-            StatusCode::FAILED_DEPENDENCY,
-            "{:?}",
-            refused.body
-        );
+        app.refused_by_plugin().await;
         app.plugins.flush_runs().await;
         let failures = app.get("/api/v1/plugins/hostile/runs?failures=true").await;
         let failures = failures.body["data"].as_array().unwrap();
@@ -264,19 +253,9 @@ async fn complaint_sla_sets_the_due_date_from_the_priority(app: &TestApp) {
     assert_eq!(due - at, time::Duration::days(1));
 
     // Every invocation is recorded.
-    let runs = app.get("/api/v1/plugins/complaint-sla/runs").await;
-    assert_eq!(runs.status, StatusCode::OK);
-    let mut runs = runs.body["data"].as_array().unwrap().clone();
-    for _ in 0..50 {
-        if runs.len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        runs = app.get("/api/v1/plugins/complaint-sla/runs").await.body["data"]
-            .as_array()
-            .unwrap()
-            .clone();
-    }
+    let runs = app
+        .plugin_runs("complaint-sla", "", |runs| runs.len() >= 4)
+        .await;
     assert_eq!(runs.len(), 4, "{runs:?}");
     assert!(runs.iter().all(|run| run["outcome"] == "ok"
         && run["stage"] == "before"
@@ -584,23 +563,10 @@ async fn an_endless_plugin_is_stopped_and_its_write_rolled_back(app: &TestApp) {
     assert_eq!(listed.body["data"], json!([]));
 
     // Failures are listed.
-    let mut failures = Value::Null;
-    for _ in 0..50 {
-        failures = app
-            .get("/api/v1/plugins/hostile/runs?failures=true")
-            .await
-            .body;
-        if failures["data"]
-            .as_array()
-            .is_some_and(|runs| runs.len() >= 5)
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let outcomes: Vec<&str> = failures["data"]
-        .as_array()
-        .unwrap()
+    let failures = app
+        .plugin_runs("hostile", "failures=true", |runs| runs.len() >= 5)
+        .await;
+    let outcomes: Vec<&str> = failures
         .iter()
         .map(|run| run["outcome"].as_str().unwrap())
         .collect();
@@ -794,23 +760,13 @@ async fn outbox_messages_exist_exactly_when_their_write_commits(app: &TestApp) {
         .await;
     assert_eq!(reply.status, StatusCode::CONFLICT, "{:?}", reply.body);
     // The hook did run for both records (and enqueued) before the conflict was found.
-    let mut ran = 0;
-    for _ in 0..100 {
-        let runs = app
-            .get("/api/v1/plugins/hostile/runs?limit=1000")
-            .await
-            .body;
-        ran = runs["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|run| run["stage"] == "before" && run["outcome"] == "ok")
-            .count();
-        if ran >= 4 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let before = |run: &&Value| run["stage"] == "before" && run["outcome"] == "ok";
+    let runs = app
+        .plugin_runs("hostile", "limit=1000", |runs| {
+            runs.iter().filter(before).count() >= 4
+        })
+        .await;
+    let ran = runs.iter().filter(before).count();
     assert_eq!(ran, 4, "alpha, beta and both gammas ran their hook");
 
     let listed = app.get("/api/v1/outbox").await;

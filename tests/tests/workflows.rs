@@ -1091,20 +1091,13 @@ async fn a_plugin_step_runs_in_the_sandbox_and_its_output_feeds_the_next_step(ap
         "{error}"
     );
     // Each invocation is in the plugin's runs, as a workflow step.
-    let mut recorded = Vec::new();
-    for _ in 0..100 {
-        recorded = app.get("/api/v1/plugins/credit-terms/runs").await.body["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|run| run["stage"] == "workflow_step")
-            .cloned()
-            .collect();
-        if recorded.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let step = |run: &&Value| run["stage"] == "workflow_step";
+    let runs = app
+        .plugin_runs("credit-terms", "", |runs| {
+            runs.iter().filter(step).count() >= 2
+        })
+        .await;
+    let recorded: Vec<&Value> = runs.iter().filter(step).collect();
     assert_eq!(recorded.len(), 2, "{recorded:?}");
     assert!(recorded.iter().all(|run| run["outcome"] == "ok"));
 }
