@@ -179,7 +179,7 @@ pub struct Applied {
 #[derive(Debug)]
 pub struct Metadata {
     store: Store,
-    cache: RwLock<HashMap<(TenantId, String), Arc<CompiledEntity>>>,
+    cache: RwLock<HashMap<(TenantId, String), Cached>>,
     roll_ups: RwLock<HashMap<TenantId, (Instant, Arc<RollUps>)>>,
     /// Every compiled definition of a tenant, for the reads that look at all of them (the
     /// timeline, the screen pop), cached like the roll-ups.
@@ -187,6 +187,21 @@ pub struct Metadata {
     /// Tenants whose definitions are not cached now (see [`Metadata::uncached`]).
     uncached: crate::domain::Uncached,
 }
+
+/// A compiled definition, and when a query last found it current.
+#[derive(Debug)]
+struct Cached {
+    compiled: Arc<CompiledEntity>,
+    /// `None` once a change to the tenant's definitions was made here.
+    confirmed: Option<Instant>,
+}
+
+/// How long a read outside a transaction takes a definition found current as current, without
+/// asking the database again. A change made on this host is seen at once (it clears the
+/// confirmations); one made by another process (another host on PostgreSQL, the CLI) is seen by
+/// reads within this time, and by writes at once: a write's transaction always reads the entity's
+/// version ([`Metadata::compiled_for_write`]).
+const READ_CONFIRMED_FOR: Duration = Duration::from_secs(1);
 
 /// How long the roll-up dependencies of a tenant are cached. A change made on this host
 /// clears them at once; other hosts (PostgreSQL scale-out) see it within this time.
@@ -303,8 +318,19 @@ impl Metadata {
         Ok(roll_ups.get(entity).cloned().unwrap_or_default())
     }
 
-    /// Forgets what is derived from all of a tenant's definitions (roll-ups, the entity list).
-    fn forget_roll_ups(&self, tenant: &TenantId) {
+    /// Forgets what a change to a tenant's definitions made here makes stale: what is derived
+    /// from all of them (roll-ups, the entity list) and which definitions reads may take as
+    /// current ([`READ_CONFIRMED_FOR`]).
+    fn forget_changed(&self, tenant: &TenantId) {
+        for (_, cached) in self
+            .cache
+            .write()
+            .expect("metadata cache lock")
+            .iter_mut()
+            .filter(|((cached, _), _)| cached == tenant)
+        {
+            cached.confirmed = None;
+        }
         self.roll_ups.write().expect("roll-ups lock").remove(tenant);
         self.entity_lists
             .write()
@@ -323,20 +349,53 @@ impl Metadata {
     /// Forgets everything cached about a tenant's definitions: after a transaction that changed
     /// several of them, committed or rolled back (a rolled-back entity's id may be used again).
     pub fn forget_tenant(&self, tenant: &TenantId) {
-        self.forget_roll_ups(tenant);
+        self.forget_changed(tenant);
         self.cache
             .write()
             .expect("metadata cache lock")
             .retain(|(cached, _), _| cached != tenant);
     }
 
-    /// The compiled definition of an entity, current as of this connection's view.
+    /// The compiled definition of an entity, current as of this connection's view; for a read
+    /// outside a transaction, one found current within [`READ_CONFIRMED_FOR`] (which saves a
+    /// query per read).
     pub async fn compiled(
         &self,
         scoped: &mut Scoped<'_>,
         name: &str,
     ) -> Result<Arc<CompiledEntity>, MetadataError> {
+        if !scoped.in_transaction()
+            && let Some(compiled) = self.recently_confirmed(scoped.tenant(), name)
+        {
+            return Ok(compiled);
+        }
         self.compiled_locked(scoped, name, EntityLock::None).await
+    }
+
+    /// The compiled definition of an entity, current as of this connection's view: always asks
+    /// the database (unlike [`Metadata::compiled`] for reads).
+    pub async fn confirmed(
+        &self,
+        scoped: &mut Scoped<'_>,
+        name: &str,
+    ) -> Result<Arc<CompiledEntity>, MetadataError> {
+        self.compiled_locked(scoped, name, EntityLock::None).await
+    }
+
+    fn recently_confirmed(&self, tenant: &TenantId, name: &str) -> Option<Arc<CompiledEntity>> {
+        if self.uncached.contains(tenant) {
+            return None;
+        }
+        self.cache
+            .read()
+            .expect("metadata cache lock")
+            .get(&(tenant.clone(), name.to_owned()))
+            .filter(|cached| {
+                cached
+                    .confirmed
+                    .is_some_and(|at| at.elapsed() < READ_CONFIRMED_FOR)
+            })
+            .map(|cached| cached.compiled.clone())
     }
 
     /// The compiled definition last seen for an entity, without asking the database: good for
@@ -346,7 +405,7 @@ impl Metadata {
             .read()
             .expect("metadata cache lock")
             .get(&(tenant.clone(), name.to_owned()))
-            .cloned()
+            .map(|cached| cached.compiled.clone())
     }
 
     /// The compiled definition for a record write: the definition cannot change until the write's
@@ -371,11 +430,15 @@ impl Metadata {
         let key = (scoped.tenant().clone(), name.to_owned());
         let uncached = self.uncached.contains(&key.0);
         if !uncached
-            && let Some(cached) = self.cache.read().expect("metadata cache lock").get(&key)
-            && cached.id == id
-            && cached.version == version
+            && let Some(cached) = self
+                .cache
+                .write()
+                .expect("metadata cache lock")
+                .get_mut(&key)
+                .filter(|cached| cached.compiled.id == id && cached.compiled.version == version)
         {
-            return Ok(cached.clone());
+            cached.confirmed = Some(Instant::now());
+            return Ok(cached.compiled.clone());
         }
         let stored = scoped
             .get_entity(name)
@@ -387,10 +450,13 @@ impl Metadata {
             stored_definition(&stored.definition)?,
         )?);
         if !uncached {
-            self.cache
-                .write()
-                .expect("metadata cache lock")
-                .insert(key, compiled.clone());
+            self.cache.write().expect("metadata cache lock").insert(
+                key,
+                Cached {
+                    compiled: compiled.clone(),
+                    confirmed: Some(Instant::now()),
+                },
+            );
         }
         Ok(compiled)
     }
@@ -502,7 +568,7 @@ impl Metadata {
         )
         .await?;
         tx.commit().await?;
-        self.forget_roll_ups(&principal.tenant);
+        self.forget_changed(&principal.tenant);
         self.get(&principal.tenant, &name).await
     }
 
@@ -545,7 +611,7 @@ impl Metadata {
         .await?;
         if !dry_run {
             tx.commit().await?;
-            self.forget_roll_ups(&principal.tenant);
+            self.forget_changed(&principal.tenant);
         }
         Ok(applied)
     }
@@ -563,7 +629,7 @@ impl Metadata {
         let applied = self.apply_all_in(&mut tx, tenant, user, jsons).await?;
         if !dry_run {
             tx.commit().await?;
-            self.forget_roll_ups(tenant);
+            self.forget_changed(tenant);
         }
         Ok(applied)
     }
@@ -606,7 +672,7 @@ impl Metadata {
 
     /// Drops what is cached about a tenant's definitions after a commit of `apply_all_in`.
     pub fn applied(&self, tenant: &TenantId) {
-        self.forget_roll_ups(tenant);
+        self.forget_changed(tenant);
     }
 
     async fn apply_parsed(
@@ -730,7 +796,7 @@ impl Metadata {
 
     /// Drops what is cached about a deleted entity after the commit of `delete_in`.
     pub fn deleted(&self, tenant: &TenantId, name: &str) {
-        self.forget_roll_ups(tenant);
+        self.forget_changed(tenant);
         self.cache
             .write()
             .expect("metadata cache lock")
@@ -755,7 +821,7 @@ impl Metadata {
         )
         .await?;
         tx.commit().await?;
-        self.forget_roll_ups(&principal.tenant);
+        self.forget_changed(&principal.tenant);
         self.get(&principal.tenant, name).await
     }
 

@@ -918,14 +918,28 @@ impl Records {
         let now = crate::store::now();
         let mut context = WriteContext::new(principal, now);
         let prepared = match self.metadata.cached(&principal.tenant, entity) {
-            Some(compiled) => {
-                let bodies = Self::prepare_new(principal, &compiled, &inputs, batch)?;
-                let (bodies, pre_run) = self
-                    .run_pure_hooks(&context, &compiled, bodies, batch)
-                    .await?;
-                context.pre_run = Some(pre_run);
-                Some((compiled, bodies))
-            }
+            Some(compiled) => match Self::prepare_new(principal, &compiled, &inputs, batch) {
+                Ok(bodies) => {
+                    let (bodies, pre_run) = self
+                        .run_pure_hooks(&context, &compiled, bodies, batch)
+                        .await?;
+                    context.pre_run = Some(pre_run);
+                    Some((compiled, bodies))
+                }
+                // Refused by a definition another host may have changed since (a field added
+                // there): if so, the write's transaction validates against the current one.
+                Err(refusal) => {
+                    let mut conn = self.store.reader().await?;
+                    let current = self
+                        .metadata
+                        .confirmed(&mut conn.scoped(&principal.tenant), entity)
+                        .await?;
+                    if current.id == compiled.id && current.version == compiled.version {
+                        return Err(refusal);
+                    }
+                    None
+                }
+            },
             None => None,
         };
         let this = self.clone();

@@ -165,7 +165,7 @@ enum Pools {
     /// queue in the process instead of failing with `SQLITE_BUSY`; reads use their own pool.
     /// Record writes reach that connection through the group-commit writer.
     Sqlite {
-        read: SqlitePool,
+        read: Readers,
         write: SqlitePool,
         writer: mpsc::Sender<Job>,
         /// The one connection that checkpoints the WAL, off the write path.
@@ -280,14 +280,14 @@ impl Store {
             .await?;
         let restart = Arc::new(AtomicBool::new(false));
         tokio::spawn(checkpointer(checkpoint.clone(), restart.clone()));
-        let read = sqlite_pool()
-            .max_connections(8)
-            .connect_with(
-                options
-                    .read_only(true)
-                    .pragma("mmap_size", (reader_mmap_mib << 20).to_string()),
-            )
-            .await?;
+        let read = Readers::builder(ReadConnections(
+            options
+                .read_only(true)
+                .pragma("mmap_size", (reader_mmap_mib << 20).to_string()),
+        ))
+        .max_size(READERS)
+        .build()
+        .expect("a pool without timeouts needs no runtime");
         let (writer, jobs) = mpsc::channel(4 * MAX_GROUP);
         tokio::spawn(group_commit(write.clone(), jobs, restart));
         Ok(Self {
@@ -392,7 +392,7 @@ impl Store {
     /// A connection for reads.
     pub async fn reader(&self) -> Result<Conn, StoreError> {
         Ok(match &self.pools {
-            Pools::Sqlite { read, .. } => Conn::Sqlite(read.acquire().await?),
+            Pools::Sqlite { read, .. } => Conn::Sqlite(read_connection(read).await?),
             Pools::Postgres(pool) => Conn::Postgres(pool.acquire().await?),
         })
     }
@@ -406,7 +406,13 @@ impl Store {
                 checkpoint,
                 ..
             } => {
-                read.close().await;
+                let idle = read.retain(|_, _| false).removed;
+                read.close();
+                for conn in idle {
+                    if let Err(error) = sqlx::Connection::close(conn).await {
+                        tracing::warn!(%error, "a read connection did not close cleanly");
+                    }
+                }
                 checkpoint.close().await;
                 write.close().await;
             }
@@ -559,6 +565,60 @@ async fn checkpointer(pool: SqlitePool, restart: Arc<AtomicBool>) {
             Err(_) if pool.is_closed() => return,
             Err(error) => tracing::warn!(%error, "a WAL checkpoint failed; it is retried"),
         }
+    }
+}
+
+/// How many read connections a SQLite store opens at most (each on demand, and each with a thread
+/// of its own).
+const READERS: usize = 8;
+
+/// The read connections of a SQLite store.
+///
+/// Not an sqlx pool: sqlx pings every connection that goes back to its pool, a round trip to
+/// the connection's thread after every read (two thread wake-ups, as many as the read itself).
+/// A connection handed back here goes back as it is. What the ping guards against, a connection
+/// left in the middle of a statement by a request that went away, cannot hurt a SQLite
+/// connection: its thread runs commands in order, so the next one waits for the abandoned one to
+/// end. Connections open on first need, up to [`READERS`].
+type Readers = deadpool::managed::Pool<ReadConnections>;
+
+/// Opens the connections of [`Readers`].
+#[derive(Debug)]
+pub struct ReadConnections(SqliteConnectOptions);
+
+impl deadpool::managed::Manager for ReadConnections {
+    type Type = sqlx::SqliteConnection;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<sqlx::SqliteConnection, sqlx::Error> {
+        use sqlx::ConnectOptions;
+        self.0.connect().await
+    }
+
+    async fn recycle(
+        &self,
+        _: &mut sqlx::SqliteConnection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<sqlx::Error> {
+        Ok(())
+    }
+}
+
+/// How long a read waits for a free connection before it fails (sqlx's default for its pools).
+const READ_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn read_connection(
+    read: &Readers,
+) -> Result<deadpool::managed::Object<ReadConnections>, StoreError> {
+    use deadpool::managed::PoolError;
+    match tokio::time::timeout(READ_ACQUIRE_TIMEOUT, read.get()).await {
+        Err(_) => Err(sqlx::Error::PoolTimedOut.into()),
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(PoolError::Backend(error))) => Err(error.into()),
+        Ok(Err(PoolError::Closed)) => Err(sqlx::Error::PoolClosed.into()),
+        Ok(Err(error)) => Err(StoreError::Database(sqlx::Error::Protocol(
+            error.to_string(),
+        ))),
     }
 }
 
@@ -737,7 +797,7 @@ impl Tx {
 
 /// A pooled connection for reads.
 pub enum Conn {
-    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Sqlite(deadpool::managed::Object<ReadConnections>),
     Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
 }
 
@@ -856,6 +916,11 @@ impl Scoped<'_> {
 
     pub fn tenant(&self) -> &TenantId {
         self.tenant
+    }
+
+    /// Whether this is a transaction (not a pooled connection for reads).
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
     }
 
     /// The condition selecting this tenant's records of one entity ([`sql::entity_rows`]).
@@ -1051,6 +1116,49 @@ mod tests {
             .unwrap()
     }
 
+    /// A read connection goes back to its pool as it is (no ping; see [`Readers`]). A read left
+    /// in the middle of its statement, as when its client goes away, must not leave the
+    /// connection to the next reader in a state that gives it a wrong answer or an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_abandoned_mid_statement_leaves_its_connection_usable() {
+        let (dir, _, url) = temp_database("abandoned.db");
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        let slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) \
+                    SELECT count(*) FROM n";
+        {
+            let mut conn = store.reader().await.unwrap();
+            let Conn::Sqlite(c) = &mut conn else {
+                unreachable!("a SQLite store")
+            };
+            let read = sqlx::query_scalar::<_, i64>(slow).fetch_one(&mut **c);
+            let abandoned = tokio::time::timeout(Duration::from_millis(5), read).await;
+            assert!(
+                abandoned.is_err(),
+                "the statement ended before it was abandoned"
+            );
+        }
+        // The pool opened one connection, so this is the same one, its thread possibly still
+        // counting.
+        let mut conn = store.reader().await.unwrap();
+        let Pools::Sqlite { read, .. } = &store.pools else {
+            unreachable!("a SQLite store")
+        };
+        assert_eq!(read.status().size, 1);
+        let Conn::Sqlite(c) = &mut conn else {
+            unreachable!("a SQLite store")
+        };
+        let answer: i64 = sqlx::query_scalar("SELECT 41 + 1")
+            .fetch_one(&mut **c)
+            .await
+            .unwrap();
+        assert_eq!(answer, 42);
+        let count: i64 = sqlx::query_scalar(slow).fetch_one(&mut **c).await.unwrap();
+        assert_eq!(count, 3_000_000);
+        drop(conn);
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn committed_writes_reach_the_database_file_while_the_store_is_open() {
         let (dir, path, url) = temp_database("checkpoint.db");
@@ -1211,7 +1319,8 @@ mod tests {
         )
         .await;
         let tenant = PLAN_TENANT;
-        let Pools::Sqlite { read, .. } = &store.pools else {
+        // Plans are the same on any connection; the write pool is an sqlx pool.
+        let Pools::Sqlite { write: read, .. } = &store.pools else {
             unreachable!("a SQLite store")
         };
         let binds = [
@@ -1277,7 +1386,8 @@ mod tests {
         )
         .await;
         let tenant = PLAN_TENANT;
-        let Pools::Sqlite { read, .. } = &store.pools else {
+        // Plans are the same on any connection; the write pool is an sqlx pool.
+        let Pools::Sqlite { write: read, .. } = &store.pools else {
             unreachable!("a SQLite store")
         };
         let compile = |group_by: &str, filter: Option<&str>| {

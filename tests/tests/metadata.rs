@@ -15,6 +15,7 @@ on_both_backends!(
     an_entity_that_others_reference_is_deleted_only_when_forced,
     the_openapi_document_describes_the_tenants_entities,
     composite_indexes_are_built_changed_and_checked,
+    a_definition_changed_by_another_host_reaches_writes_at_once_and_reads_within_a_second,
 );
 
 fn contact() -> serde_json::Value {
@@ -567,4 +568,57 @@ async fn composite_indexes_are_built_changed_and_checked(app: &TestApp) {
         StatusCode::OK
     );
     assert!(index_names(app).await.is_empty());
+}
+
+/// Reads outside a transaction take a definition found current in the last second as current
+/// (one query fewer per read); a change made by this server is seen at once (the
+/// `adding_a_field…` test filters on a field right after adding it). A change made elsewhere —
+/// another host on the same database, with a cache of its own — reaches writes at once, since a
+/// write reads the entity's version in its transaction, and reads within about a second.
+async fn a_definition_changed_by_another_host_reaches_writes_at_once_and_reads_within_a_second(
+    app: &TestApp,
+) {
+    app.define(contact()).await;
+    app.create("contact", json!({"first_name": "Ann"})).await;
+    let reply = app
+        .get("/api/v1/records/contact?filter=first_name%20eq%20%27Ann%27")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let elsewhere = rapport::metadata::Metadata::new(app.store.clone());
+    let mut definition = contact();
+    definition["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "score", "type": "integer"}));
+    elsewhere
+        .update(&app.admin().await, "contact", &definition, false)
+        .await
+        .unwrap();
+    let reply = app
+        .post(
+            "/api/v1/records/contact",
+            json!({"data": {"first_name": "Bob", "score": 7}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let started = std::time::Instant::now();
+    loop {
+        let reply = app
+            .get("/api/v1/records/contact?filter=score%20eq%207")
+            .await;
+        if reply.status == StatusCode::OK {
+            let data = reply.body["data"].as_array().unwrap();
+            assert_eq!(data.len(), 1);
+            assert_eq!(data[0]["data"]["first_name"], "Bob");
+            break;
+        }
+        // Until then, the read knows the definition without the field.
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "reads still do not know the field added elsewhere: {:?}",
+            reply.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -75,6 +75,99 @@ fn columns(dialect: super::Dialect) -> String {
     )
 }
 
+/// The columns of a record as stored (the body in SQLite's binary JSON), for an inner `SELECT`
+/// that [`sqlite_records`] wraps.
+const STORED_COLUMNS: &str =
+    "id, version, data, owner_id, created_at, created_by, updated_at, updated_by, deleted_at";
+
+/// SQLite: the records `select` (of [`STORED_COLUMNS`]) yields, in `order`, fetched as **one**
+/// value: a JSON array of one array per record, built by SQLite.
+///
+/// sqlx hands each row from its SQLite thread to the request's task as a message of its own,
+/// every column value copied and allocated on the way; a page of 50 records was 50 such
+/// messages and several thread wake-ups. One row crosses here, and the bodies are copied out of
+/// the JSON text as they are (`RawValue`), not parsed.
+async fn sqlite_records(
+    c: &mut sqlx::SqliteConnection,
+    select: &str,
+    order: &str,
+    binds: &[SqlValue],
+) -> Result<Vec<StoredRecord>, StoreError> {
+    let sql = format!(
+        "SELECT json_group_array(json_array(id, version, json(data), owner_id, created_at, \
+         created_by, updated_at, updated_by, deleted_at) ORDER BY {order}) FROM ({select})"
+    );
+    let (text,): (String,) = bind_all_as(sqlx::query_as(&sql), binds)
+        .fetch_one(c)
+        .await?;
+    parse_sqlite_records(&text)
+}
+
+/// One record of [`sqlite_records`]' array: its [`STORED_COLUMNS`] in order.
+#[derive(serde::Deserialize)]
+struct RecordJson<'a>(
+    String,
+    i64,
+    #[serde(borrow)] &'a serde_json::value::RawValue,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+
+fn parse_sqlite_records(text: &str) -> Result<Vec<StoredRecord>, StoreError> {
+    let corrupt = |error: String| StoreError::Corrupt(format!("a page of records: {error}"));
+    let rows: Vec<RecordJson<'_>> =
+        serde_json::from_str(text).map_err(|error| corrupt(error.to_string()))?;
+    rows.into_iter()
+        .map(|row| {
+            let RecordJson(
+                id,
+                version,
+                data,
+                owner_id,
+                created,
+                created_by,
+                updated,
+                updated_by,
+                deleted,
+            ) = row;
+            Ok(StoredRecord {
+                id,
+                version,
+                data: data.get().to_owned(),
+                owner_id,
+                created_at: sqlite_timestamp(&created).map_err(corrupt)?,
+                created_by,
+                updated_at: sqlite_timestamp(&updated).map_err(corrupt)?,
+                updated_by,
+                deleted_at: deleted
+                    .as_deref()
+                    .map(sqlite_timestamp)
+                    .transpose()
+                    .map_err(corrupt)?,
+            })
+        })
+        .collect()
+}
+
+/// A timestamp as SQLite holds it: RFC 3339 as [`super::Timestamp`] writes it, or SQLite's own
+/// `YYYY-MM-DD HH:MM:SS[.fff]` (UTC), as sqlx reads both.
+fn sqlite_timestamp(text: &str) -> Result<OffsetDateTime, String> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(at);
+    }
+    let sqlite = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second][optional [.[subsecond]]]"
+    );
+    time::PrimitiveDateTime::parse(text, &sqlite)
+        .map(time::PrimitiveDateTime::assume_utc)
+        .map_err(|_| format!("`{text}` is not a timestamp"))
+}
+
 impl Scoped<'_> {
     pub async fn get_record(
         &mut self,
@@ -104,17 +197,26 @@ impl Scoped<'_> {
             return Ok(Vec::new());
         }
         let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = format!(
-            "SELECT {} FROM records WHERE {} AND deleted_at IS NULL AND id IN ({})",
-            columns(self.dialect()),
-            self.entity_rows(entity_id),
-            placeholders.join(", ")
-        );
+        let select = |columns: &str| {
+            format!(
+                "SELECT {columns} FROM records WHERE {} AND deleted_at IS NULL AND id IN ({})",
+                self.entity_rows(entity_id),
+                placeholders.join(", ")
+            )
+        };
+        let sql = match self.dialect() {
+            super::Dialect::Sqlite => select(STORED_COLUMNS),
+            super::Dialect::Postgres => select(&columns(super::Dialect::Postgres)),
+        };
         let binds: Vec<SqlValue> = std::iter::once(SqlValue::Text(self.tenant.to_string()))
             .chain(ids.iter().map(|id| SqlValue::Text(id.clone())))
             .collect();
-        Ok(on!(self.entered().await?, c =>
-            bind_all_as(sqlx::query_as(&sql), &binds).fetch_all(&mut **c).await?))
+        match self.entered().await? {
+            Exec::Sqlite(c) => sqlite_records(c, &sql, "id", &binds).await,
+            Exec::Postgres(c) => Ok(bind_all_as(sqlx::query_as(&sql), &binds)
+                .fetch_all(&mut **c)
+                .await?),
+        }
     }
 
     /// Which of `ids` are live records of the entity.
@@ -146,9 +248,13 @@ impl Scoped<'_> {
         entity_id: i64,
         query: ListQuery,
     ) -> Result<Vec<StoredRecord>, StoreError> {
+        let dialect = self.dialect();
         let sql = format!(
             "SELECT {} FROM records WHERE {} AND ({}) ORDER BY {} LIMIT {}",
-            columns(self.dialect()),
+            match dialect {
+                super::Dialect::Sqlite => STORED_COLUMNS.to_owned(),
+                super::Dialect::Postgres => columns(dialect),
+            },
             self.entity_rows(entity_id),
             query.condition,
             query.order,
@@ -156,8 +262,12 @@ impl Scoped<'_> {
         );
         let mut binds = query.binds;
         binds[0] = SqlValue::Text(self.tenant.to_string());
-        Ok(on!(self.entered().await?, c =>
-            bind_all_as(sqlx::query_as(&sql), &binds).fetch_all(&mut **c).await?))
+        match self.entered().await? {
+            Exec::Sqlite(c) => sqlite_records(c, &sql, &query.order, &binds).await,
+            Exec::Postgres(c) => Ok(bind_all_as(sqlx::query_as(&sql), &binds)
+                .fetch_all(&mut **c)
+                .await?),
+        }
     }
 
     /// Replaces a live record's body if it is still at `version`; false when it is not.
@@ -764,4 +874,44 @@ impl Scoped<'_> {
 /// The columns of [`Scoped::tagged_records`]: an arm number, then a record's.
 pub fn tagged_columns(dialect: super::Dialect, arm: usize) -> String {
     format!("CAST({arm} AS BIGINT) AS arm, {}", columns(dialect))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_from_sqlite_keeps_bodies_as_written_and_reads_both_timestamp_forms() {
+        let text = r#"[["r1",2,{"name":"Ann \"A\"","n":1.50},"u1","2026-12-06T19:49:33.842781Z","u1","2026-12-06 19:50:00","u2",null],
+                      ["r2",1,{},"u1","2026-12-06T19:49:33Z","u1","2026-12-06T19:49:33Z","u1","2026-12-07T00:00:00.5Z"]]"#;
+        let records = parse_sqlite_records(text).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].id, "r1");
+        assert_eq!(records[0].version, 2);
+        assert_eq!(records[0].data, r#"{"name":"Ann \"A\"","n":1.50}"#);
+        assert_eq!(
+            records[0].created_at,
+            time::macros::datetime!(2026-12-06 19:49:33.842781 UTC)
+        );
+        assert_eq!(
+            records[0].updated_at,
+            time::macros::datetime!(2026-12-06 19:50:00 UTC)
+        );
+        assert_eq!(records[0].updated_by, "u2");
+        assert_eq!(records[0].deleted_at, None);
+        assert_eq!(
+            records[1].deleted_at,
+            Some(time::macros::datetime!(2026-12-07 00:00:00.5 UTC))
+        );
+        assert!(parse_sqlite_records("[]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_page_is_an_error_naming_what_is_wrong() {
+        let bad_time = r#"[["r1",1,{},"u1","yesterday","u1","2026-12-06T19:49:33Z","u1",null]]"#;
+        let error = parse_sqlite_records(bad_time).unwrap_err().to_string();
+        assert!(error.contains("`yesterday` is not a timestamp"), "{error}");
+        let short = r#"[["r1",1,{}]]"#;
+        assert!(parse_sqlite_records(short).is_err());
+    }
 }
