@@ -386,25 +386,30 @@ impl Metadata {
         if self.uncached.contains(tenant) {
             return None;
         }
-        self.cache
-            .read()
-            .expect("metadata cache lock")
-            .get(&(tenant.clone(), name.to_owned()))
-            .filter(|cached| {
-                cached
-                    .confirmed
-                    .is_some_and(|at| at.elapsed() < READ_CONFIRMED_FOR)
-            })
-            .map(|cached| cached.compiled.clone())
+        self.cached_if(tenant, name, |cached| {
+            cached
+                .confirmed
+                .is_some_and(|at| at.elapsed() < READ_CONFIRMED_FOR)
+        })
     }
 
     /// The compiled definition last seen for an entity, without asking the database: good for
     /// preparing a write, which [`Metadata::compiled_for_write`] then confirms is current.
     pub fn cached(&self, tenant: &TenantId, name: &str) -> Option<Arc<CompiledEntity>> {
+        self.cached_if(tenant, name, |_| true)
+    }
+
+    fn cached_if(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        keep: impl FnOnce(&Cached) -> bool,
+    ) -> Option<Arc<CompiledEntity>> {
         self.cache
             .read()
             .expect("metadata cache lock")
             .get(&(tenant.clone(), name.to_owned()))
+            .filter(|cached| keep(cached))
             .map(|cached| cached.compiled.clone())
     }
 

@@ -80,6 +80,15 @@ fn columns(dialect: super::Dialect) -> String {
 const STORED_COLUMNS: &str =
     "id, version, data, owner_id, created_at, created_by, updated_at, updated_by, deleted_at";
 
+/// The columns a `SELECT` of several records names: as stored on SQLite, for
+/// [`sqlite_records`] to wrap; as [`columns`] on PostgreSQL, which returns rows.
+fn page_columns(dialect: super::Dialect) -> String {
+    match dialect {
+        super::Dialect::Sqlite => STORED_COLUMNS.to_owned(),
+        super::Dialect::Postgres => columns(dialect),
+    }
+}
+
 /// SQLite: the records `select` (of [`STORED_COLUMNS`]) yields, in `order`, fetched as **one**
 /// value: a JSON array of one array per record, built by SQLite.
 ///
@@ -197,17 +206,12 @@ impl Scoped<'_> {
             return Ok(Vec::new());
         }
         let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
-        let select = |columns: &str| {
-            format!(
-                "SELECT {columns} FROM records WHERE {} AND deleted_at IS NULL AND id IN ({})",
-                self.entity_rows(entity_id),
-                placeholders.join(", ")
-            )
-        };
-        let sql = match self.dialect() {
-            super::Dialect::Sqlite => select(STORED_COLUMNS),
-            super::Dialect::Postgres => select(&columns(super::Dialect::Postgres)),
-        };
+        let sql = format!(
+            "SELECT {} FROM records WHERE {} AND deleted_at IS NULL AND id IN ({})",
+            page_columns(self.dialect()),
+            self.entity_rows(entity_id),
+            placeholders.join(", ")
+        );
         let binds: Vec<SqlValue> = std::iter::once(SqlValue::Text(self.tenant.to_string()))
             .chain(ids.iter().map(|id| SqlValue::Text(id.clone())))
             .collect();
@@ -248,13 +252,9 @@ impl Scoped<'_> {
         entity_id: i64,
         query: ListQuery,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let dialect = self.dialect();
         let sql = format!(
             "SELECT {} FROM records WHERE {} AND ({}) ORDER BY {} LIMIT {}",
-            match dialect {
-                super::Dialect::Sqlite => STORED_COLUMNS.to_owned(),
-                super::Dialect::Postgres => columns(dialect),
-            },
+            page_columns(self.dialect()),
             self.entity_rows(entity_id),
             query.condition,
             query.order,
