@@ -23,6 +23,7 @@ pub mod packs;
 pub mod plugins;
 pub mod records;
 pub mod sql;
+pub mod sqlite_malloc;
 pub mod tenants;
 pub mod webhooks;
 pub mod workflows;
@@ -242,6 +243,7 @@ impl Store {
         durability: Durability,
         reader_mmap_mib: u64,
     ) -> Result<Self, StoreError> {
+        sqlite_malloc::use_mimalloc();
         let options = SqliteConnectOptions::from_str(url)?;
         if let Some(parent) = options
             .get_filename()

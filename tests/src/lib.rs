@@ -140,6 +140,18 @@ async fn fresh_database(backend: Backend) -> Option<(String, Cleanup)> {
     }
 }
 
+/// A pool on a SQLite database that a test reads directly. SQLite's allocator is set once per
+/// process, before SQLite's first use (`store::sqlite_malloc`); this sets it first, as the
+/// server does, whichever test of the process opens SQLite first.
+pub async fn open_sqlite(url: &str, connections: u32) -> sqlx::SqlitePool {
+    rapport::store::sqlite_malloc::use_mimalloc();
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(connections)
+        .connect(url)
+        .await
+        .expect("open the SQLite database")
+}
+
 /// Starts a server on a fresh database, with one tenant `acme`. `None` when the backend is not
 /// available here (PostgreSQL outside CI without its URL).
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {

@@ -4,7 +4,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use rapport_tests::{Backend, TestDatabase, rapport_binary};
+use rapport_tests::{Backend, TestDatabase, open_sqlite, rapport_binary};
 use serde_json::{Value, json};
 
 fn rapport(database_url: &str, args: &[&str]) -> Output {
@@ -483,7 +483,7 @@ async fn sigterm_stops_the_server_without_losing_an_acknowledged_write() {
         "no write was acknowledged before the signal"
     );
 
-    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let pool = open_sqlite(&url, 10).await;
     let stored: Vec<i64> = sqlx::query_scalar("SELECT json_extract(data, '$.n') FROM records")
         .fetch_all(&pool)
         .await
@@ -533,11 +533,7 @@ async fn migrate_rebuilds_record_indexes_of_an_older_layout() {
         ],
     ));
     // One connection, so that each statement sees the schema the one before left.
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await
-        .unwrap();
+    let pool = open_sqlite(&url, 1).await;
     let indexes = |pool: sqlx::SqlitePool| async move {
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT name, sql, rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records' \

@@ -1,6 +1,6 @@
 //! Entity definitions over HTTP: create, validate, evolve, delete; on SQLite and PostgreSQL.
 
-use rapport_tests::{TestApp, on_both_backends};
+use rapport_tests::{TestApp, on_both_backends, open_sqlite};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -498,7 +498,7 @@ async fn the_openapi_document_describes_the_tenants_entities(app: &TestApp) {
 /// The composite indexes in the database catalog.
 async fn index_names(app: &TestApp) -> Vec<String> {
     if app.database_url.starts_with("sqlite:") {
-        let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+        let pool = open_sqlite(&app.database_url, 1).await;
         let sql =
             "SELECT name FROM sqlite_master WHERE type = 'index' AND substr(name, 1, 3) = 'rc_'";
         sqlx::query_scalar(sql).fetch_all(&pool).await.unwrap()
