@@ -15,7 +15,9 @@ use crate::domain::RecordId;
 use crate::metadata::definition::{EntityDefinition, FieldDefinition, FieldType};
 use crate::metadata::record_schema::FieldErrors;
 use crate::metadata::{CompiledEntity, Metadata, MetadataError, values};
-use crate::store::records::{IdempotentResponse, ListQuery, NewHistory, NewRecord, StoredRecord};
+use crate::store::records::{
+    IdempotentResponse, ListQuery, Listed, NewHistory, NewRecord, RecordText, StoredRecord,
+};
 use crate::store::{Dialect, Scoped, SqlValue, Store, StoreError, Tx};
 use crate::workflows::Workflows;
 use crate::workflows::definition::Event;
@@ -1403,6 +1405,33 @@ impl Records {
             .await
     }
 
+    /// [`Self::list`] as the JSON body of the API's answer, written straight from SQLite's
+    /// page where it can be (see [`write_page`]).
+    pub async fn list_body(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        params: &ListParams,
+    ) -> Result<String, RecordError> {
+        let mut conn = self.store.reader().await?;
+        let mut scoped = conn.scoped(&principal.tenant);
+        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
+        let listed = self
+            .list_as(
+                &mut scoped,
+                principal,
+                &compiled,
+                params,
+                None,
+                Output::Body,
+            )
+            .await?;
+        match listed {
+            ListOutput::Body(body) => Ok(body),
+            ListOutput::Page(page) => Ok(serde_json::to_string(&page).expect("a page serialises")),
+        }
+    }
+
     /// Groups and measures over the records of `entity` the principal may read (see
     /// [`aggregate`]).
     pub async fn aggregate(
@@ -1571,6 +1600,26 @@ impl Records {
         params: &ListParams,
         reference: Option<(FieldDefinition, String)>,
     ) -> Result<Page, RecordError> {
+        let listed = self
+            .list_as(scoped, principal, compiled, params, reference, Output::Page)
+            .await?;
+        match listed {
+            ListOutput::Page(page) => Ok(page),
+            ListOutput::Body(_) => unreachable!("a page was asked for"),
+        }
+    }
+
+    /// A page of records, as [`Page`] or, when `output` allows, as the API's JSON body written
+    /// straight from SQLite's page (see [`write_page`]).
+    async fn list_as(
+        &self,
+        scoped: &mut Scoped<'_>,
+        principal: &Principal,
+        compiled: &CompiledEntity,
+        params: &ListParams,
+        reference: Option<(FieldDefinition, String)>,
+        output: Output,
+    ) -> Result<ListOutput, RecordError> {
         let sight = Sight::readable(principal, compiled)?;
         let limit = params.limit.unwrap_or(query::DEFAULT_PAGE_SIZE);
         if !(1..=query::MAX_PAGE_SIZE).contains(&limit) {
@@ -1623,8 +1672,8 @@ impl Records {
         let (order, seek) =
             query::order_and_seek(&sort, cursor.as_ref(), &mut builder).map_err(bad)?;
         conditions.extend(seek);
-        let rows = scoped
-            .list_records(
+        let listed = scoped
+            .list_page(
                 compiled.id,
                 ListQuery {
                     condition: conditions.join(" AND "),
@@ -1634,13 +1683,33 @@ impl Records {
                 },
             )
             .await?;
-        let mut rows = rows;
-        let next_cursor = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            let last = rows.last().expect("a full page");
+        let cursor_after = |last: &StoredRecord| -> Result<String, RecordError> {
             let data: Value =
                 serde_json::from_str(&last.data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Some(query::Cursor::after(&sort_text, &sort.keys, last, &data).encode())
+            Ok(query::Cursor::after(&sort_text, &sort.keys, last, &data).encode())
+        };
+        let whole_records = selection.is_none()
+            && expand.is_empty()
+            && definition.fields.iter().all(|field| field.active);
+        let mut rows = match listed {
+            Listed::Sqlite(page) if output == Output::Body && whole_records => {
+                let records = page.records()?;
+                let next_cursor = match records.get(limit as usize) {
+                    Some(_) => Some(cursor_after(&records[limit as usize - 1].stored()?)?),
+                    None => None,
+                };
+                let shown = records.len().min(limit as usize);
+                return Ok(ListOutput::Body(write_page(
+                    &records[..shown],
+                    next_cursor.as_deref(),
+                )?));
+            }
+            Listed::Sqlite(page) => page.stored()?,
+            Listed::Rows(rows) => rows,
+        };
+        let next_cursor = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            Some(cursor_after(rows.last().expect("a full page"))?)
         } else {
             None
         };
@@ -1651,10 +1720,10 @@ impl Records {
             .collect::<Result<Vec<_>, _>>()?;
         self.expand(scoped, principal, &expand, &rows, &mut views)
             .await?;
-        Ok(Page {
+        Ok(ListOutput::Page(Page {
             data: views,
             next_cursor,
-        })
+        }))
     }
 
     /// Fills `expanded` of each view with the records its reference fields point at.
@@ -1981,6 +2050,106 @@ fn expansions(
     Ok(fields)
 }
 
+/// What a list returns: a [`Page`] for callers inside the server, or the API's JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Page,
+    Body,
+}
+
+enum ListOutput {
+    Page(Page),
+    Body(String),
+}
+
+/// The JSON body of a [`Page`] of whole records (every field active, no `fields`, no
+/// `expand`), written from SQLite's page as it is: byte for byte what serialising the records'
+/// [`view`]s writes, without building them. Strings that SQLite's JSON held without escapes
+/// need none (JSON text cannot hold a bare `"`, `\` or control character); the others are
+/// escaped as serde_json escapes them. The bodies are copied as they are, as [`view`] does.
+fn write_page(records: &[RecordText<'_>], next_cursor: Option<&str>) -> Result<String, StoreError> {
+    use std::borrow::Cow;
+    use std::fmt::Write;
+    #[expect(
+        clippy::ptr_arg,
+        reason = "borrowed or owned tells whether the text held escapes"
+    )]
+    fn string(out: &mut String, text: &Cow<'_, str>) {
+        match text {
+            Cow::Borrowed(text) => {
+                out.push('"');
+                out.push_str(text);
+                out.push('"');
+            }
+            Cow::Owned(text) => {
+                out.push_str(&serde_json::to_string(text).expect("a string serialises"))
+            }
+        }
+    }
+    let size: usize = records.iter().map(|r| r.data.get().len() + 400).sum();
+    let mut out = String::with_capacity(size + 64);
+    out.push_str("{\"data\":[");
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"id\":");
+        string(&mut out, &record.id);
+        write!(out, ",\"version\":{},\"owner\":", record.version).expect("writes to a string");
+        string(&mut out, &record.owner_id);
+        out.push_str(",\"created_at\":");
+        api_timestamp(&mut out, &record.created_at)?;
+        out.push_str(",\"created_by\":");
+        string(&mut out, &record.created_by);
+        out.push_str(",\"updated_at\":");
+        api_timestamp(&mut out, &record.updated_at)?;
+        out.push_str(",\"updated_by\":");
+        string(&mut out, &record.updated_by);
+        if let Some(deleted_at) = &record.deleted_at {
+            out.push_str(",\"deleted_at\":");
+            api_timestamp(&mut out, deleted_at)?;
+        }
+        out.push_str(",\"data\":");
+        out.push_str(record.data.get());
+        out.push('}');
+    }
+    out.push_str("],\"next_cursor\":");
+    out.push_str(&serde_json::to_string(&next_cursor).expect("a cursor serialises"));
+    out.push('}');
+    Ok(out)
+}
+
+/// A stored timestamp as the API writes it (RFC 3339, trailing zeros of the fraction dropped,
+/// as `time` formats it). The form this server stores, `YYYY-MM-DDTHH:MM:SS.ffffffZ`, is
+/// trimmed as text; any other goes through `time` as [`view`]'s does.
+fn api_timestamp(out: &mut String, stored: &str) -> Result<(), StoreError> {
+    let bytes = stored.as_bytes();
+    let canonical = bytes.len() == 27
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            4 | 7 => *b == b'-',
+            10 => *b == b'T',
+            13 | 16 => *b == b':',
+            19 => *b == b'.',
+            26 => *b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+    out.push('"');
+    if canonical {
+        out.push_str(stored[..26].trim_end_matches('0').trim_end_matches('.'));
+        out.push('Z');
+    } else {
+        use time::format_description::well_known::Rfc3339;
+        let at = crate::store::records::sqlite_timestamp(stored)
+            .map_err(|error| StoreError::Corrupt(format!("a page of records: {error}")))?;
+        out.push_str(
+            &at.format(&Rfc3339)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+    }
+    out.push('"');
+    Ok(())
+}
+
 /// The API form of a stored record: inactive fields hidden (and, through a [`Sight`], those the
 /// reader may not see), `selection` applied.
 pub fn view(
@@ -2020,6 +2189,53 @@ pub fn view(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SQLite's page of records written as the API's body is what serialising their views is.
+    #[test]
+    fn a_page_written_from_sqlite_is_byte_for_byte_the_serialised_views() {
+        let definition: EntityDefinition = serde_json::from_value(json!({
+            "name": "contact",
+            "fields": [{"name": "name", "type": "text"}, {"name": "tags", "type": "json"}]
+        }))
+        .unwrap();
+        // As SQLite's json_group_array writes it: escapes in strings, a deleted record,
+        // fractions with and without trailing zeros, none at all, and SQLite's own form.
+        let text = r#"[
+            ["a1",3,{"name":"Ada \"the first\"","tags":["ü","\u0001",1e3,-0.5]},"o1",
+             "2026-12-06T22:51:26.605810Z","u\nx","2026-12-06T22:51:20.000000Z","u2",null],
+            ["a2",1,{},"o\u00e9","2026-01-02T03:04:05.000001Z","u1",
+             "2026-01-02 03:04:05","u1","2026-01-02T03:04:05.100000Z"],
+            ["a3",7,{"name":"日本"},"o1","2026-01-02T03:04:05.123456Z","u1",
+             "2026-01-02 03:04:05.250","u1",null]
+        ]"#;
+        let text: String = text.lines().map(str::trim).collect();
+        let records: Vec<RecordText<'_>> = serde_json::from_str(&text).unwrap();
+        for cursor in [None, Some("eyJzIjoiIn0")] {
+            let views = records
+                .iter()
+                .map(|record| {
+                    view(
+                        &record.stored().unwrap(),
+                        &definition,
+                        Dialect::Sqlite,
+                        None,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let page = Page {
+                data: views,
+                next_cursor: cursor.map(str::to_owned),
+            };
+            let written = write_page(&records, cursor).unwrap();
+            assert_eq!(written, serde_json::to_string(&page).unwrap());
+        }
+        assert!(
+            write_page(&records, None)
+                .unwrap()
+                .contains(r#""updated_at":"2026-12-06T22:51:20Z""#)
+        );
+    }
 
     #[test]
     fn a_created_records_history_entry_is_its_changes_from_nothing() {

@@ -316,16 +316,18 @@ pub async fn list(
     principal: Principal,
     Path(entity): Path<String>,
     Params(params): Params<ListQueryParams>,
-) -> Result<Json<Page>, ApiError> {
+) -> Result<Response, ApiError> {
     let (params, field) = params.into_params()?;
     if field.is_some() {
         return Err(ApiError::bad_request(
             "`field` applies only to `/related/` lists",
         ));
     }
-    Ok(Json(
-        state.records.list(&principal, &entity, &params).await?,
-    ))
+    let body = state
+        .records
+        .list_body(&principal, &entity, &params)
+        .await?;
+    Ok(json_response(200, body))
 }
 
 pub async fn related(

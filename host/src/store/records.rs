@@ -1,5 +1,7 @@
 //! Records, their history, auto-number counters and idempotency keys.
 
+use std::borrow::Cow;
+
 use time::OffsetDateTime;
 
 use super::sql::QueryBuilder;
@@ -19,6 +21,13 @@ pub struct StoredRecord {
     pub updated_at: OffsetDateTime,
     pub updated_by: String,
     pub deleted_at: Option<OffsetDateTime>,
+}
+
+/// A page of records as the backend returns it.
+#[derive(Debug)]
+pub enum Listed {
+    Sqlite(SqlitePage),
+    Rows(Vec<StoredRecord>),
 }
 
 /// A row of a record's history.
@@ -96,12 +105,12 @@ fn page_columns(dialect: super::Dialect) -> String {
 /// every column value copied and allocated on the way; a page of 50 records was 50 such
 /// messages and several thread wake-ups. One row crosses here, and the bodies are copied out of
 /// the JSON text as they are (`RawValue`), not parsed.
-async fn sqlite_records(
+async fn sqlite_page(
     c: &mut sqlx::SqliteConnection,
     select: &str,
     order: &str,
     binds: &[SqlValue],
-) -> Result<Vec<StoredRecord>, StoreError> {
+) -> Result<SqlitePage, StoreError> {
     let sql = format!(
         "SELECT json_group_array(json_array(id, version, json(data), owner_id, created_at, \
          created_by, updated_at, updated_by, deleted_at) ORDER BY {order}) FROM ({select})"
@@ -109,62 +118,86 @@ async fn sqlite_records(
     let (text,): (String,) = bind_all_as(sqlx::query_as(&sql), binds)
         .fetch_one(c)
         .await?;
-    parse_sqlite_records(&text)
+    Ok(SqlitePage(text))
 }
 
-/// One record of [`sqlite_records`]' array: its [`STORED_COLUMNS`] in order.
-#[derive(serde::Deserialize)]
-struct RecordJson<'a>(
-    String,
-    i64,
-    #[serde(borrow)] &'a serde_json::value::RawValue,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-);
+async fn sqlite_records(
+    c: &mut sqlx::SqliteConnection,
+    select: &str,
+    order: &str,
+    binds: &[SqlValue],
+) -> Result<Vec<StoredRecord>, StoreError> {
+    sqlite_page(c, select, order, binds).await?.stored()
+}
 
-fn parse_sqlite_records(text: &str) -> Result<Vec<StoredRecord>, StoreError> {
-    let corrupt = |error: String| StoreError::Corrupt(format!("a page of records: {error}"));
-    let rows: Vec<RecordJson<'_>> =
-        serde_json::from_str(text).map_err(|error| corrupt(error.to_string()))?;
-    rows.into_iter()
-        .map(|row| {
-            let RecordJson(
-                id,
-                version,
-                data,
-                owner_id,
-                created,
-                created_by,
-                updated,
-                updated_by,
-                deleted,
-            ) = row;
-            Ok(StoredRecord {
-                id,
-                version,
-                data: data.get().to_owned(),
-                owner_id,
-                created_at: sqlite_timestamp(&created).map_err(corrupt)?,
-                created_by,
-                updated_at: sqlite_timestamp(&updated).map_err(corrupt)?,
-                updated_by,
-                deleted_at: deleted
-                    .as_deref()
-                    .map(sqlite_timestamp)
-                    .transpose()
-                    .map_err(corrupt)?,
-            })
+/// A page of records as SQLite wrote it (see [`sqlite_page`]): read in place with
+/// [`SqlitePage::records`], or as owned rows with [`SqlitePage::stored`].
+#[derive(Debug)]
+pub struct SqlitePage(String);
+
+impl SqlitePage {
+    /// The page's records, borrowing their text from the page.
+    pub fn records(&self) -> Result<Vec<RecordText<'_>>, StoreError> {
+        serde_json::from_str(&self.0).map_err(|error| page_error(error.to_string()))
+    }
+
+    pub fn stored(&self) -> Result<Vec<StoredRecord>, StoreError> {
+        self.records()?.iter().map(RecordText::stored).collect()
+    }
+}
+
+fn page_error(error: String) -> StoreError {
+    StoreError::Corrupt(format!("a page of records: {error}"))
+}
+
+/// One record of a [`SqlitePage`]: its [`STORED_COLUMNS`] in order, as JSON text. Strings
+/// borrow from the page unless they hold escapes; timestamps are as stored.
+#[derive(Debug, serde::Deserialize)]
+pub struct RecordText<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    pub version: i64,
+    #[serde(borrow)]
+    pub data: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    pub owner_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub created_at: Cow<'a, str>,
+    #[serde(borrow)]
+    pub created_by: Cow<'a, str>,
+    #[serde(borrow)]
+    pub updated_at: Cow<'a, str>,
+    #[serde(borrow)]
+    pub updated_by: Cow<'a, str>,
+    #[serde(borrow)]
+    pub deleted_at: Option<Cow<'a, str>>,
+}
+
+impl RecordText<'_> {
+    pub fn stored(&self) -> Result<StoredRecord, StoreError> {
+        let time = |text: &str| sqlite_timestamp(text).map_err(page_error);
+        Ok(StoredRecord {
+            id: self.id.to_string(),
+            version: self.version,
+            data: self.data.get().to_owned(),
+            owner_id: self.owner_id.to_string(),
+            created_at: time(&self.created_at)?,
+            created_by: self.created_by.to_string(),
+            updated_at: time(&self.updated_at)?,
+            updated_by: self.updated_by.to_string(),
+            deleted_at: self.deleted_at.as_deref().map(time).transpose()?,
         })
-        .collect()
+    }
+}
+
+#[cfg(test)]
+fn parse_sqlite_records(text: &str) -> Result<Vec<StoredRecord>, StoreError> {
+    SqlitePage(text.to_owned()).stored()
 }
 
 /// A timestamp as SQLite holds it: RFC 3339 as [`super::Timestamp`] writes it, or SQLite's own
 /// `YYYY-MM-DD HH:MM:SS[.fff]` (UTC), as sqlx reads both.
-fn sqlite_timestamp(text: &str) -> Result<OffsetDateTime, String> {
+pub fn sqlite_timestamp(text: &str) -> Result<OffsetDateTime, String> {
     use time::format_description::well_known::Rfc3339;
     if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(at);
@@ -252,6 +285,18 @@ impl Scoped<'_> {
         entity_id: i64,
         query: ListQuery,
     ) -> Result<Vec<StoredRecord>, StoreError> {
+        match self.list_page(entity_id, query).await? {
+            Listed::Sqlite(page) => page.stored(),
+            Listed::Rows(rows) => Ok(rows),
+        }
+    }
+
+    /// [`Self::list_records`], with SQLite's page as it comes (see [`SqlitePage`]).
+    pub async fn list_page(
+        &mut self,
+        entity_id: i64,
+        query: ListQuery,
+    ) -> Result<Listed, StoreError> {
         let sql = format!(
             "SELECT {} FROM records WHERE {} AND ({}) ORDER BY {} LIMIT {}",
             page_columns(self.dialect()),
@@ -263,10 +308,14 @@ impl Scoped<'_> {
         let mut binds = query.binds;
         binds[0] = SqlValue::Text(self.tenant.to_string());
         match self.entered().await? {
-            Exec::Sqlite(c) => sqlite_records(c, &sql, &query.order, &binds).await,
-            Exec::Postgres(c) => Ok(bind_all_as(sqlx::query_as(&sql), &binds)
-                .fetch_all(&mut **c)
-                .await?),
+            Exec::Sqlite(c) => Ok(Listed::Sqlite(
+                sqlite_page(c, &sql, &query.order, &binds).await?,
+            )),
+            Exec::Postgres(c) => Ok(Listed::Rows(
+                bind_all_as(sqlx::query_as(&sql), &binds)
+                    .fetch_all(&mut **c)
+                    .await?,
+            )),
         }
     }
 
