@@ -1398,11 +1398,10 @@ impl Records {
         entity: &str,
         params: &ListParams,
     ) -> Result<Page, RecordError> {
-        let mut conn = self.store.reader().await?;
-        let mut scoped = conn.scoped(&principal.tenant);
-        let compiled = self.metadata.compiled(&mut scoped, entity).await?;
-        self.list_in(&mut scoped, principal, &compiled, params, None)
-            .await
+        Ok(self
+            .list_entity(principal, entity, params, Output::Page)
+            .await?
+            .page())
     }
 
     /// [`Self::list`] as the JSON body of the API's answer, written straight from SQLite's
@@ -1413,23 +1412,24 @@ impl Records {
         entity: &str,
         params: &ListParams,
     ) -> Result<String, RecordError> {
+        Ok(self
+            .list_entity(principal, entity, params, Output::Body)
+            .await?
+            .body())
+    }
+
+    async fn list_entity(
+        &self,
+        principal: &Principal,
+        entity: &str,
+        params: &ListParams,
+        output: Output,
+    ) -> Result<ListOutput, RecordError> {
         let mut conn = self.store.reader().await?;
         let mut scoped = conn.scoped(&principal.tenant);
         let compiled = self.metadata.compiled(&mut scoped, entity).await?;
-        let listed = self
-            .list_as(
-                &mut scoped,
-                principal,
-                &compiled,
-                params,
-                None,
-                Output::Body,
-            )
-            .await?;
-        match listed {
-            ListOutput::Body(body) => Ok(body),
-            ListOutput::Page(page) => Ok(serde_json::to_string(&page).expect("a page serialises")),
-        }
+        self.list_as(&mut scoped, principal, &compiled, params, None, output)
+            .await
     }
 
     /// Groups and measures over the records of `entity` the principal may read (see
@@ -1600,13 +1600,10 @@ impl Records {
         params: &ListParams,
         reference: Option<(FieldDefinition, String)>,
     ) -> Result<Page, RecordError> {
-        let listed = self
+        Ok(self
             .list_as(scoped, principal, compiled, params, reference, Output::Page)
-            .await?;
-        match listed {
-            ListOutput::Page(page) => Ok(page),
-            ListOutput::Body(_) => unreachable!("a page was asked for"),
-        }
+            .await?
+            .page())
     }
 
     /// A page of records, as [`Page`] or, when `output` allows, as the API's JSON body written
@@ -2060,6 +2057,23 @@ enum Output {
 enum ListOutput {
     Page(Page),
     Body(String),
+}
+
+impl ListOutput {
+    /// The page of a list asked for with [`Output::Page`].
+    fn page(self) -> Page {
+        match self {
+            Self::Page(page) => page,
+            Self::Body(_) => unreachable!("only `Output::Body` lists answer with a body"),
+        }
+    }
+
+    fn body(self) -> String {
+        match self {
+            Self::Body(body) => body,
+            Self::Page(page) => serde_json::to_string(&page).expect("a page serialises"),
+        }
+    }
 }
 
 /// The JSON body of a [`Page`] of whole records (every field active, no `fields`, no
