@@ -128,6 +128,17 @@ async fn a_component_built_for_one_world_loads_and_runs() {
         .await;
     assert!(matches!(result, Ok(Outcome::Proceed)), "{result:?}");
     assert!(usage.fuel > 0);
+    // An event larger than the heap its initial memory leaves: the allocator grows the memory.
+    let big = "x".repeat(256 << 10);
+    let (result, _, _) = RUNTIME
+        .handle(
+            &component,
+            state(),
+            &limits,
+            event("target", "", json!({ "name": big }), &["name"]),
+        )
+        .await;
+    assert!(matches!(result, Ok(Outcome::Proceed)), "{result:?}");
     let (result, _, _) = RUNTIME
         .validate(
             &component,

@@ -35,7 +35,8 @@ impl Guest for Minimal {
 
 export!(Minimal);
 
-/// Hands out memory from the end of the heap, growing the linear memory as needed.
+/// Hands out memory from the heap the linker leaves after the static data, growing the linear
+/// memory only when that runs out.
 struct Bump {
     next: Cell<usize>,
     end: Cell<usize>,
@@ -46,12 +47,24 @@ unsafe impl Sync for Bump {}
 
 const PAGE: usize = 65_536;
 
+unsafe extern "C" {
+    /// Where the linker ends the static data: the heap begins here.
+    static __heap_base: u8;
+}
+
 // SAFETY: every returned block is aligned, inside memory the instance owns, and never reused.
 unsafe impl GlobalAlloc for Bump {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if self.end.get() == 0 {
+            // First use: the heap starts where the linker put it, and the initial memory's
+            // pages after that are free. Growing the memory on every invocation would make the
+            // host change the slot's page protection twice per call (grow, then reset).
+            self.next.set(core::ptr::addr_of!(__heap_base) as usize);
+            self.end.set(core::arch::wasm32::memory_size(0) * PAGE);
+        }
         let start = (self.next.get() + layout.align() - 1) & !(layout.align() - 1);
         let end = start + layout.size();
-        if end > self.end.get() || self.end.get() == 0 {
+        if end > self.end.get() {
             let pages = layout.size().div_ceil(PAGE) + 1;
             let previous = core::arch::wasm32::memory_grow(0, pages);
             if previous == usize::MAX {
