@@ -115,9 +115,9 @@ crate-type = ["cdylib", "rlib"]
 rapport-sdk = {{ path = "{sdk}" }}
 serde_json = "1"
 
-# A plugin is small and fast: optimise for size, one codegen unit, abort on panic.
+# A hook runs on every record write: optimise for speed, one codegen unit, abort on panic.
 [profile.release]
-opt-level = "s"
+opt-level = 3
 lto = true
 codegen-units = 1
 strip = true

@@ -6,7 +6,7 @@
 use tokio::sync::{mpsc, oneshot};
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi::cli::WasiCliCtx;
 
 use super::manifest::{Capabilities, Limits};
 use super::runtime::bindings::rapport::plugin::{config, log, outbox, records, types};
@@ -76,7 +76,9 @@ pub struct OutboxMessage {
 
 /// The state of one invocation's store.
 pub struct HostState {
-    pub(super) wasi: WasiCtx,
+    /// The WASI a plugin gets: stdio to nowhere, no arguments, no environment (only the CLI
+    /// part of a `WasiCtx`: clocks, randomness, sockets and files are never linked).
+    pub(super) cli: WasiCliCtx,
     pub(super) table: ResourceTable,
     pub(super) limits: StoreLimits,
     config: String,
@@ -104,7 +106,7 @@ impl HostState {
         calls: Option<mpsc::Sender<HostCall>>,
     ) -> Self {
         Self {
-            wasi: super::runtime::empty_wasi(),
+            cli: WasiCliCtx::default(),
             table: ResourceTable::new(),
             limits: super::runtime::no_limits(),
             config,

@@ -14,7 +14,7 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
     StoreLimitsBuilder, Trap,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::cli::{WasiCli, WasiCliCtxView, WasiCliView};
 
 use super::host::HostState;
 use super::manifest::Limits;
@@ -517,16 +517,15 @@ fn fault(error: &wasmtime::Error, limits: &Limits) -> Fault {
     }
 }
 
-/// Links the allowed part of WASI: stdio (captured, never the server's), environment (empty),
+/// Links the allowed part of WASI: stdio (to nowhere, never the server's), environment (empty),
 /// exit, and the I/O types they need.
 fn add_wasi_subset(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::p2::bindings::cli;
     use wasmtime_wasi_io::bindings::wasi::io;
     let l = linker;
-    io::error::add_to_linker::<HostState, Io>(l, |state| state.ctx().table)?;
-    io::poll::add_to_linker::<HostState, Io>(l, |state| state.ctx().table)?;
-    io::streams::add_to_linker::<HostState, Io>(l, |state| state.ctx().table)?;
+    io::error::add_to_linker::<HostState, Io>(l, |state| &mut state.table)?;
+    io::poll::add_to_linker::<HostState, Io>(l, |state| &mut state.table)?;
+    io::streams::add_to_linker::<HostState, Io>(l, |state| &mut state.table)?;
     cli::exit::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
     cli::environment::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
     cli::stdin::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
@@ -540,19 +539,15 @@ fn add_wasi_subset(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
+/// Only the CLI part of WASI: a full `WasiCtx` would also seed two random number generators
+/// and box clocks for every invocation, for interfaces that are never linked.
+impl WasiCliView for HostState {
+    fn cli(&mut self) -> WasiCliCtxView<'_> {
+        WasiCliCtxView {
+            ctx: &mut self.cli,
             table: &mut self.table,
         }
     }
-}
-
-/// A fresh WASI context: no arguments, no environment, no preopened directories, stdio to
-/// nowhere.
-pub fn empty_wasi() -> WasiCtx {
-    WasiCtx::builder().build()
 }
 
 /// The limits every store starts from (replaced by the invocation's own).

@@ -21,6 +21,14 @@
 //! Build with `cargo build --release --target wasm32-wasip2` (or `rapport plugin build`): the
 //! result is a component for the contract `rapport:plugin@0.1.0` in `wit/v0.1.0`.
 
+#[cfg(any(test, all(target_arch = "wasm32", feature = "arena")))]
+mod arena;
+
+/// Small allocations from a static arena, the rest from the standard allocator (see `arena`).
+#[cfg(all(target_arch = "wasm32", feature = "arena"))]
+#[global_allocator]
+static ALLOCATOR: arena::Arena = arena::Arena::new();
+
 use serde_json::Map;
 
 pub use serde_json::{Value, json};
