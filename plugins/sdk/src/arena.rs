@@ -52,6 +52,11 @@ impl Arena {
         address >= self.start() && address < self.start() + SIZE
     }
 
+    /// Whether `block` (of `size` bytes) is the last one handed out: the one `used` ends at.
+    fn is_last(&self, block: *mut u8, size: usize) -> bool {
+        block as usize + size == self.start() + self.used.get()
+    }
+
     /// A block from the arena, or `None` if what is left does not fit `layout`.
     fn bump(&self, layout: Layout) -> Option<*mut u8> {
         let start = self.start();
@@ -103,7 +108,7 @@ unsafe impl GlobalAlloc for Arena {
         if self.contains(block) {
             // The last block handed out is taken back; others stay used until the instance
             // ends.
-            if block as usize + layout.size() == self.start() + self.used.get() {
+            if self.is_last(block, layout.size()) {
                 self.used.set(block as usize - self.start());
             }
         } else {
@@ -116,7 +121,7 @@ unsafe impl GlobalAlloc for Arena {
         if self.contains(block) {
             // The last block grows or shrinks in place while it fits.
             let offset = block as usize - self.start();
-            if offset + layout.size() == self.used.get() && offset + new_size <= SIZE {
+            if self.is_last(block, layout.size()) && offset + new_size <= SIZE {
                 self.used.set(offset + new_size);
                 return block;
             }
@@ -161,8 +166,17 @@ mod tests {
             a.write_bytes(0xAA, 3);
             b.write_bytes(0xBB, 8);
             assert_eq!(*a, 0xAA);
-            arena.dealloc(b, layout(8, 8));
+            // A block freed while a later one is live is not taken back (only the last block
+            // is), so the next block comes after `b`.
             arena.dealloc(a, layout(3, 1));
+            let c = arena.alloc(layout(8, 8));
+            assert!(
+                c as usize >= b as usize + 8,
+                "a new block never overlaps a live one"
+            );
+            assert_eq!(*b, 0xBB);
+            arena.dealloc(c, layout(8, 8));
+            arena.dealloc(b, layout(8, 8));
         }
     }
 
