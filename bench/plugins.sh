@@ -39,7 +39,7 @@ run() { # label email-prefix
 }
 
 run "create, no plugin" a
-base64 -w0 target/wasm32-wasip2/release/hostile.wasm >"$DATA/hostile.b64"
+base64 -w0 target/plugins/hostile.wasm >"$DATA/hostile.b64"
 upload() { # version capabilities
   jq -n --slurpfile m plugins/hostile/manifest.json --rawfile c "$DATA/hostile.b64" --arg v "$1" --argjson caps "$2" \
     '{manifest: ($m[0] | .version = $v | .capabilities = (if $caps == null then .capabilities else $caps end)

@@ -29,7 +29,7 @@ api() { curl -sS -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application
 record() { echo "$1" | tee -a "$OUT/segmentation.jsonl"; }
 # The plugin as built now (removed first if an earlier run installed it).
 api -X DELETE "$B/plugins/segmentation" >/dev/null
-jq -n --slurpfile m plugins/segmentation/manifest.json --rawfile c <(base64 -w0 target/wasm32-wasip2/release/segmentation.wasm) \
+jq -n --slurpfile m plugins/segmentation/manifest.json --rawfile c <(base64 -w0 target/plugins/segmentation.wasm) \
   '{manifest: $m[0], component: $c}' | api -X POST "$B/plugins" -d @- >/dev/null
 api -X POST "$B/plugins/segmentation/enable" >/dev/null
 : >"$OUT/segmentation.jsonl"

@@ -3,8 +3,9 @@
 //! (`hostile` with `attack: none`: reads its configuration and proceeds) and measures the
 //! SDK's fixed cost; `minimal` (a `no_std` hook with no imports and one core instance) is the
 //! floor of the sandbox itself on this engine; `complaint-sla` adds real guest work (JSON record and configuration,
-//! date arithmetic, a patch back). Also what fuel and epoch interruption each add. Needs the
-//! plugins built (`scripts/plugins`).
+//! date arithmetic, a patch back), once as `scripts/plugins` builds it (`wasm32-unknown-unknown`,
+//! no WASI imports) and once built for `wasm32-wasip2`. Also what fuel and epoch interruption
+//! each add. Needs the plugins built (`scripts/plugins`).
 //!
 //! `cargo bench -p rapport --bench plugins`
 
@@ -26,9 +27,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn component(runtime: &Runtime, file: &str) -> LoadedComponent {
     let dir = std::env::var_os("RAPPORT_PLUGINS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
     let path = dir.join(file);
     let bytes = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; run scripts/plugins", path.display()));
@@ -84,6 +83,13 @@ fn invocation(c: &mut Criterion) {
         group.bench_function("minimal (no std, no imports), fuel+epoch", |b| {
             b.to_async(&tokio)
                 .iter(|| call(&runtime, &minimal, SMALL_CONFIG));
+        });
+        // The same plugin built for `wasm32-wasip2`: what the WASI imports of Rust's standard
+        // library cost per invocation (the bundled plugins are built without them).
+        let wasip2 = component(&runtime, "complaint_sla_wasip2.wasm");
+        group.bench_function("complaint-sla built for wasm32-wasip2, fuel+epoch", |b| {
+            b.to_async(&tokio)
+                .iter(|| call(&runtime, &wasip2, SLA_CONFIG));
         });
     }
     for (name, meters) in [

@@ -63,7 +63,7 @@ pub struct Global {
         long,
         global = true,
         env = "RAPPORT_PLUGINS_DIR",
-        default_value = "target/wasm32-wasip2/release"
+        default_value = "target/plugins"
     )]
     pub plugins_dir: PathBuf,
     /// MiB of the SQLite database file each read connection maps into memory instead of

@@ -235,7 +235,7 @@ pub struct Packs {
 pub fn default_plugins_dir() -> PathBuf {
     std::env::var_os("RAPPORT_PLUGINS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/wasm32-wasip2/release"))
+        .unwrap_or_else(|| PathBuf::from("target/plugins"))
 }
 
 impl Packs {

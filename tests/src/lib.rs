@@ -436,9 +436,7 @@ macro_rules! on_both_backends {
 pub fn plugins_dir() -> PathBuf {
     std::env::var_os("RAPPORT_PLUGINS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"))
 }
 
 /// The upload body of a bundled plugin: its `manifest.json` and its built component, base64.

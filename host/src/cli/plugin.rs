@@ -20,7 +20,8 @@ use crate::plugins::runtime::{
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Creates a plugin crate that builds: `Cargo.toml`, `manifest.json`, `src/lib.rs`.
+    /// Creates a plugin crate that builds: `Cargo.toml`, `.cargo/config.toml`, `manifest.json`,
+    /// `src/lib.rs`.
     New {
         /// The plugin's id (lower-case letters, digits, dashes); also the crate's directory.
         name: String,
@@ -31,7 +32,8 @@ pub enum PluginCommand {
         #[arg(long, env = "RAPPORT_SDK")]
         sdk: Option<PathBuf>,
     },
-    /// Builds a plugin crate as a component (`cargo build --release --target wasm32-wasip2`).
+    /// Builds a plugin crate as a component: `cargo build --release --target
+    /// wasm32-unknown-unknown`, linked by `wasm-component-ld` (it ships with rustc).
     Build {
         #[arg(default_value = ".")]
         dir: PathBuf,
@@ -129,6 +131,14 @@ panic = "abort"
             sdk = sdk.display()
         ),
     )?;
+    std::fs::create_dir_all(dir.join(".cargo"))?;
+    std::fs::write(
+        dir.join(".cargo/config.toml"),
+        "# `cargo build --release --target wasm32-unknown-unknown` links a component (what\n\
+         # `rapport plugin build` does).\n\
+         [target.wasm32-unknown-unknown]\n\
+         linker = \"wasm-component-ld\"\n",
+    )?;
     std::fs::write(
         dir.join("manifest.json"),
         serde_json::to_string_pretty(&json!({
@@ -176,7 +186,7 @@ mod tests {{
         ),
     )?;
     println!(
-        "created {dir}: edit src/lib.rs and manifest.json, then\n  rapport plugin build {dir}\n  rapport plugin test {dir}/target/wasm32-wasip2/release/{crate_name}.wasm --event event.json --manifest {dir}/manifest.json",
+        "created {dir}: edit src/lib.rs and manifest.json, then\n  rapport plugin build {dir}\n  rapport plugin test {dir}/target/wasm32-unknown-unknown/release/{crate_name}.wasm --event event.json --manifest {dir}/manifest.json",
         dir = dir.display(),
         crate_name = name.replace('-', "_"),
     );
@@ -194,6 +204,11 @@ fn type_name(id: &str) -> String {
         .collect()
 }
 
+/// Links a `wasm32-unknown-unknown` cdylib straight into a component: `wasm-component-ld` ships
+/// with rustc (it is `wasm32-wasip2`'s linker). That target links no WASI, so the component
+/// imports only the `rapport:plugin` interfaces, and each invocation links fewer imports.
+const LINKER_CONFIG: &str = r#"target.wasm32-unknown-unknown.linker="wasm-component-ld""#;
+
 fn build(dir: &Path) -> anyhow::Result<()> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.exists() {
@@ -204,14 +219,18 @@ fn build(dir: &Path) -> anyhow::Result<()> {
             "build",
             "--release",
             "--target",
-            "wasm32-wasip2",
+            "wasm32-unknown-unknown",
+            "--config",
+            LINKER_CONFIG,
             "--manifest-path",
         ])
         .arg(&manifest)
         .status()
         .context("cannot run cargo")?;
     if !status.success() {
-        bail!("the build failed (is the target installed? `rustup target add wasm32-wasip2`)");
+        bail!(
+            "the build failed (is the target installed? `rustup target add wasm32-unknown-unknown`)"
+        );
     }
     Ok(())
 }

@@ -49,8 +49,9 @@ const KEEP_RESIDENT: usize = 1 << 20;
 const POOL_INSTANCES: u32 = 256;
 
 /// What a component may import besides the contract: the parts of WASI that Rust's standard
-/// library links for printing and exiting. Filesystem, sockets, HTTP, clocks and randomness are
-/// not provided.
+/// library links for printing and exiting when a plugin is built for `wasm32-wasip2` (built for
+/// `wasm32-unknown-unknown`, as `rapport plugin build` does, it imports none). Filesystem,
+/// sockets, HTTP, clocks and randomness are not provided.
 const ALLOWED_WASI: &[&str] = &[
     "wasi:cli/environment",
     "wasi:cli/exit",
@@ -127,6 +128,18 @@ pub struct LoadedComponent {
     validator: Option<exports::validator::GuestIndices>,
     computed: Option<exports::computed::GuestIndices>,
     workflow_step: Option<exports::workflow_step::GuestIndices>,
+}
+
+impl LoadedComponent {
+    /// The names of what the component imports (interfaces with their versions).
+    pub fn imports(&self) -> Vec<String> {
+        let component = self.pre.component();
+        component
+            .component_type()
+            .imports(component.engine())
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for LoadedComponent {

@@ -18,9 +18,7 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| Runtime::new(None).expect("
 fn plugins_dir() -> PathBuf {
     std::env::var_os("RAPPORT_PLUGINS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"))
 }
 
 fn bytes(name: &str) -> Vec<u8> {
@@ -153,26 +151,52 @@ async fn a_component_built_for_one_world_loads_and_runs() {
     );
 }
 
+/// The same plugin built for `wasm32-unknown-unknown` (no WASI imports, how `scripts/plugins`
+/// builds every plugin) and for `wasm32-wasip2` (Rust's standard library then imports WASI's
+/// CLI interfaces, which the host links to nothing): both run.
 #[tokio::test]
-async fn complaint_sla_sets_the_due_date_from_the_priority() {
+async fn complaint_sla_sets_the_due_date_from_the_priority_for_either_target() {
     let manifest = manifest("complaint-sla");
-    let component = load("complaint_sla");
-    let config = manifest.default_config.clone().unwrap().to_string();
-    let state = HostState::new(config, Capabilities::default(), manifest.limits(), None);
-    let (result, usage, _) = RUNTIME
-        .handle(
-            &component,
-            state,
-            &manifest.limits(),
-            event("case", "", json!({"priority": "urgent"}), &["priority"]),
-        )
-        .await;
-    let Ok(Outcome::Patch(patch)) = result else {
-        panic!("expected a patch, got {result:?}");
-    };
-    let patch: Value = serde_json::from_str(&patch).unwrap();
-    assert_eq!(patch, json!({"sla_due_at": "2026-12-01T10:00:00Z"}));
-    assert!(usage.fuel > 0);
+    for file in ["complaint_sla", "complaint_sla_wasip2"] {
+        let component = load(file);
+        let config = manifest.default_config.clone().unwrap().to_string();
+        let state = HostState::new(config, Capabilities::default(), manifest.limits(), None);
+        let (result, usage, _) = RUNTIME
+            .handle(
+                &component,
+                state,
+                &manifest.limits(),
+                event("case", "", json!({"priority": "urgent"}), &["priority"]),
+            )
+            .await;
+        let Ok(Outcome::Patch(patch)) = result else {
+            panic!("{file}: expected a patch, got {result:?}");
+        };
+        let patch: Value = serde_json::from_str(&patch).unwrap();
+        assert_eq!(
+            patch,
+            json!({"sla_due_at": "2026-12-01T10:00:00Z"}),
+            "{file}"
+        );
+        assert!(usage.fuel > 0, "{file}");
+    }
+}
+
+#[test]
+fn the_bundled_plugins_import_no_wasi_and_the_wasip2_build_does() {
+    let imports = |file: &str| load(file).imports();
+    let bundled = imports("complaint_sla");
+    assert!(
+        bundled
+            .iter()
+            .all(|name| name.starts_with("rapport:plugin/")),
+        "{bundled:?}"
+    );
+    let wasip2 = imports("complaint_sla_wasip2");
+    assert!(
+        wasip2.iter().any(|name| name.starts_with("wasi:cli/")),
+        "{wasip2:?}"
+    );
 }
 
 #[tokio::test]

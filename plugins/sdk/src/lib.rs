@@ -18,7 +18,8 @@
 //! rapport_sdk::plugin!(Greeter);
 //! ```
 //!
-//! Build with `cargo build --release --target wasm32-wasip2` (or `rapport plugin build`): the
+//! Build with `rapport plugin build` (`cargo build --release --target wasm32-unknown-unknown`,
+//! linked by `wasm-component-ld`; `wasm32-wasip2` works too, with WASI imports): the
 //! result is a component for the contract `rapport:plugin@0.1.0` in `wit/v0.1.0`.
 
 #[cfg(any(test, all(target_arch = "wasm32", feature = "arena")))]
