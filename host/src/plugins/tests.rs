@@ -183,7 +183,7 @@ async fn complaint_sla_sets_the_due_date_from_the_priority_for_either_target() {
 }
 
 #[test]
-fn the_bundled_plugins_import_no_wasi_and_the_wasip2_build_does() {
+fn complaint_sla_imports_no_wasi_unless_built_for_wasip2() {
     let imports = |file: &str| load(file).imports();
     let bundled = imports("complaint_sla");
     assert!(
