@@ -133,13 +133,16 @@ pub struct LoadedComponent {
 impl LoadedComponent {
     /// The names of what the component imports (interfaces with their versions).
     pub fn imports(&self) -> Vec<String> {
-        let component = self.pre.component();
-        component
-            .component_type()
-            .imports(component.engine())
-            .map(|(name, _)| name.to_owned())
-            .collect()
+        import_names(self.pre.component())
     }
+}
+
+fn import_names(component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .imports(component.engine())
+        .map(|(name, _)| name.to_owned())
+        .collect()
 }
 
 impl std::fmt::Debug for LoadedComponent {
@@ -256,15 +259,12 @@ impl Runtime {
     pub fn load(&self, bytes: &[u8]) -> Result<LoadedComponent, LoadError> {
         let sha256 = hex(&Sha256::digest(bytes));
         let component = self.compile(bytes, &sha256)?;
-        let forbidden: Vec<String> = component
-            .component_type()
-            .imports(&self.engine)
-            .map(|(name, _)| name)
+        let forbidden: Vec<String> = import_names(&component)
+            .into_iter()
             .filter(|name| {
                 let interface = name.split('@').next().unwrap_or(name);
                 !(interface.starts_with("rapport:plugin/") || ALLOWED_WASI.contains(&interface))
             })
-            .map(str::to_owned)
             .collect();
         if !forbidden.is_empty() {
             return Err(LoadError::ForbiddenImport(forbidden));

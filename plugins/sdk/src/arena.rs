@@ -6,8 +6,9 @@
 //! those out by bumping a pointer through a static array costs a few instructions, where
 //! `malloc` first sets itself up in every fresh instance and then searches its bins. An
 //! allocation that does not fit what is left of the arena goes to the standard allocator
-//! (wasi-libc's `malloc`), so a plugin that works through much data (a workflow step, a
-//! segmentation) runs as it would without the arena. The arena is a `static`, so it is part of the
+//! (Rust's `dlmalloc` on `wasm32-unknown-unknown`, which takes its pages with `memory.grow`;
+//! wasi-libc's `malloc` on `wasm32-wasip2`), so a plugin that works through much data (a
+//! workflow step, a segmentation) runs as it would without the arena. The arena is a `static`, so it is part of the
 //! module's own memory image: no `memory.grow`, and only the pages used are ever touched.
 //!
 //! Turn it off with `default-features = false` on `rapport-sdk` if a plugin brings its own
