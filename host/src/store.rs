@@ -25,6 +25,7 @@ pub mod records;
 pub mod sql;
 pub mod sqlite_malloc;
 pub mod tenants;
+pub mod wal;
 pub mod webhooks;
 pub mod workflows;
 
@@ -64,6 +65,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the write was not committed: {0}")]
     NotCommitted(String),
+    /// Committed, but syncing the WAL afterwards failed (see `store::wal`).
+    #[error("the write may not be durable: {0}")]
+    NotDurable(String),
     /// A request the stored data refuses (an unknown role, say); the message says why.
     #[error("{0}")]
     Refused(String),
@@ -153,7 +157,9 @@ pub const READER_MMAP_MIB: u64 = 64 << 10;
 /// How durable an acknowledged write is on SQLite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
-    /// `synchronous=FULL`: an acknowledged write survives a power cut (the default).
+    /// The WAL is synced before a write is acknowledged, as with `synchronous=FULL` (by
+    /// [`wal::Syncer`], beside the writer): an acknowledged write survives a power cut (the
+    /// default).
     Full,
     /// `synchronous=NORMAL`: survives a crash of the process, may lose the last writes on power loss.
     Normal,
@@ -171,6 +177,9 @@ enum Pools {
         writer: mpsc::Sender<Job>,
         /// The one connection that checkpoints the WAL, off the write path.
         checkpoint: SqlitePool,
+        /// Syncs the WAL after the write connection's commits (`synchronous=FULL`; see
+        /// `store::wal`); `None` with `synchronous=NORMAL`.
+        syncer: Option<wal::Syncer>,
     },
     Postgres(PgPool),
 }
@@ -184,7 +193,23 @@ type Job = Box<dyn for<'t> FnOnce(&'t mut Tx) -> TxFuture<'t, Finish> + Send>;
 
 struct Finish {
     keep: bool,
-    answer: Box<dyn FnOnce(Result<(), String>) + Send>,
+    answer: Box<dyn FnOnce(Result<(), Unfinished>) + Send>,
+}
+
+/// Why a group's writes were not acknowledged as done: one reason for each of its callers.
+#[derive(Debug, Clone)]
+enum Unfinished {
+    NotCommitted(String),
+    NotDurable(String),
+}
+
+impl From<Unfinished> for StoreError {
+    fn from(unfinished: Unfinished) -> Self {
+        match unfinished {
+            Unfinished::NotCommitted(message) => StoreError::NotCommitted(message),
+            Unfinished::NotDurable(message) => StoreError::NotDurable(message),
+        }
+    }
 }
 
 /// The most requests one group commit holds.
@@ -270,18 +295,39 @@ impl Store {
         let options = options
             .pragma("wal_autocheckpoint", "0")
             .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string());
+        // With `FULL`, the write connection's commits only write the WAL, and `syncer` syncs it
+        // before a write is acknowledged, while the writer goes on (see `store::wal`).
         let write = sqlite_pool()
             .max_connections(1)
             .min_connections(1)
-            .connect_with(options.clone().pragma("cache_size", WRITER_CACHE_SIZE))
+            .connect_with(
+                options
+                    .clone()
+                    .synchronous(SqliteSynchronous::Normal)
+                    .pragma("cache_size", WRITER_CACHE_SIZE),
+            )
             .await?;
+        let database = options.get_filename().to_owned();
+        let syncer = match durability {
+            Durability::Full => {
+                let mut wal = database.clone().into_os_string();
+                wal.push("-wal");
+                Some(wal::Syncer::start(wal.into()).map_err(sqlx::Error::Io)?)
+            }
+            Durability::Normal => None,
+        };
+        let flusher = wal::Flusher::start(database).map_err(sqlx::Error::Io)?;
         let checkpoint = sqlite_pool()
             .max_connections(1)
             .min_connections(1)
             .connect_with(options.clone().pragma("cache_size", "-1024"))
             .await?;
         let restart = Arc::new(AtomicBool::new(false));
-        tokio::spawn(checkpointer(checkpoint.clone(), restart.clone()));
+        tokio::spawn(checkpointer(
+            checkpoint.clone(),
+            restart.clone(),
+            flusher.clone(),
+        ));
         let read = Readers::builder(ReadConnections(
             options
                 .read_only(true)
@@ -291,13 +337,20 @@ impl Store {
         .build()
         .expect("a pool without timeouts needs no runtime");
         let (writer, jobs) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(group_commit(write.clone(), jobs, restart));
+        tokio::spawn(group_commit(
+            write.clone(),
+            jobs,
+            restart,
+            syncer.clone(),
+            flusher,
+        ));
         Ok(Self {
             pools: Pools::Sqlite {
                 read,
                 write,
                 writer,
                 checkpoint,
+                syncer,
             },
         })
     }
@@ -312,7 +365,7 @@ impl Store {
     /// Brings the schema up to date; migrations are append-only.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.pools {
-            Pools::Sqlite { write, .. } => {
+            Pools::Sqlite { write, syncer, .. } => {
                 sqlx::migrate!("./migrations/sqlite").run(write).await?;
                 let started = std::time::Instant::now();
                 let rebuilt = reconcile_record_indexes(write).await?;
@@ -323,6 +376,9 @@ impl Store {
                         "rebuilt the record indexes of an older layout"
                     );
                 }
+                if let Some(syncer) = syncer {
+                    syncer.sync().await.map_err(StoreError::NotDurable)?;
+                }
             }
             Pools::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
         }
@@ -332,7 +388,7 @@ impl Store {
     /// Opens a write transaction.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match &self.pools {
-            Pools::Sqlite { write, .. } => Tx::Sqlite(write.begin().await?),
+            Pools::Sqlite { write, syncer, .. } => Tx::Sqlite(write.begin().await?, syncer.clone()),
             Pools::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
@@ -367,9 +423,9 @@ impl Store {
                 let result = work(tx).await;
                 Finish {
                     keep: result.is_ok(),
-                    answer: Box::new(move |committed: Result<(), String>| {
+                    answer: Box::new(move |committed: Result<(), Unfinished>| {
                         let result = match (result, committed) {
-                            (Ok(_), Err(message)) => Err(StoreError::NotCommitted(message).into()),
+                            (Ok(_), Err(unfinished)) => Err(StoreError::from(unfinished).into()),
                             (result, _) => result,
                         };
                         let _ = reply.send(result);
@@ -388,6 +444,16 @@ impl Store {
         match &self.pools {
             Pools::Sqlite { writer, .. } => writer.max_capacity() - writer.capacity(),
             Pools::Postgres(_) => 0,
+        }
+    }
+
+    /// How many WAL syncs have succeeded; `None` without a syncer (PostgreSQL, or SQLite with
+    /// `synchronous=NORMAL`).
+    #[cfg(test)]
+    fn wal_syncs(&self) -> Option<u64> {
+        match &self.pools {
+            Pools::Sqlite { syncer, .. } => syncer.as_ref().map(wal::Syncer::synced),
+            Pools::Postgres(_) => None,
         }
     }
 
@@ -532,7 +598,7 @@ async fn reconcile_record_indexes(pool: &SqlitePool) -> Result<usize, StoreError
 /// two groups, copies the few frames committed since this pass on its own connection
 /// ([`restart_wal`]); its next transaction then starts the WAL over, and SQLite cuts the file
 /// back to [`WAL_SIZE_LIMIT`].
-async fn checkpointer(pool: SqlitePool, restart: Arc<AtomicBool>) {
+async fn checkpointer(pool: SqlitePool, restart: Arc<AtomicBool>, flusher: wal::Flusher) {
     let mut seen = None;
     loop {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
@@ -554,10 +620,12 @@ async fn checkpointer(pool: SqlitePool, restart: Arc<AtomicBool>) {
             continue;
         }
         // (busy, frames in the WAL, frames copied into the database)
-        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+        let flushing = flusher.during_checkpoint();
+        let pass = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&pool)
-            .await
-        {
+            .await;
+        drop(flushing);
+        match pass {
             Ok((_, frames, _)) => {
                 seen = Some(version);
                 if frames >= WAL_RESTART_FRAMES {
@@ -635,15 +703,22 @@ fn sqlite_pool() -> SqlitePoolOptions {
 
 /// The group-commit writer of a SQLite store (see [`Store::write`]): runs until every
 /// [`Store`] is dropped.
-async fn group_commit(pool: SqlitePool, mut jobs: mpsc::Receiver<Job>, restart: Arc<AtomicBool>) {
+async fn group_commit(
+    pool: SqlitePool,
+    mut jobs: mpsc::Receiver<Job>,
+    restart: Arc<AtomicBool>,
+    syncer: Option<wal::Syncer>,
+    flusher: wal::Flusher,
+) {
     let mut waiting = Vec::new();
     while jobs.recv_many(&mut waiting, MAX_GROUP).await > 0 {
         if restart.swap(false, Ordering::AcqRel) {
+            let _flushing = flusher.during_checkpoint();
             restart_wal(&pool).await;
         }
         let batch = std::mem::take(&mut waiting);
         // A panicking request ends its batch (rolled back, every caller told) but not the writer.
-        if let Err(error) = tokio::spawn(commit_group(pool.clone(), batch)).await {
+        if let Err(error) = tokio::spawn(commit_group(pool.clone(), batch, syncer.clone())).await {
             tracing::error!(%error, "a group commit panicked; its writes were rolled back");
         }
     }
@@ -662,7 +737,7 @@ async fn restart_wal(pool: &SqlitePool) {
     }
 }
 
-async fn commit_group(pool: SqlitePool, batch: Vec<Job>) {
+async fn commit_group(pool: SqlitePool, batch: Vec<Job>, syncer: Option<wal::Syncer>) {
     // IMMEDIATE takes the write lock at once: another process writing the same file makes this
     // wait (busy timeout) instead of failing a request halfway. Each request runs in the
     // savepoint `request`; the next one's savepoint opens in the same round trip that ends the
@@ -712,17 +787,30 @@ async fn commit_group(pool: SqlitePool, batch: Vec<Job>) {
         Some(error) => Err(error.to_string()),
         None => tx.commit().await.map_err(|error| error.to_string()),
     };
-    if let Err(error) = &committed {
-        tracing::error!(%error, requests = finished.len(), "a group commit failed");
-    }
-    for finish in finished {
-        (finish.answer)(committed.clone());
+    match (committed, syncer) {
+        (Ok(()), Some(syncer)) => syncer.after_sync(
+            finished
+                .into_iter()
+                .map(|finish| -> wal::Answer {
+                    Box::new(move |synced| (finish.answer)(synced.map_err(Unfinished::NotDurable)))
+                })
+                .collect(),
+        ),
+        (committed, _) => {
+            if let Err(error) = &committed {
+                tracing::error!(%error, requests = finished.len(), "a group commit failed");
+            }
+            let committed = committed.map_err(Unfinished::NotCommitted);
+            for finish in finished {
+                (finish.answer)(committed.clone());
+            }
+        }
     }
 }
 
 async fn savepoint(tx: &mut Tx, sql: &'static str) -> Result<(), StoreError> {
     // Only SQLite batches writes; `query` runs every statement of `sql`.
-    if let Tx::Sqlite(tx) | Tx::Group { tx, .. } = tx {
+    if let Tx::Sqlite(tx, _) | Tx::Group { tx, .. } = tx {
         sqlx::query(sql).execute(&mut **tx).await?;
     }
     Ok(())
@@ -745,7 +833,12 @@ pub(crate) type EntityVersions = std::collections::HashMap<(String, String), Opt
 
 /// An open transaction on either backend. Dropped without [`Tx::commit`], it rolls back.
 pub enum Tx {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    /// A transaction on the SQLite write connection; committing it waits for the WAL's sync
+    /// when there is a syncer (see `store::wal`).
+    Sqlite(
+        sqlx::Transaction<'static, sqlx::Sqlite>,
+        Option<wal::Syncer>,
+    ),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
     /// A SQLite group commit (`Store::write`). It holds the write lock from its first statement
     /// (`BEGIN IMMEDIATE`) and none of its requests changes entity definitions (metadata
@@ -760,7 +853,13 @@ pub enum Tx {
 impl Tx {
     pub async fn commit(self) -> Result<(), StoreError> {
         match self {
-            Tx::Sqlite(tx) | Tx::Group { tx, .. } => tx.commit().await?,
+            Tx::Sqlite(tx, syncer) => {
+                tx.commit().await?;
+                if let Some(syncer) = syncer {
+                    syncer.sync().await.map_err(StoreError::NotDurable)?;
+                }
+            }
+            Tx::Group { tx, .. } => tx.commit().await?,
             Tx::Postgres(tx) => tx.commit().await?,
         }
         Ok(())
@@ -768,7 +867,7 @@ impl Tx {
 
     pub fn exec(&mut self) -> Exec<'_> {
         match self {
-            Tx::Sqlite(tx) | Tx::Group { tx, .. } => Exec::Sqlite(tx),
+            Tx::Sqlite(tx, _) | Tx::Group { tx, .. } => Exec::Sqlite(tx),
             Tx::Postgres(tx) => Exec::Postgres(tx),
         }
     }
@@ -1299,6 +1398,70 @@ mod tests {
             .collect();
         assert_eq!(names, expected);
         drop(conn);
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn with_full_durability_a_write_is_answered_after_a_wal_sync() {
+        let (dir, _, url) = temp_database("synced.db");
+        let normal = Store::connect(&url, Durability::Normal).await.unwrap();
+        assert_eq!(
+            normal.wal_syncs(),
+            None,
+            "NORMAL leaves the WAL to checkpoints"
+        );
+        normal.close().await;
+        let store = Store::connect(&url, Durability::Full).await.unwrap();
+        let mut syncs = store.wal_syncs().unwrap();
+        assert!(syncs >= 1, "the migrations' commits are synced");
+
+        // A group of twenty: every caller is answered only once a sync after the commit ended.
+        const REQUESTS: usize = 20;
+        let (release, hold) = oneshot::channel::<()>();
+        let (started, running) = oneshot::channel::<()>();
+        let blocker = store.clone();
+        let first = tokio::spawn(async move {
+            blocker
+                .write(move |_: &mut Tx| {
+                    Box::pin(async move {
+                        started.send(()).unwrap();
+                        hold.await.ok();
+                        Ok::<_, StoreError>(())
+                    })
+                })
+                .await
+        });
+        running.await.unwrap();
+        let requests: Vec<_> = (0..REQUESTS)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    insert_tenant(&store, format!("t{n:02}"), false).await?;
+                    Ok::<_, StoreError>(store.wal_syncs().unwrap())
+                })
+            })
+            .collect();
+        while store.queued() < REQUESTS {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        for request in requests {
+            let seen = request.await.unwrap().unwrap();
+            assert!(seen > syncs, "answered before the WAL was synced");
+        }
+        let after = store.wal_syncs().unwrap();
+        assert!(
+            (syncs + 1..=syncs + 2).contains(&after),
+            "two groups take one or two syncs, not one per write: {syncs} -> {after}"
+        );
+        syncs = after;
+
+        // A transaction of its own (metadata, administration) waits for the sync in `commit`.
+        let tx = store.begin().await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(store.wal_syncs(), Some(syncs + 1));
         store.close().await;
         std::fs::remove_dir_all(dir).unwrap();
     }
