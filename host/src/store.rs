@@ -43,9 +43,12 @@ const WRITER_CACHE_SIZE: &str = "-8192";
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// The WAL frames (pages) after which the writer lets the WAL start over (see [`checkpointer`]):
-/// 32 MiB with 4 KiB pages.
+/// 128 MiB with 4 KiB pages. Each restart stalls the writer for a few milliseconds (it copies the
+/// frames of the last moments and the database file is synced); at 32 MiB they came every 300 ms
+/// under a stream of creates and were most of the create p99 (BENCHMARKS, session 24). A larger
+/// WAL costs disk, and the replay after a crash reads all of it.
 #[cfg(not(test))]
-const WAL_RESTART_FRAMES: i64 = 8_192;
+const WAL_RESTART_FRAMES: i64 = 32_768;
 #[cfg(test)]
 const WAL_RESTART_FRAMES: i64 = 64;
 
