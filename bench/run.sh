@@ -4,7 +4,7 @@
 #   W1 create TOTAL records (8 clients) · W2 read by id · W3 filtered+sorted list on indexed
 #   fields · W4 update · W6 bulk import BULK_TOTAL records in batches of 1,000 · start-up, RSS.
 #
-#   bench/run.sh                        # DURABILITY=full (synchronous=FULL, the default)
+#   bench/run.sh                        # DURABILITY=full (the WAL synced before a write is answered, the default)
 #   DURABILITY=normal bench/run.sh      # synchronous=NORMAL
 #   RAPPORT_BIN=/path/to/rapport bench/run.sh   # another build (A/B runs), not built here
 #
