@@ -180,8 +180,8 @@ enum Pools {
         writer: mpsc::Sender<Job>,
         /// The one connection that checkpoints the WAL, off the write path.
         checkpoint: SqlitePool,
-        /// Syncs the WAL after the write connection's commits (`synchronous=FULL`; see
-        /// `store::wal`); `None` with `synchronous=NORMAL`.
+        /// Syncs the WAL after the write connection's commits ([`Durability::Full`]; see
+        /// `store::wal`); `None` with [`Durability::Normal`].
         syncer: Option<wal::Syncer>,
     },
     Postgres(PgPool),
