@@ -1139,6 +1139,32 @@ mod tests {
     use super::*;
 
     /// Inserts a tenant row, then fails if asked to: the insert must not survive a failure.
+    /// Starts a write that holds the group-commit writer until the returned sender fires, so
+    /// that the requests sent meanwhile queue and commit as one group. Returns once it holds it.
+    async fn hold_the_writer(
+        store: &Store,
+    ) -> (
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), StoreError>>,
+    ) {
+        let (release, hold) = oneshot::channel::<()>();
+        let (started, running) = oneshot::channel::<()>();
+        let blocker = store.clone();
+        let first = tokio::spawn(async move {
+            blocker
+                .write(move |_: &mut Tx| {
+                    Box::pin(async move {
+                        started.send(()).unwrap();
+                        hold.await.ok();
+                        Ok::<_, StoreError>(())
+                    })
+                })
+                .await
+        });
+        running.await.unwrap();
+        (release, first)
+    }
+
     async fn insert_tenant(store: &Store, name: String, fail: bool) -> Result<(), StoreError> {
         store
             .write(move |tx: &mut Tx| {
@@ -1353,21 +1379,7 @@ mod tests {
         const REQUESTS: usize = 199;
         // A first write holds the writer until every other request waits in its queue, so that
         // they are committed as one group.
-        let (release, hold) = oneshot::channel::<()>();
-        let (started, running) = oneshot::channel::<()>();
-        let blocker = store.clone();
-        let first = tokio::spawn(async move {
-            blocker
-                .write(move |_: &mut Tx| {
-                    Box::pin(async move {
-                        started.send(()).unwrap();
-                        hold.await.ok();
-                        Ok::<_, StoreError>(())
-                    })
-                })
-                .await
-        });
-        running.await.unwrap();
+        let (release, first) = hold_the_writer(&store).await;
         let requests: Vec<_> = (0..REQUESTS)
             .map(|n| {
                 let store = store.clone();
@@ -1421,21 +1433,7 @@ mod tests {
 
         // A group of twenty: every caller is answered only once a sync after the commit ended.
         const REQUESTS: usize = 20;
-        let (release, hold) = oneshot::channel::<()>();
-        let (started, running) = oneshot::channel::<()>();
-        let blocker = store.clone();
-        let first = tokio::spawn(async move {
-            blocker
-                .write(move |_: &mut Tx| {
-                    Box::pin(async move {
-                        started.send(()).unwrap();
-                        hold.await.ok();
-                        Ok::<_, StoreError>(())
-                    })
-                })
-                .await
-        });
-        running.await.unwrap();
+        let (release, first) = hold_the_writer(&store).await;
         let requests: Vec<_> = (0..REQUESTS)
             .map(|n| {
                 let store = store.clone();

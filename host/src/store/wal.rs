@@ -341,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn the_flusher_runs_only_during_a_checkpoint_and_ends_with_its_handle() {
+    fn the_flusher_counts_running_checkpoints_and_its_thread_ends_with_it() {
         let dir = TempDir::new();
         let path = dir.0.join("db");
         std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
