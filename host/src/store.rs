@@ -742,19 +742,19 @@ async fn restart_wal(pool: &SqlitePool) {
 
 async fn commit_group(pool: SqlitePool, batch: Vec<Job>, syncer: Option<wal::Syncer>) {
     // IMMEDIATE takes the write lock at once: another process writing the same file makes this
-    // wait (busy timeout) instead of failing a request halfway. Each request runs in the
-    // savepoint `request`; the next one's savepoint opens in the same round trip that ends the
-    // previous one, and COMMIT ends the last.
+    // wait (busy timeout) instead of failing a request halfway. A group of several requests
+    // runs each in a savepoint of its own (see [`Savepoints`]); COMMIT ends the last.
     let single = batch.len() == 1;
     let begin = if single {
         "BEGIN IMMEDIATE"
     } else {
-        "BEGIN IMMEDIATE; SAVEPOINT request"
+        "BEGIN IMMEDIATE; SAVEPOINT request_a"
     };
     let mut tx = match pool.begin_with(begin).await {
         Ok(tx) => Tx::Group {
             tx,
             entity_versions: EntityVersions::default(),
+            savepoints: Savepoints::default(),
         },
         Err(error) => {
             tracing::error!(%error, "cannot open a write transaction");
@@ -764,26 +764,28 @@ async fn commit_group(pool: SqlitePool, batch: Vec<Job>, syncer: Option<wal::Syn
     let count = batch.len();
     let mut finished = Vec::with_capacity(count);
     let mut failed = None;
-    for (index, job) in batch.into_iter().enumerate() {
+    for job in batch {
         let finish = job(&mut tx).await;
         if single && !finish.keep {
             (finish.answer)(Ok(()));
             return; // dropping the transaction rolls it back
         }
-        let end = match (single, finish.keep, index + 1 == count) {
-            (true, _, _) | (false, true, true) => None,
-            (false, true, false) => Some("RELEASE request; SAVEPOINT request"),
-            (false, false, true) => Some("ROLLBACK TO request"),
-            (false, false, false) => {
-                Some("ROLLBACK TO request; RELEASE request; SAVEPOINT request")
-            }
-        };
+        let keep = finish.keep;
         finished.push(finish);
-        if let Some(sql) = end
-            && let Err(error) = savepoint(&mut tx, sql).await
-        {
-            failed = Some(error);
-            break;
+        if single {
+            continue;
+        }
+        let Tx::Group { tx, savepoints, .. } = &mut tx else {
+            unreachable!("a group commit runs in Tx::Group")
+        };
+        if keep {
+            savepoints.kept();
+        } else if let Some(sql) = savepoints.rollback() {
+            // The request wrote in its savepoint: undo that now, before the next request reads.
+            if let Err(error) = sqlx::query(sql).execute(&mut **tx).await {
+                failed = Some(error);
+                break;
+            }
         }
     }
     let committed = match failed {
@@ -811,12 +813,58 @@ async fn commit_group(pool: SqlitePool, batch: Vec<Job>, syncer: Option<wal::Syn
     }
 }
 
-async fn savepoint(tx: &mut Tx, sql: &'static str) -> Result<(), StoreError> {
-    // Only SQLite batches writes; `query` runs every statement of `sql`.
-    if let Tx::Sqlite(tx, _) | Tx::Group { tx, .. } = tx {
-        sqlx::query(sql).execute(&mut **tx).await?;
+/// The savepoints of a group commit: each request of the group writes in a savepoint of its
+/// own, so that a failing request rolls back to it and the others keep their changes.
+///
+/// A savepoint costs a round trip to SQLite's thread, so a request's savepoint opens with its
+/// first statement, in the same round trip where it can: after a request succeeds,
+/// `RELEASE <its savepoint>; SAVEPOINT <the next>` is *pending*, and the next statement of the
+/// group runs it first ([`Savepoints::take`]): a record's read or insert at the front of its own
+/// SQL, anything else through [`Scoped::entered`] or [`Tx::exec`] in a round trip of its own. A
+/// request that fails before anything took the pending savepoint ran no statement, and has
+/// nothing to roll back.
+///
+/// The savepoints alternate between two names, so that a rollback never reaches an earlier
+/// request's work: had the pending statements failed in front of a write (leaving the earlier
+/// savepoint open, or the next one never opened), `ROLLBACK TO <the next>` fails, and with it the
+/// whole group.
+#[derive(Debug, Default)]
+pub struct Savepoints {
+    /// The savepoint open now, or the one the pending statements open: an index of
+    /// [`SAVEPOINTS`].
+    open: usize,
+    /// Whether the statements that open the next savepoint wait for the next statement.
+    pending: bool,
+}
+
+/// What opens each savepoint, releasing the other: by [`Savepoints::open`].
+const SAVEPOINTS: [&str; 2] = [
+    "RELEASE request_b; SAVEPOINT request_a",
+    "RELEASE request_a; SAVEPOINT request_b",
+];
+
+/// What rolls back to each savepoint.
+const ROLLBACKS: [&str; 2] = ["ROLLBACK TO request_a", "ROLLBACK TO request_b"];
+
+impl Savepoints {
+    /// The pending statements, to run before the next statement of the group.
+    pub(crate) fn take(&mut self) -> Option<&'static str> {
+        if !std::mem::take(&mut self.pending) {
+            return None;
+        }
+        self.open = 1 - self.open;
+        Some(SAVEPOINTS[self.open])
     }
-    Ok(())
+
+    /// A request succeeded: its savepoint (open or not) is released before the next statement.
+    fn kept(&mut self) {
+        self.pending = true;
+    }
+
+    /// A request failed: what undoes its statements, if it may have run any.
+    fn rollback(&self) -> Option<&'static str> {
+        (!self.pending).then_some(ROLLBACKS[self.open])
+    }
 }
 
 fn create_dir(path: &Path) -> Result<(), StoreError> {
@@ -850,6 +898,7 @@ pub enum Tx {
     Group {
         tx: sqlx::Transaction<'static, sqlx::Sqlite>,
         entity_versions: EntityVersions,
+        savepoints: Savepoints,
     },
 }
 
@@ -868,10 +917,25 @@ impl Tx {
         Ok(())
     }
 
-    pub fn exec(&mut self) -> Exec<'_> {
-        match self {
-            Tx::Sqlite(tx, _) | Tx::Group { tx, .. } => Exec::Sqlite(tx),
+    /// The transaction's connection; in a group commit, with the request's savepoint open
+    /// (see [`Savepoints`]).
+    pub async fn exec(&mut self) -> Result<Exec<'_>, StoreError> {
+        Ok(match self {
+            Tx::Group { tx, savepoints, .. } => {
+                if let Some(sql) = savepoints.take() {
+                    sqlx::query(sql).execute(&mut **tx).await?;
+                }
+                Exec::Sqlite(tx)
+            }
+            Tx::Sqlite(tx, _) => Exec::Sqlite(tx),
             Tx::Postgres(tx) => Exec::Postgres(tx),
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Tx::Sqlite(..) | Tx::Group { .. } => Dialect::Sqlite,
+            Tx::Postgres(_) => Dialect::Postgres,
         }
     }
 
@@ -881,20 +945,17 @@ impl Tx {
             Tx::Group {
                 tx,
                 entity_versions,
+                savepoints,
             } => Scoped {
                 exec: Exec::Sqlite(tx),
                 tenant,
                 entity_versions: Some(entity_versions),
+                savepoints: Some(savepoints),
                 entered: false,
                 in_transaction: true,
             },
-            other => Scoped {
-                exec: other.exec(),
-                tenant,
-                entity_versions: None,
-                entered: false,
-                in_transaction: true,
-            },
+            Tx::Sqlite(tx, _) => Scoped::new(Exec::Sqlite(tx), tenant, true),
+            Tx::Postgres(tx) => Scoped::new(Exec::Postgres(tx), tenant, true),
         }
     }
 }
@@ -914,13 +975,7 @@ impl Conn {
     }
 
     pub fn scoped<'t>(&'t mut self, tenant: &'t TenantId) -> Scoped<'t> {
-        Scoped {
-            exec: self.exec(),
-            tenant,
-            entity_versions: None,
-            entered: false,
-            in_transaction: false,
-        }
+        Scoped::new(self.exec(), tenant, false)
     }
 }
 
@@ -945,6 +1000,8 @@ pub struct Scoped<'t> {
     tenant: &'t TenantId,
     /// In a group commit: the entity versions already read in it.
     entity_versions: Option<&'t mut EntityVersions>,
+    /// In a group commit: its savepoints, the pending one opened before the first write.
+    savepoints: Option<&'t mut Savepoints>,
     /// Whether the tenant and role are set on the connection (PostgreSQL).
     entered: bool,
     in_transaction: bool,
@@ -955,11 +1012,44 @@ pub struct Scoped<'t> {
 pub const APP_ROLE: &str = "rapport_app";
 
 impl<'t> Scoped<'t> {
+    fn new(exec: Exec<'t>, tenant: &'t TenantId, in_transaction: bool) -> Self {
+        Scoped {
+            exec,
+            tenant,
+            entity_versions: None,
+            savepoints: None,
+            entered: false,
+            in_transaction,
+        }
+    }
+
+    /// In a group commit, the statements that open this request's savepoint if they have not
+    /// run yet (see [`Savepoints`]): whoever takes them runs them before writing.
+    pub(crate) fn take_savepoint(&mut self) -> Option<&'static str> {
+        self.savepoints
+            .as_mut()
+            .and_then(|savepoints| savepoints.take())
+    }
+
+    /// `sql` with, in a group commit, the statements that open this request's savepoint in
+    /// front if they have not run yet: one round trip for both.
+    pub(crate) fn after_savepoint(&mut self, sql: String) -> String {
+        match self.take_savepoint() {
+            Some(savepoint) => format!("{savepoint};\n{sql}"),
+            None => sql,
+        }
+    }
+
     /// The connection, with (on PostgreSQL) the tenant set for row-level security and the
     /// role switched to [`APP_ROLE`]: for the transaction, or, on a pooled connection, until
     /// the pool takes it back. Every query of a scoped store function goes through here, so
     /// a query that forgot its `tenant_id = $1` still sees only this tenant's rows.
     pub async fn entered(&mut self) -> Result<&mut Exec<'t>, StoreError> {
+        if let Some(sql) = self.take_savepoint()
+            && let Exec::Sqlite(c) = &mut self.exec
+        {
+            sqlx::query(sql).execute(&mut **c).await?;
+        }
         if !self.entered {
             if let Exec::Postgres(c) = &mut self.exec {
                 sqlx::query(
@@ -1166,17 +1256,43 @@ mod tests {
     }
 
     async fn insert_tenant(store: &Store, name: String, fail: bool) -> Result<(), StoreError> {
+        let request = if fail {
+            Request::InsertThenFail
+        } else {
+            Request::Insert
+        };
+        tenant_request(store, name, request).await
+    }
+
+    /// What a test request does in a group commit.
+    #[derive(Clone, Copy, Debug)]
+    enum Request {
+        Insert,
+        InsertThenFail,
+        /// Fails before writing anything.
+        Fail,
+        /// Succeeds without writing anything.
+        Nothing,
+    }
+
+    async fn tenant_request(
+        store: &Store,
+        name: String,
+        request: Request,
+    ) -> Result<(), StoreError> {
         store
             .write(move |tx: &mut Tx| {
                 Box::pin(async move {
-                    on!(tx.exec(), conn => sqlx::query(
-                        "INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 'now')",
-                    )
-                    .bind(&name)
-                    .execute(conn)
-                    .await
-                    .map(|_| ()))?;
-                    if fail {
+                    if let Request::Insert | Request::InsertThenFail = request {
+                        on!(tx.exec().await?, conn => sqlx::query(
+                            "INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 'now')",
+                        )
+                        .bind(&name)
+                        .execute(conn)
+                        .await
+                        .map(|_| ()))?;
+                    }
+                    if let Request::InsertThenFail | Request::Fail = request {
                         return Err(StoreError::Corrupt(format!("{name} refused")));
                     }
                     Ok(())
@@ -1375,8 +1491,22 @@ mod tests {
     async fn a_failing_request_rolls_back_alone_within_a_group_commit() {
         let (dir, _, url) = temp_database("group.db");
         let store = Store::connect(&url, Durability::Normal).await.unwrap();
-        // The first and the last request of the group fail, and every third between them.
-        const REQUESTS: usize = 199;
+        // Requests that write and fail (the first and the last among them), fail before
+        // writing, succeed without writing, and write. A request's savepoint opens with its
+        // first write, so the pattern puts each kind after the states the others leave: after
+        // a rollback, after a failure that wrote nothing, after a success with or without writes.
+        const PATTERN: [Request; 8] = [
+            Request::InsertThenFail,
+            Request::Fail,
+            Request::Nothing,
+            Request::Insert,
+            Request::Fail,
+            Request::Insert,
+            Request::Nothing,
+            Request::Insert,
+        ];
+        const REQUESTS: usize = 201;
+        let request = |n: usize| PATTERN[n % PATTERN.len()];
         // A first write holds the writer until every other request waits in its queue, so that
         // they are committed as one group.
         let (release, first) = hold_the_writer(&store).await;
@@ -1384,7 +1514,7 @@ mod tests {
             .map(|n| {
                 let store = store.clone();
                 tokio::spawn(
-                    async move { insert_tenant(&store, format!("t{n:03}"), n % 3 == 0).await },
+                    async move { tenant_request(&store, format!("t{n:03}"), request(n)).await },
                 )
             })
             .collect();
@@ -1398,7 +1528,8 @@ mod tests {
             outcomes.push(request.await.unwrap());
         }
         for (n, outcome) in outcomes.iter().enumerate() {
-            assert_eq!(outcome.is_ok(), n % 3 != 0, "request {n}: {outcome:?}");
+            let fails = matches!(request(n), Request::InsertThenFail | Request::Fail);
+            assert_eq!(outcome.is_err(), fails, "request {n}: {outcome:?}");
         }
         let mut conn = store.reader().await.unwrap();
         let names: Vec<String> = on!(conn.exec(), conn => sqlx::query_scalar(
@@ -1408,7 +1539,7 @@ mod tests {
         .await)
         .unwrap();
         let expected: Vec<String> = (0..REQUESTS)
-            .filter(|n| n % 3 != 0)
+            .filter(|&n| matches!(request(n), Request::Insert))
             .map(|n| format!("t{n:03}"))
             .collect();
         assert_eq!(names, expected);

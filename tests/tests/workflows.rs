@@ -1166,7 +1166,7 @@ async fn the_demo_workflows_of_the_documents_run_on_the_demo_entities(app: &Test
         json!({"until": now.format(&time::format_description::well_known::Rfc3339).unwrap()})
             .to_string();
     let mut tx = app.store.begin().await.unwrap();
-    let moved = match tx.exec() {
+    let moved = match tx.exec().await.unwrap() {
         rapport::store::Exec::Sqlite(c) => {
             sqlx::query(
                 "UPDATE workflow_steps SET output = $1 WHERE run_id = $2 AND step_id = 'until_due'",

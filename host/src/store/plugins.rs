@@ -58,7 +58,7 @@ impl Store {
     /// Stores a component's bytes under their hash (once).
     pub async fn put_component(&self, sha256: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        on!(tx.exec(), c => sqlx::query(
+        on!(tx.exec().await?, c => sqlx::query(
             "INSERT INTO plugin_components (sha256, bytes, size, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (sha256) DO NOTHING",
         )
@@ -112,14 +112,14 @@ impl Store {
                     ]
                 });
                 let statements = build_inserts(
-                    tx.exec().dialect(),
+                    tx.dialect(),
                     "INSERT INTO plugin_runs (tenant_id, plugin_id, version, stage, entity, record_id, \
                      started_at, duration_us, fuel_used, outcome, error) VALUES ",
                     "",
                     rows,
                 );
                 for (sql, binds) in &statements {
-                    on!(tx.exec(), c => bind_all(sqlx::query(sql), binds)
+                    on!(tx.exec().await?, c => bind_all(sqlx::query(sql), binds)
                         .execute(&mut *c)
                         .await
                         .map(drop)?);

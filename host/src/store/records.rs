@@ -220,6 +220,8 @@ impl Scoped<'_> {
             "SELECT {} FROM records WHERE tenant_id = $1 AND entity_id = $2 AND id = $3",
             columns(self.dialect())
         );
+        // Often a write's first statement (an update reads the record it changes).
+        let sql = self.after_savepoint(sql);
         let tenant = self.tenant.as_str();
         Ok(on!(self.entered().await?, c => sqlx::query_as(&sql)
             .bind(tenant)
@@ -692,10 +694,15 @@ impl Scoped<'_> {
             "",
             history_rows,
         ));
+        // In a group commit, the statements that open this request's savepoint go in front.
+        let savepoint = self.take_savepoint();
         match self.entered().await? {
             // SQLite runs every statement of one query string: one hop to its worker thread.
             Exec::Sqlite(c) => {
-                let sql: Vec<&str> = statements.iter().map(|(sql, _)| sql.as_str()).collect();
+                let sql: Vec<&str> = savepoint
+                    .into_iter()
+                    .chain(statements.iter().map(|(sql, _)| sql.as_str()))
+                    .collect();
                 let sql = sql.join(";\n");
                 let binds: Vec<SqlValue> = statements.into_iter().flat_map(|(_, b)| b).collect();
                 bind_all(sqlx::query(&sql), &binds)

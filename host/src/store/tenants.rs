@@ -122,7 +122,7 @@ impl Store {
         let tenant = TenantId::generate();
         let now = super::now();
         let mut tx = self.begin().await?;
-        let inserted = on!(tx.exec(), c => sqlx::query(
+        let inserted = on!(tx.exec().await?, c => sqlx::query(
             "INSERT INTO tenants (id, name, time_zone, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO NOTHING",
         )

@@ -121,7 +121,7 @@ impl Store {
         let kinds: Vec<String> = kinds.iter().map(|kind| (*kind).to_owned()).collect();
         self.write(move |tx: &mut Tx| {
             Box::pin(async move {
-                Ok(on!(tx.exec(), c => {
+                Ok(on!(tx.exec().await?, c => {
                     let mut query = sqlx::query_as(&sql)
                         .bind(Timestamp(until))
                         .bind(Timestamp(now))

@@ -181,7 +181,7 @@ impl Store {
         let owner = owner.to_owned();
         self.write(move |tx: &mut Tx| {
             Box::pin(async move {
-                Ok(on!(tx.exec(), c => sqlx::query_as(&sql)
+                Ok(on!(tx.exec().await?, c => sqlx::query_as(&sql)
                     .bind(&owner)
                     .bind(Timestamp(until))
                     .bind(Timestamp(now))
@@ -230,7 +230,7 @@ impl Store {
     pub async fn release_all_leases(&self) -> Result<u64, StoreError> {
         self.write(move |tx: &mut Tx| {
             Box::pin(async move {
-                Ok(on!(tx.exec(), c => sqlx::query(
+                Ok(on!(tx.exec().await?, c => sqlx::query(
                     "UPDATE workflow_runs SET lease_owner = NULL, lease_until = NULL \
                      WHERE lease_owner IS NOT NULL",
                 )
