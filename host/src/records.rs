@@ -400,7 +400,7 @@ impl Records {
         {
             return refusal;
         }
-        unique_violation(entity, error)
+        unique_violation(entity, bodies, key, error)
     }
 
     /// Checks the bodies of new records against the entity's schema (keys, types, required
@@ -1954,23 +1954,37 @@ fn unique_after_write(scoped: &Scoped<'_>) -> bool {
 }
 
 /// Maps a unique index violation the lookup of holders could not explain (a race on PostgreSQL,
-/// a deactivated field) to a field error.
-fn unique_violation(entity: &CompiledEntity, error: StoreError) -> RecordError {
+/// a deactivated field) to a field error: naming the value when one record was written.
+fn unique_violation(
+    entity: &CompiledEntity,
+    bodies: &[Map<String, Value>],
+    key: &impl Fn(usize, &str) -> String,
+    error: StoreError,
+) -> RecordError {
     let prefix = format!("ru_{}_", entity.id);
-    match error
+    let Some(field) = error
         .violated_unique_index()
         .as_deref()
         .and_then(|index| index.strip_prefix(&prefix))
-    {
-        Some(field) => RecordError::Conflict(FieldErrors::from([(
-            field.to_owned(),
-            vec![format!(
-                "field `{field}` must be unique: the value is already used by another {}",
-                entity.name()
-            )],
-        )])),
-        None => RecordError::Store(error),
-    }
+        .map(str::to_owned)
+    else {
+        return RecordError::Store(error);
+    };
+    let (at, value) = match bodies {
+        [body] => (key(0, &field), body.get(&field).map(json_text)),
+        _ => (field.clone(), None),
+    };
+    let message = match value {
+        Some(value) => format!(
+            "field `{field}` must be unique: `{value}` is already used by another {}",
+            entity.name()
+        ),
+        None => format!(
+            "field `{field}` must be unique: the value is already used by another {}",
+            entity.name()
+        ),
+    };
+    RecordError::Conflict(FieldErrors::from([(at, vec![message])]))
 }
 
 /// `owner_id IN (…)`: the records of these owners (none: no record).
