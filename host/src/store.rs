@@ -781,7 +781,8 @@ async fn commit_group(pool: SqlitePool, batch: Vec<Job>, syncer: Option<wal::Syn
         if keep {
             savepoints.kept();
         } else if let Some(sql) = savepoints.rollback() {
-            // The request wrote in its savepoint: undo that now, before the next request reads.
+            // The request may have written in its savepoint: undo that now, before the next
+            // request reads.
             if let Err(error) = sqlx::query(sql).execute(&mut **tx).await {
                 failed = Some(error);
                 break;
