@@ -230,7 +230,7 @@ async fn bad_input_lists_every_offending_field_and_writes_nothing(app: &TestApp)
 /// Concurrent creates, some of them duplicates of each other's unique email: on SQLite they
 /// share group commits, where a refused create rolls back alone. Exactly one create of each
 /// duplicate pair is written, every other create is written whole (record and history), and
-/// nothing of a refused one remains.
+/// no refused create is listed.
 async fn concurrent_creates_refused_for_a_duplicate_leave_the_others_written(app: &TestApp) {
     define_contacts(app).await;
     const PAIRS: usize = 24;
