@@ -393,6 +393,20 @@ impl Metadata {
         })
     }
 
+    /// Notes that a write found the cached definition of `name` current (as
+    /// [`Metadata::compiled_for_write`] does when it reads the version itself).
+    pub fn confirm(&self, tenant: &TenantId, name: &str, id: i64, version: i64) {
+        if let Some(cached) = self
+            .cache
+            .write()
+            .expect("metadata cache lock")
+            .get_mut(&(tenant.clone(), name.to_owned()))
+            .filter(|cached| cached.compiled.id == id && cached.compiled.version == version)
+        {
+            cached.confirmed = Some(Instant::now());
+        }
+    }
+
     /// The compiled definition last seen for an entity, without asking the database: good for
     /// preparing a write, which [`Metadata::compiled_for_write`] then confirms is current.
     pub fn cached(&self, tenant: &TenantId, name: &str) -> Option<Arc<CompiledEntity>> {

@@ -11,10 +11,11 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::auth::Principal;
-use crate::domain::RecordId;
+use crate::domain::{RecordId, UserId};
 use crate::metadata::definition::{EntityDefinition, FieldDefinition, FieldType};
 use crate::metadata::record_schema::FieldErrors;
 use crate::metadata::{CompiledEntity, Metadata, MetadataError, values};
+use crate::store::direct::Direct;
 use crate::store::records::{
     IdempotentResponse, ListQuery, Listed, NewHistory, NewRecord, RecordText, StoredRecord,
 };
@@ -321,6 +322,78 @@ fn changes(before: &Map<String, Value>, after: &Map<String, Value>) -> Map<Strin
 /// thousand of them per request.
 struct Created<'a>(&'a Map<String, Value>);
 
+/// Why a direct create ([`Records::create_direct`]) did not write.
+enum Redo {
+    /// The general path should write instead: the definition changed, or the insert failed
+    /// (the general path says why).
+    Again,
+    /// The write failed in a way that writing again would not mend.
+    Failed(StoreError),
+}
+
+impl From<StoreError> for Redo {
+    fn from(error: StoreError) -> Self {
+        Redo::Failed(error)
+    }
+}
+
+/// The rows that insert new records (version 1) and their `create` history.
+fn new_rows<'a>(
+    ids: &'a [RecordId],
+    texts: &'a [String],
+    changes: &[String],
+    user: &'a UserId,
+    now: OffsetDateTime,
+) -> (Vec<NewRecord<'a>>, Vec<NewHistory<'a>>) {
+    let rows = ids
+        .iter()
+        .zip(texts)
+        .map(|(id, data)| NewRecord {
+            id: id.as_str(),
+            data,
+            owner: user,
+            user,
+            now,
+        })
+        .collect();
+    let history = ids
+        .iter()
+        .zip(changes)
+        .map(|(id, changes)| NewHistory {
+            record_id: id.as_str(),
+            version: 1,
+            operation: "create",
+            user,
+            now,
+            changes: changes.clone(),
+        })
+        .collect();
+    (rows, history)
+}
+
+/// New records as stored: version 1, owned by their creator.
+fn stored_records(
+    ids: &[RecordId],
+    texts: &[String],
+    user: &UserId,
+    now: OffsetDateTime,
+) -> Vec<StoredRecord> {
+    ids.iter()
+        .zip(texts)
+        .map(|(id, data)| StoredRecord {
+            id: id.to_string(),
+            version: 1,
+            data: data.clone(),
+            owner_id: user.to_string(),
+            created_at: now,
+            created_by: user.to_string(),
+            updated_at: now,
+            updated_by: user.to_string(),
+            deleted_at: None,
+        })
+        .collect()
+}
+
 impl Serialize for Created<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
@@ -516,29 +589,11 @@ impl Records {
             .iter()
             .map(|body| serde_json::to_string(body).expect("a JSON object serializes"))
             .collect();
-        let rows: Vec<NewRecord<'_>> = ids
+        let changes: Vec<String> = bodies
             .iter()
-            .zip(&texts)
-            .map(|(id, data)| NewRecord {
-                id: id.as_str(),
-                data,
-                owner: user,
-                user,
-                now,
-            })
+            .map(|body| serde_json::to_string(&Created(body)).expect("a JSON object serializes"))
             .collect();
-        let history: Vec<NewHistory<'_>> = ids
-            .iter()
-            .zip(&bodies)
-            .map(|(id, body)| NewHistory {
-                record_id: id.as_str(),
-                version: 1,
-                operation: "create",
-                user,
-                now,
-                changes: serde_json::to_string(&Created(body)).expect("a JSON object serializes"),
-            })
-            .collect();
+        let (rows, history) = new_rows(&ids, &texts, &changes, user, now);
         if let Err(error) = scoped
             .insert_records_with_history(entity.id, &rows, &history)
             .await
@@ -547,21 +602,7 @@ impl Records {
                 .refused_write(scoped, entity, &bodies, &key, &checked, error)
                 .await);
         }
-        let stored: Vec<StoredRecord> = ids
-            .into_iter()
-            .zip(texts)
-            .map(|(id, data)| StoredRecord {
-                id: id.to_string(),
-                version: 1,
-                data,
-                owner_id: user.to_string(),
-                created_at: now,
-                created_by: user.to_string(),
-                updated_at: now,
-                updated_by: user.to_string(),
-                deleted_at: None,
-            })
-            .collect();
+        let stored = stored_records(&ids, &texts, user, now);
         let mut written = Vec::with_capacity(bodies.len());
         for (index, (record, body)) in stored.iter().zip(bodies).enumerate() {
             let body = self
@@ -944,6 +985,19 @@ impl Records {
             },
             None => None,
         };
+        if let Some((compiled, bodies)) = &prepared
+            && !batch
+            && idempotency.is_none()
+            && self.plain_create(&context, compiled)
+        {
+            match self.create_direct(&context, compiled, bodies, now).await {
+                Some(Ok(response)) => return Ok(response),
+                Some(Err(Redo::Failed(error))) => return Err(error.into()),
+                // The definition changed, or the insert failed: the general path below
+                // writes again, and says why if it fails.
+                Some(Err(Redo::Again)) | None => {}
+            }
+        }
         let this = self.clone();
         let (tenant, user) = (principal.tenant.clone(), principal.user.clone());
         let name = entity.to_owned();
@@ -1024,6 +1078,79 @@ impl Records {
             }
             (result, _) => result,
         }
+    }
+
+    /// Whether a create of `entity` is an insert and nothing more once its bodies are prepared:
+    /// every plugin call ran before the transaction, and no computed field, reference,
+    /// auto-number or workflow needs the database inside it.
+    fn plain_create(&self, context: &WriteContext, entity: &CompiledEntity) -> bool {
+        self.store.dialect() == Dialect::Sqlite
+            && context
+                .pre_run
+                .as_ref()
+                .is_some_and(|pre_run| pre_run.covers_create(entity.name()))
+            && entity.computed_fields().next().is_none()
+            && !entity.definition.active_fields().any(|field| {
+                matches!(
+                    field.field_type,
+                    FieldType::Reference | FieldType::AutoNumber
+                )
+            })
+            && (context.quiet
+                || self
+                    .workflows
+                    .surely_idle_on(&context.principal.tenant, entity.name()))
+    }
+
+    /// A plain create ([`Records::plain_create`]) on SQLite's write connection's handle, without
+    /// a round trip to sqlx's thread ([`crate::store::direct`]). Everything but the insert is
+    /// done before: the record's id, its stored JSON and history, the response. `None` on
+    /// PostgreSQL.
+    async fn create_direct(
+        &self,
+        context: &WriteContext,
+        compiled: &Arc<CompiledEntity>,
+        bodies: &[Map<String, Value>],
+        now: OffsetDateTime,
+    ) -> Option<Result<Response, Redo>> {
+        let user = context.principal.user.clone();
+        let ids: Vec<RecordId> = bodies.iter().map(|_| RecordId::generate()).collect();
+        let texts: Vec<String> = bodies
+            .iter()
+            .map(|body| serde_json::to_string(body).expect("a JSON object serializes"))
+            .collect();
+        let changes: Vec<String> = bodies
+            .iter()
+            .map(|body| serde_json::to_string(&Created(body)).expect("a JSON object serializes"))
+            .collect();
+        let stored = stored_records(&ids, &texts, &user, now);
+        let sight = Sight::of(&context.principal, compiled);
+        let body = match view(&stored[0], &sight.definition, Dialect::Sqlite, None) {
+            Ok(view) => serde_json::to_string(&view).expect("views serialize"),
+            Err(error) => return Some(Err(Redo::Failed(error))),
+        };
+        let tenant = context.principal.tenant.clone();
+        let (name, entity_id, version) =
+            (compiled.name().to_owned(), compiled.id, compiled.version);
+        let metadata = self.metadata.clone();
+        let written = self
+            .store
+            .write_direct(move |direct: &mut Direct<'_>| {
+                let mut scoped = direct.scoped(&tenant);
+                if scoped.entity_version(&name)? != Some((entity_id, version)) {
+                    return Err(Redo::Again);
+                }
+                metadata.confirm(&tenant, &name, entity_id, version);
+                let (rows, history) = new_rows(&ids, &texts, &changes, &user, now);
+                scoped
+                    .insert_records_with_history(entity_id, &rows, &history)
+                    .map_err(|_| Redo::Again)
+            })
+            .await?;
+        Some(written.map(|()| {
+            self.workflows.wake();
+            Response { status: 201, body }
+        }))
     }
 
     /// Applies a partial update (`null` clears a field), honouring an expected version.

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::TenantId;
 
+pub mod direct;
 pub mod entities;
 pub mod outbox;
 pub mod packs;
@@ -71,6 +72,9 @@ pub enum StoreError {
     /// Committed, but syncing the WAL afterwards failed (see `store::wal`).
     #[error("the write may not be durable: {0}")]
     NotDurable(String),
+    /// A statement run on the write connection's handle failed (`store::direct`).
+    #[error("database error: {0}")]
+    Direct(String),
     /// A request the stored data refuses (an unknown role, say); the message says why.
     #[error("{0}")]
     Refused(String),
@@ -192,7 +196,35 @@ pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = T> + Send + 't>>;
 
 /// One request's work for the group-commit writer: runs inside a batch's transaction and says
 /// whether its changes stay, and how to answer its caller once the batch has committed or not.
-type Job = Box<dyn for<'t> FnOnce(&'t mut Tx) -> TxFuture<'t, Finish> + Send>;
+enum Job {
+    /// Work through sqlx: each statement is a round trip to the connection's thread.
+    Async(AsyncWork),
+    /// Work on the connection's handle, on the writer's own thread (see [`direct`]).
+    Direct(DirectWork),
+}
+
+type AsyncWork = Box<dyn for<'t> FnOnce(&'t mut Tx) -> TxFuture<'t, Finish> + Send>;
+type DirectWork = Box<dyn FnOnce(&mut direct::Direct<'_>) -> Finish + Send>;
+
+impl Finish {
+    /// How a caller waiting on `reply` is answered once the group has committed or not.
+    fn of<T, E>(result: Result<T, E>, reply: oneshot::Sender<Result<T, E>>) -> Self
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        Finish {
+            keep: result.is_ok(),
+            answer: Box::new(move |committed: Result<(), Unfinished>| {
+                let result = match (result, committed) {
+                    (Ok(_), Err(unfinished)) => Err(StoreError::from(unfinished).into()),
+                    (result, _) => result,
+                };
+                let _ = reply.send(result);
+            }),
+        }
+    }
+}
 
 struct Finish {
     keep: bool,
@@ -421,24 +453,36 @@ impl Store {
             return result;
         };
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |tx: &mut Tx| {
-            Box::pin(async move {
-                let result = work(tx).await;
-                Finish {
-                    keep: result.is_ok(),
-                    answer: Box::new(move |committed: Result<(), Unfinished>| {
-                        let result = match (result, committed) {
-                            (Ok(_), Err(unfinished)) => Err(StoreError::from(unfinished).into()),
-                            (result, _) => result,
-                        };
-                        let _ = reply.send(result);
-                    }),
-                }
-            })
-        });
+        let job = Job::Async(Box::new(move |tx: &mut Tx| {
+            Box::pin(async move { Finish::of(work(tx).await, reply) })
+        }));
         let aborted = || StoreError::NotCommitted("the writer stopped; see the server log".into());
         writer.send(job).await.map_err(|_| aborted())?;
         answer.await.map_err(|_| aborted())?
+    }
+
+    /// Like [`Store::write`], for work that runs on the SQLite write connection's handle, on
+    /// the group-commit writer's own thread, without a round trip to sqlx's thread per
+    /// statement (see [`direct`]). `None` on PostgreSQL, where the caller writes with
+    /// [`Store::write`] instead.
+    pub async fn write_direct<T, E, F>(&self, work: F) -> Option<Result<T, E>>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut direct::Direct<'_>) -> Result<T, E> + Send + 'static,
+    {
+        let Pools::Sqlite { writer, .. } = &self.pools else {
+            return None;
+        };
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Direct(Box::new(move |direct: &mut direct::Direct<'_>| {
+            Finish::of(work(direct), reply)
+        }));
+        let aborted = || StoreError::NotCommitted("the writer stopped; see the server log".into());
+        Some(match writer.send(job).await {
+            Ok(()) => answer.await.unwrap_or_else(|_| Err(aborted().into())),
+            Err(_) => Err(aborted().into()),
+        })
     }
 
     /// How many writes wait for the group-commit writer.
@@ -741,58 +785,140 @@ async fn restart_wal(pool: &SqlitePool) {
 }
 
 async fn commit_group(pool: SqlitePool, batch: Vec<Job>, syncer: Option<wal::Syncer>) {
-    // IMMEDIATE takes the write lock at once: another process writing the same file makes this
-    // wait (busy timeout) instead of failing a request halfway. A group of several requests
-    // runs each in a savepoint of its own (see [`Savepoints`]); COMMIT ends the last.
-    let single = batch.len() == 1;
-    let begin = if single {
-        "BEGIN IMMEDIATE"
-    } else {
-        "BEGIN IMMEDIATE; SAVEPOINT request_a"
-    };
-    let mut tx = match pool.begin_with(begin).await {
-        Ok(tx) => Tx::Group {
-            tx,
-            entity_versions: EntityVersions::default(),
-            savepoints: Savepoints::default(),
-        },
+    let conn = match pool.acquire().await {
+        Ok(conn) => conn,
         Err(error) => {
             tracing::error!(%error, "cannot open a write transaction");
             return; // dropping the jobs tells their callers
         }
     };
-    let count = batch.len();
-    let mut finished = Vec::with_capacity(count);
-    let mut failed = None;
-    for job in batch {
-        let finish = job(&mut tx).await;
-        if single && !finish.keep {
-            (finish.answer)(Ok(()));
-            return; // dropping the transaction rolls it back
-        }
-        let keep = finish.keep;
-        finished.push(finish);
-        if single {
-            continue;
-        }
-        let Tx::Group { tx, savepoints, .. } = &mut tx else {
+    let mut tx = Tx::Group {
+        conn: GroupConnection { conn, open: false },
+        entity_versions: EntityVersions::default(),
+        savepoints: Savepoints::default(),
+    };
+    // A group of several requests runs each in a savepoint of its own (see [`Savepoints`]);
+    // COMMIT ends the last.
+    let single = batch.len() == 1;
+    let mut finished = Vec::with_capacity(batch.len());
+    let mut jobs = batch.into_iter().peekable();
+    let is_direct = |job: &Job| matches!(job, Job::Direct(_));
+    // The group alternates between runs of direct jobs, on the connection's handle (where the
+    // transaction begins, and ends if the last job is direct), and runs of the others, through
+    // sqlx. It ends with what COMMIT said, or with why the group failed before.
+    let committed: Result<(), String> = 'group: loop {
+        let Tx::Group {
+            conn,
+            entity_versions,
+            savepoints,
+        } = &mut tx
+        else {
             unreachable!("a group commit runs in Tx::Group")
         };
-        if keep {
-            savepoints.kept();
-        } else if let Some(sql) = savepoints.rollback() {
-            // The request may have written in its savepoint: undo that now, before the next
-            // request reads.
-            if let Err(error) = sqlx::query(sql).execute(&mut **tx).await {
-                failed = Some(error);
-                break;
+        let open = &mut conn.open;
+        let mut locked = match conn.conn.lock_handle().await {
+            Ok(locked) => locked,
+            Err(error) => break Err(error.to_string()),
+        };
+        let mut direct = match direct::Direct::new(&mut locked, entity_versions) {
+            Ok(direct) => direct,
+            Err(error) => break Err(error.to_string()),
+        };
+        if !*open {
+            if !direct.is_autocommit() {
+                // Left open by a group that panicked: it never committed.
+                tracing::error!("the write connection was left in a transaction; rolled back");
+                if let Err(error) = direct.execute_batch("ROLLBACK") {
+                    break Err(error.to_string());
+                }
+            }
+            // IMMEDIATE takes the write lock at once: another process writing the same file
+            // makes this wait (busy timeout) instead of failing a request halfway.
+            let begin = if single {
+                "BEGIN IMMEDIATE"
+            } else {
+                "BEGIN IMMEDIATE; SAVEPOINT request_a"
+            };
+            if let Err(error) = direct.execute_batch(begin) {
+                break Err(error.to_string());
+            }
+            *open = true;
+        }
+        while let Some(Job::Direct(job)) = jobs.next_if(is_direct) {
+            if let Some(sql) = savepoints.take()
+                && let Err(error) = direct.execute_batch(sql)
+            {
+                break 'group Err(error.to_string());
+            }
+            let finish = job(&mut direct);
+            match settle(single, savepoints, finish, &mut finished) {
+                Settled::Kept => {}
+                Settled::Alone(finish) => {
+                    if let Err(error) = direct.execute_batch("ROLLBACK") {
+                        tracing::error!(%error, "a failed write could not be rolled back");
+                    } else {
+                        *open = false;
+                    }
+                    drop(direct);
+                    drop(locked);
+                    (finish.answer)(Ok(()));
+                    return;
+                }
+                Settled::Undo(sql) => {
+                    // The request may have written in its savepoint: undo that now, before
+                    // the next request reads.
+                    if let Err(error) = direct.execute_batch(sql) {
+                        break 'group Err(error.to_string());
+                    }
+                }
             }
         }
-    }
-    let committed = match failed {
-        Some(error) => Err(error.to_string()),
-        None => tx.commit().await.map_err(|error| error.to_string()),
+        if jobs.peek().is_none() {
+            let committed = direct.execute_batch("COMMIT");
+            if committed.is_ok() {
+                *open = false;
+            }
+            break committed.map_err(|error| error.to_string());
+        }
+        drop(direct);
+        drop(locked);
+        while let Some(Job::Async(job)) = jobs.next_if(|job| !is_direct(job)) {
+            let finish = job(&mut tx).await;
+            let Tx::Group {
+                conn, savepoints, ..
+            } = &mut tx
+            else {
+                unreachable!("a group commit runs in Tx::Group")
+            };
+            match settle(single, savepoints, finish, &mut finished) {
+                Settled::Kept => {}
+                Settled::Alone(finish) => {
+                    conn.end("ROLLBACK").await.ok();
+                    (finish.answer)(Ok(()));
+                    return;
+                }
+                Settled::Undo(sql) => {
+                    if let Err(error) = sqlx::query(sql).execute(&mut *conn.conn).await {
+                        break 'group Err(error.to_string());
+                    }
+                }
+            }
+        }
+        if jobs.peek().is_none() {
+            let Tx::Group { conn, .. } = &mut tx else {
+                unreachable!("a group commit runs in Tx::Group")
+            };
+            break conn.end("COMMIT").await.map_err(|error| error.to_string());
+        }
     };
+    if committed.is_err()
+        && let Tx::Group { conn, .. } = &mut tx
+        && conn.open
+    {
+        // Jobs left unrun are dropped below, which tells their callers.
+        conn.end("ROLLBACK").await.ok();
+    }
+    drop(jobs);
     match (committed, syncer) {
         (Ok(()), Some(syncer)) => syncer.after_sync(
             finished
@@ -811,6 +937,41 @@ async fn commit_group(pool: SqlitePool, batch: Vec<Job>, syncer: Option<wal::Syn
                 (finish.answer)(committed.clone());
             }
         }
+    }
+}
+
+/// What happens after a request of a group commit ran.
+enum Settled {
+    /// Nothing more: its changes stay (or it ran no statement).
+    Kept,
+    /// The group's only request failed: answer it; the transaction rolls back.
+    Alone(Finish),
+    /// It failed: this undoes what it wrote, before the next request runs.
+    Undo(&'static str),
+}
+
+/// Files a finished request with the group's and says what to do about it.
+fn settle(
+    single: bool,
+    savepoints: &mut Savepoints,
+    finish: Finish,
+    finished: &mut Vec<Finish>,
+) -> Settled {
+    if single && !finish.keep {
+        return Settled::Alone(finish);
+    }
+    let keep = finish.keep;
+    finished.push(finish);
+    if single {
+        return Settled::Kept;
+    }
+    if keep {
+        savepoints.kept();
+        return Settled::Kept;
+    }
+    match savepoints.rollback() {
+        Some(sql) => Settled::Undo(sql),
+        None => Settled::Kept,
     }
 }
 
@@ -883,6 +1044,32 @@ fn create_dir(path: &Path) -> Result<(), StoreError> {
 /// Entity versions read in a group commit, by (tenant, entity name).
 pub(crate) type EntityVersions = std::collections::HashMap<(String, String), Option<(i64, i64)>>;
 
+/// The write connection of a group commit, whose transaction is begun and ended with plain
+/// statements (on its handle or through sqlx: see `commit_group`), not sqlx's `Transaction`.
+/// Dropped with the transaction open (a panic), it is closed, which rolls the transaction back,
+/// instead of going back to the pool.
+pub struct GroupConnection {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    open: bool,
+}
+
+impl GroupConnection {
+    /// Ends the transaction with `COMMIT` or `ROLLBACK`, through sqlx.
+    async fn end(&mut self, sql: &'static str) -> Result<(), StoreError> {
+        sqlx::query(sql).execute(&mut *self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for GroupConnection {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 /// An open transaction on either backend. Dropped without [`Tx::commit`], it rolls back.
 pub enum Tx {
     /// A transaction on the SQLite write connection; committing it waits for the WAL's sync
@@ -897,7 +1084,7 @@ pub enum Tx {
     /// changes run in transactions of their own), so an entity's version, once read, holds for
     /// the rest of the group: it is read once per group instead of once per request.
     Group {
-        tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        conn: GroupConnection,
         entity_versions: EntityVersions,
         savepoints: Savepoints,
     },
@@ -912,7 +1099,7 @@ impl Tx {
                     syncer.sync().await.map_err(StoreError::NotDurable)?;
                 }
             }
-            Tx::Group { tx, .. } => tx.commit().await?,
+            Tx::Group { mut conn, .. } => conn.end("COMMIT").await?,
             Tx::Postgres(tx) => tx.commit().await?,
         }
         Ok(())
@@ -922,11 +1109,13 @@ impl Tx {
     /// (see [`Savepoints`]).
     pub async fn exec(&mut self) -> Result<Exec<'_>, StoreError> {
         Ok(match self {
-            Tx::Group { tx, savepoints, .. } => {
+            Tx::Group {
+                conn, savepoints, ..
+            } => {
                 if let Some(sql) = savepoints.take() {
-                    sqlx::query(sql).execute(&mut **tx).await?;
+                    sqlx::query(sql).execute(&mut *conn.conn).await?;
                 }
-                Exec::Sqlite(tx)
+                Exec::Sqlite(&mut conn.conn)
             }
             Tx::Sqlite(tx, _) => Exec::Sqlite(tx),
             Tx::Postgres(tx) => Exec::Postgres(tx),
@@ -944,11 +1133,11 @@ impl Tx {
     pub fn scoped<'t>(&'t mut self, tenant: &'t TenantId) -> Scoped<'t> {
         match self {
             Tx::Group {
-                tx,
+                conn,
                 entity_versions,
                 savepoints,
             } => Scoped {
-                exec: Exec::Sqlite(tx),
+                exec: Exec::Sqlite(&mut conn.conn),
                 tenant,
                 entity_versions: Some(entity_versions),
                 savepoints: Some(savepoints),
@@ -1257,7 +1446,7 @@ mod tests {
 
     /// Inserts a tenant row through the group-commit writer.
     async fn insert_tenant(store: &Store, name: String) -> Result<(), StoreError> {
-        tenant_request(store, name, Request::Insert).await
+        tenant_request(store, name, Request::Insert, false).await
     }
 
     /// What a test request does in a group commit.
@@ -1272,12 +1461,27 @@ mod tests {
     }
 
     /// Runs `request` through the group-commit writer, on a tenant row named `name`: a failing
-    /// request's insert must not survive it.
+    /// request's insert must not survive it. With `direct`, on the connection's handle.
     async fn tenant_request(
         store: &Store,
         name: String,
         request: Request,
+        direct: bool,
     ) -> Result<(), StoreError> {
+        if direct {
+            return store
+                .write_direct(move |direct: &mut direct::Direct<'_>| {
+                    if let Request::Insert | Request::InsertThenFail = request {
+                        direct.insert_tenant_row(&name)?;
+                    }
+                    if let Request::InsertThenFail | Request::Fail = request {
+                        return Err(StoreError::Corrupt(format!("{name} refused")));
+                    }
+                    Ok(())
+                })
+                .await
+                .expect("SQLite");
+        }
         store
             .write(move |tx: &mut Tx| {
                 Box::pin(async move {
@@ -1487,6 +1691,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_request_rolls_back_alone_within_a_group_commit() {
+        // Runs of three requests on the connection's handle and three through sqlx, alternating;
+        // the group begins and ends with either.
+        for direct_first in [true, false] {
+            failing_requests_in_one_group(move |n| ((n / 3) % 2 == 0) == direct_first).await;
+        }
+    }
+
+    async fn failing_requests_in_one_group(direct: impl Fn(usize) -> bool) {
         let (dir, _, url) = temp_database("group.db");
         let store = Store::connect(&url, Durability::Normal).await.unwrap();
         // Requests that write and fail (the first and the last among them), fail before
@@ -1511,9 +1723,10 @@ mod tests {
         let requests: Vec<_> = (0..REQUESTS)
             .map(|n| {
                 let store = store.clone();
-                tokio::spawn(
-                    async move { tenant_request(&store, format!("t{n:03}"), request(n)).await },
-                )
+                let direct = direct(n);
+                tokio::spawn(async move {
+                    tenant_request(&store, format!("t{n:03}"), request(n), direct).await
+                })
             })
             .collect();
         while store.queued() < REQUESTS {
@@ -1542,6 +1755,80 @@ mod tests {
             .collect();
         assert_eq!(names, expected);
         drop(conn);
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The tenant rows' names, in order.
+    async fn tenant_names(store: &Store) -> Vec<String> {
+        let mut conn = store.reader().await.unwrap();
+        on!(conn.exec(), conn => sqlx::query_scalar("SELECT name FROM tenants ORDER BY name")
+            .fetch_all(conn)
+            .await)
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_lone_failing_request_on_the_handle_rolls_back_and_the_writer_goes_on() {
+        let (dir, _, url) = temp_database("lone.db");
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        // Alone in its group (nothing else is queued): no savepoint, the transaction rolls back.
+        let refused = tenant_request(&store, "lone".into(), Request::InsertThenFail, true).await;
+        assert!(
+            matches!(&refused, Err(StoreError::Corrupt(message)) if message == "lone refused"),
+            "{refused:?}"
+        );
+        tenant_request(&store, "after".into(), Request::Insert, true)
+            .await
+            .unwrap();
+        insert_tenant(&store, "through sqlx".into()).await.unwrap();
+        assert_eq!(tenant_names(&store).await, ["after", "through sqlx"]);
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_that_panics_on_the_handle_takes_its_group_down_but_not_the_writer() {
+        let (dir, _, url) = temp_database("panic.db");
+        let store = Store::connect(&url, Durability::Normal).await.unwrap();
+        let (release, first) = hold_the_writer(&store).await;
+        let written = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tenant_request(&store, "before".into(), Request::Insert, true).await
+            })
+        };
+        let panics = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write_direct(|direct: &mut direct::Direct<'_>| {
+                        direct.insert_tenant_row("panicked")?;
+                        panic!("a plugin's bug");
+                        #[allow(unreachable_code)]
+                        Ok::<_, StoreError>(())
+                    })
+                    .await
+            })
+        };
+        while store.queued() < 2 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        // The group's transaction was open when its task unwound: both callers are told it
+        // failed, and neither row is there.
+        let written = written.await.unwrap();
+        assert!(
+            matches!(&written, Err(StoreError::NotCommitted(_))),
+            "{written:?}"
+        );
+        assert!(panics.await.unwrap().unwrap().is_err());
+        tenant_request(&store, "after".into(), Request::Insert, true)
+            .await
+            .unwrap();
+        insert_tenant(&store, "through sqlx".into()).await.unwrap();
+        assert_eq!(tenant_names(&store).await, ["after", "through sqlx"]);
         store.close().await;
         std::fs::remove_dir_all(dir).unwrap();
     }

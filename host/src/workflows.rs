@@ -306,6 +306,31 @@ impl Workflows {
     }
 
     /// The tenant's enabled workflows.
+    /// Whether no enabled workflow of the tenant reacts to a record of `entity` being written,
+    /// as far as the cache knows: `false` when the cache has nothing fresh to say, so that the
+    /// caller takes the path that reads the workflows (as [`Workflows::fire`] does).
+    pub fn surely_idle_on(&self, tenant: &TenantId, entity: &str) -> bool {
+        let cache = self
+            .inner
+            .enabled
+            .lock()
+            .expect("the workflow cache is not poisoned");
+        let Some((_, enabled)) = cache
+            .get(tenant)
+            .filter(|(at, _)| at.elapsed() < ENABLED_TTL)
+        else {
+            return false;
+        };
+        enabled
+            .iter()
+            .all(|workflow| match &workflow.definition.trigger {
+                Trigger::Date { entity: on, .. } | Trigger::Record { entity: on, .. } => {
+                    on != entity
+                }
+                _ => true,
+            })
+    }
+
     async fn enabled(&self, scoped: &mut Scoped<'_>) -> Result<Enabled, StoreError> {
         if let Some((at, cached)) = self
             .inner

@@ -59,6 +59,24 @@ pub struct PreRun {
     steps: usize,
 }
 
+impl PreRun {
+    /// Whether every plugin call of a create of `entity` ran before the transaction: no
+    /// validator or hook is left for inside it, and none runs after the write.
+    pub fn covers_create(&self, entity: &str) -> bool {
+        let calls = |stages: &[Stage]| -> usize {
+            self.active
+                .iter()
+                .flat_map(|plugin| {
+                    stages
+                        .iter()
+                        .flat_map(move |stage| calls_for(plugin, entity, Operation::Create, *stage))
+                })
+                .count()
+        };
+        calls(&[Stage::Validate, Stage::Before]) == self.steps && calls(&[Stage::After]) == 0
+    }
+}
+
 /// Which calls of a write's plugins to run.
 struct Steps<'a> {
     active: &'a [Active],

@@ -658,42 +658,7 @@ impl Scoped<'_> {
         records: &[NewRecord<'_>],
         history: &[NewHistory<'_>],
     ) -> Result<(), StoreError> {
-        let tenant = self.tenant.to_string();
-        let record_rows = records.iter().map(|record| {
-            [
-                Param::Value(SqlValue::Text(record.id.to_owned())),
-                Param::Value(SqlValue::Text(tenant.clone())),
-                Param::Value(SqlValue::Int(entity_id)),
-                Param::Body(record.data.to_owned()),
-                Param::Value(SqlValue::Text(record.owner.to_string())),
-                Param::Value(SqlValue::Timestamp(record.now)),
-                Param::Value(SqlValue::Text(record.user.to_string())),
-            ]
-        });
-        let mut statements = build_inserts(
-            self.dialect(),
-            "INSERT INTO records (id, tenant_id, entity_id, data, owner_id, created_at, created_by, version, updated_at, updated_by) VALUES ",
-            "1, {5}, {6}",
-            record_rows,
-        );
-        let history_rows = history.iter().map(|row| {
-            [
-                Param::Value(SqlValue::Text(tenant.clone())),
-                Param::Value(SqlValue::Int(entity_id)),
-                Param::Value(SqlValue::Text(row.record_id.to_owned())),
-                Param::Value(SqlValue::Int(row.version)),
-                Param::Value(SqlValue::Text(row.operation.to_owned())),
-                Param::Value(SqlValue::Timestamp(row.now)),
-                Param::Value(SqlValue::Text(row.user.to_string())),
-                Param::Json(row.changes.clone()),
-            ]
-        });
-        statements.extend(build_inserts(
-            self.dialect(),
-            "INSERT INTO record_history (tenant_id, entity_id, record_id, version, operation, changed_at, changed_by, changes) VALUES ",
-            "",
-            history_rows,
-        ));
+        let statements = record_inserts(self.dialect(), self.tenant, entity_id, records, history);
         // In a group commit, the statements that open this request's savepoint go in front.
         let savepoint = self.take_savepoint();
         match self.entered().await? {
@@ -769,6 +734,54 @@ impl Scoped<'_> {
             StoreError::Corrupt(format!("no auto-number counter for field `{field}`"))
         })
     }
+}
+
+/// The statements that insert new records and their history rows (one multi-row `INSERT` per
+/// table and [`ROWS_PER_INSERT`] rows), with their parameters.
+pub(super) fn record_inserts(
+    dialect: super::Dialect,
+    tenant: &crate::domain::TenantId,
+    entity_id: i64,
+    records: &[NewRecord<'_>],
+    history: &[NewHistory<'_>],
+) -> Vec<(String, Vec<SqlValue>)> {
+    let tenant = tenant.to_string();
+    let record_rows = records.iter().map(|record| {
+        [
+            Param::Value(SqlValue::Text(record.id.to_owned())),
+            Param::Value(SqlValue::Text(tenant.clone())),
+            Param::Value(SqlValue::Int(entity_id)),
+            Param::Body(record.data.to_owned()),
+            Param::Value(SqlValue::Text(record.owner.to_string())),
+            Param::Value(SqlValue::Timestamp(record.now)),
+            Param::Value(SqlValue::Text(record.user.to_string())),
+        ]
+    });
+    let mut statements = build_inserts(
+        dialect,
+        "INSERT INTO records (id, tenant_id, entity_id, data, owner_id, created_at, created_by, version, updated_at, updated_by) VALUES ",
+        "1, {5}, {6}",
+        record_rows,
+    );
+    let history_rows = history.iter().map(|row| {
+        [
+            Param::Value(SqlValue::Text(tenant.clone())),
+            Param::Value(SqlValue::Int(entity_id)),
+            Param::Value(SqlValue::Text(row.record_id.to_owned())),
+            Param::Value(SqlValue::Int(row.version)),
+            Param::Value(SqlValue::Text(row.operation.to_owned())),
+            Param::Value(SqlValue::Timestamp(row.now)),
+            Param::Value(SqlValue::Text(row.user.to_string())),
+            Param::Json(row.changes.clone()),
+        ]
+    });
+    statements.extend(build_inserts(
+        dialect,
+        "INSERT INTO record_history (tenant_id, entity_id, record_id, version, operation, changed_at, changed_by, changes) VALUES ",
+        "",
+        history_rows,
+    ));
+    statements
 }
 
 /// Builds multi-row INSERTs: `prefix`, then one tuple per row of its parameters, followed by
