@@ -441,6 +441,15 @@ impl Plugins {
         Ok(active)
     }
 
+    /// Whether `active` is still the tenant's cached list of enabled plugins (nothing was
+    /// enabled, disabled or reconfigured since it was read, as far as this server knows).
+    pub fn still_active(&self, tenant: &TenantId, active: &Arc<Vec<Active>>) -> bool {
+        !self.is_uncached(tenant)
+            && self
+                .cached_active(tenant)
+                .is_some_and(|now| Arc::ptr_eq(&now, active))
+    }
+
     fn cached_active(&self, tenant: &TenantId) -> Option<Arc<Vec<Active>>> {
         self.active
             .read()

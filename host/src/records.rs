@@ -1133,9 +1133,23 @@ impl Records {
         let (name, entity_id, version) =
             (compiled.name().to_owned(), compiled.id, compiled.version);
         let metadata = self.metadata.clone();
+        let (plugins, workflows) = (self.plugins.clone(), self.workflows.clone());
+        let active = context
+            .pre_run
+            .as_ref()
+            .map(|pre_run| pre_run.active().clone());
+        let quiet = context.quiet;
         let written = self
             .store
             .write_direct(move |direct: &mut Direct<'_>| {
+                // What made this create plain is checked again here, in its transaction, where
+                // the general path reads it: a plugin or workflow enabled meanwhile sends it
+                // there.
+                if !active.is_some_and(|active| plugins.still_active(&tenant, &active))
+                    || !(quiet || workflows.surely_idle_on(&tenant, &name))
+                {
+                    return Err(Redo::Again);
+                }
                 let mut scoped = direct.scoped(&tenant);
                 if scoped.entity_version(&name)? != Some((entity_id, version)) {
                     return Err(Redo::Again);

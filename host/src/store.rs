@@ -820,68 +820,28 @@ async fn commit_group(pool: SqlitePool, batch: Vec<Job>, syncer: Option<wal::Syn
             Ok(locked) => locked,
             Err(error) => break Err(error.to_string()),
         };
-        let mut direct = match direct::Direct::new(&mut locked, entity_versions) {
-            Ok(direct) => direct,
-            Err(error) => break Err(error.to_string()),
-        };
-        if !*open {
-            if !direct.is_autocommit() {
-                // Left open by a group that panicked: it never committed.
-                tracing::error!("the write connection was left in a transaction; rolled back");
-                if let Err(error) = direct.execute_batch("ROLLBACK") {
-                    break Err(error.to_string());
-                }
-            }
-            // IMMEDIATE takes the write lock at once: another process writing the same file
-            // makes this wait (busy timeout) instead of failing a request halfway.
-            let begin = if single {
-                "BEGIN IMMEDIATE"
-            } else {
-                "BEGIN IMMEDIATE; SAVEPOINT request_a"
-            };
-            if let Err(error) = direct.execute_batch(begin) {
-                break Err(error.to_string());
-            }
-            *open = true;
-        }
-        while let Some(Job::Direct(job)) = jobs.next_if(is_direct) {
-            if let Some(sql) = savepoints.take()
-                && let Err(error) = direct.execute_batch(sql)
-            {
-                break 'group Err(error.to_string());
-            }
-            let finish = job(&mut direct);
-            match settle(single, savepoints, finish, &mut finished) {
-                Settled::Kept => {}
-                Settled::Alone(finish) => {
-                    if let Err(error) = direct.execute_batch("ROLLBACK") {
-                        tracing::error!(%error, "a failed write could not be rolled back");
-                    } else {
-                        *open = false;
-                    }
-                    drop(direct);
-                    drop(locked);
-                    (finish.answer)(Ok(()));
-                    return;
-                }
-                Settled::Undo(sql) => {
-                    // The request may have written in its savepoint: undo that now, before
-                    // the next request reads.
-                    if let Err(error) = direct.execute_batch(sql) {
-                        break 'group Err(error.to_string());
-                    }
-                }
-            }
-        }
-        if jobs.peek().is_none() {
-            let committed = direct.execute_batch("COMMIT");
-            if committed.is_ok() {
-                *open = false;
-            }
-            break committed.map_err(|error| error.to_string());
-        }
-        drop(direct);
+        // The run's SQLite work blocks this thread, a tokio worker: the worker's other tasks
+        // go to another thread meanwhile (as they did while sqlx's thread ran the statements).
+        let run = blocking(|| {
+            run_direct(
+                &mut locked,
+                entity_versions,
+                savepoints,
+                open,
+                &mut jobs,
+                &mut finished,
+                single,
+            )
+        });
         drop(locked);
+        match run {
+            DirectRun::More => {}
+            DirectRun::Ended(ended) => break ended,
+            DirectRun::Alone(finish) => {
+                (finish.answer)(Ok(()));
+                return;
+            }
+        }
         while let Some(Job::Async(job)) = jobs.next_if(|job| !is_direct(job)) {
             let finish = job(&mut tx).await;
             let Tx::Group {
@@ -937,6 +897,104 @@ async fn commit_group(pool: SqlitePool, batch: Vec<Job>, syncer: Option<wal::Syn
                 (finish.answer)(committed.clone());
             }
         }
+    }
+}
+
+/// How a run of direct jobs ([`run_direct`]) left the group.
+enum DirectRun {
+    /// The next job is not direct: the group goes on through sqlx.
+    More,
+    /// The group ended: committed, or failed with this reason.
+    Ended(Result<(), String>),
+    /// The group's only request failed and its transaction was rolled back: answer it.
+    Alone(Finish),
+}
+
+/// Runs on the write connection's handle what comes next in a group commit: `BEGIN` if the
+/// transaction is not open yet, every direct job up to the next job that is not, and `COMMIT`
+/// if no job is left.
+fn run_direct(
+    locked: &mut sqlx::sqlite::LockedSqliteHandle<'_>,
+    entity_versions: &mut EntityVersions,
+    savepoints: &mut Savepoints,
+    open: &mut bool,
+    jobs: &mut std::iter::Peekable<std::vec::IntoIter<Job>>,
+    finished: &mut Vec<Finish>,
+    single: bool,
+) -> DirectRun {
+    let failed = |error: rusqlite::Error| DirectRun::Ended(Err(error.to_string()));
+    let mut direct = match direct::Direct::new(locked, entity_versions) {
+        Ok(direct) => direct,
+        Err(error) => return failed(error),
+    };
+    if !*open {
+        if !direct.is_autocommit() {
+            // Left open by a group that panicked: it never committed.
+            tracing::error!("the write connection was left in a transaction; rolled back");
+            if let Err(error) = direct.execute_batch("ROLLBACK") {
+                *open = true; // so that the connection is not pooled in it
+                return failed(error);
+            }
+        }
+        // IMMEDIATE takes the write lock at once: another process writing the same file makes
+        // this wait (busy timeout) instead of failing a request halfway.
+        let begin = if single {
+            "BEGIN IMMEDIATE"
+        } else {
+            "BEGIN IMMEDIATE; SAVEPOINT request_a"
+        };
+        let begun = direct.execute_batch(begin);
+        // The savepoint can fail after BEGIN succeeded: the transaction is open either way.
+        *open = !direct.is_autocommit();
+        if let Err(error) = begun {
+            return failed(error);
+        }
+    }
+    while let Some(Job::Direct(job)) = jobs.next_if(|job| matches!(job, Job::Direct(_))) {
+        if let Some(sql) = savepoints.take()
+            && let Err(error) = direct.execute_batch(sql)
+        {
+            return failed(error);
+        }
+        let finish = job(&mut direct);
+        match settle(single, savepoints, finish, finished) {
+            Settled::Kept => {}
+            Settled::Alone(finish) => {
+                // (SQLite may have rolled back already, after an I/O error or a full disk.)
+                if !direct.is_autocommit()
+                    && let Err(error) = direct.execute_batch("ROLLBACK")
+                {
+                    tracing::error!(%error, "a failed write could not be rolled back");
+                }
+                *open = !direct.is_autocommit();
+                return DirectRun::Alone(finish);
+            }
+            Settled::Undo(sql) => {
+                // The request may have written in its savepoint: undo that now, before the
+                // next request reads.
+                if let Err(error) = direct.execute_batch(sql) {
+                    return failed(error);
+                }
+            }
+        }
+    }
+    if jobs.peek().is_some() {
+        return DirectRun::More;
+    }
+    let committed = direct.execute_batch("COMMIT");
+    *open = !direct.is_autocommit();
+    match committed {
+        Ok(()) => DirectRun::Ended(Ok(())),
+        Err(error) => failed(error),
+    }
+}
+
+/// Runs `work`, which blocks its thread, so that a multi-threaded runtime moves the worker's
+/// other tasks to another thread meanwhile; elsewhere (tests on one thread) it just runs it.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
@@ -1720,17 +1778,17 @@ mod tests {
         // A first write holds the writer until every other request waits in its queue, so that
         // they are committed as one group.
         let (release, first) = hold_the_writer(&store).await;
-        let requests: Vec<_> = (0..REQUESTS)
-            .map(|n| {
-                let store = store.clone();
-                let direct = direct(n);
-                tokio::spawn(async move {
-                    tenant_request(&store, format!("t{n:03}"), request(n), direct).await
-                })
-            })
-            .collect();
-        while store.queued() < REQUESTS {
-            tokio::task::yield_now().await;
+        // Queued one after the other, so that the group runs them in this order.
+        let mut requests = Vec::with_capacity(REQUESTS);
+        for n in 0..REQUESTS {
+            let store_ = store.clone();
+            let direct = direct(n);
+            requests.push(tokio::spawn(async move {
+                tenant_request(&store_, format!("t{n:03}"), request(n), direct).await
+            }));
+            while store.queued() < n + 1 {
+                tokio::task::yield_now().await;
+            }
         }
         release.send(()).unwrap();
         first.await.unwrap().unwrap();
@@ -1778,6 +1836,9 @@ mod tests {
             matches!(&refused, Err(StoreError::Corrupt(message)) if message == "lone refused"),
             "{refused:?}"
         );
+        // The connection went back to its pool out of the transaction: a transaction of
+        // another kind can begin on it.
+        store.begin().await.unwrap().commit().await.unwrap();
         tenant_request(&store, "after".into(), Request::Insert, true)
             .await
             .unwrap();
@@ -1824,6 +1885,7 @@ mod tests {
             "{written:?}"
         );
         assert!(panics.await.unwrap().unwrap().is_err());
+        store.begin().await.unwrap().commit().await.unwrap();
         tenant_request(&store, "after".into(), Request::Insert, true)
             .await
             .unwrap();

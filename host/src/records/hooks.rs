@@ -60,6 +60,11 @@ pub struct PreRun {
 }
 
 impl PreRun {
+    /// The enabled plugins the calls were run from.
+    pub fn active(&self) -> &Arc<Vec<Active>> {
+        &self.active
+    }
+
     /// Whether every plugin call of a create of `entity` ran before the transaction: no
     /// validator or hook is left for inside it, and none runs after the write.
     pub fn covers_create(&self, entity: &str) -> bool {
