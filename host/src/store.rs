@@ -815,31 +815,45 @@ async fn commit_group(pool: SqlitePool, batch: Vec<Job>, syncer: Option<wal::Syn
         else {
             unreachable!("a group commit runs in Tx::Group")
         };
-        let open = &mut conn.open;
-        let mut locked = match conn.conn.lock_handle().await {
-            Ok(locked) => locked,
-            Err(error) => break Err(error.to_string()),
-        };
-        // The run's SQLite work blocks this thread, a tokio worker: the worker's other tasks
-        // go to another thread meanwhile (as they did while sqlx's thread ran the statements).
-        let run = blocking(|| {
-            run_direct(
-                &mut locked,
-                entity_versions,
-                savepoints,
-                open,
-                &mut jobs,
-                &mut finished,
-                single,
-            )
-        });
-        drop(locked);
-        match run {
-            DirectRun::More => {}
-            DirectRun::Ended(ended) => break ended,
-            DirectRun::Alone(finish) => {
-                (finish.answer)(Ok(()));
-                return;
+        if jobs.peek().is_some_and(is_direct) {
+            let open = &mut conn.open;
+            let mut locked = match conn.conn.lock_handle().await {
+                Ok(locked) => locked,
+                Err(error) => break Err(error.to_string()),
+            };
+            // The run's SQLite work blocks this thread, a tokio worker: the worker's other
+            // tasks go to another thread meanwhile (as they did while sqlx's thread ran the
+            // statements).
+            let run = blocking(|| {
+                run_direct(
+                    &mut locked,
+                    entity_versions,
+                    savepoints,
+                    open,
+                    &mut jobs,
+                    &mut finished,
+                    single,
+                )
+            });
+            drop(locked);
+            match run {
+                DirectRun::More => {}
+                DirectRun::Ended(ended) => break ended,
+                DirectRun::Alone(finish) => {
+                    (finish.answer)(Ok(()));
+                    return;
+                }
+            }
+        } else if !conn.open {
+            // A group that starts with a request through sqlx begins through sqlx: one round
+            // trip, as before direct requests existed. Open from here on, whatever BEGIN says:
+            // if it failed halfway, the connection is closed rather than pooled in doubt.
+            conn.open = true;
+            if let Err(error) = sqlx::query(begin_sql(single))
+                .execute(&mut *conn.conn)
+                .await
+            {
+                break Err(error.to_string());
             }
         }
         while let Some(Job::Async(job)) = jobs.next_if(|job| !is_direct(job)) {
@@ -936,14 +950,7 @@ fn run_direct(
                 return failed(error);
             }
         }
-        // IMMEDIATE takes the write lock at once: another process writing the same file makes
-        // this wait (busy timeout) instead of failing a request halfway.
-        let begin = if single {
-            "BEGIN IMMEDIATE"
-        } else {
-            "BEGIN IMMEDIATE; SAVEPOINT request_a"
-        };
-        let begun = direct.execute_batch(begin);
+        let begun = direct.execute_batch(begin_sql(single));
         // The savepoint can fail after BEGIN succeeded: the transaction is open either way.
         *open = !direct.is_autocommit();
         if let Err(error) = begun {
@@ -986,6 +993,17 @@ fn run_direct(
     match committed {
         Ok(()) => DirectRun::Ended(Ok(())),
         Err(error) => failed(error),
+    }
+}
+
+/// What begins a group's transaction. IMMEDIATE takes the write lock at once: another process
+/// writing the same file makes this wait (busy timeout) instead of failing a request halfway.
+/// A group of several requests opens the first request's savepoint with it.
+fn begin_sql(single: bool) -> &'static str {
+    if single {
+        "BEGIN IMMEDIATE"
+    } else {
+        "BEGIN IMMEDIATE; SAVEPOINT request_a"
     }
 }
 
