@@ -803,9 +803,9 @@ async fn commit_group(pool: SqlitePool, batch: Vec<Job>, syncer: Option<wal::Syn
     let mut finished = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter().peekable();
     let is_direct = |job: &Job| matches!(job, Job::Direct(_));
-    // The group alternates between runs of direct jobs, on the connection's handle (where the
-    // transaction begins, and ends if the last job is direct), and runs of the others, through
-    // sqlx. It ends with what COMMIT said, or with why the group failed before.
+    // The group alternates between runs of direct jobs, on the connection's handle, and runs of
+    // the others, through sqlx; the transaction begins and ends on the side of its first and
+    // last job. It ends with what COMMIT said, or with why the group failed before.
     let committed: Result<(), String> = 'group: loop {
         let Tx::Group {
             conn,
