@@ -393,18 +393,21 @@ impl Metadata {
         })
     }
 
-    /// Notes that a write found the cached definition of `name` current (as
-    /// [`Metadata::compiled_for_write`] does when it reads the version itself).
-    pub fn confirm(&self, tenant: &TenantId, name: &str, id: i64, version: i64) {
-        if let Some(cached) = self
-            .cache
-            .write()
-            .expect("metadata cache lock")
+    /// The cached definition of `name` if it is the one with this id and version, noted as
+    /// found current now (a write that read the version itself calls it).
+    pub fn confirm(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        id: i64,
+        version: i64,
+    ) -> Option<Arc<CompiledEntity>> {
+        let mut cache = self.cache.write().expect("metadata cache lock");
+        let cached = cache
             .get_mut(&(tenant.clone(), name.to_owned()))
-            .filter(|cached| cached.compiled.id == id && cached.compiled.version == version)
-        {
-            cached.confirmed = Some(Instant::now());
-        }
+            .filter(|cached| cached.compiled.id == id && cached.compiled.version == version)?;
+        cached.confirmed = Some(Instant::now());
+        Some(cached.compiled.clone())
     }
 
     /// The compiled definition last seen for an entity, without asking the database: good for
@@ -448,16 +451,8 @@ impl Metadata {
         };
         let key = (scoped.tenant().clone(), name.to_owned());
         let uncached = self.uncached.contains(&key.0);
-        if !uncached
-            && let Some(cached) = self
-                .cache
-                .write()
-                .expect("metadata cache lock")
-                .get_mut(&key)
-                .filter(|cached| cached.compiled.id == id && cached.compiled.version == version)
-        {
-            cached.confirmed = Some(Instant::now());
-            return Ok(cached.compiled.clone());
+        if !uncached && let Some(compiled) = self.confirm(&key.0, name, id, version) {
+            return Ok(compiled);
         }
         let stored = scoped
             .get_entity(name)

@@ -337,61 +337,78 @@ impl From<StoreError> for Redo {
     }
 }
 
-/// The rows that insert new records (version 1) and their `create` history.
-fn new_rows<'a>(
-    ids: &'a [RecordId],
-    texts: &'a [String],
-    changes: &[String],
-    user: &'a UserId,
-    now: OffsetDateTime,
-) -> (Vec<NewRecord<'a>>, Vec<NewHistory<'a>>) {
-    let rows = ids
-        .iter()
-        .zip(texts)
-        .map(|(id, data)| NewRecord {
-            id: id.as_str(),
-            data,
-            owner: user,
-            user,
-            now,
-        })
-        .collect();
-    let history = ids
-        .iter()
-        .zip(changes)
-        .map(|(id, changes)| NewHistory {
-            record_id: id.as_str(),
-            version: 1,
-            operation: "create",
-            user,
-            now,
-            changes: changes.clone(),
-        })
-        .collect();
-    (rows, history)
+/// New records before their insert: a fresh id, the stored JSON and the `create` history's
+/// changes of each body.
+struct NewRecords {
+    ids: Vec<RecordId>,
+    texts: Vec<String>,
+    changes: Vec<String>,
 }
 
-/// New records as stored: version 1, owned by their creator.
-fn stored_records(
-    ids: &[RecordId],
-    texts: &[String],
-    user: &UserId,
-    now: OffsetDateTime,
-) -> Vec<StoredRecord> {
-    ids.iter()
-        .zip(texts)
-        .map(|(id, data)| StoredRecord {
-            id: id.to_string(),
-            version: 1,
-            data: data.clone(),
-            owner_id: user.to_string(),
-            created_at: now,
-            created_by: user.to_string(),
-            updated_at: now,
-            updated_by: user.to_string(),
-            deleted_at: None,
-        })
-        .collect()
+impl NewRecords {
+    fn of(bodies: &[Map<String, Value>]) -> Self {
+        fn json(value: &impl Serialize) -> String {
+            serde_json::to_string(value).expect("a JSON object serializes")
+        }
+        NewRecords {
+            ids: bodies.iter().map(|_| RecordId::generate()).collect(),
+            texts: bodies.iter().map(json).collect(),
+            changes: bodies.iter().map(|body| json(&Created(body))).collect(),
+        }
+    }
+
+    /// The rows that insert them (version 1) and their `create` history.
+    fn rows<'a>(
+        &'a self,
+        user: &'a UserId,
+        now: OffsetDateTime,
+    ) -> (Vec<NewRecord<'a>>, Vec<NewHistory<'a>>) {
+        let rows = self
+            .ids
+            .iter()
+            .zip(&self.texts)
+            .map(|(id, data)| NewRecord {
+                id: id.as_str(),
+                data,
+                owner: user,
+                user,
+                now,
+            })
+            .collect();
+        let history = self
+            .ids
+            .iter()
+            .zip(&self.changes)
+            .map(|(id, changes)| NewHistory {
+                record_id: id.as_str(),
+                version: 1,
+                operation: "create",
+                user,
+                now,
+                changes: changes.clone(),
+            })
+            .collect();
+        (rows, history)
+    }
+
+    /// The records as stored: version 1, owned by their creator.
+    fn stored(&self, user: &UserId, now: OffsetDateTime) -> Vec<StoredRecord> {
+        self.ids
+            .iter()
+            .zip(&self.texts)
+            .map(|(id, data)| StoredRecord {
+                id: id.to_string(),
+                version: 1,
+                data: data.clone(),
+                owner_id: user.to_string(),
+                created_at: now,
+                created_by: user.to_string(),
+                updated_at: now,
+                updated_by: user.to_string(),
+                deleted_at: None,
+            })
+            .collect()
+    }
 }
 
 impl Serialize for Created<'_> {
@@ -584,16 +601,8 @@ impl Records {
                 );
             }
         }
-        let ids: Vec<RecordId> = bodies.iter().map(|_| RecordId::generate()).collect();
-        let texts: Vec<String> = bodies
-            .iter()
-            .map(|body| serde_json::to_string(body).expect("a JSON object serializes"))
-            .collect();
-        let changes: Vec<String> = bodies
-            .iter()
-            .map(|body| serde_json::to_string(&Created(body)).expect("a JSON object serializes"))
-            .collect();
-        let (rows, history) = new_rows(&ids, &texts, &changes, user, now);
+        let new = NewRecords::of(&bodies);
+        let (rows, history) = new.rows(user, now);
         if let Err(error) = scoped
             .insert_records_with_history(entity.id, &rows, &history)
             .await
@@ -602,7 +611,7 @@ impl Records {
                 .refused_write(scoped, entity, &bodies, &key, &checked, error)
                 .await);
         }
-        let stored = stored_records(&ids, &texts, user, now);
+        let stored = new.stored(user, now);
         let mut written = Vec::with_capacity(bodies.len());
         for (index, (record, body)) in stored.iter().zip(bodies).enumerate() {
             let body = self
@@ -1114,16 +1123,8 @@ impl Records {
         now: OffsetDateTime,
     ) -> Option<Result<Response, Redo>> {
         let user = context.principal.user.clone();
-        let ids: Vec<RecordId> = bodies.iter().map(|_| RecordId::generate()).collect();
-        let texts: Vec<String> = bodies
-            .iter()
-            .map(|body| serde_json::to_string(body).expect("a JSON object serializes"))
-            .collect();
-        let changes: Vec<String> = bodies
-            .iter()
-            .map(|body| serde_json::to_string(&Created(body)).expect("a JSON object serializes"))
-            .collect();
-        let stored = stored_records(&ids, &texts, &user, now);
+        let new = NewRecords::of(bodies);
+        let stored = new.stored(&user, now);
         let sight = Sight::of(&context.principal, compiled);
         let body = match view(&stored[0], &sight.definition, Dialect::Sqlite, None) {
             Ok(view) => serde_json::to_string(&view).expect("views serialize"),
@@ -1155,7 +1156,7 @@ impl Records {
                     return Err(Redo::Again);
                 }
                 metadata.confirm(&tenant, &name, entity_id, version);
-                let (rows, history) = new_rows(&ids, &texts, &changes, &user, now);
+                let (rows, history) = new.rows(&user, now);
                 scoped
                     .insert_records_with_history(entity_id, &rows, &history)
                     .map_err(|_| Redo::Again)

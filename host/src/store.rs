@@ -1844,6 +1844,20 @@ mod tests {
         .unwrap()
     }
 
+    /// After a failed group: the write connection is out of any transaction (a transaction of
+    /// another kind begins on it), writes on the handle and through sqlx go on, and nothing of
+    /// the failed group is there. Then closes `store` and removes `dir`.
+    async fn the_writer_goes_on(store: Store, dir: std::path::PathBuf) {
+        store.begin().await.unwrap().commit().await.unwrap();
+        tenant_request(&store, "after".into(), Request::Insert, true)
+            .await
+            .unwrap();
+        insert_tenant(&store, "through sqlx".into()).await.unwrap();
+        assert_eq!(tenant_names(&store).await, ["after", "through sqlx"]);
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[tokio::test]
     async fn a_lone_failing_request_on_the_handle_rolls_back_and_the_writer_goes_on() {
         let (dir, _, url) = temp_database("lone.db");
@@ -1854,16 +1868,7 @@ mod tests {
             matches!(&refused, Err(StoreError::Corrupt(message)) if message == "lone refused"),
             "{refused:?}"
         );
-        // The connection went back to its pool out of the transaction: a transaction of
-        // another kind can begin on it.
-        store.begin().await.unwrap().commit().await.unwrap();
-        tenant_request(&store, "after".into(), Request::Insert, true)
-            .await
-            .unwrap();
-        insert_tenant(&store, "through sqlx".into()).await.unwrap();
-        assert_eq!(tenant_names(&store).await, ["after", "through sqlx"]);
-        store.close().await;
-        std::fs::remove_dir_all(dir).unwrap();
+        the_writer_goes_on(store, dir).await;
     }
 
     #[tokio::test]
@@ -1903,14 +1908,7 @@ mod tests {
             "{written:?}"
         );
         assert!(panics.await.unwrap().unwrap().is_err());
-        store.begin().await.unwrap().commit().await.unwrap();
-        tenant_request(&store, "after".into(), Request::Insert, true)
-            .await
-            .unwrap();
-        insert_tenant(&store, "through sqlx".into()).await.unwrap();
-        assert_eq!(tenant_names(&store).await, ["after", "through sqlx"]);
-        store.close().await;
-        std::fs::remove_dir_all(dir).unwrap();
+        the_writer_goes_on(store, dir).await;
     }
 
     #[tokio::test]

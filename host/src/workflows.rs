@@ -310,15 +310,7 @@ impl Workflows {
     /// as far as the cache knows: `false` when the cache has nothing fresh to say, so that the
     /// caller takes the path that reads the workflows (as [`Workflows::fire`] does).
     pub fn surely_idle_on(&self, tenant: &TenantId, entity: &str) -> bool {
-        let cache = self
-            .inner
-            .enabled
-            .lock()
-            .expect("the workflow cache is not poisoned");
-        let Some((_, enabled)) = cache
-            .get(tenant)
-            .filter(|(at, _)| at.elapsed() < ENABLED_TTL)
-        else {
+        let Some(enabled) = self.cached_enabled(tenant) else {
             return false;
         };
         enabled
@@ -331,16 +323,20 @@ impl Workflows {
             })
     }
 
-    async fn enabled(&self, scoped: &mut Scoped<'_>) -> Result<Enabled, StoreError> {
-        if let Some((at, cached)) = self
-            .inner
+    /// The tenant's enabled workflows as cached, if read within [`ENABLED_TTL`].
+    fn cached_enabled(&self, tenant: &TenantId) -> Option<Enabled> {
+        self.inner
             .enabled
             .lock()
             .expect("the workflow cache is not poisoned")
-            .get(scoped.tenant())
-            && at.elapsed() < ENABLED_TTL
-        {
-            return Ok(cached.clone());
+            .get(tenant)
+            .filter(|(at, _)| at.elapsed() < ENABLED_TTL)
+            .map(|(_, enabled)| enabled.clone())
+    }
+
+    async fn enabled(&self, scoped: &mut Scoped<'_>) -> Result<Enabled, StoreError> {
+        if let Some(cached) = self.cached_enabled(scoped.tenant()) {
+            return Ok(cached);
         }
         let mut all = Vec::new();
         for stored in scoped.workflows().await? {
