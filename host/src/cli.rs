@@ -333,6 +333,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             redact(&cli.global.database_url)
         )
     })?;
+    // Every command ends by closing the database, as `serve` does on its way out, whether it
+    // succeeded or not: SQLite then copies the WAL into the database file and removes it, so
+    // that the file alone holds what the command wrote (a copy of it is a backup).
+    let done = command(store.clone(), cli).await;
+    store.close().await;
+    done
+}
+
+/// Runs a command that needs the database.
+async fn command(store: Store, cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             serve(

@@ -502,6 +502,33 @@ async fn sigterm_stops_the_server_without_losing_an_acknowledged_write() {
     database.remove().await;
 }
 
+/// A command ends as the server does: it closes the database, and SQLite copies the WAL into
+/// the database file and removes it. The file alone (a copy, a backup) holds what the command
+/// wrote.
+#[tokio::test]
+async fn a_command_leaves_what_it_wrote_in_the_database_file() {
+    let database = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let url = database.url.clone();
+    stdout(&rapport(&url, &["tenant", "create", "acme"]));
+    let path = std::path::PathBuf::from(url.strip_prefix("sqlite:").unwrap());
+    let wal = path.with_extension("db-wal");
+    assert!(
+        !wal.exists(),
+        "`tenant create` left a WAL of {} bytes",
+        std::fs::metadata(&wal).map_or(0, |meta| meta.len())
+    );
+    let copy = path.with_file_name("copy.db");
+    std::fs::copy(&path, &copy).unwrap();
+    let pool = open_sqlite(&format!("sqlite:{}", copy.display()), 1).await;
+    let (tenants,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenants WHERE name = 'acme'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tenants, 1, "the copied database file lacks the new tenant");
+    pool.close().await;
+    database.remove().await;
+}
+
 /// A database written by a build whose per-entity indexes had another shape (here: the
 /// `json_extract` indexes before session 10, which the queries' `->>` no longer match) gets them
 /// rebuilt by `migrate`, once; indexes no definition asks for are left alone.
