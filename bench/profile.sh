@@ -27,10 +27,9 @@ token=$("$bin" tenant create bench --json | jq -r .token)
 "$bin" serve --listen "127.0.0.1:$PORT" >"$dir/server.log" 2>&1 &
 SERVER=$!
 until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do kill -0 "$SERVER" || exit 1; sleep 0.02; done
-# The server's process (the build may be a wrapper script that exec'd it: same pid).
-sleep 0.3
 export BASE_URL="http://127.0.0.1:$PORT" AUTH="Bearer $token"
-cpu() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; } # utime + stime, in clock ticks
+# utime + stime of the server, in clock ticks (a build that is a wrapper exec's the binary: same pid)
+cpu() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
 sample() {
   sleep 1
   head -1 /proc/stat >"$dir/stat0"; local c0; c0=$(cpu)
