@@ -9,6 +9,7 @@
 #   PERF_ARGS="--call-graph dwarf,16384" …      # call graphs (perf report --children)
 #   SAMPLE=syncs bench/profile.sh [build]       # instead of perf: the WAL syncer's fsyncs (strace -T),
 #                                               # how many in three seconds and how long they took
+#   SAMPLE=none bench/profile.sh [build]        # only the workload, the server's cores and the machine's split
 # A build can be a script that sets environment variables and execs a binary. Needs perf
 # (linux-perf) and, for SAMPLE=syncs, strace.
 set -euo pipefail
@@ -38,9 +39,10 @@ sample() {
     syncs)
       local tid; tid=$(grep -l '^rapport-wal-syn' /proc/"$SERVER"/task/*/comm | head -1 | cut -d/ -f5)
       timeout 3 strace -T -e trace=fsync,fdatasync -p "$tid" -o "$dir/syncs.txt" 2>/dev/null || true ;;
+    *) sleep 3 ;;
   esac
   head -1 /proc/stat >"$dir/stat1"
-  echo "server: $(echo "($(cpu) - $c0) / $(getconf CLK_TCK) / 3" | bc -l | cut -c1-4) cores over the 3 s sampled"
+  printf 'server: %.2f cores over the 3 s sampled\n' "$(echo "($(cpu) - $c0) / $(getconf CLK_TCK) / 3" | bc -l)"
 }
 sample &
 SAMPLER=$!
