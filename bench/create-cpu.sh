@@ -11,19 +11,14 @@ WORK="${BENCH_WORK:-/tmp/rapport-bench}/create-cpu"
 TOTAL="${TOTAL:-20000}"
 PORT=18194
 [ $# -ge 1 ] || { echo "usage: bench/create-cpu.sh <build> [more builds]" >&2; exit 1; }
+. bench/fresh.sh
 SERVER=
 trap '[ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null; wait 2>/dev/null || true' EXIT
 cpu() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; } # utime + stime, in clock ticks
 switches() { cat /proc/"$SERVER"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 for bin in "$@"; do
-  dir="$WORK/run"; rm -rf "$dir"; mkdir -p "$dir"
-  export RAPPORT_DATABASE_URL="sqlite:$dir/bench.db" RAPPORT_LOG=warn RAPPORT_RATE_LIMIT=0
-  token=$("$bin" tenant create bench --json | jq -r .token)
-  "$bin" schema apply bench/schema --tenant bench >/dev/null
-  "$bin" serve --listen "127.0.0.1:$PORT" >"$dir/server.log" 2>&1 &
-  SERVER=$!
-  until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do kill -0 "$SERVER" || exit 1; sleep 0.02; done
-  export BASE_URL="http://127.0.0.1:$PORT" AUTH="Bearer $token"
+  dir="$WORK/run"
+  start_fresh "$bin" "$dir" "$PORT"
   cpu0=$(cpu); sw0=$(switches); t0=$(date +%s.%N)
   result=$(TOTAL=$TOTAL CREATE_PATH=/api/v1/records/contacts BODY_WRAP='{"data":%s}' "$KIT/driver/run_wrk.sh" create)
   cpu1=$(cpu); sw1=$(switches); t1=$(date +%s.%N)

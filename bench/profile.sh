@@ -19,17 +19,12 @@ WORK="${BENCH_WORK:-/tmp/rapport-bench}/profile"
 WHAT="${WHAT:-create}" SAMPLE="${SAMPLE:-perf}" PERF_ARGS="${PERF_ARGS:-}"
 PORT=18195
 bin="${1:-target/release/rapport}"
+. bench/fresh.sh
 SERVER=
 trap '[ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null; wait 2>/dev/null || true' EXIT
-dir="$WORK/run"; rm -rf "$dir"; mkdir -p "$dir"
-export RAPPORT_DATABASE_URL="sqlite:$dir/bench.db" RAPPORT_LOG=warn RAPPORT_RATE_LIMIT=0
-token=$("$bin" tenant create bench --json | jq -r .token)
-"$bin" schema apply bench/schema --tenant bench >/dev/null
-"$bin" serve --listen "127.0.0.1:$PORT" >"$dir/server.log" 2>&1 &
-SERVER=$!
-until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do kill -0 "$SERVER" || exit 1; sleep 0.02; done
-export BASE_URL="http://127.0.0.1:$PORT" AUTH="Bearer $token"
-# utime + stime of the server, in clock ticks (a build that is a wrapper exec's the binary: same pid)
+dir="$WORK/run"
+start_fresh "$bin" "$dir" "$PORT"
+# utime + stime of the server, in clock ticks
 cpu() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
 sample() {
   sleep 1

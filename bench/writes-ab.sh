@@ -14,18 +14,12 @@ TOTAL="${TOTAL:-20000}" ROUNDS="${ROUNDS:-1}" WHAT="${WHAT:-create update}" DUR=
 PORT=18193
 [ $# -ge 2 ] || { echo "usage: bench/writes-ab.sh <build A> <build B> [more builds]" >&2; exit 1; }
 BUILDS=("$@")
+. bench/fresh.sh
 SERVER=
 trap '[ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null; wait 2>/dev/null || true' EXIT
 one() { # index of the build
   local bin="${BUILDS[$1]}" dir="$WORK/run"
-  rm -rf "$dir"; mkdir -p "$dir"
-  export RAPPORT_DATABASE_URL="sqlite:$dir/bench.db" RAPPORT_LOG=warn RAPPORT_RATE_LIMIT=0
-  local token; token=$("$bin" tenant create bench --json | jq -r .token)
-  "$bin" schema apply bench/schema --tenant bench >/dev/null
-  "$bin" serve --listen "127.0.0.1:$PORT" >"$dir/server.log" 2>&1 &
-  SERVER=$!
-  until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do kill -0 "$SERVER" || exit 1; sleep 0.02; done
-  export BASE_URL="http://127.0.0.1:$PORT" AUTH="Bearer $token"
+  start_fresh "$bin" "$dir" "$PORT"
   for mode in $WHAT; do
     case $mode in
       create) TOTAL=$TOTAL CREATE_PATH=/api/v1/records/contacts BODY_WRAP='{"data":%s}' \

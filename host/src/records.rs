@@ -363,32 +363,29 @@ impl NewRecords {
         user: &'a UserId,
         now: OffsetDateTime,
     ) -> (Vec<NewRecord<'a>>, Vec<NewHistory<'a>>) {
-        let rows = self
-            .ids
+        self.ids
             .iter()
             .zip(&self.texts)
-            .map(|(id, data)| NewRecord {
-                id: id.as_str(),
-                data,
-                owner: user,
-                user,
-                now,
-            })
-            .collect();
-        let history = self
-            .ids
-            .iter()
             .zip(&self.changes)
-            .map(|(id, changes)| NewHistory {
-                record_id: id.as_str(),
-                version: 1,
-                operation: "create",
-                user,
-                now,
-                changes: changes.clone(),
+            .map(|((id, data), changes)| {
+                let record = NewRecord {
+                    id: id.as_str(),
+                    data,
+                    owner: user,
+                    user,
+                    now,
+                };
+                let history = NewHistory {
+                    record_id: id.as_str(),
+                    version: 1,
+                    operation: "create",
+                    user,
+                    now,
+                    changes: changes.clone(),
+                };
+                (record, history)
             })
-            .collect();
-        (rows, history)
+            .unzip()
     }
 
     /// The records as stored: version 1, owned by their creator.
